@@ -1,0 +1,49 @@
+//! `rialto`: the command line.
+
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Rialto: a kernel-bypass border node between Kubernetes clusters.
+///
+/// An XDP program steers the traffic Rialto owns (service VIPs, VXLAN from
+/// tunnel peers, replies to SNAT addresses) into AF_XDP sockets, one per
+/// receive queue; a pinned worker per queue processes it and transmits it
+/// back out of the same interface. Everything else goes to the kernel, also
+/// when Rialto is not running.
+///
+/// Logging follows RUST_LOG (for example RUST_LOG=rialto=debug); default info.
+#[derive(Debug, Parser)]
+#[command(name = "rialto", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run(args) => run::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rialto: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

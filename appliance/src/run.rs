@@ -1,0 +1,278 @@
+//! `rialto run`: attach, start a worker per queue, serve until signalled,
+//! detach and report.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use rialto::{
+    afxdp::{BindMode, Ledger, PortConfig, XskPort},
+    pipeline::{Mode, Pipeline},
+    stats::{StatsSnapshot, WorkerStats},
+    worker::Worker,
+};
+use rialto_rules::{Endpoint, Steering as SteeringRules, VXLAN_PORT};
+use serde::Serialize;
+use tracing::{error, info};
+use xdp_redirect::{AttachMode, Counter, Steering};
+
+/// Serve traffic on an interface until SIGINT or SIGTERM.
+///
+/// On exit Rialto detaches its XDP program, leaving the interface as it was,
+/// and prints a JSON summary on stdout: the XDP program's counters, and per
+/// worker its packets, drops by reason and where its UMEM frames are.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The uplink interface; Rialto receives and transmits on it (one-armed).
+    #[arg(long, value_name = "IF")]
+    iface: String,
+
+    /// Receive queues to serve, one worker each, comma-separated
+    /// [default: every receive queue of IF].
+    #[arg(long, value_name = "Q,...", value_delimiter = ',')]
+    queues: Vec<u32>,
+
+    /// CPU cores to pin the workers to, in the order of --queues
+    /// [default: queue i on core i modulo the number of cores].
+    #[arg(long, value_name = "CORE,...", value_delimiter = ',')]
+    cores: Vec<usize>,
+
+    /// What the workers do with each frame.
+    #[arg(long, value_enum, default_value_t = Mode::Reflect)]
+    mode: Mode,
+
+    /// How the XDP program is attached: in the driver, or on the generic skb path.
+    #[arg(long, value_enum, default_value_t = XdpMode::Driver)]
+    xdp_mode: XdpMode,
+
+    /// A service VIP to steer to Rialto, as ADDR:PORT/PROTO
+    /// (198.18.100.1:80/TCP, [fd00:100::1]:53/UDP); repeat for more.
+    #[arg(long = "vip", value_name = "ADDR:PORT/PROTO")]
+    vips: Vec<Endpoint>,
+
+    /// A tunnel peer (a remote gateway's VTEP address): VXLAN from it is
+    /// steered to Rialto; repeat for more.
+    #[arg(long = "tunnel-peer", value_name = "ADDR")]
+    tunnel_peers: Vec<IpAddr>,
+
+    /// One of Rialto's SNAT addresses: traffic to it is steered to Rialto;
+    /// repeat for more.
+    #[arg(long = "snat-addr", value_name = "ADDR")]
+    snat_addrs: Vec<IpAddr>,
+
+    /// UDP destination port of VXLAN.
+    #[arg(long, default_value_t = VXLAN_PORT)]
+    vxlan_port: u16,
+
+    /// UMEM frames per queue (at least twice --ring-size).
+    #[arg(long, default_value_t = PortConfig::default().frames)]
+    frames: u32,
+
+    /// Slots in each AF_XDP ring (fill, completion, RX, TX); a power of two.
+    #[arg(long, default_value_t = PortConfig::default().ring_size)]
+    ring_size: u32,
+
+    /// Frames a worker takes from its RX ring at a time.
+    #[arg(long, default_value_t = PortConfig::default().batch)]
+    batch: usize,
+
+    /// Bind in copy mode without trying zero-copy first.
+    #[arg(long)]
+    copy: bool,
+
+    /// Log per-worker rates every SECONDS (0: only the summary at exit).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    stats_interval: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdpMode {
+    /// Native XDP in the driver (needed for zero-copy).
+    Driver,
+    /// Generic XDP: any device, slower.
+    Skb,
+}
+
+/// What `rialto run` prints on stdout when it stops.
+#[derive(Debug, Serialize)]
+struct Summary {
+    xdp: BTreeMap<&'static str, Counter>,
+    workers: Vec<WorkerSummary>,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerSummary {
+    queue: u32,
+    bind: BindMode,
+    #[serde(flatten)]
+    stats: StatsSnapshot,
+    umem: Ledger,
+    umem_balanced: bool,
+}
+
+/// The receive queues of `iface`, from sysfs (`ip netns exec` mounts the namespace's own).
+fn rx_queue_count(iface: &str) -> Result<u32> {
+    let dir = format!("/sys/class/net/{iface}/queues");
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))?;
+    let mut count = 0;
+    for entry in entries {
+        if entry?.file_name().to_string_lossy().starts_with("rx-") {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    if nix::net::if_::if_nametoindex(args.iface.as_str()).is_err() {
+        bail!("no such interface: {}", args.iface);
+    }
+    let available = rx_queue_count(&args.iface)?;
+    let queues: Vec<u32> = if args.queues.is_empty() {
+        (0..available).collect()
+    } else {
+        args.queues.clone()
+    };
+    if let Some(&q) = queues.iter().find(|&&q| q >= available) {
+        bail!(
+            "queue {q} is beyond {}'s {available} receive queue(s) (0..={})",
+            args.iface,
+            available.saturating_sub(1)
+        );
+    }
+    if !args.cores.is_empty() && args.cores.len() != queues.len() {
+        bail!(
+            "--cores names {} core(s) for {} queue(s)",
+            args.cores.len(),
+            queues.len()
+        );
+    }
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let core_for = |i: usize| -> Option<core_affinity::CoreId> {
+        match args.cores.get(i) {
+            Some(&id) => Some(core_affinity::CoreId { id }),
+            None => cores.get(i % cores.len().max(1)).copied(),
+        }
+    };
+
+    let rules = SteeringRules {
+        vips: args.vips.clone(),
+        tunnel_peers: args.tunnel_peers.clone(),
+        snat_addrs: args.snat_addrs.clone(),
+        vxlan_port: args.vxlan_port,
+    };
+    let mut steering = Steering::load(&rules)?;
+    let attach_mode = match args.xdp_mode {
+        XdpMode::Driver => AttachMode::Driver,
+        XdpMode::Skb => AttachMode::Skb,
+    };
+    steering.attach(&args.iface, attach_mode)?;
+
+    let port_config = PortConfig {
+        frames: args.frames,
+        ring_size: args.ring_size,
+        batch: args.batch,
+        zero_copy: !args.copy,
+        ..PortConfig::default()
+    };
+    let mut workers = Vec::with_capacity(queues.len());
+    for (i, &queue) in queues.iter().enumerate() {
+        let port = XskPort::open(&args.iface, queue, &port_config)?;
+        steering.register_socket(queue, port.raw_fd())?;
+        let core = core_for(i);
+        info!(queue, core = core.map(|c| c.id), bind = ?port.mode(), "AF_XDP socket bound");
+        workers.push(Worker {
+            queue,
+            core,
+            port,
+            pipeline: Pipeline::new(args.mode),
+            stats: Arc::default(),
+        });
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install a signal handler")?;
+    }
+    let mut running = Vec::with_capacity(workers.len());
+    for worker in workers {
+        let (queue, bind, stats) = (worker.queue, worker.port.mode(), Arc::clone(&worker.stats));
+        let handle = worker
+            .spawn(Arc::clone(&stop))
+            .context("cannot start a worker thread")?;
+        running.push((queue, bind, stats, handle));
+    }
+    info!(iface = %args.iface, ?queues, mode = ?args.mode, xdp = ?args.xdp_mode, "rialto ready");
+
+    let stats: Vec<_> = running
+        .iter()
+        .map(|(q, _, s, _)| (*q, Arc::clone(s)))
+        .collect();
+    wait_for_signal(&stop, args.stats_interval, &stats);
+    info!("stopping");
+
+    let mut summary = Summary {
+        xdp: BTreeMap::new(),
+        workers: Vec::new(),
+    };
+    let mut balanced = true;
+    for (queue, bind, stats, handle) in running {
+        let umem = handle.join().expect("worker threads do not panic");
+        balanced &= umem.balanced();
+        if !umem.balanced() {
+            error!(queue, ?umem, "UMEM frames unaccounted for");
+        }
+        summary.workers.push(WorkerSummary {
+            queue,
+            bind,
+            stats: stats.snapshot(),
+            umem,
+            umem_balanced: umem.balanced(),
+        });
+    }
+    for (reason, counter) in steering.counters()?.iter() {
+        summary.xdp.insert(reason.name(), counter);
+    }
+    drop(steering); // detaches the XDP program
+    info!(iface = %args.iface, "XDP program detached");
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(if balanced {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Blocks until `stop` is set, logging rates every `interval` seconds (0: never).
+fn wait_for_signal(stop: &AtomicBool, interval: u64, stats: &[(u32, Arc<WorkerStats>)]) {
+    let mut last: Vec<_> = stats.iter().map(|(_, s)| s.snapshot()).collect();
+    let mut since = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if interval == 0 || since.elapsed() < Duration::from_secs(interval) {
+            continue;
+        }
+        let secs = since.elapsed().as_secs_f64();
+        for ((queue, s), prev) in stats.iter().zip(&mut last) {
+            let now = s.snapshot();
+            info!(
+                queue,
+                rx_pps = ((now.rx_packets - prev.rx_packets) as f64 / secs) as u64,
+                tx_pps = ((now.tx_packets - prev.tx_packets) as f64 / secs) as u64,
+                "rates"
+            );
+            *prev = now;
+        }
+        since = Instant::now();
+    }
+}

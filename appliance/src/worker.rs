@@ -1,0 +1,67 @@
+//! A worker: one thread per receive queue, pinned to a core, running the
+//! pipeline to completion over batches from its own AF_XDP port.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use core_affinity::CoreId;
+use tracing::warn;
+
+use crate::{
+    afxdp::{Ledger, XskPort},
+    pipeline::Pipeline,
+    stats::{Tally, WorkerStats},
+};
+
+/// How long an idle worker sleeps in `poll` before it checks for shutdown.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long a stopping worker waits for its transmissions to complete.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A worker, ready to be started on its own thread.
+#[derive(Debug)]
+pub struct Worker {
+    pub queue: u32,
+    pub core: Option<CoreId>,
+    pub port: XskPort,
+    pub pipeline: Pipeline,
+    pub stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    /// Starts the worker; it runs until `stop` is set, drains, and returns its port's ledger.
+    pub fn spawn(self, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<Ledger>> {
+        std::thread::Builder::new()
+            .name(format!("rialto-q{}", self.queue))
+            .spawn(move || self.run(&stop))
+    }
+
+    fn run(mut self, stop: &AtomicBool) -> Ledger {
+        if let Some(core) = self.core
+            && !core_affinity::set_for_current(core)
+        {
+            warn!(
+                queue = self.queue,
+                core = core.id,
+                "cannot pin worker to its core"
+            );
+        }
+        let clock = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let mut tally = Tally::default();
+            let now = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if self.port.step(&mut self.pipeline, now, &mut tally) > 0 {
+                self.stats.publish(&tally);
+            } else if !self.port.transmitting() {
+                self.port.wait(IDLE_POLL);
+            }
+        }
+        self.port.drain(DRAIN_TIMEOUT)
+    }
+}

@@ -1,0 +1,227 @@
+//! Rialto's XDP steering program and its loader.
+//!
+//! The program (`bpf/rialto.bpf.c`) is compiled by `build.rs` and embedded
+//! here. [`Steering`] loads it, fills its maps from [`rialto_rules::Steering`],
+//! attaches it to an interface and registers AF_XDP sockets per receive queue.
+//! Dropping it detaches the program; with no socket in the XSKMAP the program
+//! passes every frame to the kernel, so a dead appliance fails open.
+
+mod maps;
+
+pub use maps::{Counter, Counters, Reason};
+
+use std::{io, os::fd::AsRawFd};
+
+use aya::{
+    Ebpf, EbpfError, include_bytes_aligned,
+    maps::{Array, HashMap, MapError, PerCpuArray, XskMap},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+};
+
+use maps::{AddrKey, Config, CounterValue, VipKey, addr_key};
+
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rialto.bpf.o"));
+const PROGRAM: &str = "rialto_steer";
+
+/// How the program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (native XDP): the fast path, and what AF_XDP zero-copy needs.
+    Driver,
+    /// Generic XDP on the kernel's skb path: works on any device, slower.
+    Skb,
+}
+
+/// Why the steering program could not be loaded, configured or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum SteeringError {
+    #[error("permission denied: loading XDP programs needs root (CAP_BPF and CAP_NET_ADMIN)")]
+    PermissionDenied,
+    #[error("no such interface: {0}")]
+    NoSuchInterface(String),
+    #[error(
+        "an XDP program is already attached to {0} (another rialto, or another tool); \
+         detach it first: ip link set dev {0} xdp off"
+    )]
+    AlreadyAttached(String),
+    #[error("{iface} does not support XDP in {mode:?} mode; try --xdp-mode skb")]
+    ModeUnsupported { iface: String, mode: AttachMode },
+    #[error("the kernel rejected the steering program: {0}")]
+    Load(#[source] EbpfError),
+    #[error("cannot attach the steering program to {iface}: {source}")]
+    Attach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot update the {map} map: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("the steering program's test run failed: {0}")]
+    TestRun(#[source] ProgramError),
+}
+
+fn io_error(e: &ProgramError) -> Option<&io::Error> {
+    match e {
+        ProgramError::SyscallError(s) => Some(&s.io_error),
+        _ => None,
+    }
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> SteeringError {
+    move |source| SteeringError::Map { map, source }
+}
+
+/// The loaded steering program and its maps.
+#[derive(Debug)]
+pub struct Steering {
+    ebpf: Ebpf,
+}
+
+impl Steering {
+    /// Loads the program into the kernel and fills its maps; nothing is attached yet.
+    pub fn load(rules: &rialto_rules::Steering) -> Result<Self, SteeringError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| match &e {
+            EbpfError::MapError(MapError::CreateError { io_error, .. })
+                if io_error.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                SteeringError::PermissionDenied
+            }
+            _ => SteeringError::Load(e),
+        })?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .expect("the object defines rialto_steer")
+            .try_into()
+            .expect("rialto_steer is an XDP program");
+        program.load().map_err(|e| match io_error(&e) {
+            Some(io) if io.kind() == io::ErrorKind::PermissionDenied => {
+                SteeringError::PermissionDenied
+            }
+            _ => SteeringError::Load(EbpfError::ProgramError(e)),
+        })?;
+        let mut steering = Self { ebpf };
+        steering.apply(rules)?;
+        Ok(steering)
+    }
+
+    /// Writes the rules into the program's maps.
+    pub fn apply(&mut self, rules: &rialto_rules::Steering) -> Result<(), SteeringError> {
+        let mut vips: HashMap<_, [u8; 20], u32> = self.map("rialto_vips");
+        for vip in &rules.vips {
+            vips.insert(VipKey::new(vip).bytes(), 1, 0)
+                .map_err(map_err("rialto_vips"))?;
+        }
+        for (name, addrs) in [
+            ("rialto_peers", &rules.tunnel_peers),
+            ("rialto_snat", &rules.snat_addrs),
+        ] {
+            let mut set: HashMap<_, AddrKey, u32> = self.map(name);
+            for &addr in addrs {
+                set.insert(addr_key(addr), 1, 0).map_err(map_err(name))?;
+            }
+        }
+        let mut config: Array<_, [u8; 4]> = self.map("rialto_config");
+        let value = Config {
+            vxlan_port: rules.vxlan_port.to_be(),
+            pad: 0,
+        };
+        config
+            .set(0, value.bytes(), 0)
+            .map_err(map_err("rialto_config"))
+    }
+
+    /// Attaches the program to `iface`. It stays attached until `self` is dropped.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), SteeringError> {
+        let program = self.program_mut();
+        let xdp_mode = match mode {
+            AttachMode::Driver => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        };
+        program.attach(iface, xdp_mode).map(drop).map_err(|e| {
+            let iface = iface.to_owned();
+            if matches!(e, ProgramError::UnknownInterface { .. }) {
+                return SteeringError::NoSuchInterface(iface);
+            }
+            match io_error(&e).and_then(io::Error::raw_os_error) {
+                Some(libc::EBUSY | libc::EEXIST) => SteeringError::AlreadyAttached(iface),
+                Some(libc::EOPNOTSUPP) => SteeringError::ModeUnsupported { iface, mode },
+                Some(libc::EPERM) => SteeringError::PermissionDenied,
+                _ => SteeringError::Attach { iface, source: e },
+            }
+        })
+    }
+
+    /// Steers frames received on `queue` into the AF_XDP socket `socket`.
+    pub fn register_socket(
+        &mut self,
+        queue: u32,
+        socket: impl AsRawFd,
+    ) -> Result<(), SteeringError> {
+        let mut xsks: XskMap<_> = self.map("rialto_xsks");
+        xsks.set(queue, socket, 0).map_err(map_err("rialto_xsks"))
+    }
+
+    /// The verdict counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, SteeringError> {
+        let map: PerCpuArray<_, CounterValue> = PerCpuArray::try_from(
+            self.ebpf
+                .map("rialto_counters")
+                .expect("the object defines rialto_counters"),
+        )
+        .expect("rialto_counters is a per-CPU array");
+        let mut counters = Counters::default();
+        for (reason, counter) in Reason::ALL.into_iter().zip(&mut counters.0) {
+            let per_cpu = map
+                .get(&(reason as u32), 0)
+                .map_err(map_err("rialto_counters"))?;
+            for [packets, bytes] in per_cpu.iter() {
+                counter.packets += packets;
+                counter.bytes += bytes;
+            }
+        }
+        Ok(counters)
+    }
+
+    /// Runs the program once over `frame` in the kernel (`BPF_PROG_TEST_RUN`)
+    /// and returns its action (`XDP_PASS` = 2, `XDP_REDIRECT` = 4).
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32, SteeringError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM)
+            .expect("the object defines rialto_steer")
+            .try_into()
+            .expect("rialto_steer is an XDP program");
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        };
+        program
+            .test_run(opts)
+            .map(|r| r.return_value)
+            .map_err(SteeringError::TestRun)
+    }
+
+    fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .expect("the object defines rialto_steer")
+            .try_into()
+            .expect("rialto_steer is an XDP program")
+    }
+
+    fn map<'a, M>(&'a mut self, name: &str) -> M
+    where
+        M: TryFrom<&'a mut aya::maps::Map>,
+        M::Error: std::fmt::Debug,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("the object defines {name}"));
+        M::try_from(map).unwrap_or_else(|e| panic!("{name} has the type rialto.h gives it: {e:?}"))
+    }
+}
