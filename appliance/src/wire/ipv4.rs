@@ -88,7 +88,7 @@ mod tests {
     #[test]
     fn deconstruct_skips_options() {
         let mut bytes = WITH_OPTION;
-        let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+        let packet = Packet::new_checked(&mut bytes[..]).unwrap();
         assert_eq!(packet.header_len(), 24);
         assert_eq!(packet.protocol(), 17);
         assert_eq!(packet.into_payload(), &[0xde, 0xad, 0xbe, 0xef]);

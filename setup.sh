@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine, as root, to build, test and run Rialto:
+# Debian packages, bpffs, 2 MiB hugepages (for DPDK's testpmd), release build.
+# Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "error: run setup.sh as root (it installs packages and mounts bpffs)" >&2
+	exit 1
+fi
+
+packages=(
+	# build: the XDP program (clang, libbpf headers) and xsk-rs's libxdp
+	clang llvm libbpf-dev libelf-dev zlib1g-dev m4 pkg-config make
+	# the testbed and its peers
+	iproute2 iputils-ping arping ethtool tcpdump iperf3 nftables util-linux procps python3
+	# independent decoders for the tests
+	tshark python3-scapy
+	# the DPDK comparison (dpdk-testpmd with the net_af_xdp PMD)
+	dpdk
+)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "setup: installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rialto pins nothing, but bpftool and operators expect bpffs.
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+# testpmd wants hugepages: 512 x 2 MiB.
+if [ "$(cat /proc/sys/vm/nr_hugepages)" -lt 512 ]; then
+	echo 512 >/proc/sys/vm/nr_hugepages
+fi
+mountpoint -q /dev/hugepages || { mkdir -p /dev/hugepages && mount -t hugetlbfs nodev /dev/hugepages; }
+
+if ! command -v cargo >/dev/null; then
+	echo "error: Rust (cargo >= 1.95) is not installed; install it with rustup, then run setup.sh again" >&2
+	exit 1
+fi
+cargo build --release --locked
+echo "setup: done; target/release/rialto is built"
