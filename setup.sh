@@ -18,7 +18,7 @@ packages=(
 	# independent decoders for the tests
 	tshark python3-scapy
 	# the DPDK comparison (dpdk-testpmd with the net_af_xdp PMD)
-	dpdk
+	dpdk dpdk-dev
 )
 missing=()
 for p in "${packages[@]}"; do

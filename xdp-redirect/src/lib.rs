@@ -92,18 +92,16 @@ impl Steering {
             }
             _ => SteeringError::Load(e),
         })?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM)
-            .expect("the object defines rialto_steer")
-            .try_into()
-            .expect("rialto_steer is an XDP program");
-        program.load().map_err(|e| match io_error(&e) {
-            Some(io) if io.kind() == io::ErrorKind::PermissionDenied => {
-                SteeringError::PermissionDenied
-            }
-            _ => SteeringError::Load(EbpfError::ProgramError(e)),
-        })?;
         let mut steering = Self { ebpf };
+        steering
+            .program_mut()
+            .load()
+            .map_err(|e| match io_error(&e) {
+                Some(io) if io.kind() == io::ErrorKind::PermissionDenied => {
+                    SteeringError::PermissionDenied
+                }
+                _ => SteeringError::Load(EbpfError::ProgramError(e)),
+            })?;
         steering.apply(rules)?;
         Ok(steering)
     }

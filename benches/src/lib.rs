@@ -1,0 +1,1 @@
+//! Rialto's benchmarks live in `benches/`; `cargo bench -p rialto-benches`.
