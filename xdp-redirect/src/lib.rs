@@ -84,7 +84,7 @@ pub struct Steering {
 impl Steering {
     /// Loads the program into the kernel and fills its maps; nothing is attached yet.
     pub fn load(rules: &rialto_rules::Steering) -> Result<Self, SteeringError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| match &e {
+        let ebpf = Ebpf::load(OBJECT).map_err(|e| match &e {
             EbpfError::MapError(MapError::CreateError { io_error, .. })
                 if io_error.kind() == io::ErrorKind::PermissionDenied =>
             {
