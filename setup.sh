@@ -12,7 +12,7 @@ fi
 
 packages=(
 	# build: the XDP program (clang, libbpf headers) and xsk-rs's libxdp
-	clang llvm libbpf-dev libelf-dev zlib1g-dev m4 pkg-config make
+	clang llvm libclang-dev libbpf-dev libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
 	# the testbed and its peers
 	iproute2 iputils-ping arping ethtool tcpdump iperf3 nftables util-linux procps python3
 	# independent decoders for the tests
