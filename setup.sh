@@ -43,5 +43,12 @@ if ! command -v cargo >/dev/null; then
 	echo "error: Rust (cargo >= 1.95) is not installed; install it with rustup, then run setup.sh again" >&2
 	exit 1
 fi
+# test.sh checks formatting and lints.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+	rustup component add rustfmt clippy || {
+		echo "error: the Rust toolchain lacks rustfmt or clippy: rustup component add rustfmt clippy" >&2
+		exit 1
+	}
+fi
 cargo build --release --locked
 echo "setup: done; target/release/rialto is built"

@@ -2,7 +2,7 @@
 //! sockets, ping and ARP from the peer namespace.
 
 use std::{
-    io::{BufRead, BufReader, ErrorKind},
+    io::{BufRead, BufReader, ErrorKind, Read},
     net::{IpAddr, SocketAddr, UdpSocket},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
@@ -66,26 +66,20 @@ impl Rialto {
     /// Stops rialto with SIGTERM; returns its exit status and parsed summary.
     fn terminate(mut self) -> (ExitStatus, serde_json::Value) {
         self.signal(Signal::SIGTERM);
-        let out = std::mem::replace(&mut self.child, dummy())
-            .wait_with_output()
-            .unwrap();
+        let mut stdout = Vec::new();
+        let mut pipe = self.child.stdout.take().expect("stdout is piped");
+        pipe.read_to_end(&mut stdout).unwrap();
+        let status = self.child.wait().unwrap();
         let log: Vec<_> = self.stderr.try_iter().collect();
-        let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        let summary = serde_json::from_slice(&stdout).unwrap_or_else(|e| {
             panic!(
                 "summary is not JSON ({e}): {}\nlog:\n{}",
-                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&stdout),
                 log.join("\n")
             )
         });
-        (out.status, summary)
+        (status, summary)
     }
-}
-
-/// A placeholder child that has already exited, so `Rialto` can give its own away.
-fn dummy() -> Child {
-    let mut child = Command::new("true").spawn().unwrap();
-    child.wait().unwrap();
-    child
 }
 
 impl Drop for Rialto {

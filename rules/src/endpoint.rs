@@ -43,7 +43,7 @@ pub struct Endpoint {
 /// Why an `ADDR:PORT/PROTO` string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseEndpointError {
-    /// `{0:?}` has no `/PROTO` suffix; write it as ADDR:PORT/TCP or ADDR:PORT/UDP
+    /// No `/PROTO` suffix.
     #[error("{0:?} has no /PROTO suffix; write it as ADDR:PORT/TCP or ADDR:PORT/UDP")]
     MissingProto(String),
     /// The protocol is neither TCP nor UDP.
