@@ -32,7 +32,7 @@ trap cleanup EXIT INT TERM
 bash "$root/testbed/pair.sh" up "$name" "$queues"
 node_mac=$(cat "/sys/class/net/${name}n/address" 2>/dev/null || ip netns exec "$name-node" cat "/sys/class/net/${name}n/address")
 
-ip netns exec "$name-node" "$bin" run --iface "${name}n" --vip 198.18.100.1:7/UDP \
+ip netns exec "$name-node" "$bin" run --mode reflect --iface "${name}n" --vip 198.18.100.1:7/UDP \
 	--stats-interval 1 >"$summary" 2>"$log" &
 pid=$!
 sleep 1

@@ -17,7 +17,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 bash "$here/pair.sh" up "$name" 2
-ip netns exec "$name-node" "$bin" run --iface "${name}n" --stats-interval 1 \
+ip netns exec "$name-node" "$bin" run --mode reflect --iface "${name}n" --stats-interval 1 \
 	--vip 198.18.100.1:7/UDP --vip '[fd00:100::1]:7/UDP' >"/tmp/$name.summary" &
 pid=$!
 sleep 1

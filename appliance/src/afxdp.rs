@@ -23,7 +23,7 @@ use xsk_rs::{
 };
 
 use crate::{
-    pipeline::{DropReason, Pipeline, Verdict},
+    pipeline::{DropReason, FrameBuf, Pipeline, Verdict},
     stats::Tally,
 };
 
@@ -116,6 +116,8 @@ pub struct XskPort {
     tx: TxQueue,
     mode: BindMode,
     frames: usize,
+    /// Bytes per UMEM frame; frame `i` starts at `i * frame_size`.
+    frame_size: usize,
     free: Vec<FrameDesc>,
     kernel_rx: usize,
     kernel_tx: usize,
@@ -200,6 +202,7 @@ impl XskPort {
             tx,
             mode,
             frames: free.len(),
+            frame_size: cfg.frame_size as usize,
             rx_batch: vec![FrameDesc::default(); cfg.batch],
             comp_batch: vec![FrameDesc::default(); cfg.ring_size as usize],
             tx_batch: Vec::with_capacity(cfg.batch),
@@ -267,20 +270,31 @@ impl XskPort {
         self.kernel_rx -= received;
         for i in 0..received {
             let mut desc = self.rx_batch[i];
+            let (addr, len) = (desc.addr(), desc.lengths().data());
             tally.rx_packets += 1;
-            tally.rx_bytes += desc.lengths().data() as u64;
+            tally.rx_bytes += len as u64;
+            // The pipeline sees the whole UMEM frame, so it can push headers
+            // into the headroom in front of the packet or strip them.
+            let frame_start = addr - addr % self.frame_size;
+            let mut whole = desc;
+            whole.set_packet(frame_start, self.frame_size);
             // SAFETY: the kernel passed this frame to us on our RX ring; until we
             // put it on the TX or fill ring nobody else reads or writes it, and
-            // this is the only reference to it.
-            let mut data = unsafe { self.umem.data_mut(&mut desc) };
-            match pipeline.process(data.contents_mut(), now) {
-                Verdict::Tx => self.tx_batch.push(desc),
+            // this is the only reference to it. `whole` spans exactly that frame.
+            let mut data = unsafe { self.umem.data_mut(&mut whole) };
+            let mut frame = FrameBuf::new(data.contents_mut(), addr - frame_start, len);
+            match pipeline.process(&mut frame, now) {
+                Verdict::Tx => {
+                    desc.set_packet(frame_start + frame.start(), frame.len());
+                    self.tx_batch.push(desc);
+                }
                 Verdict::Drop(reason) => {
                     tally.drop(reason);
                     self.free.push(desc);
                 }
             }
         }
+        pipeline.tick(now);
         self.transmit(tally);
         self.recycle();
         self.refill();

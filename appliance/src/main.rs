@@ -1,6 +1,7 @@
 //! `rialto`: the command line.
 
 mod run;
+mod tools;
 
 use std::{io::IsTerminal, process::ExitCode};
 
@@ -26,6 +27,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(run::RunArgs),
+    Replay(tools::ReplayArgs),
+    Maglev(tools::MaglevArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Replay(args) => tools::replay(&args),
+        Command::Maglev(args) => tools::maglev(&args),
     };
     match result {
         Ok(code) => code,

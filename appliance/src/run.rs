@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
+    path::PathBuf,
     process::ExitCode,
     sync::{
         Arc,
@@ -16,11 +17,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use rialto::{
     afxdp::{BindMode, Ledger, PortConfig, XskPort},
-    pipeline::{Mode, Pipeline},
+    pipeline::{Mode, Pipeline, balance::Counters, conntrack::ConntrackStats},
     stats::{StatsSnapshot, WorkerStats},
     worker::Worker,
 };
-use rialto_rules::{Endpoint, Steering as SteeringRules, VXLAN_PORT};
+use rialto_rules::{Endpoint, Snapshot, Steering as SteeringRules, VXLAN_PORT, config::Config};
 use serde::Serialize;
 use tracing::{error, info};
 use xdp_redirect::{AttachMode, Counter, Steering};
@@ -46,8 +47,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "CORE,...", value_delimiter = ',')]
     cores: Vec<usize>,
 
-    /// What the workers do with each frame.
-    #[arg(long, value_enum, default_value_t = Mode::Reflect)]
+    /// The border node's config (TOML): services, backends, clusters, the
+    /// SNAT pool. Its VIPs, tunnel peers and SNAT addresses are steered to
+    /// Rialto, in addition to any given with the flags below.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// What the workers do with each frame (balance needs --config).
+    #[arg(long, value_enum, default_value_t = Mode::Balance)]
     mode: Mode,
 
     /// How the XDP program is attached: in the driver, or on the generic skb path.
@@ -117,6 +124,35 @@ struct WorkerSummary {
     stats: StatsSnapshot,
     umem: Ledger,
     umem_balanced: bool,
+    /// Balance mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balance: Option<BalanceSummary>,
+}
+
+#[derive(Debug, Serialize)]
+struct BalanceSummary {
+    #[serde(flatten)]
+    counters: Counters,
+    flows: ConntrackStats,
+}
+
+/// Reads and compiles the config file.
+pub fn load_config(path: &std::path::Path) -> Result<Snapshot> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
+    let config = Config::parse(&name, &text)?;
+    Snapshot::compile(&config).with_context(|| format!("{name}: invalid config"))
+}
+
+/// The interface's MAC address, from sysfs.
+fn iface_mac(iface: &str) -> Result<[u8; 6]> {
+    let path = format!("/sys/class/net/{iface}/address");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let mac: rialto_rules::config::Mac = text
+        .trim()
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{path}: {e}"))?;
+    Ok(mac.0)
 }
 
 /// The receive queues of `iface`, from sysfs (`ip netns exec` mounts the namespace's own).
@@ -164,12 +200,27 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
     };
 
-    let rules = SteeringRules {
+    let tables = match &args.config {
+        Some(path) => Some(Arc::new(load_config(path)?)),
+        None if args.mode == Mode::Balance => {
+            bail!("--mode balance needs --config FILE (or use --mode reflect)")
+        }
+        None => None,
+    };
+    let mut rules = SteeringRules {
         vips: args.vips.clone(),
         tunnel_peers: args.tunnel_peers.clone(),
         snat_addrs: args.snat_addrs.clone(),
         vxlan_port: args.vxlan_port,
     };
+    if let Some(tables) = &tables {
+        let from_config = tables.steering();
+        rules.vips.extend(from_config.vips);
+        rules.tunnel_peers.extend(from_config.tunnel_peers);
+        rules.snat_addrs.extend(from_config.snat_addrs);
+        rules.vxlan_port = from_config.vxlan_port;
+    }
+    let mac = iface_mac(&args.iface)?;
     let mut steering = Steering::load(&rules)?;
     let attach_mode = match args.xdp_mode {
         XdpMode::Driver => AttachMode::Driver,
@@ -194,7 +245,12 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             queue,
             core,
             port,
-            pipeline: Pipeline::new(args.mode),
+            pipeline: match (&tables, args.mode) {
+                (Some(tables), Mode::Balance) => {
+                    Pipeline::balance(Arc::clone(tables), i as u32, queues.len() as u32, mac)
+                }
+                _ => Pipeline::Reflect,
+            },
             stats: Arc::default(),
         });
     }
@@ -227,7 +283,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let mut balanced = true;
     for (queue, bind, stats, handle) in running {
-        let umem = handle.join().expect("worker threads do not panic");
+        let (umem, pipeline) = handle.join().expect("worker threads do not panic");
         balanced &= umem.balanced();
         if !umem.balanced() {
             error!(queue, ?umem, "UMEM frames unaccounted for");
@@ -238,6 +294,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             stats: stats.snapshot(),
             umem,
             umem_balanced: umem.balanced(),
+            balance: match pipeline {
+                Pipeline::Balance(b) => Some(BalanceSummary {
+                    counters: b.counters(),
+                    flows: b.flows().stats(),
+                }),
+                Pipeline::Reflect => None,
+            },
         });
     }
     for (reason, counter) in steering.counters()?.iter() {

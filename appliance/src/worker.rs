@@ -35,14 +35,15 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker; it runs until `stop` is set, drains, and returns its port's ledger.
-    pub fn spawn(self, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<Ledger>> {
+    /// Starts the worker; it runs until `stop` is set, drains, and returns
+    /// its port's ledger and its pipeline (with the pipeline's counters).
+    pub fn spawn(self, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<(Ledger, Pipeline)>> {
         std::thread::Builder::new()
             .name(format!("rialto-q{}", self.queue))
             .spawn(move || self.run(&stop))
     }
 
-    fn run(mut self, stop: &AtomicBool) -> Ledger {
+    fn run(mut self, stop: &AtomicBool) -> (Ledger, Pipeline) {
         if let Some(core) = self.core
             && !core_affinity::set_for_current(core)
         {
@@ -59,9 +60,10 @@ impl Worker {
             if self.port.step(&mut self.pipeline, now, &mut tally) > 0 {
                 self.stats.publish(&tally);
             } else if !self.port.transmitting() {
+                self.pipeline.tick(now);
                 self.port.wait(IDLE_POLL);
             }
         }
-        self.port.drain(DRAIN_TIMEOUT)
+        (self.port.drain(DRAIN_TIMEOUT), self.pipeline)
     }
 }

@@ -33,7 +33,7 @@ impl Rialto {
     /// Starts rialto in the pair's node namespace and waits until it is ready.
     fn start(pair: &Pair, args: &[&str]) -> Self {
         let mut child = netns_command(&pair.node_ns, BIN)
-            .args(["run", "--iface", &pair.node_if])
+            .args(["run", "--mode", "reflect", "--iface", &pair.node_if])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -244,6 +244,12 @@ fn startup_errors_are_one_clear_line() {
     let e = startup_error(&pair, &[], &["--iface", "nosuch0"]);
     assert_eq!(e, "rialto: error: no such interface: nosuch0");
 
+    let e = startup_error(&pair, &[], &["--iface", iface]);
+    assert_eq!(
+        e,
+        "rialto: error: --mode balance needs --config FILE (or use --mode reflect)"
+    );
+
     let e = startup_error(&pair, &[], &["--iface", iface, "--queues", "0,5"]);
     assert_eq!(
         e,
@@ -256,11 +262,11 @@ fn startup_errors_are_one_clear_line() {
         "--regid=65534",
         "--clear-groups",
     ];
-    let e = startup_error(&pair, &nobody, &["--iface", iface]);
+    let e = startup_error(&pair, &nobody, &["--mode", "reflect", "--iface", iface]);
     assert!(e.contains("permission denied"), "{e}");
 
     let first = Rialto::start(&pair, &[]);
-    let e = startup_error(&pair, &[], &["--iface", iface]);
+    let e = startup_error(&pair, &[], &["--mode", "reflect", "--iface", iface]);
     assert!(
         e.contains(&format!("an XDP program is already attached to {iface}")),
         "{e}"

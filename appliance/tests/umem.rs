@@ -11,7 +11,7 @@ use std::{
 
 use rialto::{
     afxdp::{PortConfig, XskPort},
-    pipeline::{Mode, Pipeline},
+    pipeline::Pipeline,
     stats::Tally,
 };
 use rialto_rules::Steering as Rules;
@@ -66,7 +66,7 @@ fn every_frame_is_accounted_for_after_drain() {
         let mut port = XskPort::open(&pair.node_if, 0, &config).unwrap();
         steering.register_socket(0, port.raw_fd()).unwrap();
 
-        let mut pipeline = Pipeline::new(Mode::Reflect);
+        let mut pipeline = Pipeline::Reflect;
         let mut tally = Tally::default();
         let done = AtomicBool::new(false);
         let received = std::thread::scope(|s| {

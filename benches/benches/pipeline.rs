@@ -16,7 +16,7 @@ fn udp_64() -> Vec<u8> {
 }
 
 fn reflect(c: &mut Criterion) {
-    let mut pipeline = Pipeline::new(Mode::Reflect);
+    let mut pipeline = Pipeline::Reflect;
     let mut frame = udp_64();
     let mut group = c.benchmark_group("reflect");
     group.throughput(Throughput::Elements(1));

@@ -3,14 +3,22 @@
 //! The control plane parses and validates here; the dataplane only indexes
 //! what this crate produced.
 
+pub mod config;
 mod endpoint;
+pub mod maglev;
+mod snapshot;
 
 pub use endpoint::{Endpoint, ParseEndpointError, Proto};
+pub use maglev::{MaglevError, MaglevHash, WeightedBackend};
+pub use snapshot::{Backend, Cluster, CompileError, Node, Service, SnatPool, Snapshot};
 
 use std::net::IpAddr;
 
 /// The IANA-assigned VXLAN port (RFC 7348 §5).
 pub const VXLAN_PORT: u16 = 4789;
+
+/// The largest VXLAN network identifier (24 bits, RFC 7348 §5).
+pub const MAX_VNI: u32 = 0xff_ffff;
 
 /// The traffic the XDP program steers into Rialto's AF_XDP sockets.
 #[derive(Clone, Debug, PartialEq, Eq)]

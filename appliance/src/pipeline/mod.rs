@@ -1,9 +1,25 @@
 //! The per-frame work: a pure function of the frame and the time.
 //!
-//! [`Pipeline::process`] does no I/O, so unit tests, the benchmarks and the
-//! live AF_XDP loop all run exactly the same code.
+//! [`Pipeline::process`] does no I/O, so unit tests, offline replay, the
+//! benchmarks and the live AF_XDP loop all run exactly the same code. One
+//! file per stage: [`packet`] finds the flow, [`conntrack`] and [`snat`]
+//! remember it, [`nat`] rewrites it, [`encap`] wraps it, [`icmp`] makes and
+//! translates errors, [`balance`] puts them together.
 
+pub mod balance;
+pub mod conntrack;
+pub mod encap;
+mod frame;
+pub mod icmp;
+pub mod nat;
+pub mod packet;
 mod reflect;
+pub mod snat;
+
+use std::sync::Arc;
+
+pub use frame::{FrameBuf, HEADROOM, OwnedFrame};
+use rialto_rules::Snapshot;
 
 use crate::wire;
 
@@ -25,17 +41,65 @@ pub enum DropReason {
     NotIp,
     /// The TX ring had no room for the frame.
     TxRingFull,
+    /// VXLAN from an address that is no cluster's gateway.
+    UnknownPeer,
+    /// VXLAN without the I flag (RFC 7348 §5).
+    VxlanInvalid,
+    /// VXLAN whose VNI is not the sending gateway's cluster's.
+    UnknownVni,
+    /// Neither to a VIP nor a reply to one of Rialto's flows.
+    NotOwned,
+    /// A packet of no live flow: a reply after expiry, TCP without SYN.
+    NoFlow,
+    /// A fragment: it carries no ports (or not all fragments do).
+    Fragment,
+    /// The service has no backend taking new flows.
+    NoBackend,
+    /// The worker's SNAT ports for the family and protocol are all in use.
+    SnatExhausted,
+    /// Too big once encapsulated, and IPv4 without DF: no ICMP is asked for.
+    TooBig,
+    /// TTL ran out on a packet that may not get an ICMP error back.
+    TtlExceeded,
+    /// No room in front of the frame for the headers to push.
+    NoHeadroom,
 }
 
 impl DropReason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Self; 3] = [Self::Malformed, Self::NotIp, Self::TxRingFull];
+    pub const ALL: [Self; 14] = [
+        Self::Malformed,
+        Self::NotIp,
+        Self::TxRingFull,
+        Self::UnknownPeer,
+        Self::VxlanInvalid,
+        Self::UnknownVni,
+        Self::NotOwned,
+        Self::NoFlow,
+        Self::Fragment,
+        Self::NoBackend,
+        Self::SnatExhausted,
+        Self::TooBig,
+        Self::TtlExceeded,
+        Self::NoHeadroom,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             Self::Malformed => "malformed",
             Self::NotIp => "not_ip",
             Self::TxRingFull => "tx_ring_full",
+            Self::UnknownPeer => "unknown_peer",
+            Self::VxlanInvalid => "vxlan_invalid",
+            Self::UnknownVni => "unknown_vni",
+            Self::NotOwned => "not_owned",
+            Self::NoFlow => "no_flow",
+            Self::Fragment => "fragment",
+            Self::NoBackend => "no_backend",
+            Self::SnatExhausted => "snat_exhausted",
+            Self::TooBig => "too_big",
+            Self::TtlExceeded => "ttl_exceeded",
+            Self::NoHeadroom => "no_headroom",
         }
     }
 }
@@ -49,6 +113,9 @@ impl From<wire::Error> for Verdict {
 /// The job a worker does on each frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
+    /// The border node's job: balance VIP traffic over backends in remote
+    /// clusters, through VXLAN, with NAT and connection tracking.
+    Balance,
     /// Swap Ethernet, IP and UDP/TCP source and destination, and send the
     /// frame back: the bare AF_XDP baseline the benchmarks compare against.
     Reflect,
@@ -56,21 +123,35 @@ pub enum Mode {
 
 /// A worker's pipeline.
 #[derive(Debug)]
-pub struct Pipeline {
-    mode: Mode,
+pub enum Pipeline {
+    Balance(Box<balance::Balancer>),
+    Reflect,
 }
 
 impl Pipeline {
-    pub fn new(mode: Mode) -> Self {
-        Self { mode }
+    /// Worker `worker` of `workers` balancing by `tables`; `mac` is the
+    /// uplink's own address.
+    pub fn balance(tables: Arc<Snapshot>, worker: u32, workers: u32, mac: [u8; 6]) -> Self {
+        Self::Balance(Box::new(balance::Balancer::new(
+            tables, worker, workers, mac,
+        )))
     }
 
     /// Processes one frame in place. `now` is the worker's monotonic clock in
     /// nanoseconds, read once per batch.
     #[inline]
-    pub fn process(&mut self, frame: &mut [u8], _now: u64) -> Verdict {
-        match self.mode {
-            Mode::Reflect => reflect::process(frame),
+    pub fn process(&mut self, frame: &mut FrameBuf<'_>, now: u64) -> Verdict {
+        match self {
+            Self::Balance(b) => b.process(frame, now),
+            Self::Reflect => reflect::process(frame.data_mut()),
+        }
+    }
+
+    /// Once per batch, after the frames: housekeeping that must not wait
+    /// for traffic (expiring flows).
+    pub fn tick(&mut self, now: u64) {
+        if let Self::Balance(b) = self {
+            b.tick(now);
         }
     }
 }

@@ -73,6 +73,42 @@ impl<T: AsRef<[u8]>> Frame<T> {
             .try_into()
             .expect("6 bytes")
     }
+
+    /// The 802.1Q / 802.1ad tag (TPID and TCI), if any.
+    pub fn tag(&self) -> Option<[u8; 4]> {
+        self.tagged
+            .then(|| self.buffer.as_ref()[12..16].try_into().expect("4 bytes"))
+    }
+}
+
+/// The length of a header with or without a tag.
+pub fn header_len(tag: Option<[u8; 4]>) -> usize {
+    if tag.is_some() {
+        field::TAGGED_HEADER_LEN
+    } else {
+        field::HEADER_LEN
+    }
+}
+
+/// Writes a header (with `tag` if given) at the start of `buf`; returns its length.
+pub fn emit(
+    buf: &mut [u8],
+    dst: [u8; 6],
+    src: [u8; 6],
+    tag: Option<[u8; 4]>,
+    ethertype: u16,
+) -> usize {
+    buf[field::DST].copy_from_slice(&dst);
+    buf[field::SRC].copy_from_slice(&src);
+    let at = match tag {
+        Some(tag) => {
+            buf[12..16].copy_from_slice(&tag);
+            16
+        }
+        None => 12,
+    };
+    buf[at..at + 2].copy_from_slice(&ethertype.to_be_bytes());
+    at + 2
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
@@ -115,6 +151,21 @@ mod tests {
         assert_eq!(frame.payload_mut(), &[0xaa, 0xbb]);
         assert_eq!(&bytes[..12], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
         assert_eq!(&bytes[12..], &TAGGED[12..]);
+    }
+
+    #[test]
+    fn emit_tagged() {
+        let mut bytes = [0xa5; 20];
+        let tag = Frame::new_checked(&TAGGED[..]).unwrap().tag();
+        let len = emit(
+            &mut bytes,
+            [0x02, 0, 0, 0, 0, 0x01],
+            [0x02, 0, 0, 0, 0, 0x02],
+            tag,
+            ethertype::IPV4,
+        );
+        assert_eq!((len, header_len(tag)), (18, 18));
+        assert_eq!(bytes[..18], TAGGED[..18]);
     }
 
     #[test]

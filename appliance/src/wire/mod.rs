@@ -4,9 +4,14 @@
 //! after that no accessor can panic. Views read and write the frame where it
 //! lies in the UMEM: no header is copied out and back.
 
+pub mod checksum;
 pub mod ethernet;
+pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
+pub mod tcp;
+pub mod udp;
+pub mod vxlan;
 
 /// Why a frame could not be viewed as a header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

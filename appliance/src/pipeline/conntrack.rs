@@ -1,0 +1,379 @@
+//! A worker's connection table: forward and reverse entries for each flow,
+//! state-aware timeouts, bounded size, and the worker's SNAT ports.
+//!
+//! Invariants, which the property tests and the unit tests check:
+//! - a live flow has exactly one forward and one reverse entry, and holds
+//!   exactly one SNAT port; a SNAT port is held by at most one live flow;
+//! - an expired flow is never returned: a lookup that finds one removes it.
+//!
+//! Expiry does not scan the table per packet: a lookup drops an expired
+//! entry it meets, and [`Conntrack::sweep`] visits a bounded number of slots
+//! per call, once per batch, like a clock hand.
+
+use hashbrown::HashMap;
+use rialto_rules::config::Timeouts;
+
+use super::{
+    packet::{Addr, TCP, UDP},
+    snat::SnatPorts,
+};
+use crate::wire::tcp::flags;
+
+/// The tunnel context of traffic that arrived without a tunnel.
+pub const UPLINK: u32 = u32::MAX;
+
+/// One direction of a flow as it arrives at Rialto. `tunnel` is the VNI it
+/// came in on (or [`UPLINK`]): two clusters may use the same pod addresses,
+/// and their flows never meet in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub tunnel: u32,
+}
+
+/// Where a flow's client is: the uplink, or a pod behind a cluster's gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Uplink,
+    Tunnel { cluster: u16, gateway: u16 },
+}
+
+/// A TCP connection's state, as far as the timeouts care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpState {
+    /// The client's SYN seen, no answer yet.
+    SynSent,
+    Established,
+    /// A FIN or an RST seen.
+    Closing,
+}
+
+/// What Rialto remembers of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// Client -> VIP, as received.
+    pub forward: FlowKey,
+    /// Backend -> SNAT address, as the replies arrive.
+    pub reverse: FlowKey,
+    pub client: Side,
+    /// The backend's side (always a tunnel).
+    pub backend: Side,
+    pub service: u32,
+    pub backend_index: u32,
+    pub hash: u64,
+    pub state: TcpState,
+    /// Second (of the worker's clock) after which the flow is gone.
+    pub expires: u32,
+}
+
+/// Which entry a packet matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client -> backend.
+    Forward,
+    /// Backend -> client.
+    Reply,
+}
+
+/// Why a flow could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertError {
+    /// No SNAT port left in the worker's slice of the pool.
+    SnatExhausted,
+}
+
+/// Counters of the table's own events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConntrackStats {
+    pub created: u64,
+    pub expired: u64,
+    /// Live flows removed to make room for a new one.
+    pub evicted: u64,
+    pub live: u64,
+}
+
+/// Slots sampled for the flow to evict when the table is full.
+const EVICTION_SAMPLE: usize = 8;
+
+/// A worker's flows.
+#[derive(Debug)]
+pub struct Conntrack {
+    slots: Vec<Option<Flow>>,
+    free: Vec<u32>,
+    forward: HashMap<FlowKey, u32>,
+    reverse: HashMap<FlowKey, u32>,
+    snat: SnatPorts,
+    timeouts: Timeouts,
+    hand: usize,
+    stats: ConntrackStats,
+}
+
+impl Conntrack {
+    /// A table of at most `capacity` flows. Everything is allocated here:
+    /// the hot path never allocates.
+    pub fn new(capacity: usize, snat: SnatPorts, timeouts: Timeouts) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            slots: vec![None; capacity],
+            free: (0..capacity as u32).rev().collect(),
+            forward: HashMap::with_capacity(capacity),
+            reverse: HashMap::with_capacity(capacity),
+            snat,
+            timeouts,
+            hand: 0,
+            stats: ConntrackStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ConntrackStats {
+        ConntrackStats {
+            live: self.forward.len() as u64,
+            ..self.stats
+        }
+    }
+
+    pub fn snat(&self) -> &SnatPorts {
+        &self.snat
+    }
+
+    /// The live flow `key` belongs to, in either direction.
+    #[inline]
+    pub fn lookup(&mut self, key: &FlowKey, now: u32) -> Option<(u32, Direction)> {
+        let (id, direction) = if let Some(&id) = self.forward.get(key) {
+            (id, Direction::Forward)
+        } else {
+            (*self.reverse.get(key)?, Direction::Reply)
+        };
+        if self.flow(id).expires < now {
+            self.remove(id);
+            self.stats.expired += 1;
+            return None;
+        }
+        Some((id, direction))
+    }
+
+    pub fn flow(&self, id: u32) -> &Flow {
+        self.slots[id as usize].as_ref().expect("live flow id")
+    }
+
+    /// Creates a flow: takes a SNAT port of the backend's family, inserts
+    /// the forward and reverse entries. `make` builds the flow from the SNAT
+    /// address and port. When the table is full, the flow closest to expiry
+    /// among a few sampled makes room.
+    pub fn insert(
+        &mut self,
+        v6: bool,
+        proto: u8,
+        hash: u64,
+        now: u32,
+        make: impl FnOnce(Addr, u16) -> Flow,
+    ) -> Result<u32, InsertError> {
+        if self.free.is_empty() {
+            self.evict();
+        }
+        let (addr, port) = self
+            .snat
+            .take(v6, proto, hash)
+            .ok_or(InsertError::SnatExhausted)?;
+        let mut flow = make(addr, port);
+        flow.expires = now.saturating_add(self.timeout(flow.forward.proto, flow.state));
+        let id = self.free.pop().expect("a slot was freed above");
+        self.forward.insert(flow.forward, id);
+        self.reverse.insert(flow.reverse, id);
+        self.slots[id as usize] = Some(flow);
+        self.stats.created += 1;
+        Ok(id)
+    }
+
+    /// Notes a packet of flow `id`: advances the TCP state and the expiry.
+    #[inline]
+    pub fn touch(&mut self, id: u32, direction: Direction, tcp_flags: u8, now: u32) {
+        let timeouts = self.timeouts;
+        let flow = self.slots[id as usize].as_mut().expect("live flow id");
+        if flow.forward.proto == TCP {
+            flow.state = next_state(flow.state, direction, tcp_flags);
+        }
+        flow.expires = now.saturating_add(timeout(&timeouts, flow.forward.proto, flow.state));
+    }
+
+    /// Visits up to `budget` slots from where the last sweep stopped and
+    /// removes the expired flows there.
+    pub fn sweep(&mut self, now: u32, budget: usize) {
+        for _ in 0..budget.min(self.slots.len()) {
+            self.hand = (self.hand + 1) % self.slots.len();
+            if let Some(flow) = &self.slots[self.hand]
+                && flow.expires < now
+            {
+                self.remove(self.hand as u32);
+                self.stats.expired += 1;
+            }
+        }
+    }
+
+    fn evict(&mut self) {
+        let len = self.slots.len();
+        let victim = (1..=EVICTION_SAMPLE.min(len))
+            .map(|i| (self.hand + i) % len)
+            .filter_map(|i| self.slots[i].as_ref().map(|f| (f.expires, i)))
+            .min();
+        self.hand = (self.hand + EVICTION_SAMPLE) % len;
+        if let Some((_, i)) = victim {
+            self.remove(i as u32);
+            self.stats.evicted += 1;
+        }
+    }
+
+    fn remove(&mut self, id: u32) {
+        let flow = self.slots[id as usize].take().expect("live flow id");
+        self.forward.remove(&flow.forward);
+        self.reverse.remove(&flow.reverse);
+        self.snat
+            .give_back(&flow.reverse.dst, flow.reverse.proto, flow.reverse.dst_port);
+        self.free.push(id);
+    }
+
+    fn timeout(&self, proto: u8, state: TcpState) -> u32 {
+        timeout(&self.timeouts, proto, state)
+    }
+}
+
+fn timeout(t: &Timeouts, proto: u8, state: TcpState) -> u32 {
+    match (proto, state) {
+        (TCP, TcpState::SynSent) => t.tcp_syn,
+        (TCP, TcpState::Established) => t.tcp_established,
+        (TCP, TcpState::Closing) => t.tcp_closing,
+        (UDP, _) => t.udp,
+        _ => t.icmp,
+    }
+}
+
+/// The TCP state after a segment with `tcp_flags` going `direction`.
+///
+/// A reply makes a connection established; a FIN or RST from either side
+/// starts closing; a client's new SYN on a closing connection (the port
+/// reused) starts it over.
+fn next_state(state: TcpState, direction: Direction, tcp_flags: u8) -> TcpState {
+    if tcp_flags & (flags::FIN | flags::RST) != 0 {
+        return TcpState::Closing;
+    }
+    match (state, direction) {
+        (TcpState::Closing, Direction::Forward) if tcp_flags & flags::SYN != 0 => TcpState::SynSent,
+        (TcpState::Closing, _) => TcpState::Closing,
+        (TcpState::SynSent, Direction::Reply) => TcpState::Established,
+        (state, _) => state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rialto_rules::SnatPool;
+
+    use super::*;
+    use crate::pipeline::packet::mapped;
+
+    fn table(capacity: usize, ports: (u16, u16)) -> Conntrack {
+        let pool = SnatPool {
+            v4: vec![[198, 18, 200, 1].into()],
+            v6: vec![],
+            ports,
+        };
+        Conntrack::new(capacity, SnatPorts::new(&pool, 0, 1), Timeouts::default())
+    }
+
+    fn key(src_port: u16) -> FlowKey {
+        FlowKey {
+            src: mapped([198, 18, 0, 2]),
+            dst: mapped([198, 18, 100, 1]),
+            src_port,
+            dst_port: 80,
+            proto: TCP,
+            tunnel: UPLINK,
+        }
+    }
+
+    fn add(t: &mut Conntrack, src_port: u16, now: u32) -> Result<u32, InsertError> {
+        t.insert(false, TCP, u64::from(src_port), now, |snat, snat_port| {
+            let forward = key(src_port);
+            Flow {
+                forward,
+                reverse: FlowKey {
+                    src: mapped([198, 19, 0, 5]),
+                    dst: snat,
+                    src_port: 8080,
+                    dst_port: snat_port,
+                    proto: TCP,
+                    tunnel: 100,
+                },
+                client: Side::Uplink,
+                backend: Side::Tunnel {
+                    cluster: 0,
+                    gateway: 0,
+                },
+                service: 0,
+                backend_index: 0,
+                hash: 0,
+                state: TcpState::SynSent,
+                expires: 0,
+            }
+        })
+    }
+
+    #[test]
+    fn forward_and_reverse_find_the_same_flow() {
+        let mut t = table(4, (1024, 1030));
+        let id = add(&mut t, 40000, 0).unwrap();
+        let reverse = t.flow(id).reverse;
+        assert_eq!(t.lookup(&key(40000), 1), Some((id, Direction::Forward)));
+        assert_eq!(t.lookup(&reverse, 1), Some((id, Direction::Reply)));
+        assert_eq!(t.lookup(&key(40001), 1), None);
+    }
+
+    #[test]
+    fn timeouts_follow_the_tcp_state() {
+        let mut t = table(4, (1024, 1030));
+        let id = add(&mut t, 40000, 100).unwrap();
+        assert_eq!(t.flow(id).expires, 100 + 30);
+        t.touch(id, Direction::Reply, flags::SYN | flags::ACK, 101);
+        assert_eq!(
+            (t.flow(id).state, t.flow(id).expires),
+            (TcpState::Established, 101 + 3600)
+        );
+        t.touch(id, Direction::Forward, flags::FIN | flags::ACK, 102);
+        assert_eq!(
+            (t.flow(id).state, t.flow(id).expires),
+            (TcpState::Closing, 102 + 30)
+        );
+        assert_eq!(t.lookup(&key(40000), 132), Some((id, Direction::Forward)));
+        assert_eq!(t.lookup(&key(40000), 133), None, "expired on lookup");
+        assert_eq!(t.stats().expired, 1);
+        assert_eq!(t.stats().live, 0);
+    }
+
+    #[test]
+    fn sweep_expires_without_lookups_and_frees_ports() {
+        let mut t = table(8, (1024, 1025));
+        add(&mut t, 1, 0).unwrap();
+        add(&mut t, 2, 0).unwrap();
+        assert_eq!(add(&mut t, 3, 0), Err(InsertError::SnatExhausted));
+        t.sweep(31, 8);
+        assert_eq!(t.stats().expired, 2);
+        assert!(add(&mut t, 3, 31).is_ok(), "ports came back");
+    }
+
+    #[test]
+    fn full_table_evicts_the_flow_closest_to_expiry() {
+        let mut t = table(2, (1024, 2047));
+        let old = add(&mut t, 1, 0).unwrap();
+        add(&mut t, 2, 10).unwrap();
+        add(&mut t, 3, 20).unwrap();
+        assert_eq!(t.stats().evicted, 1);
+        assert_eq!(t.stats().live, 2);
+        assert_eq!(t.lookup(&key(1), 20), None);
+        assert_ne!(t.lookup(&key(3), 20), None);
+        let _ = old;
+    }
+}

@@ -1,0 +1,157 @@
+//! A worker's slice of the SNAT pool.
+//!
+//! The pool's port range is cut into one contiguous slice per worker, so
+//! workers never share a port and the owner of a reply can be read from its
+//! destination port ([`SnatPorts::owner`]). Within its slice a worker keeps
+//! a stack of free ports per SNAT address and protocol: taking and giving
+//! back are O(1), and a port is never handed out while a flow holds it.
+
+use rialto_rules::SnatPool;
+
+use super::packet::{Addr, TCP, UDP, from_ip};
+
+#[derive(Debug)]
+struct Ports {
+    addr: Addr,
+    v6: bool,
+    proto: u8,
+    free: Vec<u16>,
+}
+
+/// One worker's SNAT ports.
+#[derive(Debug)]
+pub struct SnatPorts {
+    pools: Vec<Ports>,
+    first: u16,
+    span: u32,
+    workers: u32,
+}
+
+impl SnatPorts {
+    /// Worker `worker` of `workers`' slice of `pool`.
+    pub fn new(pool: &SnatPool, worker: u32, workers: u32) -> Self {
+        let (first, last) = pool.ports;
+        let total = u32::from(last) - u32::from(first) + 1;
+        let span = (total / workers.max(1)).max(1);
+        let lo = u32::from(first) + worker * span;
+        // The last worker takes the remainder of the division.
+        let hi = if worker + 1 == workers {
+            u32::from(last)
+        } else {
+            lo + span - 1
+        };
+        let slice: Vec<u16> = (lo..=hi.min(u32::from(last)))
+            .rev()
+            .map(|p| p as u16)
+            .collect();
+        let addrs = (pool.v4.iter().map(|&a| (from_ip(a.into()), false)))
+            .chain(pool.v6.iter().map(|&a| (from_ip(a.into()), true)));
+        let pools = addrs
+            .flat_map(|(addr, v6)| {
+                let slice = slice.clone();
+                [TCP, UDP].map(move |proto| Ports {
+                    addr,
+                    v6,
+                    proto,
+                    free: slice.clone(),
+                })
+            })
+            .collect();
+        Self {
+            pools,
+            first,
+            span,
+            workers: workers.max(1),
+        }
+    }
+
+    /// Takes a free port of an address of the family, starting the search
+    /// at the address `hash` picks.
+    pub fn take(&mut self, v6: bool, proto: u8, hash: u64) -> Option<(Addr, u16)> {
+        let n = self.pools.len();
+        let start = (hash % n.max(1) as u64) as usize;
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| {
+                let p = &self.pools[i];
+                p.v6 == v6 && p.proto == proto && !p.free.is_empty()
+            })
+            .map(|i| {
+                let p = &mut self.pools[i];
+                (p.addr, p.free.pop().expect("checked non-empty"))
+            })
+    }
+
+    /// Returns a port taken with [`Self::take`].
+    pub fn give_back(&mut self, addr: &Addr, proto: u8, port: u16) {
+        if let Some(p) = self
+            .pools
+            .iter_mut()
+            .find(|p| p.addr == *addr && p.proto == proto)
+        {
+            p.free.push(port);
+        }
+    }
+
+    /// Which worker's slice `port` is in.
+    pub fn owner(&self, port: u16) -> u32 {
+        (u32::from(port.saturating_sub(self.first)) / self.span).min(self.workers - 1)
+    }
+
+    /// Free ports per (address, protocol).
+    pub fn free(&self) -> impl Iterator<Item = (Addr, u8, usize)> + '_ {
+        self.pools.iter().map(|p| (p.addr, p.proto, p.free.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::packet::mapped;
+
+    fn pool() -> SnatPool {
+        SnatPool {
+            v4: vec![[198, 18, 200, 1].into()],
+            v6: vec!["fd00:200::1".parse().unwrap()],
+            ports: (1000, 1009),
+        }
+    }
+
+    #[test]
+    fn workers_get_disjoint_slices_and_owners_are_computable() {
+        let mut a = SnatPorts::new(&pool(), 0, 3);
+        let mut b = SnatPorts::new(&pool(), 2, 3);
+        let mut taken = Vec::new();
+        while let Some((_, port)) = a.take(false, TCP, 0) {
+            assert_eq!(a.owner(port), 0);
+            taken.push(port);
+        }
+        while let Some((_, port)) = b.take(false, TCP, 0) {
+            assert_eq!(b.owner(port), 2);
+            taken.push(port);
+        }
+        assert_eq!(taken, vec![1000, 1001, 1002, 1006, 1007, 1008, 1009]);
+    }
+
+    #[test]
+    fn families_and_protocols_do_not_share() {
+        let mut p = SnatPorts::new(&pool(), 0, 1);
+        let (addr, port) = p.take(true, UDP, 7).unwrap();
+        assert_eq!(
+            (addr, port),
+            (
+                "fd00:200::1"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+                1000
+            )
+        );
+        assert_eq!(
+            p.take(false, UDP, 7).unwrap(),
+            (mapped([198, 18, 200, 1]), 1000)
+        );
+        p.give_back(&addr, UDP, port);
+        assert_eq!(p.take(true, UDP, 0).unwrap().1, 1000);
+    }
+}
