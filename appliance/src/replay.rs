@@ -9,10 +9,11 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     sync::Arc,
+    time::Duration,
 };
 
 use pcap_file::{
-    DataLink,
+    DataLink, TsResolution,
     pcap::{PcapPacket, PcapReader, PcapWriter},
 };
 use rialto_rules::Snapshot;
@@ -64,7 +65,12 @@ pub fn replay(
     output: impl Write,
 ) -> Result<Summary, ReplayError> {
     let mut reader = PcapReader::new(input).map_err(ReplayError::Read)?;
-    let datalink = reader.header().datalink;
+    let header = reader.header();
+    let datalink = header.datalink;
+    let nanos_per_tick = match header.ts_resolution {
+        TsResolution::MicroSecond => 1_000,
+        TsResolution::NanoSecond => 1,
+    };
     if datalink != DataLink::ETHERNET {
         return Err(ReplayError::LinkType(datalink));
     }
@@ -72,13 +78,17 @@ pub fn replay(
     let mut balancer = Balancer::new(tables, 0, 1, [0; 6]);
     let mut summary = Summary::default();
     let mut frame = OwnedFrame::new(&[]);
-    while let Some(packet) = reader.next_packet() {
+    // Raw packets: pcap-file's checked ones refuse a frame longer on the wire
+    // than the file's snap length, which real captures do hold.
+    while let Some(packet) = reader.next_raw_packet() {
         let packet = packet.map_err(ReplayError::Read)?;
         summary.frames += 1;
-        if (packet.data.len() as u32) < packet.orig_len {
+        if packet.incl_len < packet.orig_len {
             summary.cut_short += 1;
         }
-        let now = u64::try_from(packet.timestamp.as_nanos()).unwrap_or(u64::MAX);
+        let timestamp = Duration::from_secs(packet.ts_sec.into())
+            + Duration::from_nanos(u64::from(packet.ts_frac) * nanos_per_tick);
+        let now = u64::try_from(timestamp.as_nanos()).unwrap_or(u64::MAX);
         frame.load(&packet.data);
         let verdict = frame.with(|buf| match stages {
             Stages::All => {
@@ -93,7 +103,7 @@ pub fn replay(
                 summary.tx += 1;
                 let data = frame.data();
                 writer
-                    .write_packet(&PcapPacket::new(packet.timestamp, data.len() as u32, data))
+                    .write_packet(&PcapPacket::new(timestamp, data.len() as u32, data))
                     .map_err(ReplayError::Write)?;
             }
             Verdict::Drop(reason) => {

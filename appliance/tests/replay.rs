@@ -178,3 +178,201 @@ fn fixture_outputs_pass_tshark_checksum_validation() {
         "tshark sees a corrupted frame"
     );
 }
+
+const CORPUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/corpus/zeek-tunnels"
+);
+
+/// A config whose one cluster's gateways are `peers`, with `vni`.
+fn corpus_config(dir: &Scratch, peers: &[&str], vni: u32) -> PathBuf {
+    let gateways: Vec<_> = peers.iter().map(|p| format!("{p:?}")).collect();
+    let text = format!(
+        r#"
+        [node]
+        vteps = ["198.18.1.1"]
+        next_hop_mac = "02:00:00:00:00:fe"
+        [snat]
+        addresses = ["198.18.200.1"]
+        [[cluster]]
+        name = "capture"
+        vni = {vni}
+        gateways = [{}]
+        gateway_mac = "02:00:00:00:02:01"
+        "#,
+        gateways.join(", ")
+    );
+    let path = dir.path("corpus.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn corpus(file: &str) -> PathBuf {
+    let path = Path::new(CORPUS).join(file);
+    assert!(
+        path.exists(),
+        "{} is missing: the corpus lives in ../shared beside the repository",
+        path.display()
+    );
+    path
+}
+
+/// `vxlan.pcap` decapsulated: exactly the inner IPv4 headers Zeek's
+/// baseline lists (id, DF, TTL, header checksum, addresses), in order.
+#[test]
+fn vxlan_capture_decapsulates_to_zeeks_inner_packets() {
+    let dir = Scratch::new("corpus-vxlan");
+    let config = corpus_config(&dir, &["192.168.56.11", "192.168.56.12"], 123);
+    let summary = replay(
+        &config,
+        &corpus("vxlan.pcap"),
+        &dir.path("inner.pcap"),
+        true,
+    );
+    assert_eq!(
+        (summary["frames"].as_u64(), summary["tx"].as_u64()),
+        (Some(10), Some(10)),
+        "{summary}"
+    );
+
+    let baseline =
+        std::fs::read_to_string(Path::new(CORPUS).join("baselines/core.tunnels.vxlan.out"))
+            .unwrap();
+    let field = |line: &str, name: &str| -> String {
+        let start = line
+            .find(&format!(" {name}="))
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+            + name.len()
+            + 2;
+        line[start..].split([',', ']']).next().unwrap().to_owned()
+    };
+    let expected: Vec<String> = baseline
+        .lines()
+        .filter(|l| l.starts_with("vxlan_packet"))
+        .map(|l| {
+            let ip = &l[l.find("[ip=[").unwrap()..];
+            let df = field(ip, "DF") == "T";
+            format!(
+                "id={} df={df} ttl={} sum={} {}->{}",
+                field(ip, "id"),
+                field(ip, "ttl"),
+                field(ip, "sum"),
+                field(ip, "src"),
+                field(ip, "dst")
+            )
+        })
+        .collect();
+    assert_eq!(
+        expected.len(),
+        8,
+        "Zeek's baseline lists the 8 ICMP packets"
+    );
+    let actual: Vec<String> = read_pcap(&dir.path("inner.pcap"))
+        .iter()
+        .filter_map(|frame| {
+            let packet = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+            let Some(etherparse::NetSlice::Ipv4(ip)) = packet.net else {
+                return None;
+            };
+            let h = ip.header();
+            Some(format!(
+                "id={} df={} ttl={} sum={} {}->{}",
+                h.identification(),
+                h.dont_fragment(),
+                h.ttl(),
+                h.header_checksum(),
+                h.source_addr(),
+                h.destination_addr()
+            ))
+        })
+        .collect();
+    assert_eq!(actual, expected);
+}
+
+/// Every capture of the corpus, through the whole balancer and through
+/// decapsulation alone: what each odd case becomes, never a panic.
+#[test]
+fn corpus_captures_are_handled_as_documented() {
+    // (capture, tunnel peers, VNI, frames transmitted by --decap, drops of
+    // the whole balancer, which has no VIP for any of them)
+    let cases: &[(&str, &[&str], u32, u64, &[(&str, u64)])] = &[
+        // Inner ARP is not IP; inner ICMP echo is to no VIP.
+        (
+            "vxlan.pcap",
+            &["192.168.56.11", "192.168.56.12"],
+            123,
+            10,
+            &[("not_ip", 2), ("not_owned", 8)],
+        ),
+        (
+            "vxlan-encapsulated-http.pcap",
+            &["10.1.200.131"],
+            1,
+            12,
+            &[("not_owned", 12)],
+        ),
+        // Inner checksums are the end hosts' business: passed on as they are.
+        (
+            "vxlan-inner-tcp-bad-checksum.pcap",
+            &["192.168.1.1"],
+            42,
+            1,
+            &[("not_owned", 1)],
+        ),
+        // The outer UDP checksum is not verified (RFC 7348 §5: MAY).
+        (
+            "vxlan-encapsulated-igmp-v2.pcap",
+            &["172.30.0.1"],
+            4242,
+            3,
+            &[("not_owned", 3)],
+        ),
+        // One layer is decapsulated; the VXLAN inside is UDP to no VIP.
+        (
+            "vxlan-triple-v2.pcap",
+            &["1.1.1.1"],
+            1,
+            1,
+            &[("not_owned", 1)],
+        ),
+        // Cut short by the capture: the IP lengths do not fit.
+        (
+            "geneve-vxlan-dns-truncated.pcap",
+            &["127.0.0.1"],
+            4242,
+            0,
+            &[("malformed", 2)],
+        ),
+        // Geneve and IP-in-IP are not VXLAN.
+        (
+            "geneve.pcap",
+            &["20.0.0.1", "20.0.0.2"],
+            1,
+            0,
+            &[("not_owned", 6)],
+        ),
+        ("4in4.pcap", &["1.2.3.4"], 1, 0, &[("not_owned", 1)]),
+        ("4in6.pcap", &["1.2.3.4"], 1, 0, &[("not_owned", 1)]),
+    ];
+    let dir = Scratch::new("corpus-all");
+    let mut failures = Vec::new();
+    for &(file, peers, vni, decap_tx, drops) in cases {
+        let config = corpus_config(&dir, peers, vni);
+        let frames = tshark_stacks(&corpus(file)).len() as u64;
+        let decap = replay(&config, &corpus(file), &dir.path("decap.pcap"), true);
+        let whole = replay(&config, &corpus(file), &dir.path("whole.pcap"), false);
+        let expected_drops: serde_json::Map<_, _> = drops
+            .iter()
+            .map(|&(r, n)| (r.to_owned(), Value::from(n)))
+            .collect();
+        if decap["frames"] != frames || decap["tx"] != decap_tx {
+            failures.push(format!(
+                "{file} --decap: {decap}, expected {frames} frames, {decap_tx} transmitted"
+            ));
+        }
+        if whole["tx"] != 0 || whole["drops"] != Value::Object(expected_drops) {
+            failures.push(format!("{file}: {whole}, expected drops {drops:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

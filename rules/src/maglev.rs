@@ -64,11 +64,12 @@
 //!   backends, `W` their weight sum, each backend starts a counter at `w / l`;
 //!   turn `n` starts at backend `n % l` and passes on while
 //!   `(n + 1)·w < ⌊counter⌋`; the backend that takes the turn adds `W` to its
-//!   counter. Weights count only when `W / l > 1` (integer division), so a
-//!   set whose weights are all 0 or 1 is plain round robin. Cilium's weights
-//!   are 16 bit, default 100 (`loadbalancer.DefaultBackendWeight`); weight 0
-//!   is its maintenance state, which it leaves out of the Maglev table, as
-//!   Rialto does.
+//!   counter. Weights count only when `W / l > 1` (integer division): with
+//!   weights averaging under 2, say 1 and 2, Cilium shares equally, and so
+//!   does this mode. Write weights on Cilium's scale: 16 bit, default 100
+//!   (`loadbalancer.DefaultBackendWeight`); all-equal weights, whatever their
+//!   value, give the same table. Weight 0 is Cilium's maintenance state,
+//!   which it leaves out of the Maglev table, as Rialto does.
 //!
 //! For two nodes to agree, the Cilium side needs: the same seed
 //! (`bpf-lb-maglev-hash-seed`), the same M (`bpf-lb-maglev-table-size`, one of
@@ -150,8 +151,8 @@ impl fmt::Display for MaglevHash {
 }
 
 /// Cilium's `bpf-lb-maglev-hash-seed`: 12 bytes, written in standard base64.
-/// Only the first 4 (big endian) seed the table's hash; Cilium's datapath
-/// seeds its flow hash with the other 8.
+/// Only the first 4 (big endian) seed the table's hash; Cilium derives
+/// `SeedJhash0` and `SeedJhash1`, for its datapath, from the other 8.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CiliumSeed([u8; 12]);
 
@@ -314,6 +315,11 @@ impl fmt::Debug for Table {
 impl Table {
     /// Builds the table of `size` slots for `backends` (module doc). Cilium
     /// mode uses Cilium's default seed.
+    ///
+    /// Fails if `size` is not a prime up to [`MAX_TABLE_SIZE`] (in Cilium
+    /// mode: one of [`CILIUM_TABLE_SIZES`]), if there are no backends, more
+    /// than `size`, an endpoint listed twice, or no positive weight, and in
+    /// Cilium mode if a weight exceeds 65535.
     pub fn build(
         hash: MaglevHash,
         size: u32,
@@ -489,13 +495,13 @@ pub fn is_prime(n: u32) -> bool {
     if n < 4 {
         return n >= 2;
     }
-    if n % 2 == 0 || n % 3 == 0 {
+    if n.is_multiple_of(2) || n.is_multiple_of(3) {
         return false;
     }
     let n = u64::from(n);
     let mut d = 5u64;
     while d * d <= n {
-        if n % d == 0 || n % (d + 2) == 0 {
+        if n.is_multiple_of(d) || n.is_multiple_of(d + 2) {
             return false;
         }
         d += 6;
@@ -893,6 +899,72 @@ mod tests {
         }
     }
 
+    /// The paper's Pseudocode 1 taken literally (whole permutations and
+    /// `next[]`), with Rialto's turn order found by sorting every backend's
+    /// first M turns by due time: what `Table::build` computes faster.
+    fn reference_rialto(size: u32, bs: &[WeightedBackend]) -> Vec<Endpoint> {
+        let m = u64::from(size);
+        let mut active: Vec<&WeightedBackend> = bs.iter().filter(|b| b.weight > 0).collect();
+        active.sort_by_key(|b| b.endpoint);
+        let permutations: Vec<Vec<u64>> = active
+            .iter()
+            .map(|b| {
+                let (h1, h2) =
+                    mur3::murmurhash3_x64_128(&rialto_identity(&b.endpoint), RIALTO_SEED);
+                let (offset, skip) = (h1 % m, h2 % (m - 1) + 1);
+                (0..m).map(|j| (offset + j * skip) % m).collect()
+            })
+            .collect();
+        // (2k + 1, weight, identity rank): due at (2k + 1) / 2w, ties to the
+        // heavier, then to identity order.
+        let mut turns: Vec<(u64, u64, usize)> = active
+            .iter()
+            .enumerate()
+            .flat_map(|(rank, b)| (0..m).map(move |k| (2 * k + 1, u64::from(b.weight), rank)))
+            .collect();
+        turns.sort_by(|a, b| {
+            (a.0 * b.1)
+                .cmp(&(b.0 * a.1))
+                .then(b.1.cmp(&a.1))
+                .then(a.2.cmp(&b.2))
+        });
+        let mut entry: Vec<Option<usize>> = vec![None; size as usize];
+        let mut next = vec![0; active.len()];
+        for &(_, _, i) in &turns[..size as usize] {
+            let mut c = permutations[i][next[i]];
+            while entry[c as usize].is_some() {
+                next[i] += 1;
+                c = permutations[i][next[i]];
+            }
+            entry[c as usize] = Some(i);
+            next[i] += 1;
+        }
+        entry.iter().map(|i| active[i.unwrap()].endpoint).collect()
+    }
+
+    #[test]
+    fn matches_the_papers_pseudocode() {
+        let mut state = 3;
+        for size in [2, 7, 251, 4099] {
+            for n in [1, 2, 3, 20] {
+                let equal = backends(n.min(size));
+                let mut weighted = equal.clone();
+                for b in &mut weighted {
+                    b.weight = (splitmix(&mut state) % 5) as u32;
+                }
+                weighted[0].weight = 3;
+                for bs in [&equal, &weighted] {
+                    let table = Table::build(MaglevHash::Rialto, size, bs).unwrap();
+                    assert_eq!(
+                        endpoints(&table, bs),
+                        reference_rialto(size, bs),
+                        "M={size} N={n}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_hash_modes_differ() {
         let bs = backends(10);
@@ -1161,6 +1233,26 @@ mod tests {
             .filter(|&(&b, &a)| b != 0 && b != a + 1)
             .count();
         assert!(moved * 100 < 1021, "{moved} slots of survivors moved");
+    }
+
+    /// Cilium weighs only when the weights average 2 or more: 1 and 2 share
+    /// equally, 100 and 200 do not; equal weights are round robin whatever
+    /// their value.
+    #[test]
+    fn cilium_weighs_only_from_an_average_of_two() {
+        let shares = |w: [u32; 2]| {
+            let bs = [cilium_backend(1, w[0]), cilium_backend(2, w[1])];
+            Table::build(MaglevHash::Cilium, 1021, &bs)
+                .unwrap()
+                .slot_counts()
+        };
+        assert_eq!(shares([1, 2]), [511, 510]);
+        assert_eq!(shares([100, 200]), [341, 680]);
+        let table = |w| {
+            let bs: Vec<_> = (1..=5).map(|i| cilium_backend(i, w)).collect();
+            Table::build(MaglevHash::Cilium, 1021, &bs).unwrap()
+        };
+        assert_eq!(table(1), table(100));
     }
 
     /// `TestBackendRemoval`: equal weights, three backends, the last removed.
