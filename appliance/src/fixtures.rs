@@ -28,6 +28,9 @@ mtu = 1500
 addresses = ["198.18.200.1", "fd00:200::1"]
 ports = "1024-65535"
 
+[limits]
+flows_per_worker = 4096
+
 [[cluster]]
 name = "east"
 vni = 100

@@ -5,10 +5,7 @@ use std::{fs::File, io::BufWriter, path::PathBuf, process::ExitCode, sync::Arc};
 use anyhow::{Context, Result};
 use clap::Args;
 use rialto::replay::{self, Stages};
-use rialto_rules::{
-    MaglevHash, WeightedBackend,
-    maglev::{self, DEFAULT_TABLE_SIZE},
-};
+use rialto_rules::{MaglevHash, WeightedBackend, maglev};
 
 /// Run the pipeline over a capture and summarise what it did.
 ///
@@ -65,9 +62,10 @@ pub struct MaglevArgs {
     #[arg(long, default_value_t = MaglevHash::Rialto)]
     hash: MaglevHash,
 
-    /// Slots in the table: a prime (Cilium accepts only its own sizes).
-    #[arg(long, default_value_t = DEFAULT_TABLE_SIZE)]
-    size: u32,
+    /// Slots in the table: a prime; Cilium accepts only its own sizes
+    /// [default: 65537, or Cilium's 16381 with --hash cilium].
+    #[arg(long)]
+    size: Option<u32>,
 
     /// Backends as ADDR:PORT/PROTO[=WEIGHT], e.g. 198.19.0.5:8080/TCP=3.
     #[arg(value_name = "BACKEND[=WEIGHT]", required = true)]
@@ -75,7 +73,8 @@ pub struct MaglevArgs {
 }
 
 pub fn maglev(args: &MaglevArgs) -> Result<ExitCode> {
-    let table = maglev::Table::build(args.hash, args.size, &args.backends)?;
+    let size = args.size.unwrap_or(args.hash.default_table_size());
+    let table = maglev::Table::build(args.hash, size, &args.backends)?;
     print!("{}", maglev::render(&table, &args.backends));
     Ok(ExitCode::SUCCESS)
 }

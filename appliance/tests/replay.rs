@@ -295,7 +295,8 @@ fn vxlan_capture_decapsulates_to_zeeks_inner_packets() {
 fn corpus_captures_are_handled_as_documented() {
     // (capture, tunnel peers, VNI, frames transmitted by --decap, drops of
     // the whole balancer, which has no VIP for any of them)
-    let cases: &[(&str, &[&str], u32, u64, &[(&str, u64)])] = &[
+    type Case<'a> = (&'a str, &'a [&'a str], u32, u64, &'a [(&'a str, u64)]);
+    let cases: &[Case] = &[
         // Inner ARP is not IP; inner ICMP echo is to no VIP.
         (
             "vxlan.pcap",

@@ -160,14 +160,14 @@ impl Default for Timeouts {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Live flows per worker; beyond it, the flow closest to expiry among a
-    /// few sampled is evicted.
+    /// few sampled is evicted. The table is allocated whole at start.
     pub flows_per_worker: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            flows_per_worker: 1 << 20,
+            flows_per_worker: 1 << 18,
         }
     }
 }
@@ -192,16 +192,13 @@ pub struct Service {
     pub name: String,
     #[serde(deserialize_with = "from_str")]
     pub vip: Endpoint,
-    /// Maglev lookup table size: a prime.
-    #[serde(default = "default_table_size")]
-    pub table_size: u32,
+    /// Maglev lookup table size: a prime [default: 65537, or Cilium's
+    /// 16381 with `hash = "cilium"`].
+    #[serde(default)]
+    pub table_size: Option<u32>,
     #[serde(default, deserialize_with = "from_str")]
     pub hash: MaglevHash,
     pub backends: Vec<Backend>,
-}
-
-fn default_table_size() -> u32 {
-    crate::maglev::DEFAULT_TABLE_SIZE
 }
 
 /// One backend of a service: a pod in a remote cluster.
@@ -283,7 +280,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) const EXAMPLE: &str = r#"
@@ -312,7 +309,7 @@ mod tests {
         assert_eq!(config.node.mtu, 1500);
         assert_eq!(config.node.vxlan_port, VXLAN_PORT);
         assert_eq!(config.snat.ports, (1024, 65535));
-        assert_eq!(config.services[0].table_size, 65537);
+        assert_eq!(config.services[0].table_size, None);
         assert_eq!(config.services[0].backends[0].weight, 3);
         assert_eq!(config.services[0].backends[0].state, BackendState::Active);
         assert_eq!(

@@ -10,7 +10,7 @@ mod snapshot;
 
 pub use endpoint::{Endpoint, ParseEndpointError, Proto};
 pub use maglev::{MaglevError, MaglevHash, WeightedBackend};
-pub use snapshot::{Backend, Cluster, CompileError, Node, Service, SnatPool, Snapshot};
+pub use snapshot::{Backend, Cluster, CompileError, Node, Service, Snapshot, SnatPool};
 
 use std::net::IpAddr;
 

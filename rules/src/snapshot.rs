@@ -321,11 +321,14 @@ fn compile_service(
         None
     } else {
         Some(
-            maglev::Table::build(s.hash, s.table_size, &weighted).map_err(|source| {
-                CompileError::Maglev {
-                    name: s.name.clone(),
-                    source,
-                }
+            maglev::Table::build(
+                s.hash,
+                s.table_size.unwrap_or(s.hash.default_table_size()),
+                &weighted,
+            )
+            .map_err(|source| CompileError::Maglev {
+                name: s.name.clone(),
+                source,
             })?,
         )
     };

@@ -210,7 +210,7 @@ impl Balancer {
         Ok(Some((
             Side::Tunnel { cluster, gateway },
             at,
-            outer.l4 + datagram.len(),
+            outer.l4 + datagram.length(),
         )))
     }
 

@@ -203,11 +203,7 @@ mod tests {
         let v6: IpAddr = "fd00::2".parse().unwrap();
         assert_eq!(to_ip(&from_ip(v4)), v4);
         assert_eq!(to_ip(&from_ip(v6)), v6);
-        assert_eq!(v4_of(&from_ip(v4)), [198, 18, 0, 2]);
-    }
-
-    fn v4_of(a: &Addr) -> [u8; 4] {
-        v4(a)
+        assert_eq!(super::v4(&from_ip(v4)), [198, 18, 0, 2]);
     }
 
     #[test]

@@ -29,7 +29,7 @@ impl<T: AsRef<[u8]>> Datagram<T> {
             return Err(Error::Truncated);
         }
         let datagram = Self { buffer };
-        let len = datagram.len();
+        let len = datagram.length();
         if len < HEADER_LEN {
             return Err(Error::Malformed);
         }
@@ -48,7 +48,7 @@ impl<T: AsRef<[u8]>> Datagram<T> {
     }
 
     /// The length field: header and payload.
-    pub fn len(&self) -> usize {
+    pub fn length(&self) -> usize {
         usize::from(self.word(field::LENGTH.start))
     }
 
@@ -58,7 +58,7 @@ impl<T: AsRef<[u8]>> Datagram<T> {
     }
 
     pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[HEADER_LEN..self.len()]
+        &self.buffer.as_ref()[HEADER_LEN..self.length()]
     }
 
     fn word(&self, at: usize) -> u16 {
@@ -97,7 +97,7 @@ mod tests {
     fn deconstruct() {
         let d = Datagram::new_checked(&DATAGRAM[..]).unwrap();
         assert_eq!(
-            (d.src_port(), d.dst_port(), d.len(), d.checksum()),
+            (d.src_port(), d.dst_port(), d.length(), d.checksum()),
             (40000, 53, 12, 0x1234)
         );
         assert_eq!(d.payload(), &[1, 2, 3, 4]);
