@@ -125,17 +125,19 @@ impl Balancer {
             return self.send_error(frame, &ip, ErrorKind::TimeExceeded, side, &link);
         }
         self.flows.touch(id, direction, ports.tcp_flags, now);
-        let flow = *self.flows.flow(id);
-        let (to, src, dst) = match direction {
+        // Only what the rewrite needs is read out of the flow, not the flow.
+        let flow = self.flows.flow(id);
+        let hash = flow.hash;
+        let (to, (src, src_port), (dst, dst_port)) = match direction {
             Direction::Forward => (
                 flow.backend,
-                (&flow.reverse.dst, flow.reverse.dst_port),
-                (&flow.reverse.src, flow.reverse.src_port),
+                (flow.reverse.dst, flow.reverse.dst_port),
+                (flow.reverse.src, flow.reverse.src_port),
             ),
             Direction::Reply => (
                 flow.client,
-                (&flow.forward.dst, flow.forward.dst_port),
-                (&flow.forward.src, flow.forward.src_port),
+                (flow.forward.dst, flow.forward.dst_port),
+                (flow.forward.src, flow.forward.src_port),
             ),
         };
         if let Some(mtu) = self.too_big(&ip, to) {
@@ -146,23 +148,13 @@ impl Balancer {
         }
         let buf = frame.buffer_mut();
         let headers = Headers::from(&ip);
-        nat::rewrite(buf, &headers, src, dst);
+        nat::rewrite(buf, &headers, (&src, src_port), (&dst, dst_port));
         nat::decrement_ttl(buf, &headers);
         match direction {
             Direction::Forward => self.counters.forward += 1,
             Direction::Reply => self.counters.reply += 1,
         }
-        let tos = tos(buf, &ip);
-        self.output(
-            frame,
-            ip.at,
-            ip.end(),
-            ip.ethertype(),
-            tos,
-            flow.hash,
-            to,
-            &link,
-        )
+        self.pass_on(frame, &ip, hash, to, &link)
     }
 
     /// If `outer` is VXLAN from a tunnel peer, checks it and returns the
@@ -362,17 +354,20 @@ impl Balancer {
         nat::decrement_ttl(buf, &headers);
         icmp::fill_checksum(buf, &headers, &outer_src, &outer_dst);
         self.counters.icmp_translated += 1;
-        let tos = tos(buf, ip);
-        self.output(
-            frame,
-            ip.at,
-            ip.end(),
-            ip.ethertype(),
-            tos,
-            flow.hash,
-            to,
-            link,
-        )
+        self.pass_on(frame, ip, flow.hash, to, link)
+    }
+
+    /// Sends the (rewritten) packet `ip` on to `to`, keeping its TOS.
+    fn pass_on(
+        &self,
+        frame: &mut FrameBuf<'_>,
+        ip: &Ip,
+        hash: u64,
+        to: Side,
+        link: &Link,
+    ) -> Result<Verdict, Verdict> {
+        let tos = tos(frame.buffer_mut(), ip);
+        self.output(frame, ip.at, ip.end(), ip.ethertype(), tos, hash, to, link)
     }
 
     /// Replaces the packet with an ICMP error back to its sender, from the

@@ -56,7 +56,9 @@ pub fn rewrite(buf: &mut [u8], h: &Headers, src: (&Addr, u16), dst: (&Addr, u16)
     if !matches!(h.proto, TCP | UDP) || h.l4 + 4 > h.end {
         return;
     }
-    let ports = [src.1.to_be_bytes(), dst.1.to_be_bytes()].concat();
+    let [s0, s1] = src.1.to_be_bytes();
+    let [d0, d1] = dst.1.to_be_bytes();
+    let ports = [s0, s1, d0, d1];
     l4.add(&buf[h.l4..h.l4 + 4], &ports);
     buf[h.l4..h.l4 + 4].copy_from_slice(&ports);
     let checksum_at = h.l4
@@ -112,17 +114,24 @@ mod tests {
         p
     }
 
-    #[test]
-    fn rewrite_matches_a_recomputation() {
-        let mut p = udp4(true);
-        let ip = Ip::parse(&p, 0, 0x0800).unwrap();
+    /// Rewrites `p` as the forward path does: SNAT address and port, backend.
+    fn to_backend(p: &mut [u8]) -> Headers {
+        let ip = Ip::parse(p, 0, 0x0800).unwrap();
+        let headers = Headers::from(&ip);
         rewrite(
-            &mut p,
-            &(&ip).into(),
+            p,
+            &headers,
             (&mapped([198, 18, 200, 1]), 1024),
             (&mapped([198, 19, 0, 5]), 5353),
         );
-        decrement_ttl(&mut p, &(&ip).into());
+        headers
+    }
+
+    #[test]
+    fn rewrite_matches_a_recomputation() {
+        let mut p = udp4(true);
+        let headers = to_backend(&mut p);
+        decrement_ttl(&mut p, &headers);
         let expected = {
             let b = PacketBuilder::ipv4([198, 18, 200, 1], [198, 19, 0, 5], 63).udp(1024, 5353);
             let mut e = Vec::new();
@@ -135,13 +144,7 @@ mod tests {
     #[test]
     fn udp4_without_checksum_stays_without() {
         let mut p = udp4(false);
-        let ip = Ip::parse(&p, 0, 0x0800).unwrap();
-        rewrite(
-            &mut p,
-            &(&ip).into(),
-            (&mapped([198, 18, 200, 1]), 1024),
-            (&mapped([198, 19, 0, 5]), 5353),
-        );
+        to_backend(&mut p);
         let sliced = SlicedPacket::from_ip(&p).unwrap();
         let Some(TransportSlice::Udp(udp)) = sliced.transport else {
             panic!("UDP")
