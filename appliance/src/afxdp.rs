@@ -1,20 +1,37 @@
-//! One AF_XDP socket and its UMEM: the only place Rialto touches the rings.
+//! AF_XDP sockets and their UMEM: the only place Rialto touches the rings.
 //!
-//! Every UMEM frame is in exactly one place at any moment, and the port keeps
-//! the count ([`Ledger`]):
+//! The ports of one interface share one UMEM ([`XskPort::open_shared`]), and
+//! each port owns a contiguous share of its frames. Every frame a port owns
+//! is in exactly one place at any moment, and the port keeps the count
+//! ([`Ledger`]):
 //! - `free`: ours, idle, in `XskPort::free`;
 //! - `kernel_rx`: posted on the fill ring, or received and waiting in the RX ring;
-//! - `kernel_tx`: posted on the TX ring, not yet back through the completion ring.
+//! - `kernel_tx`: posted on the TX ring, not yet back through the completion ring;
+//! - `lent`: handed to another port, not yet back home.
 //!
 //! Frames being processed are in none of these only inside [`XskPort::step`].
+//!
+//! **Handoff.** A reply can arrive on another queue than its request (RSS
+//! hashes the tunnel's outer header), so at a worker that does not own its
+//! flow. The pipeline names the owner ([`Verdict::Handoff`], read from the
+//! SNAT port) and the frame itself goes to the owner's inbox: no copy, as
+//! VPP's NAT hands buffers between workers. The owner processes it like its
+//! own, transmits it on its own TX ring, and sends it home to the port that
+//! owns the frame once the kernel has completed it (or at once if dropped).
 
 use std::{
     ffi::CString,
     num::NonZeroU32,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, RawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering, fence},
+    },
     time::{Duration, Instant},
 };
 
+use crossbeam_queue::ArrayQueue;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::Serialize;
 use tracing::debug;
 use xsk_rs::{
@@ -34,8 +51,8 @@ const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 /// Sizes of one port's UMEM and rings.
 #[derive(Clone, Copy, Debug)]
 pub struct PortConfig {
-    /// UMEM frames; at least twice `ring_size`, so the fill ring can be kept
-    /// full while as many frames again are in flight.
+    /// UMEM frames per port; at least twice `ring_size`, so the fill ring can
+    /// be kept full while as many frames again are in flight.
     pub frames: u32,
     /// Bytes per frame (a power of two, 2048 or 4096).
     pub frame_size: u32,
@@ -74,13 +91,14 @@ pub enum BindMode {
 pub enum PortError {
     #[error("invalid port configuration: {0}")]
     Config(String),
-    #[error("cannot create the UMEM for {iface} queue {queue}: {source}")]
+    #[error("cannot create the UMEM for {iface}: {source}")]
     Umem {
         iface: String,
-        queue: u32,
         #[source]
         source: xsk_rs::umem::UmemCreateError,
     },
+    #[error("cannot create a wakeup eventfd: {0}")]
+    EventFd(#[source] nix::Error),
     #[error("cannot open an AF_XDP socket on {iface} queue {queue}: {source}")]
     Socket {
         iface: String,
@@ -97,19 +115,51 @@ pub struct Ledger {
     pub free: usize,
     pub kernel_rx: usize,
     pub kernel_tx: usize,
+    pub lent: usize,
+    /// Other ports' frames on this port's TX ring (not in `frames`).
+    pub borrowed: usize,
 }
 
 impl Ledger {
     /// Every frame is accounted for exactly once.
     pub fn balanced(&self) -> bool {
-        self.free + self.kernel_rx + self.kernel_tx == self.frames
+        self.free + self.kernel_rx + self.kernel_tx + self.lent == self.frames
     }
 }
 
-/// An AF_XDP socket bound to one receive queue, with its own UMEM.
+/// Where the ports of one UMEM pass each other frames.
+#[derive(Debug)]
+struct Exchange {
+    /// Bytes of UMEM each port owns: port `i` owns `i * share..(i + 1) * share`.
+    share: usize,
+    mailboxes: Vec<Mailbox>,
+}
+
+/// One port's side of the [`Exchange`].
+#[derive(Debug)]
+struct Mailbox {
+    /// Frames handed to this port to process (any port's frames).
+    inbox: ArrayQueue<FrameDesc>,
+    /// This port's own frames, coming back from other ports.
+    home: ArrayQueue<FrameDesc>,
+    /// Set while the port sleeps in `poll`: a sender then writes `wake`.
+    sleeping: AtomicBool,
+    wake: EventFd,
+}
+
+impl Exchange {
+    fn owner(&self, addr: usize) -> usize {
+        addr / self.share
+    }
+}
+
+/// An AF_XDP socket bound to one receive queue, with its share of the UMEM.
 #[derive(Debug)]
 pub struct XskPort {
     umem: Umem,
+    /// This port's index in the exchange.
+    index: usize,
+    exchange: Arc<Exchange>,
     fill: FillQueue,
     comp: CompQueue,
     rx: RxQueue,
@@ -121,53 +171,95 @@ pub struct XskPort {
     free: Vec<FrameDesc>,
     kernel_rx: usize,
     kernel_tx: usize,
+    lent: usize,
+    borrowed: usize,
     /// Scratch for descriptors coming off the RX and completion rings.
     rx_batch: Vec<FrameDesc>,
     comp_batch: Vec<FrameDesc>,
     /// Frames to transmit from the current step.
     tx_batch: Vec<FrameDesc>,
+    /// Ports handed a frame in the current step (bit per port index).
+    handed_to: u64,
 }
 
+/// Most ports one UMEM is shared by (a bit each in `XskPort::handed_to`).
+pub const MAX_PORTS: usize = 64;
+
 impl XskPort {
-    /// Opens a socket on `iface` queue `queue`: zero-copy if asked and the
-    /// driver can, copy mode otherwise. The caller registers [`Self::raw_fd`]
-    /// in the steering program's XSKMAP.
+    /// Opens one socket on `iface` queue `queue`, with a UMEM of its own.
     pub fn open(iface: &str, queue: u32, cfg: &PortConfig) -> Result<Self, PortError> {
+        let mut ports = Self::open_shared(iface, &[queue], cfg)?;
+        Ok(ports.pop().expect("one queue, one port"))
+    }
+
+    /// Opens a socket on each of `iface`'s `queues`, all on one UMEM of
+    /// `cfg.frames` frames per port, so they can hand each other frames:
+    /// zero-copy if asked and the driver can, copy mode otherwise. The
+    /// caller registers each [`Self::raw_fd`] in the steering program's XSKMAP.
+    pub fn open_shared(
+        iface: &str,
+        queues: &[u32],
+        cfg: &PortConfig,
+    ) -> Result<Vec<Self>, PortError> {
         if cfg.zero_copy {
-            match Self::open_with(iface, queue, cfg, BindMode::ZeroCopy) {
-                Ok(port) => return Ok(port),
-                Err(e) => debug!(iface, queue, "zero-copy bind failed, trying copy mode: {e}"),
+            match Self::open_with(iface, queues, cfg, BindMode::ZeroCopy) {
+                Ok(ports) => return Ok(ports),
+                Err(e) => debug!(iface, "zero-copy bind failed, trying copy mode: {e}"),
             }
         }
-        Self::open_with(iface, queue, cfg, BindMode::Copy)
+        Self::open_with(iface, queues, cfg, BindMode::Copy)
     }
 
     fn open_with(
         iface: &str,
-        queue: u32,
+        queues: &[u32],
         cfg: &PortConfig,
         mode: BindMode,
-    ) -> Result<Self, PortError> {
+    ) -> Result<Vec<Self>, PortError> {
         let bad = |what: &str| PortError::Config(what.to_owned());
         let ring = QueueSize::new(cfg.ring_size).map_err(|_| bad("ring size"))?;
-        let frames = NonZeroU32::new(cfg.frames).ok_or_else(|| bad("zero frames"))?;
         if cfg.frames < 2 * cfg.ring_size || cfg.batch == 0 {
             return Err(bad(
                 "frames must be at least twice the ring size, batch non-zero",
             ));
         }
+        if queues.is_empty() || queues.len() > MAX_PORTS {
+            return Err(bad("one to 64 queues per UMEM"));
+        }
+        let total = u32::try_from(queues.len())
+            .ok()
+            .and_then(|n| cfg.frames.checked_mul(n))
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| bad("frames"))?;
         let umem_config = UmemConfig::builder()
             .frame_size(FrameSize::new(cfg.frame_size).map_err(|_| bad("frame size"))?)
             .fill_queue_size(ring)
             .comp_queue_size(ring)
             .build()
             .map_err(|e| PortError::Config(e.to_string()))?;
-        let (umem, free) =
-            Umem::new(umem_config, frames, false).map_err(|source| PortError::Umem {
+        let (umem, descs) =
+            Umem::new(umem_config, total, false).map_err(|source| PortError::Umem {
                 iface: iface.to_owned(),
-                queue,
                 source,
             })?;
+        let frames = cfg.frames as usize;
+        let frame_size = cfg.frame_size as usize;
+        let mailboxes = queues
+            .iter()
+            .map(|_| {
+                Ok(Mailbox {
+                    inbox: ArrayQueue::new(cfg.ring_size as usize),
+                    home: ArrayQueue::new(frames),
+                    sleeping: AtomicBool::new(false),
+                    wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK)
+                        .map_err(PortError::EventFd)?,
+                })
+            })
+            .collect::<Result<_, PortError>>()?;
+        let exchange = Arc::new(Exchange {
+            share: frames * frame_size,
+            mailboxes,
+        });
 
         let copy = match mode {
             BindMode::ZeroCopy => BindFlags::XDP_ZEROCOPY,
@@ -181,40 +273,47 @@ impl XskPort {
             .bind_flags(copy | BindFlags::XDP_USE_NEED_WAKEUP)
             .build();
         let name = CString::new(iface).map_err(|_| bad("interface name has a NUL byte"))?;
-        let socket_err = |source| PortError::Socket {
-            iface: iface.to_owned(),
-            queue,
-            source,
-        };
-        // SAFETY: the UMEM was created just above for this socket only; every
-        // descriptor later given to these rings comes from that UMEM's frames.
-        let (tx, rx, fill_comp) =
-            unsafe { Socket::new(socket_config, &umem, &Interface::new(name), queue) }
-                .map_err(socket_err)?;
-        let (fill, comp) =
-            fill_comp.expect("the first socket on a UMEM gets its fill and completion rings");
-
-        let mut port = Self {
-            umem,
-            fill,
-            comp,
-            rx,
-            tx,
-            mode,
-            frames: free.len(),
-            frame_size: cfg.frame_size as usize,
-            rx_batch: vec![FrameDesc::default(); cfg.batch],
-            comp_batch: vec![FrameDesc::default(); cfg.ring_size as usize],
-            tx_batch: Vec::with_capacity(cfg.batch),
-            free,
-            kernel_rx: 0,
-            kernel_tx: 0,
-        };
-        if mode == BindMode::Copy {
-            port.raise_tx_budget(cfg.ring_size);
+        let mut ports = Vec::with_capacity(queues.len());
+        for (index, (&queue, share)) in queues.iter().zip(descs.chunks(frames)).enumerate() {
+            // SAFETY: the UMEM was created just above for these sockets only;
+            // every descriptor later given to their rings comes from its frames.
+            let (tx, rx, fill_comp) =
+                unsafe { Socket::new(socket_config, &umem, &Interface::new(name.clone()), queue) }
+                    .map_err(|source| PortError::Socket {
+                        iface: iface.to_owned(),
+                        queue,
+                        source,
+                    })?;
+            // A second socket on the same queue would share the first one's rings.
+            let (fill, comp) = fill_comp.ok_or_else(|| bad("a queue is listed twice"))?;
+            let mut port = Self {
+                umem: umem.clone(),
+                index,
+                exchange: Arc::clone(&exchange),
+                fill,
+                comp,
+                rx,
+                tx,
+                mode,
+                frames,
+                frame_size,
+                rx_batch: vec![FrameDesc::default(); cfg.batch],
+                comp_batch: vec![FrameDesc::default(); cfg.ring_size as usize],
+                tx_batch: Vec::with_capacity(2 * cfg.batch),
+                free: share.to_vec(),
+                kernel_rx: 0,
+                kernel_tx: 0,
+                lent: 0,
+                borrowed: 0,
+                handed_to: 0,
+            };
+            if mode == BindMode::Copy {
+                port.raise_tx_budget(cfg.ring_size);
+            }
+            port.refill();
+            ports.push(port);
         }
-        port.refill();
-        Ok(port)
+        Ok(ports)
     }
 
     /// Lets one `sendto` transmit a whole ring instead of 32 descriptors (Linux >= 6.17).
@@ -253,6 +352,8 @@ impl XskPort {
             free: self.free.len(),
             kernel_rx: self.kernel_rx,
             kernel_tx: self.kernel_tx,
+            lent: self.lent,
+            borrowed: self.borrowed,
         }
     }
 
@@ -261,44 +362,134 @@ impl XskPort {
         self.free.iter().map(FrameDesc::addr)
     }
 
-    /// One turn of the loop: receive a batch, run the pipeline over it,
-    /// transmit, recycle completions and refill. Returns the frames received.
+    fn mailbox(&self) -> &Mailbox {
+        &self.exchange.mailboxes[self.index]
+    }
+
+    /// One turn of the loop: receive a batch and take what other ports
+    /// handed over, run the pipeline over them, transmit, recycle
+    /// completions and refill. Returns the frames processed.
     pub fn step(&mut self, pipeline: &mut Pipeline, now: u64, tally: &mut Tally) -> usize {
+        self.welcome_home();
         // SAFETY: the RX ring belongs to this port's UMEM; the descriptors it
         // yields overwrite scratch entries and are ours until handed back.
         let received = unsafe { self.rx.consume(&mut self.rx_batch) };
         self.kernel_rx -= received;
         for i in 0..received {
-            let mut desc = self.rx_batch[i];
-            let (addr, len) = (desc.addr(), desc.lengths().data());
+            let desc = self.rx_batch[i];
             tally.rx_packets += 1;
-            tally.rx_bytes += len as u64;
-            // The pipeline sees the whole UMEM frame, so it can push headers
-            // into the headroom in front of the packet or strip them.
-            let frame_start = addr - addr % self.frame_size;
-            let mut whole = desc;
-            whole.set_packet(frame_start, self.frame_size);
-            // SAFETY: the kernel passed this frame to us on our RX ring; until we
-            // put it on the TX or fill ring nobody else reads or writes it, and
-            // this is the only reference to it. `whole` spans exactly that frame.
-            let mut data = unsafe { self.umem.data_mut(&mut whole) };
-            let mut frame = FrameBuf::new(data.contents_mut(), addr - frame_start, len);
-            match pipeline.process(&mut frame, now) {
-                Verdict::Tx => {
-                    desc.set_packet(frame_start + frame.start(), frame.len());
-                    self.tx_batch.push(desc);
-                }
-                Verdict::Drop(reason) => {
-                    tally.drop(reason);
-                    self.free.push(desc);
-                }
-            }
+            tally.rx_bytes += desc.lengths().data() as u64;
+            self.process(desc, pipeline, now, tally);
         }
+        let mut handed = 0;
+        while handed < self.rx_batch.len()
+            && let Some(desc) = self.exchange.mailboxes[self.index].inbox.pop()
+        {
+            self.rx_batch[handed] = desc;
+            handed += 1;
+        }
+        for i in 0..handed {
+            tally.handoff_in += 1;
+            self.process(self.rx_batch[i], pipeline, now, tally);
+        }
+        self.wake_receivers();
         pipeline.tick(now);
         self.transmit(tally);
         self.recycle();
         self.refill();
-        received
+        received + handed
+    }
+
+    /// Runs the pipeline over one frame and sends it where the verdict says.
+    fn process(
+        &mut self,
+        mut desc: FrameDesc,
+        pipeline: &mut Pipeline,
+        now: u64,
+        tally: &mut Tally,
+    ) {
+        let (addr, len) = (desc.addr(), desc.lengths().data());
+        // The pipeline sees the whole UMEM frame, so it can push headers
+        // into the headroom in front of the packet or strip them.
+        let frame_start = addr - addr % self.frame_size;
+        let mut whole = desc;
+        whole.set_packet(frame_start, self.frame_size);
+        // SAFETY: the frame came off our RX ring or our inbox; until we put
+        // it on a ring, an inbox or a home queue nobody else reads or writes
+        // it, and this is the only reference to it. `whole` spans exactly
+        // that frame, inside the UMEM every port shares.
+        let mut data = unsafe { self.umem.data_mut(&mut whole) };
+        let mut frame = FrameBuf::new(data.contents_mut(), addr - frame_start, len);
+        match pipeline.process(&mut frame, now) {
+            Verdict::Tx => {
+                desc.set_packet(frame_start + frame.start(), frame.len());
+                self.tx_batch.push(desc);
+            }
+            Verdict::Drop(reason) => {
+                tally.drop(reason);
+                self.release(desc);
+            }
+            Verdict::Handoff(worker) => self.hand_off(desc, worker as usize, tally),
+        }
+    }
+
+    /// Passes an unprocessed frame to port `to`, which owns its flow.
+    fn hand_off(&mut self, desc: FrameDesc, to: usize, tally: &mut Tally) {
+        let own = self.owns(&desc);
+        let pushed = match self.exchange.mailboxes.get(to) {
+            Some(mailbox) if to != self.index => mailbox.inbox.push(desc).is_ok(),
+            _ => false,
+        };
+        if pushed {
+            tally.handoff_out += 1;
+            self.lent += usize::from(own);
+            self.handed_to |= 1 << to;
+        } else {
+            tally.drop(DropReason::HandoffFull);
+            self.release(desc);
+        }
+    }
+
+    /// Wakes the ports handed frames this step, if they sleep in `poll`.
+    fn wake_receivers(&mut self) {
+        if self.handed_to == 0 {
+            return;
+        }
+        // Pairs with the fence in `wait`: either the receiver sees the
+        // frames before it sleeps, or we see it sleeping.
+        fence(Ordering::SeqCst);
+        for (i, mailbox) in self.exchange.mailboxes.iter().enumerate() {
+            if self.handed_to & (1 << i) != 0
+                && mailbox.sleeping.load(Ordering::Relaxed)
+                && let Err(e) = mailbox.wake.write(1)
+            {
+                debug!("cannot wake port {i}: {e}");
+            }
+        }
+        self.handed_to = 0;
+    }
+
+    fn owns(&self, desc: &FrameDesc) -> bool {
+        self.exchange.owner(desc.addr()) == self.index
+    }
+
+    /// A frame done with: back to the free pool, or home to its owner.
+    fn release(&mut self, desc: FrameDesc) {
+        let owner = self.exchange.owner(desc.addr());
+        if owner == self.index {
+            self.free.push(desc);
+        } else {
+            let pushed = self.exchange.mailboxes[owner].home.push(desc);
+            debug_assert!(pushed.is_ok(), "a home queue holds all its port's frames");
+        }
+    }
+
+    /// Takes back the frames other ports are done with.
+    fn welcome_home(&mut self) {
+        while let Some(desc) = self.exchange.mailboxes[self.index].home.pop() {
+            self.free.push(desc);
+            self.lent -= 1;
+        }
     }
 
     fn transmit(&mut self, tally: &mut Tally) {
@@ -307,23 +498,30 @@ impl XskPort {
             // room (`nb_free` may report more than was asked for).
             let want = self.tx_batch.len();
             let room = (self.tx.nb_free(want as u32) as usize).min(want);
-            // SAFETY: these frames are ours (received and processed above) and
-            // belong to this port's UMEM; we do not touch them until completed.
+            // SAFETY: these frames were handed to us (received, or from our
+            // inbox) and processed above; they belong to the UMEM this socket
+            // is bound to, and we do not touch them until completed.
             let sent = unsafe { self.tx.produce(&self.tx_batch[..room]) };
-            for desc in &self.tx_batch[..sent] {
-                tally.tx_packets += 1;
-                tally.tx_bytes += desc.lengths().data() as u64;
+            for i in 0..want {
+                let desc = self.tx_batch[i];
+                if i < sent {
+                    tally.tx_packets += 1;
+                    tally.tx_bytes += desc.lengths().data() as u64;
+                    if self.owns(&desc) {
+                        self.kernel_tx += 1;
+                    } else {
+                        self.borrowed += 1;
+                    }
+                } else {
+                    tally.drop(DropReason::TxRingFull);
+                    self.release(desc);
+                }
             }
-            for &desc in &self.tx_batch[sent..] {
-                tally.drop(DropReason::TxRingFull);
-                self.free.push(desc);
-            }
-            self.kernel_tx += sent;
             self.tx_batch.clear();
         }
         // Copy mode transmits only when kicked, and at most a budget per kick:
         // kick while anything is outstanding.
-        if self.kernel_tx > 0 && self.tx.needs_wakeup() {
+        if self.kernel_tx + self.borrowed > 0 && self.tx.needs_wakeup() {
             // EAGAIN, EBUSY, ENOBUFS, ENETDOWN are swallowed by xsk-rs: the
             // next step kicks again. Anything else would repeat every step.
             if let Err(e) = self.tx.wakeup() {
@@ -332,13 +530,21 @@ impl XskPort {
         }
     }
 
-    /// Takes transmitted frames back from the completion ring.
+    /// Takes transmitted frames back from the completion ring; other
+    /// ports' frames go home.
     fn recycle(&mut self) {
-        // SAFETY: the completion ring belongs to this port's UMEM and returns
+        // SAFETY: the completion ring belongs to this socket and returns
         // frames we posted for TX; they are ours again.
         let done = unsafe { self.comp.consume(&mut self.comp_batch) };
-        self.free.extend_from_slice(&self.comp_batch[..done]);
-        self.kernel_tx -= done;
+        for i in 0..done {
+            let desc = self.comp_batch[i];
+            if self.owns(&desc) {
+                self.kernel_tx -= 1;
+            } else {
+                self.borrowed -= 1;
+            }
+            self.release(desc);
+        }
     }
 
     /// Posts as many free frames on the fill ring as it has room for.
@@ -347,8 +553,9 @@ impl XskPort {
         let room = (self.fill.nb_free(want as u32) as usize).min(want);
         if room > 0 {
             let start = self.free.len() - room;
-            // SAFETY: free frames are ours, belong to this port's UMEM, and are
-            // in no other ring; the kernel owns them from here until RX.
+            // SAFETY: free frames are ours, belong to this port's share of the
+            // UMEM, and are in no ring or queue; the kernel owns them from here
+            // until RX.
             let posted = unsafe { self.fill.produce(&self.free[start..]) };
             if posted == room {
                 self.free.truncate(start);
@@ -363,31 +570,62 @@ impl XskPort {
         }
     }
 
-    /// Sleeps until a frame arrives or `timeout` passes.
+    /// Sleeps until a frame arrives, another port hands one over, or
+    /// `timeout` passes.
     pub fn wait(&mut self, timeout: Duration) {
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        if let Err(e) = self.rx.poll(ms) {
-            debug!("poll failed: {e}");
+        let mailbox = self.mailbox();
+        mailbox.sleeping.store(true, Ordering::Relaxed);
+        // Pairs with the fence in `wake_receivers`.
+        fence(Ordering::SeqCst);
+        if mailbox.inbox.is_empty() {
+            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: mailbox.wake.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: poll reads and writes exactly the two pollfd structs of
+            // this live array; both descriptors are open for its duration.
+            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) } < 0 {
+                debug!("poll failed: {}", std::io::Error::last_os_error());
+            }
         }
+        mailbox.sleeping.store(false, Ordering::Relaxed);
+        // Non-blocking: resets the counter if a sender wrote it.
+        let _ = mailbox.wake.read();
     }
 
-    /// Whether frames are still out for transmission.
-    pub fn transmitting(&self) -> bool {
-        self.kernel_tx > 0
+    /// Whether frames are still out for transmission or handed to us.
+    pub fn busy(&self) -> bool {
+        self.kernel_tx + self.borrowed > 0 || !self.mailbox().inbox.is_empty()
     }
 
-    /// Stops receiving and waits (up to `timeout`) for every transmitted frame
-    /// to come back; returns where the frames are then.
+    /// Stops processing and waits (up to `timeout`) for every transmitted
+    /// frame to come back and every lent frame to come home; frames other
+    /// ports handed over and not yet processed are sent home unprocessed.
+    /// Every port of the UMEM must have stopped stepping first. Returns
+    /// where the frames are then.
     pub fn drain(&mut self, timeout: Duration) -> Ledger {
         let deadline = Instant::now() + timeout;
         let mut tally = Tally::default();
-        while self.kernel_tx > 0 && Instant::now() < deadline {
+        loop {
+            while let Some(desc) = self.exchange.mailboxes[self.index].inbox.pop() {
+                self.release(desc);
+            }
             self.transmit(&mut tally);
             self.recycle();
-            if self.kernel_tx > 0 {
-                std::thread::sleep(Duration::from_millis(1));
+            self.welcome_home();
+            if self.kernel_tx + self.borrowed + self.lent == 0 || Instant::now() >= deadline {
+                return self.ledger();
             }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        self.ledger()
     }
 }

@@ -106,6 +106,7 @@ pub fn replay(
                     .write_packet(&PcapPacket::new(timestamp, data.len() as u32, data))
                     .map_err(ReplayError::Write)?;
             }
+            Verdict::Handoff(_) => unreachable!("replay runs a single worker"),
             Verdict::Drop(reason) => {
                 summary.dropped += 1;
                 *summary.drops.entry(reason.name()).or_default() += 1;

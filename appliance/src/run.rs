@@ -7,7 +7,7 @@ use std::{
     path::PathBuf,
     process::ExitCode,
     sync::{
-        Arc,
+        Arc, Barrier,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -185,6 +185,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             available.saturating_sub(1)
         );
     }
+    if let Some((i, q)) = queues
+        .iter()
+        .enumerate()
+        .find(|&(i, q)| queues[..i].contains(q))
+        .map(|(i, &q)| (i, q))
+    {
+        bail!("--queues lists queue {q} twice (position {})", i + 1);
+    }
     if !args.cores.is_empty() && args.cores.len() != queues.len() {
         bail!(
             "--cores names {} core(s) for {} queue(s)",
@@ -235,9 +243,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         zero_copy: !args.copy,
         ..PortConfig::default()
     };
+    let ports = XskPort::open_shared(&args.iface, &queues, &port_config)?;
     let mut workers = Vec::with_capacity(queues.len());
-    for (i, &queue) in queues.iter().enumerate() {
-        let port = XskPort::open(&args.iface, queue, &port_config)?;
+    for (i, (&queue, port)) in queues.iter().zip(ports).enumerate() {
         steering.register_socket(queue, port.raw_fd())?;
         let core = core_for(i);
         info!(queue, core = core.map(|c| c.id), bind = ?port.mode(), "AF_XDP socket bound");
@@ -260,11 +268,12 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install a signal handler")?;
     }
+    let stopped = Arc::new(Barrier::new(workers.len()));
     let mut running = Vec::with_capacity(workers.len());
     for worker in workers {
         let (queue, bind, stats) = (worker.queue, worker.port.mode(), Arc::clone(&worker.stats));
         let handle = worker
-            .spawn(Arc::clone(&stop))
+            .spawn(Arc::clone(&stop), Arc::clone(&stopped))
             .context("cannot start a worker thread")?;
         running.push((queue, bind, stats, handle));
     }

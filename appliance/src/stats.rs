@@ -14,6 +14,9 @@ pub struct Tally {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Frames handed to the worker owning their flow, and taken from others.
+    pub handoff_out: u64,
+    pub handoff_in: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 
@@ -31,6 +34,8 @@ pub struct WorkerStats {
     rx_bytes: AtomicU64,
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
+    handoff_out: AtomicU64,
+    handoff_in: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -41,6 +46,8 @@ impl WorkerStats {
         self.rx_bytes.fetch_add(t.rx_bytes, Relaxed);
         self.tx_packets.fetch_add(t.tx_packets, Relaxed);
         self.tx_bytes.fetch_add(t.tx_bytes, Relaxed);
+        self.handoff_out.fetch_add(t.handoff_out, Relaxed);
+        self.handoff_in.fetch_add(t.handoff_in, Relaxed);
         for (total, n) in self.drops.iter().zip(t.drops) {
             total.fetch_add(n, Relaxed);
         }
@@ -52,6 +59,8 @@ impl WorkerStats {
             rx_bytes: self.rx_bytes.load(Relaxed),
             tx_packets: self.tx_packets.load(Relaxed),
             tx_bytes: self.tx_bytes.load(Relaxed),
+            handoff_out: self.handoff_out.load(Relaxed),
+            handoff_in: self.handoff_in.load(Relaxed),
             drops: DropReason::ALL
                 .iter()
                 .map(|&r| (r.name(), self.drops[r as usize].load(Relaxed)))
@@ -67,5 +76,7 @@ pub struct StatsSnapshot {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    pub handoff_out: u64,
+    pub handoff_in: u64,
     pub drops: std::collections::BTreeMap<&'static str, u64>,
 }

@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Barrier,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -35,15 +35,21 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker; it runs until `stop` is set, drains, and returns
-    /// its port's ledger and its pipeline (with the pipeline's counters).
-    pub fn spawn(self, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<(Ledger, Pipeline)>> {
+    /// Starts the worker; it runs until `stop` is set, waits at `stopped`
+    /// until every worker sharing its UMEM has stopped handing frames over,
+    /// drains, and returns its port's ledger and its pipeline (with the
+    /// pipeline's counters).
+    pub fn spawn(
+        self,
+        stop: Arc<AtomicBool>,
+        stopped: Arc<Barrier>,
+    ) -> std::io::Result<JoinHandle<(Ledger, Pipeline)>> {
         std::thread::Builder::new()
             .name(format!("rialto-q{}", self.queue))
-            .spawn(move || self.run(&stop))
+            .spawn(move || self.run(&stop, &stopped))
     }
 
-    fn run(mut self, stop: &AtomicBool) -> (Ledger, Pipeline) {
+    fn run(mut self, stop: &AtomicBool, stopped: &Barrier) -> (Ledger, Pipeline) {
         if let Some(core) = self.core
             && !core_affinity::set_for_current(core)
         {
@@ -59,11 +65,12 @@ impl Worker {
             let now = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
             if self.port.step(&mut self.pipeline, now, &mut tally) > 0 {
                 self.stats.publish(&tally);
-            } else if !self.port.transmitting() {
+            } else if !self.port.busy() {
                 self.pipeline.tick(now);
                 self.port.wait(IDLE_POLL);
             }
         }
+        stopped.wait();
         (self.port.drain(DRAIN_TIMEOUT), self.pipeline)
     }
 }

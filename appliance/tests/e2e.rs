@@ -2,18 +2,16 @@
 //! sockets, ping and ARP from the peer namespace.
 
 use std::{
-    io::{BufRead, BufReader, ErrorKind, Read},
+    io::ErrorKind,
     net::{IpAddr, SocketAddr, UdpSocket},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    process::Command,
     time::Duration,
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
+use nix::sys::signal::Signal;
+use rialto_testbed::{
+    NODE_V4, NODE_V6, Pair, Rialto, VIP_V4, VIP_V6, in_netns, netns_command, pings,
 };
-use rialto_testbed::{NODE_V4, NODE_V6, Pair, VIP_V4, VIP_V6, in_netns, netns_command, pings};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const VIPS: [&str; 4] = [
@@ -23,70 +21,10 @@ const VIPS: [&str; 4] = [
     "[fd00:100::1]:7/UDP",
 ];
 
-/// A running `rialto run`, stopped by the test.
-struct Rialto {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Rialto {
-    /// Starts rialto in the pair's node namespace and waits until it is ready.
-    fn start(pair: &Pair, args: &[&str]) -> Self {
-        let mut child = netns_command(&pair.node_ns, BIN)
-            .args(["run", "--mode", "reflect", "--iface", &pair.node_if])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("rialto starts");
-        let (tx, stderr) = mpsc::channel();
-        let pipe = BufReader::new(child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in pipe.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut log = Vec::new();
-        loop {
-            match stderr.recv_timeout(Duration::from_secs(10)) {
-                Ok(line) if line.contains("rialto ready") => break,
-                Ok(line) => log.push(line),
-                Err(_) => panic!("rialto did not become ready:\n{}", log.join("\n")),
-            }
-        }
-        Self { child, stderr }
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    /// Stops rialto with SIGTERM; returns its exit status and parsed summary.
-    fn terminate(mut self) -> (ExitStatus, serde_json::Value) {
-        self.signal(Signal::SIGTERM);
-        let mut stdout = Vec::new();
-        let mut pipe = self.child.stdout.take().expect("stdout is piped");
-        pipe.read_to_end(&mut stdout).unwrap();
-        let status = self.child.wait().unwrap();
-        let log: Vec<_> = self.stderr.try_iter().collect();
-        let summary = serde_json::from_slice(&stdout).unwrap_or_else(|e| {
-            panic!(
-                "summary is not JSON ({e}): {}\nlog:\n{}",
-                String::from_utf8_lossy(&stdout),
-                log.join("\n")
-            )
-        });
-        (status, summary)
-    }
-}
-
-impl Drop for Rialto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `rialto run --mode reflect` on the pair's node end.
+fn start(pair: &Pair, args: &[&str]) -> Rialto {
+    let mode = ["--mode", "reflect", "--iface", &pair.node_if];
+    Rialto::start(BIN, &pair.node_ns, &[&mode[..], args].concat())
 }
 
 /// Sends `count` numbered datagrams on each of `flows` sockets (so RSS
@@ -173,7 +111,7 @@ fn xdp_attached(pair: &Pair) -> bool {
 fn reflects_owned_traffic_and_leaves_the_rest_to_the_kernel() {
     let pair = Pair::up(2);
     assert_kernel_answers(&pair);
-    let rialto = Rialto::start(&pair, &VIPS);
+    let rialto = start(&pair, &VIPS);
     assert!(xdp_attached(&pair));
 
     const FLOWS: usize = 8;
@@ -208,7 +146,7 @@ fn reflects_owned_traffic_and_leaves_the_rest_to_the_kernel() {
 #[test]
 fn fails_open_when_killed() {
     let pair = Pair::up(1);
-    let rialto = Rialto::start(&pair, &VIPS);
+    let rialto = start(&pair, &VIPS);
     in_netns(&pair.peer_ns, || {
         reflect_round_trip(SocketAddr::new(VIP_V4.into(), 7), 1, 10);
     });
@@ -265,7 +203,7 @@ fn startup_errors_are_one_clear_line() {
     let e = startup_error(&pair, &nobody, &["--mode", "reflect", "--iface", iface]);
     assert!(e.contains("permission denied"), "{e}");
 
-    let first = Rialto::start(&pair, &[]);
+    let first = start(&pair, &[]);
     let e = startup_error(&pair, &[], &["--mode", "reflect", "--iface", iface]);
     assert!(
         e.contains(&format!("an XDP program is already attached to {iface}")),

@@ -76,7 +76,7 @@ fn every_frame_is_accounted_for_after_drain() {
                 back
             });
             while !done.load(Ordering::Acquire) {
-                if port.step(&mut pipeline, 0, &mut tally) == 0 && !port.transmitting() {
+                if port.step(&mut pipeline, 0, &mut tally) == 0 && !port.busy() {
                     port.wait(Duration::from_millis(10));
                 }
             }

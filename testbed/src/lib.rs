@@ -15,6 +15,9 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
+mod rialto;
+pub use rialto::Rialto;
+
 /// The node's address on the pair's link.
 pub const NODE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const NODE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);

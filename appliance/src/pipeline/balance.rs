@@ -106,6 +106,7 @@ impl Balancer {
             return self.translate_error(frame, &ip, side, &link, now);
         }
         let ports = Ports::parse(buf, &ip)?;
+        self.owned_here(&ip.dst, ports.dst)?;
         let key = FlowKey {
             src: ip.src,
             dst: ip.dst,
@@ -313,6 +314,7 @@ impl Balancer {
     ) -> Result<Verdict, Verdict> {
         let buf = frame.buffer_mut();
         let quoted = Quoted::parse(buf, ip).ok_or(Verdict::Drop(DropReason::Malformed))?;
+        self.owned_here(&quoted.src, quoted.src_port)?;
         // The quote is a packet Rialto sent; the flow knows it by its answer.
         let key = FlowKey {
             src: quoted.dst,
@@ -458,6 +460,19 @@ impl Balancer {
         match side {
             Side::Uplink => UPLINK,
             Side::Tunnel { cluster, .. } => self.tables.clusters[usize::from(cluster)].vni,
+        }
+    }
+
+    /// A packet to one of Rialto's SNAT ports belongs to the worker whose
+    /// slice the port is in: `Err(Handoff)` if that is another worker. Checked
+    /// before anything is written, so the frame is handed over as it came.
+    fn owned_here(&self, dst: &Addr, dst_port: u16) -> Result<(), Verdict> {
+        let snat = self.flows.snat();
+        let owner = snat.owner(dst_port);
+        if owner != snat.worker() && self.is_snat(dst) {
+            Err(Verdict::Handoff(owner))
+        } else {
+            Ok(())
         }
     }
 

@@ -30,6 +30,8 @@ pub enum Verdict {
     Tx,
     /// Drop it, counted under the reason.
     Drop(DropReason),
+    /// Untouched: hand it to this worker, which owns its flow.
+    Handoff(u32),
 }
 
 /// Why a frame was dropped. The names are the metric labels.
@@ -63,11 +65,13 @@ pub enum DropReason {
     TtlExceeded,
     /// No room in front of the frame for the headers to push.
     NoHeadroom,
+    /// The worker that owns the frame's flow had no room in its inbox.
+    HandoffFull,
 }
 
 impl DropReason {
     /// Every reason, in counter-index order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Malformed,
         Self::NotIp,
         Self::TxRingFull,
@@ -82,6 +86,7 @@ impl DropReason {
         Self::TooBig,
         Self::TtlExceeded,
         Self::NoHeadroom,
+        Self::HandoffFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -100,6 +105,7 @@ impl DropReason {
             Self::TooBig => "too_big",
             Self::TtlExceeded => "ttl_exceeded",
             Self::NoHeadroom => "no_headroom",
+            Self::HandoffFull => "handoff_full",
         }
     }
 }

@@ -24,6 +24,7 @@ pub struct SnatPorts {
     pools: Vec<Ports>,
     first: u16,
     span: u32,
+    worker: u32,
     workers: u32,
 }
 
@@ -61,6 +62,7 @@ impl SnatPorts {
             pools,
             first,
             span,
+            worker,
             workers: workers.max(1),
         }
     }
@@ -96,6 +98,11 @@ impl SnatPorts {
     /// Which worker's slice `port` is in.
     pub fn owner(&self, port: u16) -> u32 {
         (u32::from(port.saturating_sub(self.first)) / self.span).min(self.workers - 1)
+    }
+
+    /// The worker whose slice this is.
+    pub fn worker(&self) -> u32 {
+        self.worker
     }
 
     /// Free ports per (address, protocol).

@@ -1,0 +1,304 @@
+//! The balancer live, end to end: the real `rialto` binary in balance mode on
+//! a two-queue veth pair, and in the peer namespace the kernel's own VXLAN
+//! devices as the clusters' gateways, real TCP and UDP servers behind them
+//! as the backends, and real sockets as clients.
+//!
+//! ```text
+//!  peer namespace                                              node namespace
+//!  client 198.18.0.2, fd00::2 --- VIPs ---------------------->  rialto
+//!  vx100 (VNI 100, local 198.18.0.2) <--- VXLAN over IPv4 --->  198.18.0.1
+//!     pod 198.19.1.10: TCP echo :8080, UDP echo :7007
+//!  vx200 (VNI 200, local fd00::2)    <--- VXLAN over IPv6 --->  fd00::1
+//!     pod fd00:119::10: TCP echo :8080
+//! ```
+//!
+//! Replies leave the pods through the VXLAN devices (the SNAT pool is routed
+//! into them), so they come back to Rialto on whichever queue the peer's
+//! kernel picks: workers hand them to the worker owning the flow.
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::Command,
+    time::Duration,
+};
+
+use rialto_testbed::{Pair, Rialto, in_netns};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rialto");
+const EAST_MAC: &str = "02:00:00:00:02:01";
+const WEST_MAC: &str = "02:00:00:00:02:02";
+/// What Rialto's tunnelled frames carry as inner source MAC.
+const VTEP_MAC: &str = "02:00:00:00:01:01";
+
+/// TCP connections per VIP, and what each uploads and gets echoed back:
+/// more than fits one MTU, so path-MTU discovery through Rialto is needed.
+const CONNECTIONS: usize = 12;
+const UPLOAD: usize = 64 * 1024;
+const DATAGRAM_FLOWS: usize = 8;
+const DATAGRAMS: usize = 20;
+
+fn config(next_hop_mac: &str) -> String {
+    format!(
+        r#"
+[node]
+vteps = ["198.18.0.1", "fd00::1"]
+vtep_mac = "{VTEP_MAC}"
+next_hop_mac = "{next_hop_mac}"
+mtu = 1500
+
+[snat]
+addresses = ["198.18.200.1", "fd00:200::1"]
+ports = "20000-29999"
+
+[[cluster]]
+name = "east"
+vni = 100
+gateways = ["198.18.0.2"]
+gateway_mac = "{EAST_MAC}"
+
+[[cluster]]
+name = "west"
+vni = 200
+gateways = ["fd00::2"]
+gateway_mac = "{WEST_MAC}"
+
+[[service]]
+name = "web"
+vip = "198.18.100.1:80/TCP"
+backends = [{{ cluster = "east", addr = "198.19.1.10:8080" }}]
+
+[[service]]
+name = "echo"
+vip = "198.18.100.2:7/UDP"
+backends = [{{ cluster = "east", addr = "198.19.1.10:7007" }}]
+
+[[service]]
+name = "web6"
+vip = "[fd00:100::1]:80/TCP"
+backends = [{{ cluster = "west", addr = "[fd00:119::10]:8080" }}]
+"#
+    )
+}
+
+fn ip(ns: &str, args: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns])
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip -n {ns} {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mac_of(ns: &str, dev: &str) -> String {
+    let out = ip(ns, &format!("-br link show dev {dev}"));
+    out.split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no MAC in {out:?}"))
+        .to_owned()
+}
+
+/// The clusters' gateways in the peer namespace: a kernel VXLAN device per
+/// cluster, the pod address on it, and Rialto's SNAT pool routed into it.
+///
+/// The gateways' links carry 1600 bytes and their VXLAN devices 1500, so the
+/// pods announce an MSS that fits 1500 bytes of inner packet, and the client
+/// (whose link is 1500 too) sends packets that Rialto, with an MTU of 1500
+/// toward the clusters, cannot encapsulate: path-MTU discovery must work
+/// through Rialto for the uploads to get through.
+fn gateways(pair: &Pair) {
+    let (ns, dev) = (pair.peer_ns.as_str(), pair.peer_if.as_str());
+    ip(
+        &pair.node_ns,
+        &format!("link set {} mtu 1600", pair.node_if),
+    );
+    ip(ns, &format!("link set {dev} mtu 1600"));
+    ip(ns, "route replace 198.18.100.0/24 via 198.18.0.1 mtu 1500");
+    ip(ns, "-6 route replace fd00:100::/64 via fd00::1 mtu 1500");
+    ip(
+        ns,
+        &format!(
+            "link add vx100 address {EAST_MAC} type vxlan id 100 local 198.18.0.2 remote 198.18.0.1 dstport 4789 dev {dev}"
+        ),
+    );
+    ip(ns, "addr add 198.19.1.10/24 dev vx100");
+    ip(ns, "link set vx100 up");
+    ip(ns, "route replace 198.18.200.0/28 dev vx100");
+    ip(
+        ns,
+        &format!("neigh replace 198.18.200.1 lladdr {VTEP_MAC} dev vx100 nud permanent"),
+    );
+    ip(
+        ns,
+        &format!(
+            "link add vx200 address {WEST_MAC} type vxlan id 200 local fd00::2 remote fd00::1 dstport 4789 dev {dev}"
+        ),
+    );
+    ip(ns, "addr add fd00:119::10/64 dev vx200 nodad");
+    ip(ns, "link set vx200 up");
+    ip(ns, "-6 route replace fd00:200::/64 dev vx200");
+    ip(
+        ns,
+        &format!("-6 neigh replace fd00:200::1 lladdr {VTEP_MAC} dev vx200 nud permanent"),
+    );
+}
+
+/// A TCP server that echoes each connection until the client shuts down.
+fn tcp_echo(ns: &str, at: &str) {
+    let ns = ns.to_owned();
+    let listener = in_netns(&ns, || TcpListener::bind(at).unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let (mut rx, mut tx) = (&stream, &stream);
+                let _ = std::io::copy(&mut rx, &mut tx);
+                let _ = stream.shutdown(Shutdown::Write);
+            });
+        }
+    });
+}
+
+fn udp_echo(ns: &str, at: &str) {
+    let socket = in_netns(ns, || UdpSocket::bind(at).unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+}
+
+/// Uploads `UPLOAD` bytes to `vip` on each of `CONNECTIONS` connections and
+/// checks that each comes back whole.
+fn tcp_round_trips(vip: SocketAddr) {
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let payload: Vec<u8> = (0..UPLOAD).map(|i| (i * 7 + c) as u8).collect();
+                let stream = TcpStream::connect_timeout(&vip, Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("connection {c} to {vip}: {e}"));
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let writer = {
+                    let (mut stream, payload) = (stream.try_clone().unwrap(), payload.clone());
+                    std::thread::spawn(move || {
+                        stream.write_all(&payload).unwrap();
+                        stream.shutdown(Shutdown::Write).unwrap();
+                    })
+                };
+                let mut back = Vec::new();
+                (&stream)
+                    .read_to_end(&mut back)
+                    .unwrap_or_else(|e| panic!("connection {c} to {vip}: {e}"));
+                writer.join().unwrap();
+                assert!(back == payload, "connection {c} to {vip}: echo differs");
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+}
+
+fn udp_round_trips(vip: SocketAddr) {
+    for flow in 0..DATAGRAM_FLOWS {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        for seq in 0..DATAGRAMS {
+            let payload = format!("flow {flow} datagram {seq}");
+            socket.send_to(payload.as_bytes(), vip).unwrap();
+            let (n, from) = socket
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("flow {flow} datagram {seq}: {e}"));
+            assert_eq!(from, vip, "the answer comes from the VIP");
+            assert_eq!(&buf[..n], payload.as_bytes());
+        }
+    }
+}
+
+fn total(
+    summary: &serde_json::Value,
+    field: impl Fn(&serde_json::Value) -> &serde_json::Value,
+) -> u64 {
+    summary["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            field(w)
+                .as_u64()
+                .unwrap_or_else(|| panic!("no number in {w}"))
+        })
+        .sum()
+}
+
+#[test]
+fn clients_reach_backends_behind_kernel_vxlan_gateways() {
+    let pair = Pair::up(2);
+    gateways(&pair);
+    let path = std::env::temp_dir().join(format!("rialto-balance-{}.toml", std::process::id()));
+    std::fs::write(&path, config(&mac_of(&pair.peer_ns, &pair.peer_if))).unwrap();
+    tcp_echo(&pair.peer_ns, "198.19.1.10:8080");
+    tcp_echo(&pair.peer_ns, "[fd00:119::10]:8080");
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+
+    let rialto = Rialto::start(
+        BIN,
+        &pair.node_ns,
+        &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
+    );
+    in_netns(&pair.peer_ns, || {
+        tcp_round_trips("198.18.100.1:80".parse().unwrap());
+        tcp_round_trips("[fd00:100::1]:80".parse().unwrap());
+        udp_round_trips("198.18.100.2:7".parse().unwrap());
+    });
+    let (status, summary) = rialto.terminate();
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        status.success(),
+        "rialto exits cleanly: {status}\n{summary}"
+    );
+
+    let count = |f: &dyn Fn(&serde_json::Value) -> &serde_json::Value| total(&summary, f);
+    let connections = 2 * CONNECTIONS as u64;
+    assert_eq!(
+        count(&|w| &w["balance"]["flows"]["created"]),
+        connections + DATAGRAM_FLOWS as u64,
+        "one flow per connection and per UDP socket: {summary}"
+    );
+    assert!(count(&|w| &w["balance"]["forward"]) > 0, "{summary}");
+    assert!(count(&|w| &w["balance"]["reply"]) > 0, "{summary}");
+    assert!(
+        count(&|w| &w["balance"]["icmp_too_big"]) > 0,
+        "uploads bigger than the tunnel's MTU made Rialto send ICMP: {summary}"
+    );
+    let (out, back) = (count(&|w| &w["handoff_out"]), count(&|w| &w["handoff_in"]));
+    assert!(
+        out > 0,
+        "replies arrived at the worker not owning the flow: {summary}"
+    );
+    assert_eq!(out, back, "every frame handed over was taken: {summary}");
+    for reason in [
+        "malformed",
+        "handoff_full",
+        "tx_ring_full",
+        "no_headroom",
+        "snat_exhausted",
+    ] {
+        assert_eq!(count(&|w| &w["drops"][reason]), 0, "{reason}: {summary}");
+    }
+    for w in summary["workers"].as_array().unwrap() {
+        assert_eq!(w["umem_balanced"], true, "{w}");
+        assert_eq!(w["umem"]["lent"], 0, "every lent frame came home: {w}");
+        assert_eq!(w["umem"]["borrowed"], 0, "{w}");
+    }
+}

@@ -1,0 +1,82 @@
+//! A running `rialto` binary inside a namespace, stopped by the test.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, ExitStatus, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::netns_command;
+
+/// A running `rialto run`; killed on drop if the test did not stop it.
+#[derive(Debug)]
+pub struct Rialto {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Rialto {
+    /// Starts `bin run ARGS` in namespace `ns` and waits until it is ready.
+    pub fn start(bin: &str, ns: &str, args: &[&str]) -> Self {
+        let mut child = netns_command(ns, bin)
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rialto starts");
+        let (tx, stderr) = mpsc::channel();
+        let pipe = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in pipe.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        loop {
+            match stderr.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.contains("rialto ready") => break,
+                Ok(line) => log.push(line),
+                Err(_) => panic!("rialto did not become ready:\n{}", log.join("\n")),
+            }
+        }
+        Self { child, stderr }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Stops rialto with SIGTERM; returns its exit status and parsed summary.
+    pub fn terminate(mut self) -> (ExitStatus, serde_json::Value) {
+        self.signal(Signal::SIGTERM);
+        let mut stdout = Vec::new();
+        let mut pipe = self.child.stdout.take().expect("stdout is piped");
+        pipe.read_to_end(&mut stdout).unwrap();
+        let status = self.child.wait().unwrap();
+        let log: Vec<_> = self.stderr.try_iter().collect();
+        let summary = serde_json::from_slice(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "summary is not JSON ({e}): {}\nlog:\n{}",
+                String::from_utf8_lossy(&stdout),
+                log.join("\n")
+            )
+        });
+        (status, summary)
+    }
+}
+
+impl Drop for Rialto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
