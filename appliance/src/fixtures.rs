@@ -12,7 +12,7 @@ use etherparse::{
     IpDscp, IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder,
     SlicedPacket, TransportSlice,
 };
-use rialto_rules::{Snapshot, config::Config};
+use rialto_rules::Snapshot;
 
 use crate::pipeline::{DropReason, Verdict, packet::flow_hash};
 
@@ -92,8 +92,7 @@ const fn v6(group: u16, host: u8) -> [u8; 16] {
 
 /// The fixture config, compiled.
 pub fn tables() -> Arc<Snapshot> {
-    let config = Config::parse("fixtures", CONFIG).expect("the fixture config parses");
-    Arc::new(Snapshot::compile(&config).expect("the fixture config compiles"))
+    Arc::new(rialto_rules::load("fixtures", CONFIG).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// One step of the table: a frame in, what must come out.
@@ -451,6 +450,23 @@ pub fn table() -> Vec<Fixture> {
         "udp4 answer from west over IPv6",
         from_west(&answer),
         to_router(&answer_out),
+    ));
+    let late = ip(
+        Ip::V4 {
+            src: POD,
+            dst: SNAT,
+            ttl: 1,
+        },
+        L4::Udp(7007, FIRST_PORT),
+        b"answer",
+    );
+    t.push(tx(
+        "udp4 answer from west with TTL 1: ICMP time exceeded back into west's tunnel",
+        from_west(&late),
+        to_west(
+            hash4(SNAT, POD, 0, 0, UDP),
+            &icmp4_error(SNAT, POD, 11, 0, [0; 4], &late),
+        ),
     ));
     let unreachable = ip(
         Ip::V4 {

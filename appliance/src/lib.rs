@@ -2,14 +2,17 @@
 //!
 //! - [`wire`]: in-place header views;
 //! - [`pipeline`]: the pure per-frame function, `process(frame, now) -> Verdict`;
-//! - [`afxdp`]: one AF_XDP socket and its UMEM, the only `unsafe` code;
+//! - [`afxdp`]: AF_XDP sockets on a shared UMEM and the handoff between
+//!   them, the only `unsafe` code;
 //! - [`replay`]: the pipeline over a pcap capture, offline;
 //! - [`worker`]: a thread per receive queue, looping over the pipeline;
 //! - [`stats`]: per-worker counters;
-//! - [`fixtures`]: the frames the tests, the benchmarks and the pcap dumps share.
+//! - [`fixtures`]: the frames the tests, the benchmarks and the pcap dumps share;
+//! - [`fuzzing`]: the fuzz target's body, also run over its corpus by a test.
 
 pub mod afxdp;
 pub mod fixtures;
+pub mod fuzzing;
 pub mod pipeline;
 pub mod replay;
 pub mod stats;

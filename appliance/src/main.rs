@@ -27,6 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(run::RunArgs),
+    Check(tools::CheckArgs),
     Replay(tools::ReplayArgs),
     Maglev(tools::MaglevArgs),
 }
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Check(args) => tools::check(&args),
         Command::Replay(args) => tools::replay(&args),
         Command::Maglev(args) => tools::maglev(&args),
     };

@@ -21,7 +21,7 @@ use rialto::{
     stats::{StatsSnapshot, WorkerStats},
     worker::Worker,
 };
-use rialto_rules::{Endpoint, Snapshot, Steering as SteeringRules, VXLAN_PORT, config::Config};
+use rialto_rules::{Endpoint, Snapshot, Steering as SteeringRules, VXLAN_PORT};
 use serde::Serialize;
 use tracing::{error, info};
 use xdp_redirect::{AttachMode, Counter, Steering};
@@ -140,8 +140,7 @@ struct BalanceSummary {
 pub fn load_config(path: &std::path::Path) -> Result<Snapshot> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
-    let config = Config::parse(&name, &text)?;
-    Snapshot::compile(&config).with_context(|| format!("{name}: invalid config"))
+    Ok(rialto_rules::load(&name, &text)?)
 }
 
 /// The interface's MAC address, from sysfs.

@@ -19,7 +19,7 @@ use rialto::{
     fixtures::{self, Ip, L4},
     pipeline::{OwnedFrame, Pipeline, Verdict},
 };
-use rialto_rules::{Snapshot, config::Config};
+use rialto_rules::Snapshot;
 
 /// Frames of distinct flows each iteration cycles over.
 const SAMPLE: usize = 4096;
@@ -35,7 +35,7 @@ fn tables() -> Arc<Snapshot> {
             "addresses = [\"198.18.200.1\", \"fd00:200::1\"]",
             &format!("addresses = [{}]", snat.join(", ")),
         );
-    Arc::new(Snapshot::compile(&Config::parse("bench", &text).unwrap()).unwrap())
+    Arc::new(rialto_rules::load("bench", &text).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// Client `i`: its address and port (distinct for every `i` below 2^24).

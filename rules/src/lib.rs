@@ -10,9 +10,94 @@ mod snapshot;
 
 pub use endpoint::{Endpoint, ParseEndpointError, Proto};
 pub use maglev::{MaglevError, MaglevHash, WeightedBackend};
-pub use snapshot::{Backend, Cluster, CompileError, Node, Service, Snapshot, SnatPool};
+pub use snapshot::{Backend, Cluster, CompileError, Node, Problem, Service, Snapshot, SnatPool};
 
-use std::net::IpAddr;
+use std::{fmt, net::IpAddr};
+
+/// Parses and compiles the config `text`, read from `file`: the snapshot,
+/// or every problem found, each with its place in the file.
+pub fn load(file: &str, text: &str) -> Result<Snapshot, Rejected> {
+    let located = |span: Option<std::ops::Range<usize>>, message: String| {
+        let (line, column) = span.map_or((0, 0), |s| line_column(text, s.start));
+        Located {
+            line,
+            column,
+            message,
+        }
+    };
+    let problems = match config::Config::parse(text) {
+        Err(e) => {
+            let field = e.span.as_ref().and_then(|s| field_before(text, s.start));
+            let message = match field {
+                Some(field) => format!("{field}: {}", e.message),
+                None => e.message,
+            };
+            vec![located(e.span, message)]
+        }
+        Ok(config) => match Snapshot::compile(&config) {
+            Ok(snapshot) => return Ok(snapshot),
+            Err(problems) => problems
+                .into_iter()
+                .map(|p| located(Some(p.span), p.error.to_string()))
+                .collect(),
+        },
+    };
+    Err(Rejected {
+        file: file.to_owned(),
+        problems,
+    })
+}
+
+/// The key whose value starts at byte `offset` (`key = value` on one line,
+/// also inside an inline table), if the text there is one.
+fn field_before(text: &str, offset: usize) -> Option<&str> {
+    let before = text[..offset.min(text.len())].trim_end();
+    let key = before.strip_suffix('=')?.trim_end();
+    let start = key
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map_or(0, |i| i + 1);
+    Some(&key[start..]).filter(|k| !k.is_empty())
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// A config that was not accepted, and why.
+#[derive(Debug, thiserror::Error)]
+pub struct Rejected {
+    pub file: String,
+    pub problems: Vec<Located>,
+}
+
+/// One problem of a rejected config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// 1-based; 0 when the parser could not tell where.
+    pub line: usize,
+    pub column: usize,
+    /// The field, then the reason.
+    pub message: String,
+}
+
+impl fmt::Display for Rejected {
+    /// One line per problem: `FILE:LINE:COLUMN: field: reason`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{}:{}: {}", self.file, p.line, p.column, p.message)?;
+        }
+        Ok(())
+    }
+}
 
 /// The IANA-assigned VXLAN port (RFC 7348 §5).
 pub const VXLAN_PORT: u16 = 4789;

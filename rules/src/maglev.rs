@@ -350,9 +350,7 @@ impl Table {
         size: u32,
         backends: &[WeightedBackend],
     ) -> Result<Self, MaglevError> {
-        if !CILIUM_TABLE_SIZES.contains(&size) {
-            return Err(MaglevError::NotCiliumSize { size });
-        }
+        check_size(MaglevHash::Cilium, size)?;
         validate(size, backends)?;
         if let Some(b) = backends.iter().find(|b| b.weight > u32::from(u16::MAX)) {
             return Err(MaglevError::CiliumWeightTooLarge {
@@ -401,6 +399,7 @@ impl Table {
     }
 
     fn build_rialto(size: u32, backends: &[WeightedBackend]) -> Result<Self, MaglevError> {
+        check_size(MaglevHash::Rialto, size)?;
         validate(size, backends)?;
         // Identity order (`Endpoint`'s `Ord`); `validate` has ruled out ties.
         let mut active: Vec<u32> = (0..)
@@ -528,7 +527,13 @@ pub fn is_prime(n: u32) -> bool {
 
 /// The checks both modes share. Duplicates are looked for among all
 /// backends, drained ones included.
-fn validate(size: u32, backends: &[WeightedBackend]) -> Result<(), MaglevError> {
+/// Whether `size` can be the size of a table built with `hash`, whatever
+/// the backends: a prime up to [`MAX_TABLE_SIZE`], in Cilium mode one of
+/// [`CILIUM_TABLE_SIZES`].
+pub fn check_size(hash: MaglevHash, size: u32) -> Result<(), MaglevError> {
+    if hash == MaglevHash::Cilium && !CILIUM_TABLE_SIZES.contains(&size) {
+        return Err(MaglevError::NotCiliumSize { size });
+    }
     if size > MAX_TABLE_SIZE {
         return Err(MaglevError::TooLarge {
             size,
@@ -538,6 +543,10 @@ fn validate(size: u32, backends: &[WeightedBackend]) -> Result<(), MaglevError> 
     if !is_prime(size) {
         return Err(MaglevError::NotPrime { size });
     }
+    Ok(())
+}
+
+fn validate(size: u32, backends: &[WeightedBackend]) -> Result<(), MaglevError> {
     if backends.is_empty() {
         return Err(MaglevError::NoBackends);
     }
