@@ -19,7 +19,7 @@ use rialto::{
     afxdp::{BindMode, Ledger, PortConfig, XskPort},
     pipeline::{Mode, Pipeline, balance::Counters, conntrack::ConntrackStats},
     stats::{StatsSnapshot, WorkerStats},
-    worker::Worker,
+    worker::{SharedTables, Worker},
 };
 use rialto_rules::{Endpoint, Snapshot, Steering as SteeringRules, VXLAN_PORT};
 use serde::Serialize;
@@ -27,6 +27,11 @@ use tracing::{error, info};
 use xdp_redirect::{AttachMode, Counter, Steering};
 
 /// Serve traffic on an interface until SIGINT or SIGTERM.
+///
+/// SIGHUP reloads --config: a valid config is swapped in without dropping
+/// live flows (each keeps its backend while that backend is in the config,
+/// draining or not); an invalid one is logged with its file, line and
+/// reason, and the running config stays.
 ///
 /// On exit Rialto detaches its XDP program, leaving the interface as it was,
 /// and prints a JSON summary on stdout: the XDP program's counters, and per
@@ -208,25 +213,19 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
 
     let tables = match &args.config {
-        Some(path) => Some(Arc::new(load_config(path)?)),
+        Some(path) => Some(Arc::new(SharedTables::new(Arc::new(load_config(path)?)))),
         None if args.mode == Mode::Balance => {
             bail!("--mode balance needs --config FILE (or use --mode reflect)")
         }
         None => None,
     };
-    let mut rules = SteeringRules {
+    let flags = SteeringRules {
         vips: args.vips.clone(),
         tunnel_peers: args.tunnel_peers.clone(),
         snat_addrs: args.snat_addrs.clone(),
         vxlan_port: args.vxlan_port,
     };
-    if let Some(tables) = &tables {
-        let from_config = tables.steering();
-        rules.vips.extend(from_config.vips);
-        rules.tunnel_peers.extend(from_config.tunnel_peers);
-        rules.snat_addrs.extend(from_config.snat_addrs);
-        rules.vxlan_port = from_config.vxlan_port;
-    }
+    let rules = steering_rules(&flags, tables.as_ref().map(|t| t.current()).as_deref());
     let mac = iface_mac(&args.iface)?;
     let mut steering = Steering::load(&rules)?;
     let attach_mode = match args.xdp_mode {
@@ -254,11 +253,12 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             port,
             pipeline: match (&tables, args.mode) {
                 (Some(tables), Mode::Balance) => {
-                    Pipeline::balance(Arc::clone(tables), i as u32, queues.len() as u32, mac)
+                    Pipeline::balance(tables.current(), i as u32, queues.len() as u32, mac)
                 }
                 _ => Pipeline::Reflect,
             },
             stats: Arc::default(),
+            tables: tables.clone().filter(|_| args.mode == Mode::Balance),
         });
     }
 
@@ -267,6 +267,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install a signal handler")?;
     }
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
+        .context("cannot install a signal handler")?;
     let stopped = Arc::new(Barrier::new(workers.len()));
     let mut running = Vec::with_capacity(workers.len());
     for worker in workers {
@@ -282,7 +285,15 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         .iter()
         .map(|(q, _, s, _)| (*q, Arc::clone(s)))
         .collect();
-    wait_for_signal(&stop, args.stats_interval, &stats);
+    let mut control = Control {
+        config: args.config.clone().filter(|_| args.mode == Mode::Balance),
+        flags,
+        rules,
+        steering,
+        tables,
+        workers: stats.iter().map(|(_, s)| Arc::clone(s)).collect(),
+    };
+    serve(&stop, &hangup, &mut control, args.stats_interval, &stats);
     info!("stopping");
 
     let mut summary = Summary {
@@ -311,10 +322,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             },
         });
     }
-    for (reason, counter) in steering.counters()?.iter() {
+    for (reason, counter) in control.steering.counters()?.iter() {
         summary.xdp.insert(reason.name(), counter);
     }
-    drop(steering); // detaches the XDP program
+    drop(control); // detaches the XDP program
     info!(iface = %args.iface, "XDP program detached");
     println!("{}", serde_json::to_string(&summary)?);
     Ok(if balanced {
@@ -324,12 +335,83 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// Blocks until `stop` is set, logging rates every `interval` seconds (0: never).
-fn wait_for_signal(stop: &AtomicBool, interval: u64, stats: &[(u32, Arc<WorkerStats>)]) {
+/// What the XDP program steers: what the flags name, and the config's
+/// VIPs, tunnel peers and SNAT addresses.
+fn steering_rules(flags: &SteeringRules, tables: Option<&Snapshot>) -> SteeringRules {
+    let mut rules = flags.clone();
+    if let Some(tables) = tables {
+        let from_config = tables.steering();
+        rules.vips.extend(from_config.vips);
+        rules.tunnel_peers.extend(from_config.tunnel_peers);
+        rules.snat_addrs.extend(from_config.snat_addrs);
+        rules.vxlan_port = from_config.vxlan_port;
+    }
+    rules
+}
+
+/// The control plane: what a reload changes.
+#[derive(Debug)]
+struct Control {
+    /// The config file, in balance mode.
+    config: Option<PathBuf>,
+    /// Steering asked for on the command line, kept across reloads.
+    flags: SteeringRules,
+    /// What the XDP program's maps hold now.
+    rules: SteeringRules,
+    steering: Steering,
+    tables: Option<Arc<SharedTables>>,
+    workers: Vec<Arc<WorkerStats>>,
+}
+
+/// How long a reload waits for every worker to take the new tables.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Control {
+    /// Reads the config file again and, if it is valid, swaps it in: the
+    /// XDP program stops steering what the new config no longer owns, the
+    /// workers take the new tables (keeping their live flows), then the
+    /// XDP program steers what is new. An invalid config changes nothing.
+    fn reload(&mut self) -> Result<u64> {
+        let (Some(path), Some(shared)) = (&self.config, &self.tables) else {
+            bail!("nothing to reload: rialto runs without --config in balance mode");
+        };
+        let tables = load_config(path)?;
+        let rules = steering_rules(&self.flags, Some(&tables));
+        let (added, removed) = self.rules.diff(&rules);
+        self.steering.remove(&removed)?;
+        let generation = shared.publish(Arc::new(tables));
+        let deadline = Instant::now() + RELOAD_TIMEOUT;
+        while self.workers.iter().any(|w| w.generation() < generation) {
+            if Instant::now() > deadline {
+                bail!("workers did not take the new tables within {RELOAD_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.steering.apply(&added)?;
+        self.rules = rules;
+        Ok(generation)
+    }
+}
+
+/// Serves until `stop` is set: reloads on SIGHUP (`hangup`), and logs
+/// per-worker rates every `interval` seconds (0: never).
+fn serve(
+    stop: &AtomicBool,
+    hangup: &AtomicBool,
+    control: &mut Control,
+    interval: u64,
+    stats: &[(u32, Arc<WorkerStats>)],
+) {
     let mut last: Vec<_> = stats.iter().map(|(_, s)| s.snapshot()).collect();
     let mut since = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if hangup.swap(false, Ordering::Relaxed) {
+            match control.reload() {
+                Ok(generation) => info!(generation, "config reloaded"),
+                Err(e) => error!("reload rejected, the running config stays: {e:#}"),
+            }
+        }
         if interval == 0 || since.elapsed() < Duration::from_secs(interval) {
             continue;
         }

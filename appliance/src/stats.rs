@@ -1,7 +1,10 @@
 //! Per-worker counters: a plain tally on the hot path, published to atomics
 //! once per batch. Each worker is the only writer of its own `WorkerStats`.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use serde::Serialize;
 
@@ -37,6 +40,8 @@ pub struct WorkerStats {
     handoff_out: AtomicU64,
     handoff_in: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    /// The generation of the config tables the worker runs on.
+    generation: AtomicU64,
 }
 
 impl WorkerStats {
@@ -51,6 +56,15 @@ impl WorkerStats {
         for (total, n) in self.drops.iter().zip(t.drops) {
             total.fetch_add(n, Relaxed);
         }
+    }
+
+    /// Called by the owning worker once it runs on tables `generation`.
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.store(generation, Release);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Acquire)
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

@@ -4,13 +4,15 @@
 use std::{
     sync::{
         Arc, Barrier,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use core_affinity::CoreId;
+use rialto_rules::Snapshot;
 use tracing::warn;
 
 use crate::{
@@ -24,6 +26,40 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How long a stopping worker waits for its transmissions to complete.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The config tables every worker runs on, replaced whole by a reload.
+///
+/// A worker reads the generation once per turn of its loop (one atomic
+/// load) and takes the new tables only when it changed: no lock, nothing
+/// per packet.
+#[derive(Debug)]
+pub struct SharedTables {
+    current: ArcSwap<Snapshot>,
+    generation: AtomicU64,
+}
+
+impl SharedTables {
+    pub fn new(tables: Arc<Snapshot>) -> Self {
+        Self {
+            current: ArcSwap::new(tables),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Publishes new tables; returns their generation.
+    pub fn publish(&self, tables: Arc<Snapshot>) -> u64 {
+        self.current.store(tables);
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+}
+
 /// A worker, ready to be started on its own thread.
 #[derive(Debug)]
 pub struct Worker {
@@ -32,6 +68,8 @@ pub struct Worker {
     pub port: XskPort,
     pub pipeline: Pipeline,
     pub stats: Arc<WorkerStats>,
+    /// Where reloads publish new tables (balance mode).
+    pub tables: Option<Arc<SharedTables>>,
 }
 
 impl Worker {
@@ -60,7 +98,15 @@ impl Worker {
             );
         }
         let clock = Instant::now();
+        let mut generation = 0;
         while !stop.load(Ordering::Relaxed) {
+            if let Some(tables) = &self.tables
+                && tables.generation() != generation
+            {
+                generation = tables.generation();
+                self.pipeline.reload(tables.current());
+                self.stats.set_generation(generation);
+            }
             let mut tally = Tally::default();
             let now = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
             if self.port.step(&mut self.pipeline, now, &mut tally) > 0 {

@@ -38,7 +38,26 @@ const UPLOAD: usize = 64 * 1024;
 const DATAGRAM_FLOWS: usize = 8;
 const DATAGRAMS: usize = 20;
 
-fn config(next_hop_mac: &str) -> String {
+/// The services of the first test.
+const SERVICES: &str = r#"
+[[service]]
+name = "web"
+vip = "198.18.100.1:80/TCP"
+backends = [{ cluster = "east", addr = "198.19.1.10:8080" }]
+
+[[service]]
+name = "echo"
+vip = "198.18.100.2:7/UDP"
+backends = [{ cluster = "east", addr = "198.19.1.10:7007" }]
+
+[[service]]
+name = "web6"
+vip = "[fd00:100::1]:80/TCP"
+backends = [{ cluster = "west", addr = "[fd00:119::10]:8080" }]
+"#;
+
+/// The node, the SNAT pool and the two clusters, then `services`.
+fn config(next_hop_mac: &str, services: &str) -> String {
     format!(
         r#"
 [node]
@@ -62,22 +81,7 @@ name = "west"
 vni = 200
 gateways = ["fd00::2"]
 gateway_mac = "{WEST_MAC}"
-
-[[service]]
-name = "web"
-vip = "198.18.100.1:80/TCP"
-backends = [{{ cluster = "east", addr = "198.19.1.10:8080" }}]
-
-[[service]]
-name = "echo"
-vip = "198.18.100.2:7/UDP"
-backends = [{{ cluster = "east", addr = "198.19.1.10:7007" }}]
-
-[[service]]
-name = "web6"
-vip = "[fd00:100::1]:80/TCP"
-backends = [{{ cluster = "west", addr = "[fd00:119::10]:8080" }}]
-"#
+{services}"#
     )
 }
 
@@ -246,7 +250,11 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
     let pair = Pair::up(2);
     gateways(&pair);
     let path = std::env::temp_dir().join(format!("rialto-balance-{}.toml", std::process::id()));
-    std::fs::write(&path, config(&mac_of(&pair.peer_ns, &pair.peer_if))).unwrap();
+    std::fs::write(
+        &path,
+        config(&mac_of(&pair.peer_ns, &pair.peer_if), SERVICES),
+    )
+    .unwrap();
     tcp_echo(&pair.peer_ns, "198.19.1.10:8080");
     tcp_echo(&pair.peer_ns, "[fd00:119::10]:8080");
     udp_echo(&pair.peer_ns, "198.19.1.10:7007");
@@ -301,4 +309,193 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
         assert_eq!(w["umem"]["lent"], 0, "every lent frame came home: {w}");
         assert_eq!(w["umem"]["borrowed"], 0, "{w}");
     }
+}
+
+/// A TCP server that first says which pod it is, then echoes.
+fn named_echo(ns: &str, at: &str, name: &'static str) {
+    let listener = in_netns(ns, || TcpListener::bind(at).unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let (mut rx, mut tx) = (&stream, &stream);
+                if tx.write_all(format!("{name}\n").as_bytes()).is_ok() {
+                    let _ = std::io::copy(&mut rx, &mut tx);
+                }
+            });
+        }
+    });
+}
+
+/// A connection to the web VIP and the pod that answered it.
+struct Connection {
+    stream: TcpStream,
+    pod: String,
+}
+
+impl Connection {
+    fn open() -> Self {
+        let vip: SocketAddr = "198.18.100.1:80".parse().unwrap();
+        let stream = TcpStream::connect_timeout(&vip, Duration::from_secs(5)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut pod = Vec::new();
+        let mut byte = [0u8; 1];
+        while (&stream).read_exact(&mut byte).is_ok() && byte[0] != b'\n' {
+            pod.push(byte[0]);
+        }
+        Self {
+            stream,
+            pod: String::from_utf8(pod).unwrap(),
+        }
+    }
+
+    /// One round trip on the connection.
+    fn ping(&self) -> std::io::Result<()> {
+        let payload = [0x5au8; 100];
+        (&self.stream).write_all(&payload)?;
+        let mut back = [0u8; 100];
+        (&self.stream).read_exact(&mut back)?;
+        assert_eq!(back, payload);
+        Ok(())
+    }
+}
+
+/// Datagrams to the echo VIP, one per millisecond, each waiting for its
+/// answer: returns (sent, answered).
+fn udp_stream(count: usize) -> (usize, usize) {
+    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let vip: SocketAddr = "198.18.100.2:7".parse().unwrap();
+    let mut answered = 0;
+    let mut buf = [0u8; 64];
+    for seq in 0..count {
+        socket.send_to(&(seq as u64).to_be_bytes(), vip).unwrap();
+        if matches!(socket.recv_from(&mut buf), Ok((8, _)) if buf[..8] == (seq as u64).to_be_bytes())
+        {
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (count, answered)
+}
+
+fn web(backends: &str) -> String {
+    format!(
+        r#"
+[[service]]
+name = "web"
+vip = "198.18.100.1:80/TCP"
+backends = [{backends}]
+
+[[service]]
+name = "echo"
+vip = "198.18.100.2:7/UDP"
+backends = [{{ cluster = "east", addr = "198.19.1.10:7007" }}]
+"#
+    )
+}
+
+const POD_A: &str = r#"{ cluster = "east", addr = "198.19.1.10:8080" }"#;
+const POD_B: &str = r#"{ cluster = "east", addr = "198.19.1.11:8080" }"#;
+const POD_B_DRAINING: &str =
+    r#"{ cluster = "east", addr = "198.19.1.11:8080", state = "draining" }"#;
+
+/// Reloads on SIGHUP under traffic: live connections keep their pod across
+/// every reload, a draining pod keeps its connections and gets no new one,
+/// a removed pod loses only its own, an invalid config changes nothing, and
+/// a datagram stream through the reloads loses nothing.
+#[test]
+fn reloads_keep_live_flows_on_their_backends() {
+    let pair = Pair::up(2);
+    gateways(&pair);
+    ip(&pair.peer_ns, "addr add 198.19.1.11/24 dev vx100");
+    let mac = mac_of(&pair.peer_ns, &pair.peer_if);
+    named_echo(&pair.peer_ns, "198.19.1.10:8080", "a");
+    named_echo(&pair.peer_ns, "198.19.1.11:8080", "b");
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+    let path = std::env::temp_dir().join(format!("rialto-reload-{}.toml", std::process::id()));
+    let write = |services: &str| std::fs::write(&path, config(&mac, services)).unwrap();
+    write(&web(&format!("{POD_A}, {POD_B}")));
+    let rialto = Rialto::start(
+        BIN,
+        &pair.node_ns,
+        &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
+    );
+    let reload = |services: Option<&str>, expect: &str| {
+        match services {
+            Some(services) => write(services),
+            None => std::fs::write(&path, "[node\n").unwrap(),
+        }
+        rialto.signal(nix::sys::signal::Signal::SIGHUP);
+        rialto.wait_for_log(expect, Duration::from_secs(5))
+    };
+
+    let (stream, live, b_flows) = in_netns(&pair.peer_ns, || {
+        let stream = std::thread::spawn(|| udp_stream(3000));
+        let live: Vec<Connection> = (0..16).map(|_| Connection::open()).collect();
+        let on = |pod: &str| live.iter().filter(|c| c.pod == pod).count();
+        assert!(on("a") > 0 && on("b") > 0, "both pods get connections");
+        assert_eq!(on("a") + on("b"), live.len());
+
+        // b drains: every connection lives on, new ones all go to a.
+        reload(
+            Some(&web(&format!("{POD_A}, {POD_B_DRAINING}"))),
+            "config reloaded",
+        );
+        for c in &live {
+            c.ping()
+                .unwrap_or_else(|e| panic!("a connection to {} after draining b: {e}", c.pod));
+        }
+        let new: Vec<_> = (0..8).map(|_| Connection::open().pod).collect();
+        assert!(
+            new.iter().all(|p| p == "a"),
+            "a draining pod gets no new flow: {new:?}"
+        );
+
+        // An invalid config is rejected; nothing changes.
+        let line = reload(None, "reload rejected");
+        assert!(
+            line.contains(".toml:1:6: unclosed table"),
+            "the error says where: {line}"
+        );
+        for c in &live {
+            c.ping()
+                .unwrap_or_else(|e| panic!("a connection to {} after a bad reload: {e}", c.pod));
+        }
+
+        // b is removed: its connections are gone, a's live on.
+        reload(Some(&web(POD_A)), "config reloaded");
+        for c in &live {
+            if c.pod == "b" {
+                // Its packets now go nowhere: do not wait long for them.
+                let short = Some(Duration::from_millis(300));
+                c.stream.set_read_timeout(short).unwrap();
+            }
+            match (c.pod.as_str(), c.ping()) {
+                ("a", Err(e)) => panic!("a connection to a after removing b: {e}"),
+                ("b", Ok(())) => panic!("a connection to the removed pod b still works"),
+                _ => {}
+            }
+        }
+        let new: Vec<_> = (0..8).map(|_| Connection::open().pod).collect();
+        assert!(new.iter().all(|p| p == "a"), "{new:?}");
+        (stream.join().unwrap(), live.len(), on("b"))
+    });
+    let (status, summary) = rialto.terminate();
+    std::fs::remove_file(&path).unwrap();
+    assert!(status.success(), "{status}\n{summary}");
+    assert_eq!(
+        stream.0, stream.1,
+        "datagrams sent and answered through the reloads"
+    );
+    let count = |f: &dyn Fn(&serde_json::Value) -> &serde_json::Value| total(&summary, f);
+    assert_eq!(
+        count(&|w| &w["balance"]["flows"]["reload_removed"]),
+        b_flows as u64,
+        "removing b removed b's flows and no other: {summary}"
+    );
+    assert!(live > b_flows);
 }

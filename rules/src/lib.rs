@@ -59,6 +59,41 @@ fn field_before(text: &str, offset: usize) -> Option<&str> {
     Some(&key[start..]).filter(|k| !k.is_empty())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steering_diff_names_only_what_changed() {
+        let old = Steering {
+            vips: vec![
+                "198.18.100.1:80/TCP".parse().unwrap(),
+                "198.18.100.2:53/UDP".parse().unwrap(),
+            ],
+            tunnel_peers: vec!["198.18.2.1".parse().unwrap()],
+            snat_addrs: vec!["198.18.200.1".parse().unwrap()],
+            vxlan_port: VXLAN_PORT,
+        };
+        let new = Steering {
+            vips: vec![
+                "198.18.100.2:53/UDP".parse().unwrap(),
+                "198.18.100.3:80/TCP".parse().unwrap(),
+            ],
+            tunnel_peers: vec!["198.18.2.1".parse().unwrap()],
+            snat_addrs: vec!["198.18.200.2".parse().unwrap()],
+            vxlan_port: 8472,
+        };
+        let (added, removed) = old.diff(&new);
+        assert_eq!(added.vips, vec!["198.18.100.3:80/TCP".parse().unwrap()]);
+        assert_eq!(removed.vips, vec!["198.18.100.1:80/TCP".parse().unwrap()]);
+        assert!(added.tunnel_peers.is_empty() && removed.tunnel_peers.is_empty());
+        assert_eq!(added.snat_addrs, new.snat_addrs);
+        assert_eq!(removed.snat_addrs, old.snat_addrs);
+        assert_eq!(added.vxlan_port, 8472);
+        assert_eq!(old.diff(&old).0.vips.len() + old.diff(&old).1.vips.len(), 0);
+    }
+}
+
 /// 1-based line and column (in characters) of byte `offset` of `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -116,6 +151,30 @@ pub struct Steering {
     pub snat_addrs: Vec<IpAddr>,
     /// UDP destination port of VXLAN.
     pub vxlan_port: u16,
+}
+
+impl Steering {
+    /// What goes from `self` to `new`: the entries to add (with `new`'s
+    /// VXLAN port) and the entries to remove, so a reload writes only what
+    /// changed into the XDP program's maps.
+    pub fn diff(&self, new: &Self) -> (Self, Self) {
+        fn minus<T: PartialEq + Copy>(a: &[T], b: &[T]) -> Vec<T> {
+            a.iter().filter(|x| !b.contains(x)).copied().collect()
+        }
+        let added = Self {
+            vips: minus(&new.vips, &self.vips),
+            tunnel_peers: minus(&new.tunnel_peers, &self.tunnel_peers),
+            snat_addrs: minus(&new.snat_addrs, &self.snat_addrs),
+            vxlan_port: new.vxlan_port,
+        };
+        let removed = Self {
+            vips: minus(&self.vips, &new.vips),
+            tunnel_peers: minus(&self.tunnel_peers, &new.tunnel_peers),
+            snat_addrs: minus(&self.snat_addrs, &new.snat_addrs),
+            vxlan_port: self.vxlan_port,
+        };
+        (added, removed)
+    }
 }
 
 impl Default for Steering {

@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader, Read},
     process::{Child, ExitStatus, Stdio},
-    sync::mpsc,
+    sync::{Mutex, mpsc},
     time::Duration,
 };
 
@@ -18,7 +18,8 @@ use crate::netns_command;
 #[derive(Debug)]
 pub struct Rialto {
     child: Child,
-    stderr: mpsc::Receiver<String>,
+    /// Rialto's log lines (behind a mutex so a test's threads can share it).
+    stderr: Mutex<mpsc::Receiver<String>>,
 }
 
 impl Rialto {
@@ -48,7 +49,28 @@ impl Rialto {
                 Err(_) => panic!("rialto did not become ready:\n{}", log.join("\n")),
             }
         }
-        Self { child, stderr }
+        Self {
+            child,
+            stderr: Mutex::new(stderr),
+        }
+    }
+
+    /// Waits for a log line containing `needle` and returns it; panics
+    /// with the lines seen meanwhile if none comes within `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stderr.lock().unwrap().recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!(
+                    "rialto never logged {needle:?}; it logged:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -62,7 +84,7 @@ impl Rialto {
         let mut pipe = self.child.stdout.take().expect("stdout is piped");
         pipe.read_to_end(&mut stdout).unwrap();
         let status = self.child.wait().unwrap();
-        let log: Vec<_> = self.stderr.try_iter().collect();
+        let log: Vec<_> = self.stderr.lock().unwrap().try_iter().collect();
         let summary = serde_json::from_slice(&stdout).unwrap_or_else(|e| {
             panic!(
                 "summary is not JSON ({e}): {}\nlog:\n{}",

@@ -132,6 +132,32 @@ impl Steering {
             .map_err(map_err("rialto_config"))
     }
 
+    /// Takes the rules' entries out of the program's maps (those absent
+    /// already are fine); the VXLAN port stays.
+    pub fn remove(&mut self, rules: &rialto_rules::Steering) -> Result<(), SteeringError> {
+        let absent = |e: &MapError| matches!(e, MapError::KeyNotFound);
+        let mut vips: HashMap<_, [u8; 20], u32> = self.map("rialto_vips");
+        for vip in &rules.vips {
+            match vips.remove(&VipKey::new(vip).bytes()) {
+                Err(e) if !absent(&e) => return Err(map_err("rialto_vips")(e)),
+                _ => {}
+            }
+        }
+        for (name, addrs) in [
+            ("rialto_peers", &rules.tunnel_peers),
+            ("rialto_snat", &rules.snat_addrs),
+        ] {
+            let mut set: HashMap<_, AddrKey, u32> = self.map(name);
+            for &addr in addrs {
+                match set.remove(&addr_key(addr)) {
+                    Err(e) if !absent(&e) => return Err(map_err(name)(e)),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches the program to `iface`. It stays attached until `self` is dropped.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), SteeringError> {
         let program = self.program_mut();

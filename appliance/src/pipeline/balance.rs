@@ -44,8 +44,12 @@ pub struct Counters {
 pub struct Balancer {
     tables: Arc<Snapshot>,
     flows: Conntrack,
+    /// The uplink's own MAC, and the MACs frames are sent from.
+    iface_mac: [u8; 6],
     mac: [u8; 6],
     vtep_mac: [u8; 6],
+    worker: u32,
+    workers: u32,
     counters: Counters,
 }
 
@@ -53,20 +57,94 @@ impl Balancer {
     /// Worker `worker` of `workers`, sending from `mac` (the uplink's MAC,
     /// unless the config names one).
     pub fn new(tables: Arc<Snapshot>, worker: u32, workers: u32, mac: [u8; 6]) -> Self {
-        let mac = tables.node.mac.unwrap_or(mac);
         let snat = SnatPorts::new(&tables.snat, worker, workers);
         let flows = Conntrack::new(
             tables.limits.flows_per_worker as usize,
             snat,
             tables.timeouts,
         );
-        Self {
-            vtep_mac: tables.node.vtep_mac.unwrap_or(mac),
+        let mut balancer = Self {
+            iface_mac: mac,
             mac,
+            vtep_mac: mac,
             tables,
             flows,
+            worker,
+            workers,
             counters: Counters::default(),
-        }
+        };
+        balancer.set_macs();
+        balancer
+    }
+
+    fn set_macs(&mut self) {
+        self.mac = self.tables.node.mac.unwrap_or(self.iface_mac);
+        self.vtep_mac = self.tables.node.vtep_mac.unwrap_or(self.mac);
+    }
+
+    pub fn tables(&self) -> &Arc<Snapshot> {
+        &self.tables
+    }
+
+    /// Switches to a new config's tables, keeping every live flow whose
+    /// service, backend and clusters are still there: established flows
+    /// keep their backend (draining ones included). A flow whose backend,
+    /// service or cluster is gone (or whose cluster changed VNI) is removed,
+    /// so only the removed backend's flows move. The flow table's size is
+    /// fixed at start: `limits` take effect on restart.
+    pub fn reload(&mut self, tables: Arc<Snapshot>) {
+        let old = std::mem::replace(&mut self.tables, tables);
+        self.set_macs();
+        let new = &self.tables;
+        // Old cluster index -> new, for clusters kept with their VNI.
+        let clusters: Vec<Option<usize>> = old
+            .clusters
+            .iter()
+            .map(|c| {
+                new.clusters
+                    .iter()
+                    .position(|n| n.name == c.name && n.vni == c.vni)
+            })
+            .collect();
+        let side = |side: Side, hash: u64| -> Option<Side> {
+            let Side::Tunnel { cluster, gateway } = side else {
+                return Some(side);
+            };
+            let index = clusters[usize::from(cluster)]?;
+            let gateways = &new.clusters[index].gateways;
+            let was = old.clusters[usize::from(cluster)].gateways[usize::from(gateway)];
+            // The same gateway if it is still there, else another of the
+            // cluster's: the pod behind it is the same.
+            let gateway = gateways
+                .iter()
+                .position(|&g| g == was)
+                .unwrap_or((hash % gateways.len() as u64) as usize);
+            Some(Side::Tunnel {
+                cluster: index as u16,
+                gateway: gateway as u16,
+            })
+        };
+        let snat =
+            (new.snat != old.snat).then(|| SnatPorts::new(&new.snat, self.worker, self.workers));
+        self.flows.reload(new.timeouts, snat, |flow| {
+            let service = &old.services[flow.service as usize];
+            let backend = &service.backends[flow.backend_index as usize];
+            let cluster = &old.clusters[usize::from(backend.cluster)].name;
+            let new_service = *new.vips.get(&service.vip)?;
+            let backend_index = new.services[new_service as usize]
+                .backends
+                .iter()
+                .position(|b| {
+                    b.addr == backend.addr && new.clusters[usize::from(b.cluster)].name == *cluster
+                })?;
+            Some(Flow {
+                client: side(flow.client, flow.hash)?,
+                backend: side(flow.backend, flow.hash)?,
+                service: new_service,
+                backend_index: backend_index as u32,
+                ..*flow
+            })
+        });
     }
 
     pub fn counters(&self) -> Counters {

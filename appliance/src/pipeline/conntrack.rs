@@ -93,6 +93,8 @@ pub struct ConntrackStats {
     pub expired: u64,
     /// Live flows removed to make room for a new one.
     pub evicted: u64,
+    /// Live flows a reload removed (their backend, service or cluster gone).
+    pub reload_removed: u64,
     pub live: u64,
 }
 
@@ -212,6 +214,52 @@ impl Conntrack {
                 self.stats.expired += 1;
             }
         }
+    }
+
+    /// After a config reload: each live flow becomes what `remap` makes of
+    /// it (same keys, new table indices), or is removed when `remap` says
+    /// `None`. With a new SNAT pool (`snat`), flows whose port is not in
+    /// its slice are removed first, and the ports the others hold are taken
+    /// out of its free lists. Runs on the worker, between batches: it visits
+    /// every slot once and allocates, which a reload may.
+    pub fn reload(
+        &mut self,
+        timeouts: Timeouts,
+        snat: Option<SnatPorts>,
+        mut remap: impl FnMut(&Flow) -> Option<Flow>,
+    ) {
+        self.timeouts = timeouts;
+        let before = self.forward.len();
+        if let Some(mut snat) = snat {
+            for id in 0..self.slots.len() {
+                if let Some(f) = &self.slots[id]
+                    && !snat.holds(&f.reverse.dst, f.reverse.proto, f.reverse.dst_port)
+                {
+                    self.remove(id as u32);
+                }
+            }
+            let held: hashbrown::HashSet<(Addr, u8, u16)> = self
+                .slots
+                .iter()
+                .flatten()
+                .map(|f| (f.reverse.dst, f.reverse.proto, f.reverse.dst_port))
+                .collect();
+            snat.retain_free(|addr, proto, port| held.contains(&(*addr, proto, port)));
+            self.snat = snat;
+        }
+        for id in 0..self.slots.len() {
+            let Some(flow) = &self.slots[id] else {
+                continue;
+            };
+            match remap(flow) {
+                Some(new) => {
+                    debug_assert_eq!((new.forward, new.reverse), (flow.forward, flow.reverse));
+                    self.slots[id] = Some(new);
+                }
+                None => self.remove(id as u32),
+            }
+        }
+        self.stats.reload_removed += (before - self.forward.len()) as u64;
     }
 
     fn evict(&mut self) {

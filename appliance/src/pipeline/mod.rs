@@ -153,6 +153,14 @@ impl Pipeline {
         }
     }
 
+    /// Switches a balancer to a reloaded config's tables (see
+    /// [`balance::Balancer::reload`]); reflect mode has none.
+    pub fn reload(&mut self, tables: Arc<Snapshot>) {
+        if let Self::Balance(b) = self {
+            b.reload(tables);
+        }
+    }
+
     /// Once per batch, after the frames: housekeeping that must not wait
     /// for traffic (expiring flows).
     pub fn tick(&mut self, now: u64) {

@@ -26,6 +26,8 @@ pub struct SnatPorts {
     span: u32,
     worker: u32,
     workers: u32,
+    /// This worker's slice, inclusive.
+    slice: (u16, u16),
 }
 
 impl SnatPorts {
@@ -41,10 +43,8 @@ impl SnatPorts {
         } else {
             lo + span - 1
         };
-        let slice: Vec<u16> = (lo..=hi.min(u32::from(last)))
-            .rev()
-            .map(|p| p as u16)
-            .collect();
+        let hi = hi.min(u32::from(last));
+        let slice: Vec<u16> = (lo..=hi).rev().map(|p| p as u16).collect();
         let addrs = (pool.v4.iter().map(|&a| (from_ip(a.into()), false)))
             .chain(pool.v6.iter().map(|&a| (from_ip(a.into()), true)));
         let pools = addrs
@@ -64,6 +64,7 @@ impl SnatPorts {
             span,
             worker,
             workers: workers.max(1),
+            slice: (lo as u16, hi as u16),
         }
     }
 
@@ -98,6 +99,23 @@ impl SnatPorts {
     /// Which worker's slice `port` is in.
     pub fn owner(&self, port: u16) -> u32 {
         (u32::from(port.saturating_sub(self.first)) / self.span).min(self.workers - 1)
+    }
+
+    /// Whether `port` of `addr` for `proto` is in this slice (taken or not).
+    pub fn holds(&self, addr: &Addr, proto: u8, port: u16) -> bool {
+        (self.slice.0..=self.slice.1).contains(&port)
+            && self
+                .pools
+                .iter()
+                .any(|p| p.addr == *addr && p.proto == proto)
+    }
+
+    /// Takes out of the free ports every one `in_use` says a flow holds
+    /// (after a reload, for the flows kept from the previous pool).
+    pub fn retain_free(&mut self, in_use: impl Fn(&Addr, u8, u16) -> bool) {
+        for p in &mut self.pools {
+            p.free.retain(|&port| !in_use(&p.addr, p.proto, port));
+        }
     }
 
     /// The worker whose slice this is.
