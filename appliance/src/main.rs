@@ -1,5 +1,7 @@
 //! `rialto`: the command line.
 
+mod api;
+mod control;
 mod run;
 mod tools;
 
@@ -28,6 +30,7 @@ struct Cli {
 enum Command {
     Run(run::RunArgs),
     Check(tools::CheckArgs),
+    Stats(tools::StatsArgs),
     Replay(tools::ReplayArgs),
     Maglev(tools::MaglevArgs),
 }
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Check(args) => tools::check(&args),
+        Command::Stats(args) => tools::stats(&args),
         Command::Replay(args) => tools::replay(&args),
         Command::Maglev(args) => tools::maglev(&args),
     };

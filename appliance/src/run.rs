@@ -3,11 +3,11 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
     sync::{
-        Arc, Barrier,
+        Arc, Barrier, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -17,11 +17,16 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use rialto::{
     afxdp::{BindMode, Ledger, PortConfig, XskPort},
-    pipeline::{Mode, Pipeline, balance::Counters, conntrack::ConntrackStats},
+    pipeline::{Mode, Pipeline},
     stats::{StatsSnapshot, WorkerStats},
     worker::{SharedTables, Worker},
 };
 use rialto_rules::{Endpoint, Snapshot, Steering as SteeringRules, VXLAN_PORT};
+
+use crate::{
+    api::Api,
+    control::{Control, Reloads, steering_rules},
+};
 use serde::Serialize;
 use tracing::{error, info};
 use xdp_redirect::{AttachMode, Counter, Steering};
@@ -101,10 +106,22 @@ pub struct RunArgs {
     #[arg(long)]
     copy: bool,
 
+    /// Where the operator API listens: Prometheus metrics on /metrics, JSON
+    /// on /api/v1/status and /api/v1/services, POST /api/v1/reload.
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_API)]
+    api: SocketAddr,
+
+    /// Do not serve the operator API.
+    #[arg(long, conflicts_with = "api")]
+    no_api: bool,
+
     /// Log per-worker rates every SECONDS (0: only the summary at exit).
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     stats_interval: u64,
 }
+
+/// The operator API's default address: loopback only.
+pub const DEFAULT_API: &str = "127.0.0.1:9600";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum XdpMode {
@@ -129,16 +146,6 @@ struct WorkerSummary {
     stats: StatsSnapshot,
     umem: Ledger,
     umem_balanced: bool,
-    /// Balance mode only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    balance: Option<BalanceSummary>,
-}
-
-#[derive(Debug, Serialize)]
-struct BalanceSummary {
-    #[serde(flatten)]
-    counters: Counters,
-    flows: ConntrackStats,
 }
 
 /// Reads and compiles the config file.
@@ -285,16 +292,28 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         .iter()
         .map(|(q, _, s, _)| (*q, Arc::clone(s)))
         .collect();
-    let mut control = Control {
+    let control = Arc::new(Mutex::new(Control {
         config: args.config.clone().filter(|_| args.mode == Mode::Balance),
         flags,
         rules,
         steering,
         tables,
-        workers: stats.iter().map(|(_, s)| Arc::clone(s)).collect(),
+        workers: stats.clone(),
+        reloads: Reloads::default(),
+    }));
+    let api = match args.no_api {
+        true => None,
+        false => match Api::start(args.api, Arc::clone(&control)) {
+            Ok(api) => Some(api),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                Err(e).context("the workers are stopped")?
+            }
+        },
     };
-    serve(&stop, &hangup, &mut control, args.stats_interval, &stats);
+    serve(&stop, &hangup, &control, args.stats_interval, &stats);
     info!("stopping");
+    drop(api);
 
     let mut summary = Summary {
         xdp: BTreeMap::new(),
@@ -302,7 +321,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let mut balanced = true;
     for (queue, bind, stats, handle) in running {
-        let (umem, pipeline) = handle.join().expect("worker threads do not panic");
+        let umem = handle.join().expect("worker threads do not panic");
         balanced &= umem.balanced();
         if !umem.balanced() {
             error!(queue, ?umem, "UMEM frames unaccounted for");
@@ -313,19 +332,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             stats: stats.snapshot(),
             umem,
             umem_balanced: umem.balanced(),
-            balance: match pipeline {
-                Pipeline::Balance(b) => Some(BalanceSummary {
-                    counters: b.counters(),
-                    flows: b.flows().stats(),
-                }),
-                Pipeline::Reflect => None,
-            },
         });
     }
+    let control = lock(&control);
     for (reason, counter) in control.steering.counters()?.iter() {
         summary.xdp.insert(reason.name(), counter);
     }
-    drop(control); // detaches the XDP program
+    drop(control); // the last reference: detaches the XDP program
     info!(iface = %args.iface, "XDP program detached");
     println!("{}", serde_json::to_string(&summary)?);
     Ok(if balanced {
@@ -335,70 +348,12 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     })
 }
 
-/// What the XDP program steers: what the flags name, and the config's
-/// VIPs, tunnel peers and SNAT addresses.
-fn steering_rules(flags: &SteeringRules, tables: Option<&Snapshot>) -> SteeringRules {
-    let mut rules = flags.clone();
-    if let Some(tables) = tables {
-        let from_config = tables.steering();
-        rules.vips.extend(from_config.vips);
-        rules.tunnel_peers.extend(from_config.tunnel_peers);
-        rules.snat_addrs.extend(from_config.snat_addrs);
-        rules.vxlan_port = from_config.vxlan_port;
-    }
-    rules
-}
-
-/// The control plane: what a reload changes.
-#[derive(Debug)]
-struct Control {
-    /// The config file, in balance mode.
-    config: Option<PathBuf>,
-    /// Steering asked for on the command line, kept across reloads.
-    flags: SteeringRules,
-    /// What the XDP program's maps hold now.
-    rules: SteeringRules,
-    steering: Steering,
-    tables: Option<Arc<SharedTables>>,
-    workers: Vec<Arc<WorkerStats>>,
-}
-
-/// How long a reload waits for every worker to take the new tables.
-const RELOAD_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl Control {
-    /// Reads the config file again and, if it is valid, swaps it in: the
-    /// XDP program stops steering what the new config no longer owns, the
-    /// workers take the new tables (keeping their live flows), then the
-    /// XDP program steers what is new. An invalid config changes nothing.
-    fn reload(&mut self) -> Result<u64> {
-        let (Some(path), Some(shared)) = (&self.config, &self.tables) else {
-            bail!("nothing to reload: rialto runs without --config in balance mode");
-        };
-        let tables = load_config(path)?;
-        let rules = steering_rules(&self.flags, Some(&tables));
-        let (added, removed) = self.rules.diff(&rules);
-        self.steering.remove(&removed)?;
-        let generation = shared.publish(Arc::new(tables));
-        let deadline = Instant::now() + RELOAD_TIMEOUT;
-        while self.workers.iter().any(|w| w.generation() < generation) {
-            if Instant::now() > deadline {
-                bail!("workers did not take the new tables within {RELOAD_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        self.steering.apply(&added)?;
-        self.rules = rules;
-        Ok(generation)
-    }
-}
-
 /// Serves until `stop` is set: reloads on SIGHUP (`hangup`), and logs
 /// per-worker rates every `interval` seconds (0: never).
 fn serve(
     stop: &AtomicBool,
     hangup: &AtomicBool,
-    control: &mut Control,
+    control: &Mutex<Control>,
     interval: u64,
     stats: &[(u32, Arc<WorkerStats>)],
 ) {
@@ -407,7 +362,7 @@ fn serve(
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         if hangup.swap(false, Ordering::Relaxed) {
-            match control.reload() {
+            match lock(control).reload() {
                 Ok(generation) => info!(generation, "config reloaded"),
                 Err(e) => error!("reload rejected, the running config stays: {e:#}"),
             }
@@ -428,4 +383,11 @@ fn serve(
         }
         since = Instant::now();
     }
+}
+
+/// The control plane, even if a panic while it was held poisoned the lock.
+fn lock(control: &Mutex<Control>) -> std::sync::MutexGuard<'_, Control> {
+    control
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -1,14 +1,37 @@
 //! Per-worker counters: a plain tally on the hot path, published to atomics
 //! once per batch. Each worker is the only writer of its own `WorkerStats`.
 
-use std::sync::atomic::{
-    AtomicU64,
-    Ordering::{Acquire, Relaxed, Release},
+use std::sync::{
+    Mutex,
+    atomic::{
+        AtomicBool, AtomicU64,
+        Ordering::{Acquire, Relaxed, Release},
+    },
 };
 
 use serde::Serialize;
 
-use crate::pipeline::DropReason;
+use crate::pipeline::{DropReason, balance::Counters, conntrack::ConntrackStats};
+
+/// What a balancing worker publishes besides its packet counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BalanceStats {
+    #[serde(flatten)]
+    pub counters: Counters,
+    pub flows: ConntrackStats,
+    /// The flow table's size.
+    pub capacity: u64,
+}
+
+/// Free SNAT ports of one worker's slice, per address and protocol.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SnatUse {
+    pub addr: std::net::IpAddr,
+    pub proto: &'static str,
+    pub free: u64,
+    /// Ports in the slice.
+    pub slice: u64,
+}
 
 /// What one batch did; lives on the worker's stack.
 #[derive(Clone, Copy, Debug, Default)]
@@ -42,6 +65,51 @@ pub struct WorkerStats {
     drops: [AtomicU64; DropReason::ALL.len()],
     /// The generation of the config tables the worker runs on.
     generation: AtomicU64,
+    balancing: AtomicBool,
+    balance: [AtomicU64; BALANCE_FIELDS],
+    /// Refreshed about once a second, never waited for by the worker.
+    snat: Mutex<Vec<SnatUse>>,
+}
+
+const BALANCE_FIELDS: usize = 11;
+
+impl BalanceStats {
+    fn to_array(self) -> [u64; BALANCE_FIELDS] {
+        let (c, f) = (self.counters, self.flows);
+        [
+            c.forward,
+            c.reply,
+            c.icmp_time_exceeded,
+            c.icmp_too_big,
+            c.icmp_translated,
+            f.created,
+            f.expired,
+            f.evicted,
+            f.reload_removed,
+            f.live,
+            self.capacity,
+        ]
+    }
+
+    fn from_array(a: [u64; BALANCE_FIELDS]) -> Self {
+        Self {
+            counters: Counters {
+                forward: a[0],
+                reply: a[1],
+                icmp_time_exceeded: a[2],
+                icmp_too_big: a[3],
+                icmp_translated: a[4],
+            },
+            flows: ConntrackStats {
+                created: a[5],
+                expired: a[6],
+                evicted: a[7],
+                reload_removed: a[8],
+                live: a[9],
+            },
+            capacity: a[10],
+        }
+    }
 }
 
 impl WorkerStats {
@@ -56,6 +124,25 @@ impl WorkerStats {
         for (total, n) in self.drops.iter().zip(t.drops) {
             total.fetch_add(n, Relaxed);
         }
+    }
+
+    /// Stores the balancer's totals (the owning worker, once per batch).
+    pub fn publish_balance(&self, b: BalanceStats) {
+        self.balancing.store(true, Relaxed);
+        for (total, value) in self.balance.iter().zip(b.to_array()) {
+            total.store(value, Relaxed);
+        }
+    }
+
+    /// Replaces the SNAT figures, unless a reader holds them right now.
+    pub fn publish_snat(&self, snat: impl FnOnce() -> Vec<SnatUse>) {
+        if let Ok(mut slot) = self.snat.try_lock() {
+            *slot = snat();
+        }
+    }
+
+    pub fn snat(&self) -> Vec<SnatUse> {
+        self.snat.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Called by the owning worker once it runs on tables `generation`.
@@ -75,6 +162,9 @@ impl WorkerStats {
             tx_bytes: self.tx_bytes.load(Relaxed),
             handoff_out: self.handoff_out.load(Relaxed),
             handoff_in: self.handoff_in.load(Relaxed),
+            balance: self.balancing.load(Relaxed).then(|| {
+                BalanceStats::from_array(self.balance.each_ref().map(|v| v.load(Relaxed)))
+            }),
             drops: DropReason::ALL
                 .iter()
                 .map(|&r| (r.name(), self.drops[r as usize].load(Relaxed)))
@@ -92,5 +182,8 @@ pub struct StatsSnapshot {
     pub tx_bytes: u64,
     pub handoff_out: u64,
     pub handoff_in: u64,
+    /// Balance mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<BalanceStats>,
     pub drops: std::collections::BTreeMap<&'static str, u64>,
 }

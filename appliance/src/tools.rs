@@ -1,5 +1,5 @@
 //! `rialto check`, `rialto replay` and `rialto maglev`: offline tools, no
-//! NIC needed.
+//! NIC needed; and `rialto stats`, a live view of a running rialto.
 
 use std::{fs::File, io::BufWriter, path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -48,6 +48,118 @@ pub fn check(args: &CheckArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Show a running rialto's rates, live: per worker packets/s in and out,
+/// drops/s, handoffs/s and flows, then the drops/s by reason.
+///
+/// Reads the operator API of `rialto run` (its --api address); run it in
+/// the same network namespace.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The API of the running rialto.
+    #[arg(long, value_name = "ADDR:PORT", default_value = crate::run::DEFAULT_API)]
+    api: std::net::SocketAddr,
+
+    /// Seconds between two views.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+
+    /// Stop after this many views [default: until interrupted].
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+pub fn stats(args: &StatsArgs) -> Result<ExitCode> {
+    let url = format!("http://{}/api/v1/status", args.api);
+    let fetch = || -> Result<serde_json::Value> {
+        let status = ureq::get(&url)
+            .call()
+            .with_context(|| format!("cannot reach rialto's API at {}", args.api))?
+            .body_mut()
+            .read_json()
+            .with_context(|| format!("{url}: not the status JSON"))?;
+        Ok(status)
+    };
+    let interval = std::time::Duration::from_secs_f64(args.interval.max(0.1));
+    let mut before = fetch()?;
+    let mut shown = 0;
+    while args.count.is_none_or(|n| shown < n) {
+        std::thread::sleep(interval);
+        let now = fetch()?;
+        print!("{}", render_rates(&before, &now, interval.as_secs_f64()));
+        before = now;
+        shown += 1;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One view of `rialto stats`: the rates between two status documents
+/// taken `secs` apart.
+fn render_rates(before: &serde_json::Value, now: &serde_json::Value, secs: f64) -> String {
+    use std::fmt::Write as _;
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let rate =
+        |a: &serde_json::Value, b: &serde_json::Value| (n(b).saturating_sub(n(a))) as f64 / secs;
+    let reloads = &now["reloads"];
+    let mut out = format!(
+        "config generation {} · reloads: {} ok, {} rejected{}\n",
+        n(&now["generation"]),
+        n(&reloads["ok"]),
+        n(&reloads["rejected"]),
+        reloads["last"]["message"]
+            .as_str()
+            .map(|m| format!(" (last: {m})"))
+            .unwrap_or_default(),
+    );
+    let _ = writeln!(
+        out,
+        "{:>5} {:>10} {:>10} {:>9} {:>10} {:>9} {:>8}",
+        "queue", "rx pkt/s", "tx pkt/s", "drop/s", "handoff/s", "flows", "new/s"
+    );
+    let empty = Vec::new();
+    let workers = now["workers"].as_array().unwrap_or(&empty);
+    let previous = before["workers"].as_array().unwrap_or(&empty);
+    let mut drops = std::collections::BTreeMap::<String, f64>::new();
+    for (w, p) in workers.iter().zip(previous) {
+        let mut dropped = 0.0;
+        for (reason, count) in w["drops"].as_object().into_iter().flatten() {
+            let r = rate(&p["drops"][reason], count);
+            dropped += r;
+            *drops.entry(reason.clone()).or_default() += r;
+        }
+        let _ = writeln!(
+            out,
+            "{:>5} {:>10.0} {:>10.0} {:>9.0} {:>10.0} {:>9} {:>8.0}",
+            n(&w["queue"]),
+            rate(&p["rx_packets"], &w["rx_packets"]),
+            rate(&p["tx_packets"], &w["tx_packets"]),
+            dropped,
+            rate(&p["handoff_out"], &w["handoff_out"]),
+            w["balance"]["flows"]["live"]
+                .as_u64()
+                .map_or("-".into(), |f| f.to_string()),
+            rate(
+                &p["balance"]["flows"]["created"],
+                &w["balance"]["flows"]["created"]
+            ),
+        );
+    }
+    let dropping: Vec<String> = drops
+        .iter()
+        .filter(|(_, r)| **r > 0.0)
+        .map(|(reason, r)| format!("{reason} {r:.0}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "drops/s by reason: {}\n",
+        if dropping.is_empty() {
+            "none".to_owned()
+        } else {
+            dropping.join(", ")
+        }
+    );
+    out
 }
 
 /// Run the pipeline over a capture and summarise what it did.

@@ -23,6 +23,9 @@ use crate::{
 
 /// How long an idle worker sleeps in `poll` before it checks for shutdown.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often figures that change slowly (SNAT use) are published, and the
+/// balancer's totals when no traffic comes.
+const SLOW_PUBLISH: Duration = Duration::from_secs(1);
 /// How long a stopping worker waits for its transmissions to complete.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -75,19 +78,18 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker; it runs until `stop` is set, waits at `stopped`
     /// until every worker sharing its UMEM has stopped handing frames over,
-    /// drains, and returns its port's ledger and its pipeline (with the
-    /// pipeline's counters).
+    /// drains, publishes its last figures and returns its port's ledger.
     pub fn spawn(
         self,
         stop: Arc<AtomicBool>,
         stopped: Arc<Barrier>,
-    ) -> std::io::Result<JoinHandle<(Ledger, Pipeline)>> {
+    ) -> std::io::Result<JoinHandle<Ledger>> {
         std::thread::Builder::new()
             .name(format!("rialto-q{}", self.queue))
             .spawn(move || self.run(&stop, &stopped))
     }
 
-    fn run(mut self, stop: &AtomicBool, stopped: &Barrier) -> (Ledger, Pipeline) {
+    fn run(mut self, stop: &AtomicBool, stopped: &Barrier) -> Ledger {
         if let Some(core) = self.core
             && !core_affinity::set_for_current(core)
         {
@@ -99,6 +101,7 @@ impl Worker {
         }
         let clock = Instant::now();
         let mut generation = 0;
+        let mut next_slow = 0;
         while !stop.load(Ordering::Relaxed) {
             if let Some(tables) = &self.tables
                 && tables.generation() != generation
@@ -111,12 +114,27 @@ impl Worker {
             let now = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
             if self.port.step(&mut self.pipeline, now, &mut tally) > 0 {
                 self.stats.publish(&tally);
+                self.publish_balance();
             } else if !self.port.busy() {
                 self.pipeline.tick(now);
                 self.port.wait(IDLE_POLL);
             }
+            if now >= next_slow {
+                next_slow = now + SLOW_PUBLISH.as_nanos() as u64;
+                self.publish_balance();
+                self.stats.publish_snat(|| self.pipeline.snat_use());
+            }
         }
         stopped.wait();
-        (self.port.drain(DRAIN_TIMEOUT), self.pipeline)
+        let ledger = self.port.drain(DRAIN_TIMEOUT);
+        self.publish_balance();
+        self.stats.publish_snat(|| self.pipeline.snat_use());
+        ledger
+    }
+
+    fn publish_balance(&self) {
+        if let Some(b) = self.pipeline.balance_stats() {
+            self.stats.publish_balance(b);
+        }
     }
 }

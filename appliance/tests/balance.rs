@@ -269,6 +269,12 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
         tcp_round_trips("[fd00:100::1]:80".parse().unwrap());
         udp_round_trips("198.18.100.2:7".parse().unwrap());
     });
+    let (metrics, services) =
+        in_netns(&pair.node_ns, || (get("/metrics"), get("/api/v1/services")));
+    let view = rialto_testbed::netns_command(&pair.node_ns, BIN)
+        .args(["stats", "--count", "1", "--interval", "0.2"])
+        .output()
+        .unwrap();
     let (status, summary) = rialto.terminate();
     std::fs::remove_file(&path).unwrap();
     assert!(
@@ -309,6 +315,61 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
         assert_eq!(w["umem"]["lent"], 0, "every lent frame came home: {w}");
         assert_eq!(w["umem"]["borrowed"], 0, "{w}");
     }
+
+    // The metrics, read by a Prometheus text-format parser, agree with the
+    // summary; the API lists the services; `rialto stats` shows both queues.
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("not Prometheus text ({e}):\n{metrics}"));
+    let sum = |name: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => panic!("{name} is neither counter nor gauge"),
+            })
+            .sum()
+    };
+    assert_eq!(
+        sum("rialto_forward_packets_total"),
+        count(&|w| &w["balance"]["forward"]) as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum("rialto_flows"),
+        connections as f64 + DATAGRAM_FLOWS as f64
+    );
+    assert!(sum("rialto_xdp_packets_total") > 0.0);
+    assert!(sum("rialto_snat_ports") > 0.0, "{metrics}");
+    let services: serde_json::Value = serde_json::from_str(&services).unwrap();
+    let names: Vec<&str> = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web", "echo", "web6"]);
+    assert_eq!(services[0]["backends"][0]["slots"], 65537, "{services}");
+    let view = String::from_utf8_lossy(&view.stdout);
+    assert!(view.contains("config generation 0"), "{view}");
+    assert_eq!(
+        view.lines()
+            .filter(|l| l.trim_start().starts_with(['0', '1']))
+            .count(),
+        2,
+        "{view}"
+    );
+}
+
+/// GET on the API of the rialto in this thread's namespace: the body.
+fn get(path: &str) -> String {
+    ureq::get(&format!("http://127.0.0.1:9600{path}"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap()
 }
 
 /// A TCP server that first says which pod it is, then echoes.
@@ -424,13 +485,11 @@ fn reloads_keep_live_flows_on_their_backends() {
         &pair.node_ns,
         &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
     );
-    let reload = |services: Option<&str>, expect: &str| {
-        match services {
-            Some(services) => write(services),
-            None => std::fs::write(&path, "[node\n").unwrap(),
-        }
+    let node_ns = pair.node_ns.clone();
+    let reload = |services: &str| {
+        write(services);
         rialto.signal(nix::sys::signal::Signal::SIGHUP);
-        rialto.wait_for_log(expect, Duration::from_secs(5))
+        rialto.wait_for_log("config reloaded", Duration::from_secs(5))
     };
 
     let (stream, live, b_flows) = in_netns(&pair.peer_ns, || {
@@ -441,10 +500,7 @@ fn reloads_keep_live_flows_on_their_backends() {
         assert_eq!(on("a") + on("b"), live.len());
 
         // b drains: every connection lives on, new ones all go to a.
-        reload(
-            Some(&web(&format!("{POD_A}, {POD_B_DRAINING}"))),
-            "config reloaded",
-        );
+        reload(&web(&format!("{POD_A}, {POD_B_DRAINING}")));
         for c in &live {
             c.ping()
                 .unwrap_or_else(|e| panic!("a connection to {} after draining b: {e}", c.pod));
@@ -455,8 +511,16 @@ fn reloads_keep_live_flows_on_their_backends() {
             "a draining pod gets no new flow: {new:?}"
         );
 
-        // An invalid config is rejected; nothing changes.
-        let line = reload(None, "reload rejected");
+        // An invalid config is rejected through the API; nothing changes.
+        std::fs::write(&path, "[node\n").unwrap();
+        let answer = in_netns(&node_ns, || {
+            ureq::post("http://127.0.0.1:9600/api/v1/reload").send_empty()
+        });
+        match answer {
+            Err(ureq::Error::StatusCode(422)) => {}
+            other => panic!("a bad reload is refused with 422, not {other:?}"),
+        }
+        let line = rialto.wait_for_log("reload rejected", Duration::from_secs(5));
         assert!(
             line.contains(".toml:1:6: unclosed table"),
             "the error says where: {line}"
@@ -467,7 +531,7 @@ fn reloads_keep_live_flows_on_their_backends() {
         }
 
         // b is removed: its connections are gone, a's live on.
-        reload(Some(&web(POD_A)), "config reloaded");
+        reload(&web(POD_A));
         for c in &live {
             if c.pod == "b" {
                 // Its packets now go nowhere: do not wait long for them.

@@ -138,6 +138,11 @@ impl Conntrack {
         }
     }
 
+    /// Flows the table holds at most.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     pub fn snat(&self) -> &SnatPorts {
         &self.snat
     }

@@ -153,6 +153,34 @@ impl Pipeline {
         }
     }
 
+    /// A balancer's totals, for the worker to publish.
+    pub fn balance_stats(&self) -> Option<crate::stats::BalanceStats> {
+        let Self::Balance(b) = self else {
+            return None;
+        };
+        Some(crate::stats::BalanceStats {
+            counters: b.counters(),
+            flows: b.flows().stats(),
+            capacity: b.flows().capacity() as u64,
+        })
+    }
+
+    /// A balancer's SNAT ports: free and total per address and protocol.
+    pub fn snat_use(&self) -> Vec<crate::stats::SnatUse> {
+        let Self::Balance(b) = self else {
+            return Vec::new();
+        };
+        let snat = b.flows().snat();
+        snat.free()
+            .map(|(addr, proto, free)| crate::stats::SnatUse {
+                addr: packet::to_ip(&addr),
+                proto: if proto == packet::TCP { "tcp" } else { "udp" },
+                free: free as u64,
+                slice: snat.slice_len() as u64,
+            })
+            .collect()
+    }
+
     /// Switches a balancer to a reloaded config's tables (see
     /// [`balance::Balancer::reload`]); reflect mode has none.
     pub fn reload(&mut self, tables: Arc<Snapshot>) {

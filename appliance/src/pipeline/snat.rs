@@ -127,6 +127,11 @@ impl SnatPorts {
     pub fn free(&self) -> impl Iterator<Item = (Addr, u8, usize)> + '_ {
         self.pools.iter().map(|p| (p.addr, p.proto, p.free.len()))
     }
+
+    /// Ports in this worker's slice (per address and protocol).
+    pub fn slice_len(&self) -> usize {
+        usize::from(self.slice.1 - self.slice.0) + 1
+    }
 }
 
 #[cfg(test)]
