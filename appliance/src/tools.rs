@@ -222,7 +222,9 @@ pub struct MaglevArgs {
     #[arg(long)]
     size: Option<u32>,
 
-    /// Backends as ADDR:PORT/PROTO[=WEIGHT], e.g. 198.19.0.5:8080/TCP=3.
+    /// Backends as ADDR:PORT/PROTO[@SCOPE][=WEIGHT], e.g. 198.19.0.5:8080/TCP=3;
+    /// a node's config puts each backend in its cluster's VNI as scope
+    /// (198.19.0.5:8080/TCP@100=3), so two clusters may share pod addresses.
     #[arg(value_name = "BACKEND[=WEIGHT]", required = true)]
     backends: Vec<WeightedBackend>,
 }

@@ -31,6 +31,7 @@ fn backends(n: u32) -> Vec<WeightedBackend> {
                 proto: Proto::Tcp,
             },
             weight: 1,
+            scope: None,
         })
         .collect()
 }

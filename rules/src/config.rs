@@ -52,6 +52,17 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     #[serde(default, rename = "service")]
     pub services: Vec<Service>,
+    /// Kubernetes ServiceImports to serve as well ([`crate::k8s`]).
+    #[serde(default, rename = "import")]
+    pub imports: Vec<Import>,
+}
+
+/// A file holding a Kubernetes `ServiceImport` and its `EndpointSlice`s.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Import {
+    /// Relative to the config file's directory.
+    pub file: Spanned<String>,
 }
 
 /// Why a config file could not be read: the TOML parser's first complaint.

@@ -5,6 +5,7 @@
 
 pub mod config;
 mod endpoint;
+pub mod k8s;
 pub mod maglev;
 mod snapshot;
 
@@ -14,38 +15,66 @@ pub use snapshot::{Backend, Cluster, CompileError, Node, Problem, Service, Snaps
 
 use std::{fmt, net::IpAddr};
 
-/// Parses and compiles the config `text`, read from `file`: the snapshot,
-/// or every problem found, each with its place in the file.
+/// Parses and compiles the config `text`, read from `file`, with the
+/// Kubernetes files it imports (paths relative to `file`'s directory): the
+/// snapshot, or every problem found, each with its place.
 pub fn load(file: &str, text: &str) -> Result<Snapshot, Rejected> {
     let located = |span: Option<std::ops::Range<usize>>, message: String| {
         let (line, column) = span.map_or((0, 0), |s| line_column(text, s.start));
         Located {
+            file: file.to_owned(),
             line,
             column,
             message,
         }
     };
-    let problems = match config::Config::parse(text) {
+    let mut config = match config::Config::parse(text) {
+        Ok(config) => config,
         Err(e) => {
             let field = e.span.as_ref().and_then(|s| field_before(text, s.start));
             let message = match field {
                 Some(field) => format!("{field}: {}", e.message),
                 None => e.message,
             };
-            vec![located(e.span, message)]
+            return Err(Rejected {
+                problems: vec![located(e.span, message)],
+            });
         }
-        Ok(config) => match Snapshot::compile(&config) {
-            Ok(snapshot) => return Ok(snapshot),
-            Err(problems) => problems
-                .into_iter()
-                .map(|p| located(Some(p.span), p.error.to_string()))
-                .collect(),
-        },
     };
-    Err(Rejected {
-        file: file.to_owned(),
-        problems,
-    })
+    let dir = std::path::Path::new(file)
+        .parent()
+        .unwrap_or(std::path::Path::new(""));
+    let mut problems = Vec::new();
+    for import in &config.imports {
+        let path = dir.join(import.file.get_ref());
+        let imported = std::fs::read_to_string(&path)
+            .map_err(|e| k8s::ImportError {
+                line: 0,
+                column: 0,
+                message: format!("cannot read it: {e}"),
+            })
+            .and_then(|yaml| k8s::import(&yaml, import.file.span()));
+        match imported {
+            Ok(services) => config.services.extend(services),
+            Err(e) => problems.push(Located {
+                file: path.display().to_string(),
+                line: e.line,
+                column: e.column,
+                message: e.message,
+            }),
+        }
+    }
+    if problems.is_empty() {
+        match Snapshot::compile(&config) {
+            Ok(snapshot) => return Ok(snapshot),
+            Err(compiled) => problems.extend(
+                compiled
+                    .into_iter()
+                    .map(|p| located(Some(p.span), p.error.to_string())),
+            ),
+        }
+    }
+    Err(Rejected { problems })
 }
 
 /// The key whose value starts at byte `offset` (`key = value` on one line,
@@ -107,13 +136,14 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// A config that was not accepted, and why.
 #[derive(Debug, thiserror::Error)]
 pub struct Rejected {
-    pub file: String,
     pub problems: Vec<Located>,
 }
 
 /// One problem of a rejected config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
+    /// The config file, or a file it imports.
+    pub file: String,
     /// 1-based; 0 when the parser could not tell where.
     pub line: usize,
     pub column: usize,
@@ -128,7 +158,7 @@ impl fmt::Display for Rejected {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: {}", self.file, p.line, p.column, p.message)?;
+            write!(f, "{}:{}:{}: {}", p.file, p.line, p.column, p.message)?;
         }
         Ok(())
     }

@@ -235,14 +235,27 @@ impl FromStr for CiliumSeed {
 }
 
 /// A backend and its weight: `198.19.0.5:8080/TCP=3`, `[fd00::5]:80/TCP`
-/// (weight 1 when omitted; 0 drains it).
+/// (weight 1 when omitted; 0 drains it), `198.19.0.5:8080/TCP@100=3` (in
+/// scope 100).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WeightedBackend {
     pub endpoint: Endpoint,
     pub weight: u32,
+    /// Tells apart backends with the same endpoint: Rialto's config puts
+    /// each backend in its cluster's VNI, as two clusters may use the same
+    /// pod addresses. Part of the identity in Rialto mode; Cilium mode
+    /// knows no scopes and refuses an endpoint listed in two.
+    pub scope: Option<u32>,
 }
 
-/// Why an `ADDR:PORT/PROTO[=WEIGHT]` string was rejected.
+impl WeightedBackend {
+    /// What tells backends apart, in identity order.
+    fn key(&self) -> (Endpoint, Option<u32>) {
+        (self.endpoint, self.scope)
+    }
+}
+
+/// Why an `ADDR:PORT/PROTO[@SCOPE][=WEIGHT]` string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseBackendError {
     /// The part before `=` is not an endpoint.
@@ -251,6 +264,9 @@ pub enum ParseBackendError {
     /// The part after `=` is not a `u32`.
     #[error("weight {weight:?} is not a whole number from 0 to {}", u32::MAX)]
     BadWeight { weight: String },
+    /// The part after `@` is not a `u32`.
+    #[error("scope {scope:?} is not a whole number from 0 to {}", u32::MAX)]
+    BadScope { scope: String },
 }
 
 impl FromStr for WeightedBackend {
@@ -266,16 +282,30 @@ impl FromStr for WeightedBackend {
             }
             None => (s, 1),
         };
+        let (endpoint, scope) = match endpoint.rsplit_once('@') {
+            Some((endpoint, scope)) => {
+                let scope = scope.parse().map_err(|_| ParseBackendError::BadScope {
+                    scope: scope.to_owned(),
+                })?;
+                (endpoint, Some(scope))
+            }
+            None => (endpoint, None),
+        };
         Ok(Self {
             endpoint: endpoint.parse()?,
             weight,
+            scope,
         })
     }
 }
 
 impl fmt::Display for WeightedBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.endpoint, self.weight)
+        write!(f, "{}", self.endpoint)?;
+        if let Some(scope) = self.scope {
+            write!(f, "@{scope}")?;
+        }
+        write!(f, "={}", self.weight)
     }
 }
 
@@ -298,6 +328,11 @@ pub enum MaglevError {
     /// More backends than slots (N must be at most M).
     #[error("{backends} backends do not fit a table of {size} slots")]
     TooManyBackends { backends: usize, size: u32 },
+    #[error(
+        "backend {endpoint} is in two scopes (clusters); Cilium mode tells backends apart \
+         by address and port only"
+    )]
+    CiliumSameEndpoint { endpoint: Endpoint },
     #[error("backend {endpoint} is listed twice")]
     DuplicateBackend { endpoint: Endpoint },
     /// Cilium's weights are `uint16`.
@@ -352,6 +387,11 @@ impl Table {
     ) -> Result<Self, MaglevError> {
         check_size(MaglevHash::Cilium, size)?;
         validate(size, backends)?;
+        let mut endpoints: Vec<Endpoint> = backends.iter().map(|b| b.endpoint).collect();
+        endpoints.sort_unstable();
+        if let Some(pair) = endpoints.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(MaglevError::CiliumSameEndpoint { endpoint: pair[0] });
+        }
         if let Some(b) = backends.iter().find(|b| b.weight > u32::from(u16::MAX)) {
             return Err(MaglevError::CiliumWeightTooLarge {
                 endpoint: b.endpoint,
@@ -407,15 +447,13 @@ impl Table {
             .filter(|(_, b)| b.weight > 0)
             .map(|(index, _)| index)
             .collect();
-        active.sort_unstable_by_key(|&i| backends[i as usize].endpoint);
+        active.sort_unstable_by_key(|&i| backends[i as usize].key());
 
         let m = u64::from(size);
         let mut fill = Fill::new(size, backends.len());
         for &index in &active {
-            let (h1, h2) = mur3::murmurhash3_x64_128(
-                &rialto_identity(&backends[index as usize].endpoint),
-                RIALTO_SEED,
-            );
+            let (h1, h2) =
+                mur3::murmurhash3_x64_128(&rialto_identity(&backends[index as usize]), RIALTO_SEED);
             fill.add(h1 % m, h2 % (m - 1) + 1, index);
         }
 
@@ -559,18 +597,21 @@ fn validate(size: u32, backends: &[WeightedBackend]) -> Result<(), MaglevError> 
     if backends.iter().all(|b| b.weight == 0) {
         return Err(MaglevError::ZeroTotalWeight);
     }
-    let mut endpoints: Vec<Endpoint> = backends.iter().map(|b| b.endpoint).collect();
+    let mut endpoints: Vec<(Endpoint, Option<u32>)> = backends.iter().map(|b| b.key()).collect();
     endpoints.sort_unstable();
     if let Some(pair) = endpoints.windows(2).find(|pair| pair[0] == pair[1]) {
-        return Err(MaglevError::DuplicateBackend { endpoint: pair[0] });
+        return Err(MaglevError::DuplicateBackend {
+            endpoint: pair[0].0,
+        });
     }
     Ok(())
 }
 
 /// Rialto mode's identity bytes: family, address, port (big endian), IP
-/// protocol number.
-fn rialto_identity(endpoint: &Endpoint) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(20);
+/// protocol number, then the scope (big endian) if there is one.
+fn rialto_identity(backend: &WeightedBackend) -> Vec<u8> {
+    let endpoint = backend.endpoint;
+    let mut bytes = Vec::with_capacity(24);
     match endpoint.addr {
         std::net::IpAddr::V4(a) => {
             bytes.push(4);
@@ -583,6 +624,9 @@ fn rialto_identity(endpoint: &Endpoint) -> Vec<u8> {
     }
     bytes.extend_from_slice(&endpoint.port.to_be_bytes());
     bytes.push(endpoint.proto.number());
+    if let Some(scope) = backend.scope {
+        bytes.extend_from_slice(&scope.to_be_bytes());
+    }
     bytes
 }
 
@@ -803,6 +847,7 @@ mod tests {
                     proto: Proto::Tcp,
                 },
                 weight: 1,
+                scope: None,
             })
             .collect()
     }
@@ -832,6 +877,31 @@ mod tests {
             .iter()
             .map(|&i| backends[i as usize].endpoint)
             .collect()
+    }
+
+    #[test]
+    fn scopes_tell_apart_one_endpoint_in_two_clusters() {
+        let bs = [
+            backend("198.19.0.5:8080/TCP@100"),
+            backend("198.19.0.5:8080/TCP@200"),
+        ];
+        assert_eq!(bs[1].to_string(), "198.19.0.5:8080/TCP@200=1");
+        let table = Table::build(MaglevHash::Rialto, 251, &bs).unwrap();
+        assert!(
+            table.slot_counts().iter().all(|&n| n > 100),
+            "both get a share"
+        );
+        assert_eq!(
+            Table::build(MaglevHash::Cilium, 251, &bs),
+            Err(MaglevError::CiliumSameEndpoint {
+                endpoint: bs[0].endpoint
+            })
+        );
+        let twice = [bs[0], bs[0]];
+        assert!(matches!(
+            Table::build(MaglevHash::Rialto, 251, &twice),
+            Err(MaglevError::DuplicateBackend { .. })
+        ));
     }
 
     #[test]
@@ -931,12 +1001,11 @@ mod tests {
     fn reference_rialto(size: u32, bs: &[WeightedBackend]) -> Vec<Endpoint> {
         let m = u64::from(size);
         let mut active: Vec<&WeightedBackend> = bs.iter().filter(|b| b.weight > 0).collect();
-        active.sort_by_key(|b| b.endpoint);
+        active.sort_by_key(|b| b.key());
         let permutations: Vec<Vec<u64>> = active
             .iter()
             .map(|b| {
-                let (h1, h2) =
-                    mur3::murmurhash3_x64_128(&rialto_identity(&b.endpoint), RIALTO_SEED);
+                let (h1, h2) = mur3::murmurhash3_x64_128(&rialto_identity(b), RIALTO_SEED);
                 let (offset, skip) = (h1 % m, h2 % (m - 1) + 1);
                 (0..m).map(|j| (offset + j * skip) % m).collect()
             })
@@ -1198,6 +1267,7 @@ mod tests {
                 proto: Proto::Tcp,
             },
             weight,
+            scope: None,
         }
     }
 
@@ -1328,6 +1398,7 @@ mod tests {
                             proto: Proto::Tcp,
                         },
                         weight,
+                        scope: None,
                     })
                     .collect()
             },

@@ -374,7 +374,10 @@ fn compile_service(
                 },
             );
         }
-        if listed[..i].iter().any(|o| *o.addr.get_ref() == addr) {
+        if listed[..i]
+            .iter()
+            .any(|o| *o.addr.get_ref() == addr && o.cluster.get_ref() == b.cluster.get_ref())
+        {
             problem(
                 span,
                 CompileError::DuplicateBackend {
@@ -415,6 +418,9 @@ fn compile_service(
             } else {
                 0
             },
+            // Two clusters may use the same pod address: each backend is
+            // known by its cluster's VNI as well.
+            scope: Some(config_vni(config, b.cluster)),
         })
         .collect();
     let table = if weighted.iter().all(|b| b.weight == 0) {
@@ -447,6 +453,11 @@ fn compile_service(
         backends,
         table,
     })
+}
+
+/// The VNI of the config's cluster `index`.
+fn config_vni(config: &Config, index: u16) -> u32 {
+    *config.clusters[usize::from(index)].vni.get_ref()
 }
 
 fn family(addr: IpAddr) -> u8 {
