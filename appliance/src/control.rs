@@ -114,6 +114,9 @@ pub struct BackendStatus {
     pub state: &'static str,
     /// Maglev slots the backend holds: its share of new flows.
     pub slots: u64,
+    /// Live flows to it, over all workers (as of their last report, at
+    /// most a second old).
+    pub flows: u64,
 }
 
 impl Control {
@@ -192,10 +195,24 @@ impl Control {
             return Vec::new();
         };
         let tables = shared.current();
+        let generation = shared.generation();
+        let reports: Vec<_> = self
+            .workers
+            .iter()
+            .filter_map(|(_, w)| w.per_backend(generation))
+            .collect();
+        let flows = |service: usize, backend: usize| -> u64 {
+            reports
+                .iter()
+                .filter_map(|r| r.get(service)?.get(backend))
+                .map(|&n| u64::from(n))
+                .sum()
+        };
         tables
             .services
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(service, s)| {
                 let counts = s
                     .table
                     .as_ref()
@@ -218,6 +235,7 @@ impl Control {
                                 BackendState::Draining => "draining",
                             },
                             slots: counts.get(i).copied().map_or(0, u64::from),
+                            flows: flows(service, i),
                         })
                         .collect(),
                 }

@@ -69,6 +69,9 @@ pub struct WorkerStats {
     balance: [AtomicU64; BALANCE_FIELDS],
     /// Refreshed about once a second, never waited for by the worker.
     snat: Mutex<Vec<SnatUse>>,
+    /// Live flows per service and backend, and the tables generation whose
+    /// indices they use; refreshed like `snat`.
+    per_backend: Mutex<(u64, Vec<Vec<u32>>)>,
 }
 
 const BALANCE_FIELDS: usize = 11;
@@ -139,6 +142,19 @@ impl WorkerStats {
         if let Ok(mut slot) = self.snat.try_lock() {
             *slot = snat();
         }
+    }
+
+    /// Replaces the per-backend flow counts, unless a reader holds them.
+    pub fn publish_per_backend(&self, generation: u64, counts: impl FnOnce() -> Vec<Vec<u32>>) {
+        if let Ok(mut slot) = self.per_backend.try_lock() {
+            *slot = (generation, counts());
+        }
+    }
+
+    /// The per-backend flow counts if they are for tables `generation`.
+    pub fn per_backend(&self, generation: u64) -> Option<Vec<Vec<u32>>> {
+        let slot = self.per_backend.lock().ok()?;
+        (slot.0 == generation).then(|| slot.1.clone())
     }
 
     pub fn snat(&self) -> Vec<SnatUse> {

@@ -109,6 +109,7 @@ impl Worker {
                 generation = tables.generation();
                 self.pipeline.reload(tables.current());
                 self.stats.set_generation(generation);
+                next_slow = 0;
             }
             let mut tally = Tally::default();
             let now = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -121,15 +122,20 @@ impl Worker {
             }
             if now >= next_slow {
                 next_slow = now + SLOW_PUBLISH.as_nanos() as u64;
-                self.publish_balance();
-                self.stats.publish_snat(|| self.pipeline.snat_use());
+                self.publish_slow(generation);
             }
         }
         stopped.wait();
         let ledger = self.port.drain(DRAIN_TIMEOUT);
+        self.publish_slow(generation);
+        ledger
+    }
+
+    fn publish_slow(&self, generation: u64) {
         self.publish_balance();
         self.stats.publish_snat(|| self.pipeline.snat_use());
-        ledger
+        self.stats
+            .publish_per_backend(generation, || self.pipeline.per_backend());
     }
 
     fn publish_balance(&self) {

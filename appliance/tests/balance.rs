@@ -510,6 +510,21 @@ fn reloads_keep_live_flows_on_their_backends() {
             new.iter().all(|p| p == "a"),
             "a draining pod gets no new flow: {new:?}"
         );
+        // The API shows b draining, with exactly its live connections.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let services: serde_json::Value =
+                serde_json::from_str(&in_netns(&node_ns, || get("/api/v1/services"))).unwrap();
+            let b = &services[0]["backends"][1];
+            if b["state"] == "draining" && b["slots"] == 0 && b["flows"] == on("b") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the API shows {services}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
 
         // An invalid config is rejected through the API; nothing changes.
         std::fs::write(&path, "[node\n").unwrap();

@@ -74,6 +74,7 @@ impl Balancer {
             counters: Counters::default(),
         };
         balancer.set_macs();
+        balancer.flows.recount(&layout(&balancer.tables));
         balancer
     }
 
@@ -145,6 +146,7 @@ impl Balancer {
                 ..*flow
             })
         });
+        self.flows.recount(&layout(new));
     }
 
     pub fn counters(&self) -> Counters {
@@ -570,6 +572,11 @@ fn tos(buf: &[u8], ip: &Ip) -> u8 {
     } else {
         buf[ip.at + 1]
     }
+}
+
+/// Backends per service.
+fn layout(tables: &Snapshot) -> Vec<usize> {
+    tables.services.iter().map(|s| s.backends.len()).collect()
 }
 
 fn seconds(now_ns: u64) -> u32 {

@@ -112,6 +112,8 @@ pub struct Conntrack {
     timeouts: Timeouts,
     hand: usize,
     stats: ConntrackStats,
+    /// Live flows per service and backend (indices of the tables in force).
+    per_backend: Vec<Vec<u32>>,
 }
 
 impl Conntrack {
@@ -128,6 +130,37 @@ impl Conntrack {
             timeouts,
             hand: 0,
             stats: ConntrackStats::default(),
+            per_backend: Vec::new(),
+        }
+    }
+
+    /// Live flows per service and backend.
+    pub fn per_backend(&self) -> &[Vec<u32>] {
+        &self.per_backend
+    }
+
+    /// Counts the live flows per backend again, for tables with `layout[s]`
+    /// backends in service `s` (at start and after a reload).
+    pub fn recount(&mut self, layout: &[usize]) {
+        self.per_backend = layout.iter().map(|&n| vec![0; n]).collect();
+        for flow in self.slots.iter().flatten() {
+            if let Some(n) = self
+                .per_backend
+                .get_mut(flow.service as usize)
+                .and_then(|s| s.get_mut(flow.backend_index as usize))
+            {
+                *n += 1;
+            }
+        }
+    }
+
+    fn count(&mut self, flow: &Flow, up: bool) {
+        if let Some(n) = self
+            .per_backend
+            .get_mut(flow.service as usize)
+            .and_then(|s| s.get_mut(flow.backend_index as usize))
+        {
+            *n = if up { *n + 1 } else { n.saturating_sub(1) };
         }
     }
 
@@ -191,6 +224,7 @@ impl Conntrack {
         let id = self.free.pop().expect("a slot was freed above");
         self.forward.insert(flow.forward, id);
         self.reverse.insert(flow.reverse, id);
+        self.count(&flow, true);
         self.slots[id as usize] = Some(flow);
         self.stats.created += 1;
         Ok(id)
@@ -282,6 +316,7 @@ impl Conntrack {
 
     fn remove(&mut self, id: u32) {
         let flow = self.slots[id as usize].take().expect("live flow id");
+        self.count(&flow, false);
         self.forward.remove(&flow.forward);
         self.reverse.remove(&flow.reverse);
         self.snat

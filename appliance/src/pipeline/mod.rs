@@ -181,6 +181,14 @@ impl Pipeline {
             .collect()
     }
 
+    /// A balancer's live flows per service and backend.
+    pub fn per_backend(&self) -> Vec<Vec<u32>> {
+        match self {
+            Self::Balance(b) => b.flows().per_backend().to_vec(),
+            Self::Reflect => Vec::new(),
+        }
+    }
+
     /// Switches a balancer to a reloaded config's tables (see
     /// [`balance::Balancer::reload`]); reflect mode has none.
     pub fn reload(&mut self, tables: Arc<Snapshot>) {
