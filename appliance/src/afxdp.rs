@@ -33,7 +33,7 @@ use std::{
 use crossbeam_queue::ArrayQueue;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::Serialize;
-use tracing::debug;
+use tracing::{debug, warn};
 use xsk_rs::{
     CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
     config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
@@ -41,7 +41,7 @@ use xsk_rs::{
 
 use crate::{
     pipeline::{DropReason, FrameBuf, Pipeline, Verdict},
-    stats::Tally,
+    stats::{Tally, Throttle},
 };
 
 /// `SOL_XDP` socket option (Linux >= 6.17): how many descriptors one `sendto`
@@ -180,7 +180,12 @@ pub struct XskPort {
     tx_batch: Vec<FrameDesc>,
     /// Ports handed a frame in the current step (bit per port index).
     handed_to: u64,
+    /// For the warnings that could otherwise repeat every step.
+    warnings: Throttle,
 }
+
+/// At most one warning of a kind per port in this interval.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Most ports one UMEM is shared by (a bit each in `XskPort::handed_to`).
 pub const MAX_PORTS: usize = 64;
@@ -306,6 +311,7 @@ impl XskPort {
                 lent: 0,
                 borrowed: 0,
                 handed_to: 0,
+                warnings: Throttle::new(WARNING_INTERVAL),
             };
             if mode == BindMode::Copy {
                 port.raise_tx_budget(cfg.ring_size);
@@ -524,8 +530,10 @@ impl XskPort {
         if self.kernel_tx + self.borrowed > 0 && self.tx.needs_wakeup() {
             // EAGAIN, EBUSY, ENOBUFS, ENETDOWN are swallowed by xsk-rs: the
             // next step kicks again. Anything else would repeat every step.
-            if let Err(e) = self.tx.wakeup() {
-                debug!("TX wakeup failed: {e}");
+            if let Err(e) = self.tx.wakeup()
+                && let Some(held) = self.warnings.allow()
+            {
+                warn!(held_back = held, "TX wakeup failed: {e}");
             }
         }
     }
@@ -564,8 +572,10 @@ impl XskPort {
         }
         if self.fill.needs_wakeup() {
             // A zero-timeout poll tells the driver the fill ring has frames again.
-            if let Err(e) = self.fill.wakeup(self.rx.fd_mut(), 0) {
-                debug!("fill wakeup failed: {e}");
+            if let Err(e) = self.fill.wakeup(self.rx.fd_mut(), 0)
+                && let Some(held) = self.warnings.allow()
+            {
+                warn!(held_back = held, "fill wakeup failed: {e}");
             }
         }
     }
@@ -573,7 +583,8 @@ impl XskPort {
     /// Sleeps until a frame arrives, another port hands one over, or
     /// `timeout` passes.
     pub fn wait(&mut self, timeout: Duration) {
-        let mailbox = self.mailbox();
+        let fd = self.raw_fd();
+        let mailbox = &self.exchange.mailboxes[self.index];
         mailbox.sleeping.store(true, Ordering::Relaxed);
         // Pairs with the fence in `wake_receivers`.
         fence(Ordering::SeqCst);
@@ -581,7 +592,7 @@ impl XskPort {
             let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
             let mut fds = [
                 libc::pollfd {
-                    fd: self.raw_fd(),
+                    fd,
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -593,8 +604,11 @@ impl XskPort {
             ];
             // SAFETY: poll reads and writes exactly the two pollfd structs of
             // this live array; both descriptors are open for its duration.
-            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) } < 0 {
-                debug!("poll failed: {}", std::io::Error::last_os_error());
+            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) } < 0
+                && let Some(held) = self.warnings.allow()
+            {
+                let e = std::io::Error::last_os_error();
+                warn!(held_back = held, "poll failed: {e}");
             }
         }
         mailbox.sleeping.store(false, Ordering::Relaxed);

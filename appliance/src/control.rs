@@ -115,7 +115,7 @@ pub struct BackendStatus {
     /// Maglev slots the backend holds: its share of new flows.
     pub slots: u64,
     /// Live flows to it, over all workers (as of their last report, at
-    /// most a second old).
+    /// most a quarter of a second old).
     pub flows: u64,
 }
 

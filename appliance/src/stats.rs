@@ -67,7 +67,7 @@ pub struct WorkerStats {
     generation: AtomicU64,
     balancing: AtomicBool,
     balance: [AtomicU64; BALANCE_FIELDS],
-    /// Refreshed about once a second, never waited for by the worker.
+    /// Refreshed four times a second, never waited for by the worker.
     snat: Mutex<Vec<SnatUse>>,
     /// Live flows per service and backend, and the tables generation whose
     /// indices they use; refreshed like `snat`.
@@ -202,4 +202,49 @@ pub struct StatsSnapshot {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balance: Option<BalanceStats>,
     pub drops: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Lets a warning that can repeat every turn of a worker's loop through at
+/// most once per interval, and says how many were held back meanwhile.
+#[derive(Debug)]
+pub struct Throttle {
+    interval: std::time::Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub const fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` if the warning may be logged now, `n` being how many were
+    /// held back since the last one; `None` if it is held back.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|last| now - last < self.interval) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_one_through_per_interval_and_counts_the_rest() {
+        let mut t = Throttle::new(std::time::Duration::from_millis(50));
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!((t.allow(), t.allow()), (None, None));
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(t.allow(), Some(2));
+    }
 }

@@ -23,9 +23,9 @@ use crate::{
 
 /// How long an idle worker sleeps in `poll` before it checks for shutdown.
 const IDLE_POLL: Duration = Duration::from_millis(100);
-/// How often figures that change slowly (SNAT use) are published, and the
-/// balancer's totals when no traffic comes.
-const SLOW_PUBLISH: Duration = Duration::from_secs(1);
+/// How often figures that change slowly (SNAT use, flows per backend) are
+/// published, and the balancer's totals when no traffic comes.
+const SLOW_PUBLISH: Duration = Duration::from_millis(250);
 /// How long a stopping worker waits for its transmissions to complete.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 

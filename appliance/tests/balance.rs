@@ -492,6 +492,24 @@ fn reloads_keep_live_flows_on_their_backends() {
         rialto.wait_for_log("config reloaded", Duration::from_secs(5))
     };
 
+    // What the API says of web's backends (seen with --nocapture).
+    let show = |when: &str| {
+        std::thread::sleep(Duration::from_millis(600));
+        let services: serde_json::Value =
+            serde_json::from_str(&in_netns(&node_ns, || get("/api/v1/services"))).unwrap();
+        let backends: Vec<String> = services[0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} {} slots {} flows {}",
+                    b["addr"], b["state"], b["slots"], b["flows"]
+                )
+            })
+            .collect();
+        println!("web, {when}: {}", backends.join("; "));
+    };
     let (stream, live, b_flows) = in_netns(&pair.peer_ns, || {
         let stream = std::thread::spawn(|| udp_stream(3000));
         let live: Vec<Connection> = (0..16).map(|_| Connection::open()).collect();
@@ -500,7 +518,9 @@ fn reloads_keep_live_flows_on_their_backends() {
         assert_eq!(on("a") + on("b"), live.len());
 
         // b drains: every connection lives on, new ones all go to a.
+        show("before any reload");
         reload(&web(&format!("{POD_A}, {POD_B_DRAINING}")));
+        show("b set to draining");
         for c in &live {
             c.ping()
                 .unwrap_or_else(|e| panic!("a connection to {} after draining b: {e}", c.pod));
@@ -547,6 +567,7 @@ fn reloads_keep_live_flows_on_their_backends() {
 
         // b is removed: its connections are gone, a's live on.
         reload(&web(POD_A));
+        show("b removed");
         for c in &live {
             if c.pod == "b" {
                 // Its packets now go nowhere: do not wait long for them.
