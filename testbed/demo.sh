@@ -1,47 +1,74 @@
 #!/usr/bin/env bash
-# The main job, as far as Rialto goes today: a node and a peer namespace,
-# Rialto serving two VIPs in reflect mode, the peer sending to them, live
-# rates, then Rialto's exit summary. Everything is removed on exit or Ctrl-C.
+# The main job: the cross-cluster testbed (testbed/topology.sh: a router, a
+# client, Rialto's border node, two clusters behind kernel VXLAN gateways with
+# the same pod addresses), Rialto balancing a VIP over the pods of both
+# clusters, requests from the client, which pods in which clusters answered,
+# an iperf3 transfer, Rialto's live stats and its exit summary. Everything is
+# removed on exit or Ctrl-C.
+#
+#   bash testbed/demo.sh [REQUESTS]     (as root, after setup.sh)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 bin=$root/target/release/rialto
-name=demo$$
+requests=${1:-40}
+name=demo$(($$ % 10000))
+work=$(mktemp -d /tmp/rialto-demo.XXXXXX)
 [ -x "$bin" ] || { echo "error: $bin is missing: run setup.sh first" >&2; exit 1; }
 
 pid=
 cleanup() {
-	[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" || true
-	bash "$here/pair.sh" down "$name"
+	if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null && wait "$pid" || true; fi
+	bash "$here/topology.sh" down "$name"
+	rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-bash "$here/pair.sh" up "$name" 2
-ip netns exec "$name-node" "$bin" run --mode reflect --iface "${name}n" --stats-interval 1 \
-	--vip 198.18.100.1:7/UDP --vip '[fd00:100::1]:7/UDP' >"/tmp/$name.summary" &
+in_ns() { local ns=$1; shift; ip netns exec "$name-$ns" "$@"; }
+
+echo "== building the testbed $name (router, client, border node, clusters east and west)"
+bash "$here/topology.sh" up "$name" 2
+bash "$here/topology.sh" config "$name" >"$work/border.toml"
+"$bin" check "$work/border.toml"
+
+ip netns exec "$name-border" "$bin" run --iface up0 --config "$work/border.toml" >"$work/summary.json" 2>"$work/rialto.log" &
 pid=$!
-sleep 1
+for _ in $(seq 100); do
+	in_ns border curl -sf -o /dev/null http://127.0.0.1:9600/api/v1/status && break
+	kill -0 "$pid" 2>/dev/null || { cat "$work/rialto.log" >&2; exit 1; }
+	sleep 0.1
+done
 
-echo "== 2 x 20000 datagrams from $name-peer to the VIPs, reflected by Rialto"
-ip netns exec "$name-peer" python3 - <<'PY'
-import socket
-for family, vip in ((socket.AF_INET, "198.18.100.1"), (socket.AF_INET6, "fd00:100::1")):
-    s = socket.socket(family, socket.SOCK_DGRAM)
-    s.settimeout(1)
-    s.connect((vip, 7))
-    back = 0
-    for start in range(0, 20000, 32):
-        for i in range(start, start + 32):
-            s.send(b"datagram %d" % i)
-        for i in range(start, start + 32):
-            back += s.recv(64) == b"datagram %d" % i
-    print(f"{vip}:7  sent 20000, reflected back intact {back}")
-PY
-echo "== ping the node itself (the kernel answers, not Rialto)"
-ip netns exec "$name-peer" ping -c 2 -i 0.2 198.18.0.1 | tail -2
+echo
+echo "== $requests HTTP requests from the client to the VIP http://198.18.100.1/"
+for _ in $(seq "$requests"); do
+	in_ns client curl -s --max-time 3 http://198.18.100.1/ || echo "(no answer)"
+done | sort | uniq -c | sed 's/^/  /'
+
+echo
+echo "== iperf3 from the client through the VIP 198.18.100.2:5201 (3 seconds)"
+in_ns client iperf3 -c 198.18.100.2 -t 3 -f m | grep -E "sender|receiver" | sed 's/^/  /'
+
+echo
+echo "== Rialto's live view (rialto stats)"
+in_ns border "$bin" stats --count 1 --interval 1 | sed 's/^/  /'
+
 kill -TERM "$pid"
 wait "$pid" || true
 pid=
-echo "== Rialto's summary"
-python3 -m json.tool "/tmp/$name.summary"
-rm -f "/tmp/$name.summary"
+echo "== Rialto's exit summary"
+python3 - "$work/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+xdp = {k: v["packets"] for k, v in s["xdp"].items() if v["packets"]}
+print(f"  XDP program: {xdp}")
+for w in s["workers"]:
+    b = w.get("balance", {})
+    drops = {k: v for k, v in w["drops"].items() if v}
+    print(f"  queue {w['queue']}: rx {w['rx_packets']} tx {w['tx_packets']} "
+          f"forward {b.get('forward')} reply {b.get('reply')} "
+          f"flows created {b.get('flows', {}).get('created')} "
+          f"handoff out {w['handoff_out']} in {w['handoff_in']} drops {drops or 'none'} "
+          f"UMEM balanced {w['umem_balanced']}")
+PY

@@ -9,8 +9,21 @@ ns_add() {
 	ip -n "$1" link set lo up
 }
 
-# ns_del NS: remove the namespace and, with it, every interface inside it.
+# ns_del NS: stop every process inside the namespace, then remove it and,
+# with it, every interface inside it.
 ns_del() {
+	local pids
+	pids=$(ip netns pids "$1" 2>/dev/null || true)
+	if [ -n "$pids" ]; then
+		# shellcheck disable=SC2086
+		kill $pids 2>/dev/null || true
+		for _ in 1 2 3 4 5 6 7 8 9 10; do
+			[ -z "$(ip netns pids "$1" 2>/dev/null)" ] && break
+			sleep 0.1
+		done
+		# shellcheck disable=SC2086
+		kill -9 $(ip netns pids "$1" 2>/dev/null) 2>/dev/null || true
+	fi
 	ip netns del "$1" 2>/dev/null || true
 }
 

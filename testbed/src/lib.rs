@@ -104,6 +104,51 @@ impl Drop for Pair {
     }
 }
 
+/// The cross-cluster testbed (`testbed/topology.sh`): a router, a client,
+/// the border node (`border`, uplink `up0`) and clusters `east` and `west`
+/// behind kernel VXLAN gateways, two pods each on the same addresses.
+#[derive(Debug)]
+pub struct Topology {
+    pub name: String,
+}
+
+impl Topology {
+    /// Builds it with `queues` queues on the border node's uplink.
+    pub fn up(queues: u32) -> Self {
+        require_root();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // At most 8 characters.
+        let name = format!("t{}x{n}", std::process::id() % 100_000);
+        let topology = Self { name };
+        script("topology.sh", &["up", &topology.name, &queues.to_string()]);
+        topology
+    }
+
+    /// The namespace of `role`: `router`, `client`, `border`, `east`,
+    /// `west`, `east-p1`, ...
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.name)
+    }
+
+    /// The Rialto config `topology.sh config` writes for it.
+    pub fn config(&self) -> String {
+        let out = Command::new("bash")
+            .arg(workspace_root().join("testbed/topology.sh"))
+            .args(["config", &self.name])
+            .output()
+            .expect("topology.sh runs");
+        assert!(out.status.success(), "topology.sh config failed");
+        String::from_utf8(out.stdout).expect("the config is text")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        script("topology.sh", &["down", &self.name]);
+    }
+}
+
 /// Runs `f` on a thread that has entered network namespace `ns`; sockets it
 /// opens and interfaces it names are those of `ns`.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {

@@ -5,13 +5,17 @@ use std::process::Command;
 
 use rialto_testbed::{require_root, workspace_root};
 
-fn pair_sh(args: &[&str]) {
+fn run(script: &str, args: &[&str]) {
     let status = Command::new("bash")
-        .arg(workspace_root().join("testbed/pair.sh"))
+        .arg(workspace_root().join("testbed").join(script))
         .args(args)
         .status()
         .unwrap();
-    assert!(status.success(), "pair.sh {args:?} failed");
+    assert!(status.success(), "{script} {args:?} failed");
+}
+
+fn pair_sh(args: &[&str]) {
+    run("pair.sh", args);
 }
 
 fn namespaces() -> String {
@@ -67,4 +71,49 @@ fn down_cleans_up_a_half_built_testbed() {
     );
     pair_sh(&["down", &name]);
     assert_eq!(ours(&name), 0, "{}", namespaces());
+}
+
+/// Processes started in the testbed's namespaces (the pods' servers).
+fn processes_in(name: &str) -> usize {
+    namespaces()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| ns.starts_with(&format!("{name}-")))
+        .map(|ns| {
+            let out = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        })
+        .sum()
+}
+
+#[test]
+fn topology_up_twice_then_down_leaves_no_namespace_and_no_server() {
+    require_root();
+    let name = format!("tt{}", std::process::id() % 100_000);
+    run("topology.sh", &["up", &name, "2"]);
+    run("topology.sh", &["up", &name, "2"]);
+    // Router, client, border, two gateways, four pods.
+    assert_eq!(ours(&name), 9, "{}", namespaces());
+    // Each pod runs an HTTP server and an iperf3 server.
+    assert_eq!(processes_in(&name), 8);
+    let servers = Command::new("pgrep")
+        .args(["-f", &format!("rialto-testbed-{name}/")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&servers.stdout).lines().count(),
+        4,
+        "HTTP servers"
+    );
+    run("topology.sh", &["down", &name]);
+    run("topology.sh", &["down", &name]);
+    assert_eq!(ours(&name), 0, "{}", namespaces());
+    let servers = Command::new("pgrep")
+        .args(["-f", &format!("rialto-testbed-{name}/")])
+        .output()
+        .unwrap();
+    assert!(servers.stdout.is_empty(), "the pods' servers are stopped");
 }
