@@ -14,7 +14,7 @@ packages=(
 	# build: the XDP program (clang, libbpf headers) and xsk-rs's libxdp
 	clang llvm libclang-dev libbpf-dev libelf-dev zlib1g-dev m4 pkg-config make gcc libc6-dev
 	# the testbed and its peers
-	iproute2 iputils-ping arping ethtool tcpdump iperf3 nftables util-linux procps python3
+	iproute2 iputils-ping arping ethtool tcpdump iperf3 nftables util-linux procps python3 curl
 	# independent decoders for the tests
 	tshark python3-scapy
 	# the DPDK comparison (dpdk-testpmd with the net_af_xdp PMD)

@@ -90,3 +90,67 @@ fn requests_reach_pods_of_both_clusters_in_the_weights_proportions() {
         "the gateway reaches Rialto through its static neighbour entry"
     );
 }
+
+/// VXLAN toward Rialto carrying a UDP datagram for pod 198.19.0.10:9999,
+/// sent from `from` (bound to `src`) with `vni`, `count` times.
+fn send_vxlan(ns: &str, src: &str, vni: u32, count: usize) {
+    let mut inner = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 3, 3], [2, 0, 0, 0, 1, 1])
+        .ipv4([198, 19, 0, 99], [198, 19, 0, 10], 64)
+        .udp(4000, 9999)
+        .write(&mut inner, b"must not arrive")
+        .unwrap();
+    let mut datagram = vec![0x08, 0, 0, 0];
+    datagram.extend_from_slice(&vni.to_be_bytes()[1..]);
+    datagram.push(0);
+    datagram.extend_from_slice(&inner);
+    rialto_testbed::in_netns(ns, || {
+        let socket = std::net::UdpSocket::bind((src, 0)).unwrap();
+        for _ in 0..count {
+            socket.send_to(&datagram, "198.18.1.1:4789").unwrap();
+        }
+    });
+}
+
+#[test]
+fn vxlan_from_an_unknown_source_or_with_the_wrong_vni_reaches_no_pod() {
+    let topology = Topology::up(1);
+    let path = std::env::temp_dir().join(format!("rialto-{}.toml", topology.name));
+    std::fs::write(&path, topology.config()).unwrap();
+    let rialto = Rialto::start(
+        BIN,
+        &topology.ns("border"),
+        &["--iface", "up0", "--config", path.to_str().unwrap()],
+    );
+    let listener = rialto_testbed::in_netns(&topology.ns("east-p1"), || {
+        let socket = std::net::UdpSocket::bind("198.19.0.10:9999").unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        socket
+    });
+    const SENT: usize = 10;
+    // East's gateway with west's VNI; the router, which is no gateway.
+    send_vxlan(&topology.ns("east"), "198.18.2.1", 200, SENT);
+    send_vxlan(&topology.ns("router"), "198.18.2.254", 100, SENT);
+    let mut buf = [0u8; 64];
+    assert!(listener.recv(&mut buf).is_err(), "nothing reaches the pod");
+    let (status, summary) = rialto.terminate();
+    std::fs::remove_file(&path).unwrap();
+    assert!(status.success(), "{summary}");
+    let worker = &summary["workers"][0];
+    assert_eq!(worker["drops"]["unknown_vni"], SENT, "{summary}");
+    // VXLAN from a source that is no gateway is not Rialto's: the XDP
+    // program passes it to the node's kernel, which has no VXLAN socket.
+    assert_eq!(
+        summary["xdp"]["redirect_vxlan"]["packets"], SENT,
+        "{summary}"
+    );
+    assert!(
+        summary["xdp"]["pass_not_owned"]["packets"]
+            .as_u64()
+            .unwrap()
+            >= SENT as u64
+    );
+    assert_eq!(worker["drops"]["unknown_peer"], 0, "{summary}");
+}
