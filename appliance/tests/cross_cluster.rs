@@ -142,10 +142,11 @@ fn vxlan_from_an_unknown_source_or_with_the_wrong_vni_reaches_no_pod() {
     assert_eq!(worker["drops"]["unknown_vni"], SENT, "{summary}");
     // VXLAN from a source that is no gateway is not Rialto's: the XDP
     // program passes it to the node's kernel, which has no VXLAN socket.
-    assert_eq!(
-        summary["xdp"]["redirect_vxlan"]["packets"], SENT,
-        "{summary}"
-    );
+    // (The gateways' own VXLAN, IPv6 neighbour discovery say, is steered too.)
+    let steered = summary["xdp"]["redirect_vxlan"]["packets"]
+        .as_u64()
+        .unwrap();
+    assert!(steered >= SENT as u64, "{summary}");
     assert!(
         summary["xdp"]["pass_not_owned"]["packets"]
             .as_u64()
