@@ -155,3 +155,72 @@ fn vxlan_from_an_unknown_source_or_with_the_wrong_vni_reaches_no_pod() {
     );
     assert_eq!(worker["drops"]["unknown_peer"], 0, "{summary}");
 }
+
+/// Every one-second interval of an iperf3 run moved data.
+fn intervals(report: &serde_json::Value) -> Vec<u64> {
+    report["intervals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no intervals in {report}"))
+        .iter()
+        .map(|i| i["sum"]["bytes"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_long_transfer_survives_reloads_and_the_draining_of_its_backend() {
+    let topology = Topology::up(2);
+    let config = topology.config();
+    let path = std::env::temp_dir().join(format!("rialto-{}.toml", topology.name));
+    std::fs::write(&path, &config).unwrap();
+    let rialto = Rialto::start(
+        BIN,
+        &topology.ns("border"),
+        &["--iface", "up0", "--config", path.to_str().unwrap()],
+    );
+    let client = netns_command(&topology.ns("client"), "iperf3")
+        .args(["-c", "198.18.100.2", "-t", "6", "-J"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reload = |text: &str| {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        std::fs::write(&path, text).unwrap();
+        rialto.signal(nix::sys::signal::Signal::SIGHUP);
+        rialto.wait_for_log("config reloaded", std::time::Duration::from_secs(5));
+    };
+    // Another service loses a backend; then the transfer's own backend drains.
+    let removed = config.replace(
+        "    { cluster = \"east\", addr = \"198.19.0.11:80\" },\n",
+        "",
+    );
+    assert_ne!(removed, config);
+    reload(&removed);
+    let draining = removed.replace(
+        r#"{ cluster = "west", addr = "198.19.0.10:5201" }"#,
+        r#"{ cluster = "west", addr = "198.19.0.10:5201", state = "draining" }"#,
+    );
+    assert_ne!(draining, removed);
+    reload(&draining);
+    let out = client.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "iperf3 failed: {report}");
+    let moved = intervals(&report);
+    assert!(moved.len() >= 6, "{moved:?}");
+    assert!(
+        moved.iter().all(|&b| b > 0),
+        "no interval stalled: {moved:?}"
+    );
+    let (status, summary) = rialto.terminate();
+    std::fs::remove_file(&path).unwrap();
+    assert!(status.success(), "{summary}");
+    let removed_flows: u64 = summary["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["balance"]["flows"]["reload_removed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        removed_flows, 0,
+        "iperf3's two connections were kept: {summary}"
+    );
+}
