@@ -6,6 +6,7 @@
 //!   them, the only `unsafe` code;
 //! - [`replay`]: the pipeline over a pcap capture, offline;
 //! - [`worker`]: a thread per receive queue, looping over the pipeline;
+//! - [`nexthop`]: the next hop's MAC, learned and followed over rtnetlink;
 //! - [`stats`]: per-worker counters;
 //! - [`fixtures`]: the frames the tests, the benchmarks and the pcap dumps share;
 //! - [`fuzzing`]: the fuzz target's body, also run over its corpus by a test.
@@ -13,6 +14,7 @@
 pub mod afxdp;
 pub mod fixtures;
 pub mod fuzzing;
+pub mod nexthop;
 pub mod pipeline;
 pub mod replay;
 pub mod stats;

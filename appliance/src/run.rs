@@ -23,6 +23,8 @@ use rialto::{
 };
 use rialto_rules::{Endpoint, Snapshot, Steering as SteeringRules, VXLAN_PORT};
 
+use rialto::nexthop::NextHop;
+
 use crate::{
     api::Api,
     control::{Control, Reloads, steering_rules},
@@ -234,6 +236,15 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let rules = steering_rules(&flags, tables.as_ref().map(|t| t.current()).as_deref());
     let mac = iface_mac(&args.iface)?;
+    let following = Arc::new(AtomicBool::new(false));
+    let follower = match &tables {
+        Some(tables)
+            if args.mode == Mode::Balance && tables.current().node.next_hop_mac.is_none() =>
+        {
+            Some(learn_next_hop(&args.iface, tables, &following)?)
+        }
+        _ => None,
+    };
     let mut steering = Steering::load(&rules)?;
     let attach_mode = match args.xdp_mode {
         XdpMode::Driver => AttachMode::Driver,
@@ -314,6 +325,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     serve(&stop, &hangup, &control, args.stats_interval, &stats);
     info!("stopping");
     drop(api);
+    following.store(true, Ordering::Relaxed);
+    if let Some(follower) = follower {
+        let _ = follower.join();
+    }
 
     let mut summary = Summary {
         xdp: BTreeMap::new(),
@@ -347,6 +362,26 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         ExitCode::FAILURE
     })
 }
+
+/// Learns the next hop's MAC from the kernel (the config names none),
+/// publishes it, and follows it on a thread until `stop`.
+fn learn_next_hop(
+    iface: &str,
+    tables: &Arc<SharedTables>,
+    stop: &Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let next_hop = NextHop::of(iface)?;
+    let mac = next_hop.resolve(iface, NEXT_HOP_TIMEOUT)?;
+    tables.learn_next_hop(mac);
+    info!(gateway = %next_hop.gateway, mac = %rialto_rules::config::Mac(mac), "next hop learned");
+    let shared = Arc::clone(tables);
+    next_hop
+        .follow(mac, Arc::clone(stop), move |mac| shared.learn_next_hop(mac))
+        .context("cannot follow the neighbour table")
+}
+
+/// How long start-up waits for the next hop to answer ARP.
+const NEXT_HOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves until `stop` is set: reloads on SIGHUP (`hangup`), and logs
 /// per-worker rates every `interval` seconds (0: never).

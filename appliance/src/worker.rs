@@ -38,14 +38,35 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct SharedTables {
     current: ArcSwap<Snapshot>,
     generation: AtomicU64,
+    /// The next hop's MAC learned from the kernel, or [`NOT_LEARNED`].
+    next_hop: AtomicU64,
 }
+
+const NOT_LEARNED: u64 = u64::MAX;
 
 impl SharedTables {
     pub fn new(tables: Arc<Snapshot>) -> Self {
         Self {
             current: ArcSwap::new(tables),
             generation: AtomicU64::new(0),
+            next_hop: AtomicU64::new(NOT_LEARNED),
         }
+    }
+
+    /// Publishes the next hop's MAC learned from the kernel.
+    pub fn learn_next_hop(&self, mac: [u8; 6]) {
+        let mut word = [0u8; 8];
+        word[2..].copy_from_slice(&mac);
+        self.next_hop
+            .store(u64::from_be_bytes(word), Ordering::Release);
+    }
+
+    pub fn next_hop(&self) -> Option<[u8; 6]> {
+        let word = self.next_hop.load(Ordering::Acquire);
+        (word != NOT_LEARNED).then(|| {
+            let bytes = word.to_be_bytes();
+            [bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]
+        })
     }
 
     /// Publishes new tables; returns their generation.
@@ -102,6 +123,7 @@ impl Worker {
         let clock = Instant::now();
         let mut generation = 0;
         let mut next_slow = 0;
+        let mut next_hop = None;
         while !stop.load(Ordering::Relaxed) {
             if let Some(tables) = &self.tables
                 && tables.generation() != generation
@@ -110,6 +132,14 @@ impl Worker {
                 self.pipeline.reload(tables.current());
                 self.stats.set_generation(generation);
                 next_slow = 0;
+                next_hop = None;
+            }
+            if let Some(tables) = &self.tables
+                && let Some(mac) = tables.next_hop()
+                && next_hop != Some(mac)
+            {
+                next_hop = Some(mac);
+                self.pipeline.set_next_hop(mac);
             }
             let mut tally = Tally::default();
             let now = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);

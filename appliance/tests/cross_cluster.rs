@@ -224,3 +224,57 @@ fn a_long_transfer_survives_reloads_and_the_draining_of_its_backend() {
         "iperf3's two connections were kept: {summary}"
     );
 }
+
+#[test]
+fn the_next_hops_mac_is_learned_and_followed() {
+    let topology = Topology::up(1);
+    let config = topology.config();
+    assert!(
+        !config.lines().any(|l| l.starts_with("next_hop_mac")),
+        "learned, not configured"
+    );
+    let path = std::env::temp_dir().join(format!("rialto-{}.toml", topology.name));
+    std::fs::write(&path, &config).unwrap();
+    let rialto = Rialto::start(
+        BIN,
+        &topology.ns("border"),
+        &["--iface", "up0", "--config", path.to_str().unwrap()],
+    );
+    assert_eq!(requests(&topology, 8).values().sum::<usize>(), 8);
+
+    // The router gets a new MAC; the node's kernel learns it by ARP.
+    let ip = |ns: &str, args: &str| {
+        let ok = Command::new("ip")
+            .args(["-n", &topology.ns(ns)])
+            .args(args.split_whitespace())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip -n {ns} {args}");
+    };
+    // (Every host on the link forgets the old MAC, as a gratuitous ARP would
+    // make them; Rialto learns the new one from the node's kernel.)
+    ip("router", "link set br0 address 02:00:00:00:00:99");
+    for ns in ["client", "east", "west"] {
+        ip(ns, "neigh flush all");
+    }
+    ip("border", "neigh flush dev up0");
+    let pinged = netns_command(&topology.ns("border"), "ping")
+        .args(["-c", "1", "-W", "2", "198.18.1.254"])
+        .output()
+        .unwrap();
+    assert!(
+        pinged.status.success(),
+        "the router answers the node's kernel"
+    );
+    let line = rialto.wait_for_log("next hop's MAC changed", std::time::Duration::from_secs(5));
+    assert!(line.contains("02:00:00:00:00:99"), "{line}");
+    assert_eq!(
+        requests(&topology, 8).values().sum::<usize>(),
+        8,
+        "answered through the router's new MAC"
+    );
+    let (status, summary) = rialto.terminate();
+    std::fs::remove_file(&path).unwrap();
+    assert!(status.success(), "{summary}");
+}

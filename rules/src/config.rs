@@ -3,7 +3,7 @@
 //! ```toml
 //! [node]
 //! vteps = ["198.18.1.1", "fd00:1::1"]   # Rialto's tunnel endpoints, one per family
-//! next_hop_mac = "02:00:00:00:00:fe"     # the top-of-rack router
+//! next_hop_mac = "02:00:00:00:00:fe"     # optional: the router (learned from the kernel if absent)
 //! mac = "02:00:00:00:01:01"              # optional: the uplink's own MAC
 //! mtu = 1500                             # of the uplink (default 1500)
 //!
@@ -94,8 +94,11 @@ pub struct Node {
     /// the interface's own MAC is used when this is absent.
     #[serde(default)]
     pub mac: Option<Mac>,
-    /// The next hop (the top-of-rack router) every frame is sent to.
-    pub next_hop_mac: Mac,
+    /// The next hop (the top-of-rack router) every frame is sent to. Live,
+    /// when absent, it is learned from the kernel: the uplink's default
+    /// route's gateway in the neighbour table, followed as it changes.
+    #[serde(default)]
+    pub next_hop_mac: Option<Mac>,
     /// Source MAC of the inner frames Rialto encapsulates; the gateways'
     /// static neighbour entries for Rialto point at it [default: `mac`].
     #[serde(default)]

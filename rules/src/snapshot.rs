@@ -35,7 +35,8 @@ pub struct Snapshot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Node {
     pub mac: Option<[u8; 6]>,
-    pub next_hop_mac: [u8; 6],
+    /// `None`: learned live from the kernel.
+    pub next_hop_mac: Option<[u8; 6]>,
     pub vtep_mac: Option<[u8; 6]>,
     pub vtep_v4: Option<Ipv4Addr>,
     pub vtep_v6: Option<Ipv6Addr>,
@@ -287,7 +288,7 @@ fn compile_node(n: &config::Node, report: &mut impl FnMut(Range<usize>, CompileE
     }
     Node {
         mac: n.mac.map(|m| m.0),
-        next_hop_mac: n.next_hop_mac.0,
+        next_hop_mac: n.next_hop_mac.map(|m| m.0),
         vtep_mac: n.vtep_mac.map(|m| m.0),
         vtep_v4: v4s(vteps).next(),
         vtep_v6: v6s(vteps).next(),

@@ -48,6 +48,8 @@ pub struct Balancer {
     iface_mac: [u8; 6],
     mac: [u8; 6],
     vtep_mac: [u8; 6],
+    /// Where every frame goes: the config's next hop, or the one learned.
+    next_hop: [u8; 6],
     worker: u32,
     workers: u32,
     counters: Counters,
@@ -67,6 +69,7 @@ impl Balancer {
             iface_mac: mac,
             mac,
             vtep_mac: mac,
+            next_hop: tables.node.next_hop_mac.unwrap_or_default(),
             tables,
             flows,
             worker,
@@ -83,6 +86,14 @@ impl Balancer {
         self.vtep_mac = self.tables.node.vtep_mac.unwrap_or(self.mac);
     }
 
+    /// The next hop's MAC as learned from the kernel (when the config
+    /// names none).
+    pub fn set_next_hop(&mut self, mac: [u8; 6]) {
+        if self.tables.node.next_hop_mac.is_none() {
+            self.next_hop = mac;
+        }
+    }
+
     pub fn tables(&self) -> &Arc<Snapshot> {
         &self.tables
     }
@@ -96,6 +107,9 @@ impl Balancer {
     pub fn reload(&mut self, tables: Arc<Snapshot>) {
         let old = std::mem::replace(&mut self.tables, tables);
         self.set_macs();
+        if let Some(mac) = self.tables.node.next_hop_mac {
+            self.next_hop = mac;
+        }
         let new = &self.tables;
         // Old cluster index -> new, for clusters kept with their VNI.
         let clusters: Vec<Option<usize>> = old
@@ -174,7 +188,7 @@ impl Balancer {
         let eth = ethernet::Frame::new_checked(&buf[start..])?;
         let link = Link {
             src: self.mac,
-            dst: self.tables.node.next_hop_mac,
+            dst: self.next_hop,
             tag: eth.tag(),
         };
         let outer = Ip::parse(buf, start + eth.header_len(), eth.ethertype())?;

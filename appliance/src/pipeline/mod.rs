@@ -189,6 +189,13 @@ impl Pipeline {
         }
     }
 
+    /// Where a balancer sends frames, as learned from the kernel.
+    pub fn set_next_hop(&mut self, mac: [u8; 6]) {
+        if let Self::Balance(b) = self {
+            b.set_next_hop(mac);
+        }
+    }
+
     /// Switches a balancer to a reloaded config's tables (see
     /// [`balance::Balancer::reload`]); reflect mode has none.
     pub fn reload(&mut self, tables: Arc<Snapshot>) {
