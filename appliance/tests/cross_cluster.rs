@@ -278,3 +278,53 @@ fn the_next_hops_mac_is_learned_and_followed() {
     std::fs::remove_file(&path).unwrap();
     assert!(status.success(), "{summary}");
 }
+
+#[test]
+fn when_a_gateway_goes_down_the_config_sends_new_connections_to_the_other_cluster() {
+    let topology = Topology::up(2);
+    let config = topology.config();
+    let path = std::env::temp_dir().join(format!("rialto-{}.toml", topology.name));
+    std::fs::write(&path, &config).unwrap();
+    let rialto = Rialto::start(
+        BIN,
+        &topology.ns("border"),
+        &["--iface", "up0", "--config", path.to_str().unwrap()],
+    );
+    let clusters = |answers: &BTreeMap<String, usize>| -> Vec<String> {
+        let seen: std::collections::BTreeSet<String> = answers
+            .keys()
+            .filter_map(|a| a.split_whitespace().nth(3).map(str::to_owned))
+            .collect();
+        seen.into_iter().collect()
+    };
+    assert_eq!(clusters(&requests(&topology, 40)), ["east", "west"]);
+
+    // East's gateway goes down; the config marks east's backends draining.
+    let down = Command::new("ip")
+        .args(["-n", &topology.ns("east"), "link", "set", "eth0", "down"])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    let marked = config
+        .replace(
+            r#"{ cluster = "east", addr = "198.19.0.10:80" }"#,
+            r#"{ cluster = "east", addr = "198.19.0.10:80", state = "draining" }"#,
+        )
+        .replace(
+            r#"{ cluster = "east", addr = "198.19.0.11:80" }"#,
+            r#"{ cluster = "east", addr = "198.19.0.11:80", state = "draining" }"#,
+        );
+    std::fs::write(&path, marked).unwrap();
+    rialto.signal(nix::sys::signal::Signal::SIGHUP);
+    rialto.wait_for_log("config reloaded", std::time::Duration::from_secs(5));
+    let answers = requests(&topology, 40);
+    assert_eq!(
+        answers.values().sum::<usize>(),
+        40,
+        "all answered: {answers:?}"
+    );
+    assert_eq!(clusters(&answers), ["west"], "{answers:?}");
+    let (status, summary) = rialto.terminate();
+    std::fs::remove_file(&path).unwrap();
+    assert!(status.success(), "{summary}");
+}
