@@ -2,12 +2,58 @@
 //! a client behind a router, Rialto on the border node, and two clusters
 //! behind the kernel's own VXLAN devices whose pods use the same addresses.
 
-use std::{collections::BTreeMap, process::Command};
+use std::{collections::BTreeMap, path::PathBuf, process::Command, time::Duration};
 
 use rialto_testbed::{Rialto, Topology, netns_command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const REQUESTS: usize = 400;
+
+/// Rialto on the testbed's border node, with its config file.
+struct Border {
+    rialto: Rialto,
+    config: TempFile,
+}
+
+/// A file removed when dropped, also when the test fails.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Border {
+    fn start(topology: &Topology, config: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("rialto-{}.toml", topology.name));
+        std::fs::write(&path, config).unwrap();
+        let rialto = Rialto::start(
+            BIN,
+            &topology.ns("border"),
+            &["--iface", "up0", "--config", path.to_str().unwrap()],
+        );
+        Self {
+            rialto,
+            config: TempFile(path),
+        }
+    }
+
+    /// Rewrites the config and reloads it with SIGHUP.
+    fn reload(&self, config: &str) {
+        std::fs::write(&self.config.0, config).unwrap();
+        self.rialto.signal(nix::sys::signal::Signal::SIGHUP);
+        self.rialto
+            .wait_for_log("config reloaded", Duration::from_secs(5));
+    }
+
+    /// Stops Rialto; its exit summary.
+    fn stop(self) -> serde_json::Value {
+        let (status, summary) = self.rialto.terminate();
+        assert!(status.success(), "{summary}");
+        summary
+    }
+}
 
 /// Every pod answers HTTP with "pN in cluster C (ADDR)".
 fn requests(topology: &Topology, count: usize) -> BTreeMap<String, usize> {
@@ -38,17 +84,9 @@ fn requests_reach_pods_of_both_clusters_in_the_weights_proportions() {
             r#"{ cluster = "west", addr = "198.19.0.10:80" }"#,
             r#"{ cluster = "west", addr = "198.19.0.10:80", weight = 3 }"#,
         );
-    let path = std::env::temp_dir().join(format!("rialto-{}.toml", topology.name));
-    std::fs::write(&path, config).unwrap();
-    let rialto = Rialto::start(
-        BIN,
-        &topology.ns("border"),
-        &["--iface", "up0", "--config", path.to_str().unwrap()],
-    );
+    let border = Border::start(&topology, &config);
     let answers = requests(&topology, REQUESTS);
-    let (status, summary) = rialto.terminate();
-    std::fs::remove_file(&path).unwrap();
-    assert!(status.success(), "{summary}");
+    let summary = border.stop();
 
     let answered: usize = answers.values().sum();
     assert_eq!(answered, REQUESTS, "every request answered: {answers:?}");
@@ -115,29 +153,29 @@ fn send_vxlan(ns: &str, src: &str, vni: u32, count: usize) {
 #[test]
 fn vxlan_from_an_unknown_source_or_with_the_wrong_vni_reaches_no_pod() {
     let topology = Topology::up(1);
-    let path = std::env::temp_dir().join(format!("rialto-{}.toml", topology.name));
-    std::fs::write(&path, topology.config()).unwrap();
-    let rialto = Rialto::start(
-        BIN,
-        &topology.ns("border"),
-        &["--iface", "up0", "--config", path.to_str().unwrap()],
-    );
+    let border = Border::start(&topology, &topology.config());
     let listener = rialto_testbed::in_netns(&topology.ns("east-p1"), || {
         let socket = std::net::UdpSocket::bind("198.19.0.10:9999").unwrap();
         socket
-            .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .set_read_timeout(Some(Duration::from_secs(1)))
             .unwrap();
         socket
     });
     const SENT: usize = 10;
+    // The path is resolved (ARP) before the datagrams go, so none waits.
+    for ns in ["east", "router"] {
+        let pinged = netns_command(&topology.ns(ns), "ping")
+            .args(["-c", "3", "-i", "0.2", "-W", "2", "198.18.1.1"])
+            .status()
+            .unwrap();
+        assert!(pinged.success(), "{ns} reaches the border node");
+    }
     // East's gateway with west's VNI; the router, which is no gateway.
     send_vxlan(&topology.ns("east"), "198.18.2.1", 200, SENT);
     send_vxlan(&topology.ns("router"), "198.18.2.254", 100, SENT);
     let mut buf = [0u8; 64];
     assert!(listener.recv(&mut buf).is_err(), "nothing reaches the pod");
-    let (status, summary) = rialto.terminate();
-    std::fs::remove_file(&path).unwrap();
-    assert!(status.success(), "{summary}");
+    let summary = border.stop();
     let worker = &summary["workers"][0];
     assert_eq!(worker["drops"]["unknown_vni"], SENT, "{summary}");
     // VXLAN from a source that is no gateway is not Rialto's: the XDP
@@ -170,23 +208,17 @@ fn intervals(report: &serde_json::Value) -> Vec<u64> {
 fn a_long_transfer_survives_reloads_and_the_draining_of_its_backend() {
     let topology = Topology::up(2);
     let config = topology.config();
-    let path = std::env::temp_dir().join(format!("rialto-{}.toml", topology.name));
-    std::fs::write(&path, &config).unwrap();
-    let rialto = Rialto::start(
-        BIN,
-        &topology.ns("border"),
-        &["--iface", "up0", "--config", path.to_str().unwrap()],
-    );
+    let border = Border::start(&topology, &config);
     let client = netns_command(&topology.ns("client"), "iperf3")
-        .args(["-c", "198.18.100.2", "-t", "6", "-J"])
+        // At a set rate: flat out it would fill the per-CPU backlog every
+        // namespace shares, and other tests running beside it lose packets.
+        .args(["-c", "198.18.100.2", "-t", "6", "-b", "50M", "-J"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let reload = |text: &str| {
-        std::thread::sleep(std::time::Duration::from_secs(2));
-        std::fs::write(&path, text).unwrap();
-        rialto.signal(nix::sys::signal::Signal::SIGHUP);
-        rialto.wait_for_log("config reloaded", std::time::Duration::from_secs(5));
+        std::thread::sleep(Duration::from_secs(2));
+        border.reload(text);
     };
     // Another service loses a backend; then the transfer's own backend drains.
     let removed = config.replace(
@@ -210,9 +242,7 @@ fn a_long_transfer_survives_reloads_and_the_draining_of_its_backend() {
         moved.iter().all(|&b| b > 0),
         "no interval stalled: {moved:?}"
     );
-    let (status, summary) = rialto.terminate();
-    std::fs::remove_file(&path).unwrap();
-    assert!(status.success(), "{summary}");
+    let summary = border.stop();
     let removed_flows: u64 = summary["workers"]
         .as_array()
         .unwrap()
@@ -233,13 +263,7 @@ fn the_next_hops_mac_is_learned_and_followed() {
         !config.lines().any(|l| l.starts_with("next_hop_mac")),
         "learned, not configured"
     );
-    let path = std::env::temp_dir().join(format!("rialto-{}.toml", topology.name));
-    std::fs::write(&path, &config).unwrap();
-    let rialto = Rialto::start(
-        BIN,
-        &topology.ns("border"),
-        &["--iface", "up0", "--config", path.to_str().unwrap()],
-    );
+    let border = Border::start(&topology, &config);
     assert_eq!(requests(&topology, 8).values().sum::<usize>(), 8);
 
     // The router gets a new MAC; the node's kernel learns it by ARP.
@@ -267,29 +291,23 @@ fn the_next_hops_mac_is_learned_and_followed() {
         pinged.status.success(),
         "the router answers the node's kernel"
     );
-    let line = rialto.wait_for_log("next hop's MAC changed", std::time::Duration::from_secs(5));
+    let line = border
+        .rialto
+        .wait_for_log("next hop's MAC changed", Duration::from_secs(5));
     assert!(line.contains("02:00:00:00:00:99"), "{line}");
     assert_eq!(
         requests(&topology, 8).values().sum::<usize>(),
         8,
         "answered through the router's new MAC"
     );
-    let (status, summary) = rialto.terminate();
-    std::fs::remove_file(&path).unwrap();
-    assert!(status.success(), "{summary}");
+    border.stop();
 }
 
 #[test]
 fn when_a_gateway_goes_down_the_config_sends_new_connections_to_the_other_cluster() {
     let topology = Topology::up(2);
     let config = topology.config();
-    let path = std::env::temp_dir().join(format!("rialto-{}.toml", topology.name));
-    std::fs::write(&path, &config).unwrap();
-    let rialto = Rialto::start(
-        BIN,
-        &topology.ns("border"),
-        &["--iface", "up0", "--config", path.to_str().unwrap()],
-    );
+    let border = Border::start(&topology, &config);
     let clusters = |answers: &BTreeMap<String, usize>| -> Vec<String> {
         let seen: std::collections::BTreeSet<String> = answers
             .keys()
@@ -314,9 +332,7 @@ fn when_a_gateway_goes_down_the_config_sends_new_connections_to_the_other_cluste
             r#"{ cluster = "east", addr = "198.19.0.11:80" }"#,
             r#"{ cluster = "east", addr = "198.19.0.11:80", state = "draining" }"#,
         );
-    std::fs::write(&path, marked).unwrap();
-    rialto.signal(nix::sys::signal::Signal::SIGHUP);
-    rialto.wait_for_log("config reloaded", std::time::Duration::from_secs(5));
+    border.reload(&marked);
     let answers = requests(&topology, 40);
     assert_eq!(
         answers.values().sum::<usize>(),
@@ -324,7 +340,5 @@ fn when_a_gateway_goes_down_the_config_sends_new_connections_to_the_other_cluste
         "all answered: {answers:?}"
     );
     assert_eq!(clusters(&answers), ["west"], "{answers:?}");
-    let (status, summary) = rialto.terminate();
-    std::fs::remove_file(&path).unwrap();
-    assert!(status.success(), "{summary}");
+    border.stop();
 }
