@@ -24,7 +24,9 @@ use serde::Serialize;
 use tiny_http::{Header, Method, Response, Server};
 use tracing::{error, info};
 
-use crate::control::{Control, Status};
+use rialto::stats::BalanceStats;
+
+use crate::control::{Control, Status, WorkerStatus};
 
 /// A running API server; stopped on drop.
 pub struct Api {
@@ -174,52 +176,141 @@ impl Family {
     }
 }
 
+/// A metric of each worker: name (after `rialto_`), help, type, value.
+type WorkerMetric = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&WorkerStatus) -> u64,
+);
+
+const WORKER_METRICS: [WorkerMetric; 7] = [
+    (
+        "rx_packets_total",
+        "Frames received by the worker.",
+        COUNTER,
+        |w| w.stats.rx_packets,
+    ),
+    (
+        "rx_bytes_total",
+        "Bytes received by the worker.",
+        COUNTER,
+        |w| w.stats.rx_bytes,
+    ),
+    (
+        "tx_packets_total",
+        "Frames transmitted by the worker.",
+        COUNTER,
+        |w| w.stats.tx_packets,
+    ),
+    (
+        "tx_bytes_total",
+        "Bytes transmitted by the worker.",
+        COUNTER,
+        |w| w.stats.tx_bytes,
+    ),
+    (
+        "handoff_out_total",
+        "Frames handed to the worker owning their flow.",
+        COUNTER,
+        |w| w.stats.handoff_out,
+    ),
+    (
+        "handoff_in_total",
+        "Frames taken from other workers.",
+        COUNTER,
+        |w| w.stats.handoff_in,
+    ),
+    (
+        "tables_generation",
+        "Generation of the config tables the worker runs on.",
+        GAUGE,
+        |w| w.generation,
+    ),
+];
+
+/// A metric of each balancing worker.
+type BalanceMetric = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&BalanceStats) -> u64,
+);
+
+const BALANCE_METRICS: [BalanceMetric; 11] = [
+    (
+        "forward_packets_total",
+        "Packets sent toward a backend.",
+        COUNTER,
+        |b| b.counters.forward,
+    ),
+    (
+        "reply_packets_total",
+        "Packets sent back toward a client.",
+        COUNTER,
+        |b| b.counters.reply,
+    ),
+    (
+        "icmp_time_exceeded_total",
+        "ICMP time exceeded made by Rialto.",
+        COUNTER,
+        |b| b.counters.icmp_time_exceeded,
+    ),
+    (
+        "icmp_too_big_total",
+        "ICMP fragmentation needed / packet too big made by Rialto.",
+        COUNTER,
+        |b| b.counters.icmp_too_big,
+    ),
+    (
+        "icmp_translated_total",
+        "ICMP errors about a flow, translated and passed on.",
+        COUNTER,
+        |b| b.counters.icmp_translated,
+    ),
+    ("flows_created_total", "Flows created.", COUNTER, |b| {
+        b.flows.created
+    }),
+    ("flows_expired_total", "Flows expired.", COUNTER, |b| {
+        b.flows.expired
+    }),
+    (
+        "flows_evicted_total",
+        "Live flows evicted to make room.",
+        COUNTER,
+        |b| b.flows.evicted,
+    ),
+    (
+        "flows_reload_removed_total",
+        "Live flows a reload removed (backend gone).",
+        COUNTER,
+        |b| b.flows.reload_removed,
+    ),
+    ("flows", "Live flows in the worker's table.", GAUGE, |b| {
+        b.flows.live
+    }),
+    (
+        "flow_table_capacity",
+        "Flows the worker's table holds at most.",
+        GAUGE,
+        |b| b.capacity,
+    ),
+];
+
+const COUNTER: MetricType = MetricType::COUNTER;
+const GAUGE: MetricType = MetricType::GAUGE;
+
 /// The Prometheus text of a status: every family `rialto_*`, per worker
 /// labelled by `queue`.
 pub fn metrics(status: &Status) -> String {
     let mut families = Vec::new();
-    let mut per_worker = |f: Family, value: &dyn Fn(&crate::control::WorkerStatus) -> u64| {
-        let mut f = f;
+    for (name, help, kind, value) in WORKER_METRICS {
+        let mut f = Family::new(name, help, kind);
         for w in &status.workers {
             f.add(&[("queue", &w.queue.to_string())], value(w));
         }
         families.push(f);
-    };
-    per_worker(
-        Family::counter("rx_packets_total", "Frames received by the worker."),
-        &|w| w.stats.rx_packets,
-    );
-    per_worker(
-        Family::counter("rx_bytes_total", "Bytes received by the worker."),
-        &|w| w.stats.rx_bytes,
-    );
-    per_worker(
-        Family::counter("tx_packets_total", "Frames transmitted by the worker."),
-        &|w| w.stats.tx_packets,
-    );
-    per_worker(
-        Family::counter("tx_bytes_total", "Bytes transmitted by the worker."),
-        &|w| w.stats.tx_bytes,
-    );
-    per_worker(
-        Family::counter(
-            "handoff_out_total",
-            "Frames handed to the worker owning their flow.",
-        ),
-        &|w| w.stats.handoff_out,
-    );
-    per_worker(
-        Family::counter("handoff_in_total", "Frames taken from other workers."),
-        &|w| w.stats.handoff_in,
-    );
-    per_worker(
-        Family::gauge(
-            "tables_generation",
-            "Generation of the config tables the worker runs on.",
-        ),
-        &|w| w.generation,
-    );
-
+    }
     let mut drops = Family::counter("drops_total", "Frames dropped, by reason.");
     for w in &status.workers {
         let queue = w.queue.to_string();
@@ -229,77 +320,15 @@ pub fn metrics(status: &Status) -> String {
     }
     families.push(drops);
 
-    let balancing: Vec<_> = status
-        .workers
-        .iter()
-        .filter_map(|w| Some((w.queue.to_string(), w.stats.balance?)))
-        .collect();
-    let mut balance = |f: Family, value: &dyn Fn(&rialto::stats::BalanceStats) -> u64| {
-        let mut f = f;
-        for (queue, b) in &balancing {
-            f.add(&[("queue", queue)], value(b));
+    for (name, help, kind, value) in BALANCE_METRICS {
+        let mut f = Family::new(name, help, kind);
+        for w in &status.workers {
+            if let Some(b) = &w.stats.balance {
+                f.add(&[("queue", &w.queue.to_string())], value(b));
+            }
         }
         families.push(f);
-    };
-    balance(
-        Family::counter("forward_packets_total", "Packets sent toward a backend."),
-        &|b| b.counters.forward,
-    );
-    balance(
-        Family::counter("reply_packets_total", "Packets sent back toward a client."),
-        &|b| b.counters.reply,
-    );
-    balance(
-        Family::counter(
-            "icmp_time_exceeded_total",
-            "ICMP time exceeded made by Rialto.",
-        ),
-        &|b| b.counters.icmp_time_exceeded,
-    );
-    balance(
-        Family::counter(
-            "icmp_too_big_total",
-            "ICMP fragmentation needed / packet too big made by Rialto.",
-        ),
-        &|b| b.counters.icmp_too_big,
-    );
-    balance(
-        Family::counter(
-            "icmp_translated_total",
-            "ICMP errors about a flow, translated and passed on.",
-        ),
-        &|b| b.counters.icmp_translated,
-    );
-    balance(
-        Family::counter("flows_created_total", "Flows created."),
-        &|b| b.flows.created,
-    );
-    balance(
-        Family::counter("flows_expired_total", "Flows expired."),
-        &|b| b.flows.expired,
-    );
-    balance(
-        Family::counter("flows_evicted_total", "Live flows evicted to make room."),
-        &|b| b.flows.evicted,
-    );
-    balance(
-        Family::counter(
-            "flows_reload_removed_total",
-            "Live flows a reload removed (backend gone).",
-        ),
-        &|b| b.flows.reload_removed,
-    );
-    balance(
-        Family::gauge("flows", "Live flows in the worker's table."),
-        &|b| b.flows.live,
-    );
-    balance(
-        Family::gauge(
-            "flow_table_capacity",
-            "Flows the worker's table holds at most.",
-        ),
-        &|b| b.capacity,
-    );
+    }
 
     let mut free = Family::gauge(
         "snat_ports_free",
