@@ -141,22 +141,29 @@ impl NextHop {
         })
     }
 
-    /// Follows the neighbour table on a thread of its own until `stop`:
-    /// calls `changed` with each new MAC of the gateway.
+    /// Follows the neighbour and IPv4 routing tables on a thread of its own
+    /// until `stop`: calls `changed` with each new MAC of the next hop, when
+    /// the gateway's entry changes or the default route moves to another
+    /// gateway (then resolved as at start).
     pub fn follow(
         self,
+        iface: String,
         mut current: [u8; 6],
         stop: Arc<AtomicBool>,
         mut changed: impl FnMut([u8; 6]) + Send + 'static,
     ) -> io::Result<JoinHandle<()>> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind(&SocketAddr::new(0, 1 << (libc::RTNLGRP_NEIGH - 1)))?;
+        let groups = [libc::RTNLGRP_NEIGH, libc::RTNLGRP_IPV4_ROUTE]
+            .iter()
+            .fold(0, |mask, group| mask | 1 << (group - 1));
+        socket.bind(&SocketAddr::new(0, groups))?;
         nix::sys::socket::setsockopt(
             &socket.as_fd(),
             nix::sys::socket::sockopt::ReceiveTimeout,
             &nix::sys::time::TimeVal::new(0, 200_000),
         )
         .map_err(io::Error::from)?;
+        let mut hop = self;
         std::thread::Builder::new()
             .name("rialto-nexthop".into())
             .spawn(move || {
@@ -165,15 +172,36 @@ impl NextHop {
                     let Ok(size) = socket.recv(&mut &mut buf[..], 0) else {
                         continue; // the timeout: look at `stop` again
                     };
+                    let mut learned = None;
                     for message in messages(&buf[..size]) {
-                        if let RouteNetlinkMessage::NewNeighbour(n) = message
-                            && let Some(mac) = self.mac_in(&n)
-                            && mac != current
-                        {
-                            current = mac;
-                            info!(gateway = %self.gateway, mac = %rialto_rules::config::Mac(mac), "next hop's MAC changed");
-                            changed(mac);
+                        match message {
+                            RouteNetlinkMessage::NewNeighbour(n) => {
+                                learned = hop.mac_in(&n).or(learned);
+                            }
+                            RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_) => {
+                                match NextHop::of(&iface) {
+                                    Ok(new) if new != hop => {
+                                        info!(gateway = %new.gateway, "the default route moved");
+                                        hop = new;
+                                        match hop.resolve(&iface, Duration::from_secs(1)) {
+                                            Ok(mac) => learned = Some(mac),
+                                            Err(e) => warn!("{e}"),
+                                        }
+                                    }
+                                    Ok(_) => {}
+                                    Err(e) => warn!("{e}; frames keep going to the last next hop"),
+                                }
+                            }
+                            _ => {}
                         }
+                    }
+                    if let Some(mac) = learned
+                        && mac != current
+                    {
+                        current = mac;
+                        let shown = rialto_rules::config::Mac(mac);
+                        info!(gateway = %hop.gateway, mac = %shown, "next hop's MAC changed");
+                        changed(mac);
                     }
                 }
             })

@@ -376,7 +376,9 @@ fn learn_next_hop(
     info!(gateway = %next_hop.gateway, mac = %rialto_rules::config::Mac(mac), "next hop learned");
     let shared = Arc::clone(tables);
     next_hop
-        .follow(mac, Arc::clone(stop), move |mac| shared.learn_next_hop(mac))
+        .follow(iface.to_owned(), mac, Arc::clone(stop), move |mac| {
+            shared.learn_next_hop(mac);
+        })
         .context("cannot follow the neighbour table")
 }
 
