@@ -47,16 +47,19 @@ for _ in $(seq "$requests"); do
 done | sort | uniq -c | sed 's/^/  /'
 
 echo
-echo "== iperf3 from the client through the VIP 198.18.100.2:5201 (3 seconds)"
-in_ns client iperf3 -c 198.18.100.2 -t 3 -f m | grep -E "sender|receiver" | sed 's/^/  /'
-
-echo
-echo "== Rialto's live view (rialto stats)"
-in_ns border "$bin" stats --count 1 --interval 1 | sed 's/^/  /'
+echo "== iperf3 from the client through the VIP 198.18.100.2:5201 (4 seconds), and"
+echo "== Rialto's live view meanwhile (rialto stats, two one-second views)"
+in_ns client iperf3 -c 198.18.100.2 -t 4 -f m >"$work/iperf3.txt" &
+iperf=$!
+sleep 1
+in_ns border "$bin" stats --count 2 --interval 1 | sed 's/^/  /'
+wait "$iperf"
+grep -E "sender|receiver" "$work/iperf3.txt" | sed 's/^/  /'
 
 kill -TERM "$pid"
 wait "$pid" || true
 pid=
+echo
 echo "== Rialto's exit summary"
 python3 - "$work/summary.json" <<'PY'
 import json, sys
