@@ -173,7 +173,11 @@ impl NextHop {
                         continue; // the timeout: look at `stop` again
                     };
                     let mut learned = None;
-                    for message in messages(&buf[..size]) {
+                    let notifications = parse(&buf[..size]).0.into_iter().filter_map(|p| match p {
+                        NetlinkPayload::InnerMessage(message) => Some(message),
+                        _ => None,
+                    });
+                    for message in notifications {
                         match message {
                             RouteNetlinkMessage::NewNeighbour(n) => {
                                 learned = hop.mac_in(&n).or(learned);
@@ -224,13 +228,9 @@ fn dump(request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
     let mut receive = vec![0u8; 1 << 16];
     loop {
         let size = socket.recv(&mut &mut receive[..], 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let message: NetlinkMessage<RouteNetlinkMessage> =
-                NetlinkMessage::deserialize(&receive[offset..size])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            let length = message.header.length as usize;
-            match message.payload {
+        let (payloads, broken) = parse(&receive[..size]);
+        for payload in payloads {
+            match payload {
                 NetlinkPayload::Done(_) => return Ok(answers),
                 NetlinkPayload::Error(e) => {
                     return Err(io::Error::other(format!("netlink error: {e:?}")));
@@ -238,26 +238,31 @@ fn dump(request: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
                 NetlinkPayload::InnerMessage(inner) => answers.push(inner),
                 _ => {}
             }
-            if length == 0 {
-                break;
-            }
-            offset += length;
+        }
+        if let Some(e) = broken {
+            return Err(e);
         }
     }
 }
 
-/// The route messages in one datagram of notifications.
-fn messages(mut bytes: &[u8]) -> Vec<RouteNetlinkMessage> {
+/// The messages in one netlink datagram, up to the first that does not
+/// decode (then also why).
+fn parse(mut bytes: &[u8]) -> (Vec<NetlinkPayload<RouteNetlinkMessage>>, Option<io::Error>) {
     let mut out = Vec::new();
-    while let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
+    while !bytes.is_empty() {
+        let message = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
+            Ok(message) => message,
+            Err(e) => {
+                let e = io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+                return (out, Some(e));
+            }
+        };
         let length = message.header.length as usize;
-        if let NetlinkPayload::InnerMessage(inner) = message.payload {
-            out.push(inner);
-        }
+        out.push(message.payload);
         if length == 0 || length >= bytes.len() {
             break;
         }
         bytes = &bytes[length..];
     }
-    out
+    (out, None)
 }

@@ -19,11 +19,10 @@
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    process::Command,
     time::Duration,
 };
 
-use rialto_testbed::{Pair, Rialto, in_netns};
+use rialto_testbed::{Pair, Rialto, in_netns, ip, workers_total};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const EAST_MAC: &str = "02:00:00:00:02:01";
@@ -83,20 +82,6 @@ gateways = ["fd00::2"]
 gateway_mac = "{WEST_MAC}"
 {services}"#
     )
-}
-
-fn ip(ns: &str, args: &str) -> String {
-    let out = Command::new("ip")
-        .args(["-n", ns])
-        .args(args.split_whitespace())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ip -n {ns} {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn mac_of(ns: &str, dev: &str) -> String {
@@ -229,22 +214,6 @@ fn udp_round_trips(vip: SocketAddr) {
     }
 }
 
-fn total(
-    summary: &serde_json::Value,
-    field: impl Fn(&serde_json::Value) -> &serde_json::Value,
-) -> u64 {
-    summary["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            field(w)
-                .as_u64()
-                .unwrap_or_else(|| panic!("no number in {w}"))
-        })
-        .sum()
-}
-
 #[test]
 fn clients_reach_backends_behind_kernel_vxlan_gateways() {
     let pair = Pair::up(2);
@@ -282,7 +251,7 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
         "rialto exits cleanly: {status}\n{summary}"
     );
 
-    let count = |f: &dyn Fn(&serde_json::Value) -> &serde_json::Value| total(&summary, f);
+    let count = |f: &dyn Fn(&serde_json::Value) -> &serde_json::Value| workers_total(&summary, f);
     let connections = 2 * CONNECTIONS as u64;
     assert_eq!(
         count(&|w| &w["balance"]["flows"]["created"]),
@@ -591,7 +560,7 @@ fn reloads_keep_live_flows_on_their_backends() {
         stream.0, stream.1,
         "datagrams sent and answered through the reloads"
     );
-    let count = |f: &dyn Fn(&serde_json::Value) -> &serde_json::Value| total(&summary, f);
+    let count = |f: &dyn Fn(&serde_json::Value) -> &serde_json::Value| workers_total(&summary, f);
     assert_eq!(
         count(&|w| &w["balance"]["flows"]["reload_removed"]),
         b_flows as u64,

@@ -2,9 +2,9 @@
 //! a client behind a router, Rialto on the border node, and two clusters
 //! behind the kernel's own VXLAN devices whose pods use the same addresses.
 
-use std::{collections::BTreeMap, path::PathBuf, process::Command, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use rialto_testbed::{Rialto, Topology, netns_command};
+use rialto_testbed::{Rialto, Topology, ip, netns_command, workers_total};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const REQUESTS: usize = 400;
@@ -107,24 +107,14 @@ fn requests_reach_pods_of_both_clusters_in_the_weights_proportions() {
             "{pod}: {got} answers, expected {expected} ± {tolerance:.0}: {answers:?}"
         );
     }
-    let created: u64 = summary["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["balance"]["flows"]["created"].as_u64().unwrap())
-        .sum();
+    let created = workers_total(&summary, |w| &w["balance"]["flows"]["created"]);
     assert_eq!(
         created, REQUESTS as u64,
         "one flow per connection: {summary}"
     );
-    // Nothing of the test is left in the pods' namespaces' neighbours: the
-    // tunnel carried no ARP (static entries on both sides).
-    let neigh = Command::new("ip")
-        .args(["-n", &topology.ns("east"), "neigh", "show", "dev", "vx100"])
-        .output()
-        .unwrap();
+    // No ARP crosses the tunnel: the gateway knows Rialto by a static entry.
     assert!(
-        String::from_utf8_lossy(&neigh.stdout).contains("PERMANENT"),
+        ip(&topology.ns("east"), "neigh show dev vx100").contains("PERMANENT"),
         "the gateway reaches Rialto through its static neighbour entry"
     );
 }
@@ -243,12 +233,7 @@ fn a_long_transfer_survives_reloads_and_the_draining_of_its_backend() {
         "no interval stalled: {moved:?}"
     );
     let summary = border.stop();
-    let removed_flows: u64 = summary["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["balance"]["flows"]["reload_removed"].as_u64().unwrap())
-        .sum();
+    let removed_flows = workers_total(&summary, |w| &w["balance"]["flows"]["reload_removed"]);
     assert_eq!(
         removed_flows, 0,
         "iperf3's two connections were kept: {summary}"
@@ -267,15 +252,7 @@ fn the_next_hops_mac_is_learned_and_followed() {
     assert_eq!(requests(&topology, 8).values().sum::<usize>(), 8);
 
     // The router gets a new MAC; the node's kernel learns it by ARP.
-    let ip = |ns: &str, args: &str| {
-        let ok = Command::new("ip")
-            .args(["-n", &topology.ns(ns)])
-            .args(args.split_whitespace())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "ip -n {ns} {args}");
-    };
+    let ip = |ns: &str, args: &str| ip(&topology.ns(ns), args);
     // (Every host on the link forgets the old MAC, as a gratuitous ARP would
     // make them; Rialto learns the new one from the node's kernel.)
     ip("router", "link set br0 address 02:00:00:00:00:99");
@@ -318,11 +295,7 @@ fn when_a_gateway_goes_down_the_config_sends_new_connections_to_the_other_cluste
     assert_eq!(clusters(&requests(&topology, 40)), ["east", "west"]);
 
     // East's gateway goes down; the config marks east's backends draining.
-    let down = Command::new("ip")
-        .args(["-n", &topology.ns("east"), "link", "set", "eth0", "down"])
-        .status()
-        .unwrap();
-    assert!(down.success());
+    ip(&topology.ns("east"), "link set eth0 down");
     let marked = config
         .replace(
             r#"{ cluster = "east", addr = "198.19.0.10:80" }"#,

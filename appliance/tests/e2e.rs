@@ -10,7 +10,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use rialto_testbed::{
-    NODE_V4, NODE_V6, Pair, Rialto, VIP_V4, VIP_V6, in_netns, netns_command, pings,
+    NODE_V4, NODE_V6, Pair, Rialto, VIP_V4, VIP_V6, in_netns, ip, netns_command, pings,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
@@ -72,11 +72,7 @@ fn kernel_refuses_udp(node: IpAddr) -> bool {
 /// The kernel handles everything Rialto does not own: ARP/ND (the neighbour
 /// cache is flushed first), ICMP echo, UDP to the node itself.
 fn assert_kernel_answers(pair: &Pair) {
-    let flushed = Command::new("ip")
-        .args(["-n", &pair.peer_ns, "neigh", "flush", "dev", &pair.peer_if])
-        .status()
-        .unwrap();
-    assert!(flushed.success());
+    ip(&pair.peer_ns, &format!("neigh flush dev {}", pair.peer_if));
     assert!(
         pings(&pair.peer_ns, NODE_V4.into()),
         "ARP and ping over IPv4"

@@ -35,7 +35,8 @@ pub struct ImportError {
 }
 
 impl ImportError {
-    fn at(message: String) -> Self {
+    /// An error about the file as a whole, with no position in it.
+    pub(crate) fn at(message: String) -> Self {
         Self {
             line: 0,
             column: 0,

@@ -48,11 +48,7 @@ pub fn load(file: &str, text: &str) -> Result<Snapshot, Rejected> {
     for import in &config.imports {
         let path = dir.join(import.file.get_ref());
         let imported = std::fs::read_to_string(&path)
-            .map_err(|e| k8s::ImportError {
-                line: 0,
-                column: 0,
-                message: format!("cannot read it: {e}"),
-            })
+            .map_err(|e| k8s::ImportError::at(format!("cannot read it: {e}")))
             .and_then(|yaml| k8s::import(&yaml, import.file.span()));
         match imported {
             Ok(services) => config.services.extend(services),

@@ -16,7 +16,7 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 
 mod rialto;
-pub use rialto::Rialto;
+pub use rialto::{Rialto, workers_total};
 
 /// The node's address on the pair's link.
 pub const NODE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -170,6 +170,22 @@ pub fn netns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command 
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]).arg(program);
     cmd
+}
+
+/// `ip -n NS ARGS` (ARGS split on spaces); its output. Panics with `ip`'s
+/// complaint if it fails.
+pub fn ip(ns: &str, args: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns])
+        .args(args.split_whitespace())
+        .output()
+        .expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip -n {ns} {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Whether `addr` answers three pings from inside `ns`.

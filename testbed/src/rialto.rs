@@ -102,3 +102,21 @@ impl Drop for Rialto {
         let _ = self.child.wait();
     }
 }
+
+/// The sum over the workers of an exit summary (or `/api/v1/status`) of the
+/// number `field` picks out of each; panics if one has no such number.
+pub fn workers_total(
+    summary: &serde_json::Value,
+    field: impl Fn(&serde_json::Value) -> &serde_json::Value,
+) -> u64 {
+    summary["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no workers in {summary}"))
+        .iter()
+        .map(|w| {
+            field(w)
+                .as_u64()
+                .unwrap_or_else(|| panic!("no number in {w}"))
+        })
+        .sum()
+}

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use rialto_testbed::{require_root, workspace_root};
+use rialto_testbed::{ip, require_root, workspace_root};
 
 fn run(script: &str, args: &[&str]) {
     let status = Command::new("bash")
@@ -38,18 +38,7 @@ fn up_twice_then_down_twice_leaves_nothing() {
     pair_sh(&["up", &name, "2"]);
     pair_sh(&["up", &name, "2"]);
     assert_eq!(ours(&name), 2, "one node and one peer namespace");
-    let link = Command::new("ip")
-        .args([
-            "-n",
-            &format!("{name}-node"),
-            "-d",
-            "link",
-            "show",
-            &format!("{name}n"),
-        ])
-        .output()
-        .unwrap();
-    let link = String::from_utf8_lossy(&link.stdout);
+    let link = ip(&format!("{name}-node"), &format!("-d link show {name}n"));
     assert!(link.contains("numrxqueues 2"), "{link}");
 
     pair_sh(&["down", &name]);

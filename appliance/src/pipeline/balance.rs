@@ -94,10 +94,6 @@ impl Balancer {
         }
     }
 
-    pub fn tables(&self) -> &Arc<Snapshot> {
-        &self.tables
-    }
-
     /// Switches to a new config's tables, keeping every live flow whose
     /// service, backend and clusters are still there: established flows
     /// keep their backend (draining ones included). A flow whose backend,

@@ -144,22 +144,14 @@ impl Conntrack {
     pub fn recount(&mut self, layout: &[usize]) {
         self.per_backend = layout.iter().map(|&n| vec![0; n]).collect();
         for flow in self.slots.iter().flatten() {
-            if let Some(n) = self
-                .per_backend
-                .get_mut(flow.service as usize)
-                .and_then(|s| s.get_mut(flow.backend_index as usize))
-            {
+            if let Some(n) = backend_count(&mut self.per_backend, flow) {
                 *n += 1;
             }
         }
     }
 
     fn count(&mut self, flow: &Flow, up: bool) {
-        if let Some(n) = self
-            .per_backend
-            .get_mut(flow.service as usize)
-            .and_then(|s| s.get_mut(flow.backend_index as usize))
-        {
+        if let Some(n) = backend_count(&mut self.per_backend, flow) {
             *n = if up { *n + 1 } else { n.saturating_sub(1) };
         }
     }
@@ -327,6 +319,13 @@ impl Conntrack {
     fn timeout(&self, proto: u8, state: TcpState) -> u32 {
         timeout(&self.timeouts, proto, state)
     }
+}
+
+/// The live-flow count of `flow`'s backend.
+fn backend_count<'a>(per_backend: &'a mut [Vec<u32>], flow: &Flow) -> Option<&'a mut u32> {
+    per_backend
+        .get_mut(flow.service as usize)?
+        .get_mut(flow.backend_index as usize)
 }
 
 fn timeout(t: &Timeouts, proto: u8, state: TcpState) -> u32 {
