@@ -406,6 +406,56 @@ impl XskPort {
         received + handed
     }
 
+    /// The generator's side: writes up to `budget` new frames into free UMEM
+    /// frames with `write` (which fills the buffer it is given and returns
+    /// the frame's length) and transmits them. Returns how many were posted
+    /// on the TX ring; a frame that found no room counts as `tx_ring_full`.
+    pub fn send(
+        &mut self,
+        budget: usize,
+        mut write: impl FnMut(&mut [u8]) -> usize,
+        tally: &mut Tally,
+    ) -> usize {
+        self.recycle();
+        let count = budget.min(self.free.len()).min(self.tx_batch.capacity());
+        for _ in 0..count {
+            let Some(mut desc) = self.free.pop() else {
+                break;
+            };
+            let frame_start = desc.addr() - desc.addr() % self.frame_size;
+            desc.set_packet(frame_start, self.frame_size);
+            // SAFETY: a free frame is ours alone (in no ring, inbox or home
+            // queue) and `desc` spans exactly that frame of the UMEM.
+            let mut data = unsafe { self.umem.data_mut(&mut desc) };
+            let len = write(data.contents_mut()).min(self.frame_size);
+            desc.set_packet(frame_start, len);
+            self.tx_batch.push(desc);
+        }
+        let before = tally.tx_packets;
+        self.transmit(tally);
+        (tally.tx_packets - before) as usize
+    }
+
+    /// The sink's side: hands every received frame to `inspect`, then gives
+    /// it back to the kernel. Returns how many frames were received.
+    pub fn receive(&mut self, mut inspect: impl FnMut(&[u8]), tally: &mut Tally) -> usize {
+        // SAFETY: as in `step`: the RX ring belongs to this port's UMEM and
+        // the descriptors it yields are ours until handed back.
+        let received = unsafe { self.rx.consume(&mut self.rx_batch) };
+        self.kernel_rx -= received;
+        for i in 0..received {
+            let desc = self.rx_batch[i];
+            tally.rx_packets += 1;
+            tally.rx_bytes += desc.lengths().data() as u64;
+            // SAFETY: the frame came off our RX ring and nobody writes it
+            // until we post it on the fill ring again, below.
+            inspect(unsafe { self.umem.data(&desc) }.contents());
+            self.release(desc);
+        }
+        self.refill();
+        received
+    }
+
     /// Runs the pipeline over one frame and sends it where the verdict says.
     fn process(
         &mut self,

@@ -354,6 +354,25 @@ pub fn metrics(status: &Status) -> String {
     families.push(free);
     families.push(slice);
 
+    let mut umem = Family::gauge(
+        "umem_frames",
+        "The worker's UMEM frames, by where they are: free, kernel_rx (fill and RX rings), kernel_tx (TX and completion rings), lent (to another worker).",
+    );
+    for w in &status.workers {
+        let queue = w.queue.to_string();
+        if let Some(l) = &w.umem {
+            for (state, n) in [
+                ("free", l.free),
+                ("kernel_rx", l.kernel_rx),
+                ("kernel_tx", l.kernel_tx),
+                ("lent", l.lent),
+            ] {
+                umem.add(&[("queue", &queue), ("where", state)], n as u64);
+            }
+        }
+    }
+    families.push(umem);
+
     let mut xdp_packets = Family::counter(
         "xdp_packets_total",
         "Frames the XDP program steered or passed, by reason.",

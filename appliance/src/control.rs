@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use rialto::{
+    afxdp::Ledger,
     stats::{SnatUse, StatsSnapshot, WorkerStats},
     worker::SharedTables,
 };
@@ -93,6 +94,8 @@ pub struct WorkerStatus {
     pub stats: StatsSnapshot,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub snat: Vec<SnatUse>,
+    /// Where the worker's UMEM frames are (a quarter of a second old at most).
+    pub umem: Option<Ledger>,
 }
 
 /// What `GET /api/v1/services` answers: the services of the running config.
@@ -185,6 +188,7 @@ impl Control {
                     generation: w.generation(),
                     stats: w.snapshot(),
                     snat: w.snat(),
+                    umem: w.umem(),
                 })
                 .collect(),
         }

@@ -9,7 +9,8 @@
 //! - [`nexthop`]: the next hop's MAC, learned and followed over rtnetlink;
 //! - [`stats`]: per-worker counters;
 //! - [`fixtures`]: the frames the tests, the benchmarks and the pcap dumps share;
-//! - [`fuzzing`]: the fuzz target's body, also run over its corpus by a test.
+//! - [`fuzzing`]: the fuzz target's body, also run over its corpus by a test;
+//! - [`traffic`]: the traffic generator and sink (`rialto gen`, `rialto sink`).
 
 pub mod afxdp;
 pub mod fixtures;
@@ -18,5 +19,6 @@ pub mod nexthop;
 pub mod pipeline;
 pub mod replay;
 pub mod stats;
+pub mod traffic;
 pub mod wire;
 pub mod worker;

@@ -126,11 +126,20 @@ pub struct RunArgs {
 pub const DEFAULT_API: &str = "127.0.0.1:9600";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum XdpMode {
+pub(crate) enum XdpMode {
     /// Native XDP in the driver (needed for zero-copy).
     Driver,
     /// Generic XDP: any device, slower.
     Skb,
+}
+
+impl From<XdpMode> for AttachMode {
+    fn from(mode: XdpMode) -> Self {
+        match mode {
+            XdpMode::Driver => Self::Driver,
+            XdpMode::Skb => Self::Skb,
+        }
+    }
 }
 
 /// What `rialto run` prints on stdout when it stops.
@@ -158,7 +167,7 @@ pub fn load_config(path: &std::path::Path) -> Result<Snapshot> {
 }
 
 /// The interface's MAC address, from sysfs.
-fn iface_mac(iface: &str) -> Result<[u8; 6]> {
+pub(crate) fn iface_mac(iface: &str) -> Result<[u8; 6]> {
     let path = format!("/sys/class/net/{iface}/address");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let mac: rialto_rules::config::Mac = text
@@ -169,7 +178,7 @@ fn iface_mac(iface: &str) -> Result<[u8; 6]> {
 }
 
 /// The receive queues of `iface`, from sysfs (`ip netns exec` mounts the namespace's own).
-fn rx_queue_count(iface: &str) -> Result<u32> {
+pub(crate) fn rx_queue_count(iface: &str) -> Result<u32> {
     let dir = format!("/sys/class/net/{iface}/queues");
     let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))?;
     let mut count = 0;
@@ -246,11 +255,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         _ => None,
     };
     let mut steering = Steering::load(&rules)?;
-    let attach_mode = match args.xdp_mode {
-        XdpMode::Driver => AttachMode::Driver,
-        XdpMode::Skb => AttachMode::Skb,
-    };
-    steering.attach(&args.iface, attach_mode)?;
+    steering.attach(&args.iface, args.xdp_mode.into())?;
 
     let port_config = PortConfig {
         frames: args.frames,

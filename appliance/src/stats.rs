@@ -11,7 +11,10 @@ use std::sync::{
 
 use serde::Serialize;
 
-use crate::pipeline::{DropReason, balance::Counters, conntrack::ConntrackStats};
+use crate::{
+    afxdp::Ledger,
+    pipeline::{DropReason, balance::Counters, conntrack::ConntrackStats},
+};
 
 /// What a balancing worker publishes besides its packet counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -72,6 +75,8 @@ pub struct WorkerStats {
     /// Live flows per service and backend, and the tables generation whose
     /// indices they use; refreshed like `snat`.
     per_backend: Mutex<(u64, Vec<Vec<u32>>)>,
+    /// Where the port's UMEM frames are; refreshed like `snat`.
+    umem: Mutex<Option<Ledger>>,
 }
 
 const BALANCE_FIELDS: usize = 11;
@@ -149,6 +154,17 @@ impl WorkerStats {
         if let Ok(mut slot) = self.per_backend.try_lock() {
             *slot = (generation, counts());
         }
+    }
+
+    /// Replaces the UMEM ledger, unless a reader holds it.
+    pub fn publish_umem(&self, ledger: Ledger) {
+        if let Ok(mut slot) = self.umem.try_lock() {
+            *slot = Some(ledger);
+        }
+    }
+
+    pub fn umem(&self) -> Option<Ledger> {
+        self.umem.lock().ok().and_then(|u| *u)
     }
 
     /// The per-backend flow counts if they are for tables `generation`.

@@ -166,6 +166,7 @@ impl Worker {
         self.stats.publish_snat(|| self.pipeline.snat_use());
         self.stats
             .publish_per_backend(generation, || self.pipeline.per_backend());
+        self.stats.publish_umem(self.port.ledger());
     }
 
     fn publish_balance(&self) {

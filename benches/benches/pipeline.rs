@@ -1,4 +1,5 @@
-//! ns/packet of the pure pipeline, without I/O: `cargo bench -p rialto-benches --bench pipeline`.
+//! ns/packet of the pure pipeline, without I/O, and of the flow table:
+//! `cargo bench -p rialto-benches --bench pipeline`.
 //!
 //! - reflect: the bare baseline (swap and send back);
 //! - balance forward: a packet of a live flow, client -> VIP, rewritten and
@@ -10,105 +11,32 @@
 //! flows spread across the table (so the large table is not all in cache).
 //! Every iteration copies the 64- to 114-byte frame into place first: the
 //! figures include that copy.
+//!
+//! - conntrack insert: a new flow (SNAT port, forward and reverse entries)
+//!   into a table of 2^20 slots, from empty to full;
+//! - conntrack lookup: a live flow's forward key in a full table of 2^20,
+//!   in an order that strides across it;
+//! - conntrack expiry: the sweep removing expired flows, per flow removed.
 
-use std::sync::Arc;
+use std::{
+    hint::black_box,
+    time::{Duration, Instant},
+};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use rialto::{
     fixtures::{self, Ip, L4},
-    pipeline::{OwnedFrame, Pipeline, Verdict},
+    pipeline::{
+        OwnedFrame, Pipeline,
+        conntrack::{Conntrack, Flow, FlowKey, Side, TcpState},
+        packet::mapped,
+        snat::SnatPorts,
+    },
 };
-use rialto_rules::Snapshot;
+use rialto_benches::{client, forward, tables, with_flows};
 
 /// Frames of distinct flows each iteration cycles over.
 const SAMPLE: usize = 4096;
-
-/// The fixture config, with enough SNAT addresses and flow slots for a
-/// million flows on one worker.
-fn tables() -> Arc<Snapshot> {
-    let mut snat: Vec<String> = (1..=20).map(|i| format!("\"198.18.200.{i}\"")).collect();
-    snat.push("\"fd00:200::1\"".to_owned());
-    let text = fixtures::CONFIG
-        .replace("flows_per_worker = 4096", "flows_per_worker = 1100000")
-        .replace(
-            "addresses = [\"198.18.200.1\", \"fd00:200::1\"]",
-            &format!("addresses = [{}]", snat.join(", ")),
-        );
-    Arc::new(rialto_rules::load("bench", &text).unwrap_or_else(|e| panic!("{e}")))
-}
-
-/// Client `i`: its address and port (distinct for every `i` below 2^24).
-fn client(i: usize) -> ([u8; 4], u16) {
-    (
-        [198, 18, (i >> 16) as u8 & 0x7f, (i >> 8) as u8],
-        1024 + (i & 0xff) as u16,
-    )
-}
-
-fn packet(i: usize, flags: &'static str) -> Vec<u8> {
-    let (addr, port) = client(i);
-    let ip = Ip::V4 {
-        src: addr,
-        dst: fixtures::WEB,
-        ttl: 64,
-    };
-    fixtures::from_router(&fixtures::ip(ip, L4::Tcp(port, 80, flags, 1), &[0; 6]))
-}
-
-/// A balancer holding `flows` live TCP flows; the forward and return frames
-/// of `SAMPLE` of them.
-fn setup(flows: usize) -> (Pipeline, Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let mut pipeline = Pipeline::balance(tables(), 0, 1, fixtures::NODE_MAC);
-    let mut frame = OwnedFrame::new(&[]);
-    let step = flows / SAMPLE.min(flows);
-    let (mut forward, mut back) = (Vec::new(), Vec::new());
-    for i in 0..flows {
-        frame.load(&packet(i, "S"));
-        assert_eq!(frame.with(|f| pipeline.process(f, 0)), Verdict::Tx);
-        if i % step == 0 && forward.len() < SAMPLE {
-            forward.push(packet(i, "A"));
-            back.push(reply_to(frame.data()));
-        }
-    }
-    (pipeline, forward, back)
-}
-
-/// The backend's answer to an encapsulated SYN Rialto sent.
-fn reply_to(sent: &[u8]) -> Vec<u8> {
-    let outer = SlicedPacket::from_ethernet(sent).unwrap();
-    let Some(TransportSlice::Udp(udp)) = outer.transport else {
-        panic!("VXLAN")
-    };
-    let inner = SlicedPacket::from_ethernet(&udp.payload()[8..]).unwrap();
-    let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (inner.net, inner.transport)
-    else {
-        panic!("TCP over IPv4")
-    };
-    let answer = fixtures::ip(
-        Ip::V4 {
-            src: ip.header().destination(),
-            dst: ip.header().source(),
-            ttl: 64,
-        },
-        L4::Tcp(tcp.destination_port(), tcp.source_port(), "A", 1),
-        &[0; 6],
-    );
-    let inner = fixtures::eth(fixtures::NODE_MAC, fixtures::POD_SIDE_MAC, &answer);
-    let outer = Ip::V4 {
-        src: fixtures::EAST_VTEP,
-        dst: fixtures::NODE_VTEP,
-        ttl: 64,
-    };
-    fixtures::vxlan(
-        fixtures::NODE_MAC,
-        fixtures::ROUTER_MAC,
-        outer,
-        0x1234,
-        fixtures::EAST_VNI,
-        &inner,
-    )
-}
 
 fn cycle(c: &mut Criterion, group: &str, name: &str, pipeline: &mut Pipeline, frames: &[Vec<u8>]) {
     let mut g = c.benchmark_group(group);
@@ -117,10 +45,8 @@ fn cycle(c: &mut Criterion, group: &str, name: &str, pipeline: &mut Pipeline, fr
     let mut i = 0;
     g.bench_function(name, |b| {
         b.iter(|| {
-            buf.load(&frames[i % frames.len()]);
+            forward(pipeline, &mut buf, &frames[i % frames.len()], 1);
             i += 1;
-            let verdict = buf.with(|f| pipeline.process(std::hint::black_box(f), 1));
-            assert_eq!(verdict, Verdict::Tx);
         })
     });
     g.finish();
@@ -142,15 +68,125 @@ fn reflect(c: &mut Criterion) {
 
 fn balance(c: &mut Criterion) {
     for (flows, label) in [(1_000, "1k_flows"), (1_000_000, "1M_flows")] {
-        let (mut pipeline, forward, back) = setup(flows);
-        cycle(c, "balance_forward", label, &mut pipeline, &forward);
+        let (mut pipeline, there, back) = with_flows(flows, SAMPLE);
+        cycle(c, "balance_forward", label, &mut pipeline, &there);
         cycle(c, "balance_return", label, &mut pipeline, &back);
     }
 }
 
+/// Slots of the flow table the conntrack benchmarks use.
+const SLOTS: usize = 1 << 20;
+
+/// UDP flow `i` from a client to the VIP, and its reverse from a backend
+/// to the SNAT address and port it was given.
+fn flow(i: usize, snat: [u8; 16], port: u16) -> Flow {
+    let (addr, sport) = client(i);
+    let forward = FlowKey {
+        src: mapped(addr),
+        dst: mapped(fixtures::WEB),
+        src_port: sport,
+        dst_port: 53,
+        proto: UDP,
+        tunnel: rialto::pipeline::conntrack::UPLINK,
+    };
+    Flow {
+        forward,
+        reverse: FlowKey {
+            src: mapped([198, 19, 0, 5]),
+            dst: snat,
+            src_port: 53,
+            dst_port: port,
+            proto: UDP,
+            tunnel: fixtures::EAST_VNI,
+        },
+        client: Side::Uplink,
+        backend: Side::Tunnel {
+            cluster: 0,
+            gateway: 0,
+        },
+        service: 0,
+        backend_index: 0,
+        hash: i as u64,
+        state: TcpState::Established,
+        expires: 0,
+    }
+}
+
+const UDP: u8 = 17;
+
+fn conntrack(c: &mut Criterion) {
+    let snapshot = tables(SLOTS);
+    let empty = || {
+        Conntrack::new(
+            SLOTS,
+            SnatPorts::new(&snapshot.snat, 0, 1),
+            snapshot.timeouts,
+        )
+    };
+    let full = |now: u32| {
+        let mut table = empty();
+        for i in 0..SLOTS {
+            table
+                .insert(false, UDP, i as u64, now, |a, p| flow(i, a, p))
+                .expect("a SNAT port");
+        }
+        table
+    };
+    let mut g = c.benchmark_group("conntrack");
+    g.throughput(Throughput::Elements(1));
+    // Fresh tables, filled from empty: only the inserts are timed.
+    g.bench_function("insert", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters as usize;
+            while left > 0 {
+                let mut table = empty();
+                let n = left.min(SLOTS);
+                let start = Instant::now();
+                for i in 0..n {
+                    let id = table.insert(false, UDP, i as u64, 0, |a, p| flow(i, a, p));
+                    black_box(id.expect("a SNAT port"));
+                }
+                timed += start.elapsed();
+                left -= n;
+            }
+            timed
+        })
+    });
+    let mut table = full(0);
+    let keys: Vec<FlowKey> = (0..SLOTS).map(|i| table.flow(i as u32).forward).collect();
+    let mut i = 0;
+    g.bench_function("lookup_1M", |b| {
+        b.iter(|| {
+            // A stride coprime with 2^20 visits every key, far apart.
+            i = (i + 7919) % SLOTS;
+            black_box(table.lookup(black_box(&keys[i]), 0).expect("a live flow"))
+        })
+    });
+    drop(table);
+    // Full tables of flows that expired: only the sweep is timed.
+    g.bench_function("expire", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters as usize;
+            while left > 0 {
+                let mut table = full(0);
+                let n = left.min(SLOTS);
+                let start = Instant::now();
+                table.sweep(u32::MAX, n);
+                timed += start.elapsed();
+                assert_eq!(table.stats().expired as usize, n);
+                left -= n;
+            }
+            timed
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
-    targets = reflect, balance
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3));
+    targets = reflect, balance, conntrack
 }
 criterion_main!(benches);

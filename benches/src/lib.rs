@@ -1,1 +1,140 @@
-//! Rialto's benchmarks live in `benches/`; `cargo bench -p rialto-benches`.
+//! Rialto's benchmarks (`cargo bench -p rialto-benches`) and what they share:
+//! a config whose tables hold millions of flows, and the frames of numbered
+//! client flows to a VIP and of their replies.
+//!
+//! - `benches/pipeline.rs` (criterion): ns/packet of the pure pipeline,
+//!   reflect and the balancer's forward and return paths at 1 thousand and
+//!   1 million live flows; the flow table's insert, lookup and expiry;
+//! - `benches/maglev.rs` (criterion, after a report): Maglev table builds
+//!   and lookups, shares and disruption;
+//! - `benches/flows.rs` (a report): new flows per second through the whole
+//!   pipeline, and the memory 10 million live flows take;
+//! - `src/bin/instructions.rs`, driven by `benches/instructions.sh`:
+//!   instructions per packet under callgrind;
+//! - `side-by-side.py`: Rialto against bare AF_XDP, DPDK's testpmd and the
+//!   Linux kernel on a veth pair, and a soak.
+
+use std::sync::Arc;
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use rialto::{
+    fixtures::{self, Ip, L4},
+    pipeline::{OwnedFrame, Pipeline, Verdict},
+};
+use rialto_rules::Snapshot;
+
+/// The fixture config, with room for `flows` flows on one worker and enough
+/// SNAT addresses for them (65,512 ports each).
+pub fn tables(flows: usize) -> Arc<Snapshot> {
+    let addresses = flows.div_ceil(60_000).clamp(1, 250);
+    let mut snat: Vec<String> = (1..=addresses)
+        .map(|i| format!("\"198.18.200.{i}\""))
+        .collect();
+    snat.push("\"fd00:200::1\"".to_owned());
+    let text = fixtures::CONFIG
+        .replace(
+            "flows_per_worker = 4096",
+            &format!("flows_per_worker = {}", flows.max(4096)),
+        )
+        .replace(
+            "addresses = [\"198.18.200.1\", \"fd00:200::1\"]",
+            &format!("addresses = [{}]", snat.join(", ")),
+        );
+    Arc::new(rialto_rules::load("bench", &text).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// A balancer (worker 0 of 1) on `tables`.
+pub fn balancer(tables: Arc<Snapshot>) -> Pipeline {
+    Pipeline::balance(tables, 0, 1, fixtures::NODE_MAC)
+}
+
+/// Client `i`'s address and port: distinct for every `i` below 2^27, all
+/// inside 198.18.0.0/15.
+pub fn client(i: usize) -> ([u8; 4], u16) {
+    let host = 0xc612_0000 + (i >> 10) as u32;
+    (host.to_be_bytes(), 1024 + (i & 0x3ff) as u16)
+}
+
+/// Client `i`'s TCP segment to the fixture VIP `web`, with `flags`.
+pub fn packet(i: usize, flags: &'static str) -> Vec<u8> {
+    let (addr, port) = client(i);
+    let ip = Ip::V4 {
+        src: addr,
+        dst: fixtures::WEB,
+        ttl: 64,
+    };
+    fixtures::from_router(&fixtures::ip(ip, L4::Tcp(port, 80, flags, 1), &[0; 6]))
+}
+
+/// A balancer holding `flows` live TCP flows, and the forward and return
+/// frames of `sample` of them spread over the table.
+pub fn with_flows(flows: usize, sample: usize) -> (Pipeline, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut pipeline = balancer(tables(flows));
+    let mut frame = OwnedFrame::new(&[]);
+    let step = flows / sample.min(flows);
+    let (mut forward, mut back) = (Vec::new(), Vec::new());
+    for i in 0..flows {
+        frame.load(&packet(i, "S"));
+        assert_eq!(frame.with(|f| pipeline.process(f, 0)), Verdict::Tx);
+        if i % step == 0 && forward.len() < sample {
+            forward.push(packet(i, "A"));
+            back.push(reply_to(frame.data()));
+        }
+    }
+    (pipeline, forward, back)
+}
+
+/// The backend's answer to an encapsulated segment Rialto sent.
+pub fn reply_to(sent: &[u8]) -> Vec<u8> {
+    let outer = SlicedPacket::from_ethernet(sent).unwrap();
+    let Some(TransportSlice::Udp(udp)) = outer.transport else {
+        panic!("VXLAN")
+    };
+    let inner = SlicedPacket::from_ethernet(&udp.payload()[8..]).unwrap();
+    let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (inner.net, inner.transport)
+    else {
+        panic!("TCP over IPv4")
+    };
+    let answer = fixtures::ip(
+        Ip::V4 {
+            src: ip.header().destination(),
+            dst: ip.header().source(),
+            ttl: 64,
+        },
+        L4::Tcp(tcp.destination_port(), tcp.source_port(), "A", 1),
+        &[0; 6],
+    );
+    let inner = fixtures::eth(fixtures::NODE_MAC, fixtures::POD_SIDE_MAC, &answer);
+    let outer = Ip::V4 {
+        src: fixtures::EAST_VTEP,
+        dst: fixtures::NODE_VTEP,
+        ttl: 64,
+    };
+    fixtures::vxlan(
+        fixtures::NODE_MAC,
+        fixtures::ROUTER_MAC,
+        outer,
+        0x1234,
+        fixtures::EAST_VNI,
+        &inner,
+    )
+}
+
+/// Runs `frame` through `pipeline`, which must transmit it.
+#[inline]
+pub fn forward(pipeline: &mut Pipeline, buf: &mut OwnedFrame, frame: &[u8], now: u64) {
+    buf.load(frame);
+    let verdict = buf.with(|f| pipeline.process(std::hint::black_box(f), now));
+    assert_eq!(verdict, Verdict::Tx);
+}
+
+/// This process's resident memory, in bytes (`VmRSS`).
+pub fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}

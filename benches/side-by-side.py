@@ -1,0 +1,486 @@
+#!/usr/bin/python3
+"""Rialto side by side with bare AF_XDP, DPDK's testpmd and the Linux kernel.
+
+    python3 benches/side-by-side.py [--seconds S] [--out DIR]      (as root, after setup.sh)
+    python3 benches/side-by-side.py --soak MINUTES [--workers W]
+
+One veth pair between two namespaces: the generator (`rialto gen`, pinned
+to core 0) on one end, the device under test on the other. Each device gets
+the same frames (UDP to the VIP 198.18.100.1:7 from 1 or 10,000 flows,
+64- or 512-byte frames) on 1 or 2 queues (1 or 2 workers) and must send them
+back out of the same interface:
+
+  rialto        Rialto's full job (side-by-side/rialto.toml): Maglev over 8
+                backends in 2 clusters, DNAT, SNAT, connection tracking,
+                VXLAN toward the backend's cluster
+  bare          Rialto's reflect mode: the same AF_XDP I/O, no pipeline
+  xdp-io, xdp-macswap          dpdk-testpmd over the net_af_xdp PMD
+  packet-io, packet-macswap    dpdk-testpmd over the net_af_packet PMD
+  kernel        Linux doing Rialto's job: nftables DNAT and SNAT with
+                conntrack, a kernel VXLAN device (side-by-side/kernel.sh)
+
+The generator's sink checks every frame that comes back with etherparse:
+rialto's and the kernel's must be forwarded as rialto.toml says, the others
+must be the generator's own frames. Packets/s is the median over one-second
+samples of what came back, with the generator sending flat out.
+
+Printed: the table and the ratios rialto/bare, rialto/DPDK (testpmd
+macswap over net_af_xdp) and rialto/kernel; written to --out:
+side-by-side.md, side-by-side.png, side-by-side.json.
+
+--soak MINUTES runs Rialto alone that long at the highest rate it sustained
+in a short flat-out run (less 10%), with flows churning, and samples its
+memory (RSS), UMEM frames in use and live flows; it says whether each line
+stayed flat.
+
+RIALTO=PATH runs another rialto binary than target/release/rialto.
+"""
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RIALTO = Path(os.environ.get("RIALTO", ROOT / "target" / "release" / "rialto"))
+CONFIG = HERE / "side-by-side" / "rialto.toml"
+KERNEL = HERE / "side-by-side" / "kernel.sh"
+PAIR = ROOT / "testbed" / "pair.sh"
+
+GEN_MAC, DUT_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
+VIP = "198.18.100.1:7"
+SIZES = (64, 512)
+FLOWS = (1, 10_000)
+WORKERS = (1, 2)
+GEN_CORE = 0
+
+
+@dataclass
+class System:
+    name: str
+    what: str
+    expect: str  # what the sink checks: "forward" (rialto.toml) or "echo"
+
+
+SYSTEMS = [
+    System("rialto", "Rialto, full job", "forward"),
+    System("bare", "Rialto reflect (bare AF_XDP)", "echo"),
+    System("xdp-io", "testpmd io, net_af_xdp", "echo"),
+    System("xdp-macswap", "testpmd macswap, net_af_xdp", "echo"),
+    System("packet-io", "testpmd io, net_af_packet", "echo"),
+    System("packet-macswap", "testpmd macswap, net_af_packet", "echo"),
+    System("kernel", "Linux: nftables NAT + conntrack + VXLAN", "forward"),
+]
+RATIOS = [("rialto/bare", "bare"), ("rialto/DPDK", "xdp-macswap"), ("rialto/kernel", "kernel")]
+TARGETS = {"bare": 0.9, "xdp-macswap": 1.0, "kernel": 3.0}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sh(*args, check=True, **kw):
+    return subprocess.run([str(a) for a in args], check=check, **kw)
+
+
+class Testbed:
+    """The veth pair: NAME-peer (generator) and NAME-node (device under test)."""
+
+    def __init__(self, queues):
+        self.name = f"sbs{os.getpid() % 100000}"
+        self.gen_ns, self.dut_ns = f"{self.name}-peer", f"{self.name}-node"
+        self.gen_if, self.dut_if = f"{self.name}p", f"{self.name}n"
+        self.queues = queues
+
+    def __enter__(self):
+        sh("bash", PAIR, "up", self.name, self.queues, stdout=subprocess.DEVNULL)
+        sh("ip", "-n", self.gen_ns, "link", "set", self.gen_if, "address", GEN_MAC)
+        sh("ip", "-n", self.dut_ns, "link", "set", self.dut_if, "address", DUT_MAC)
+        return self
+
+    def __exit__(self, *_):
+        sh("bash", PAIR, "down", self.name, check=False, stdout=subprocess.DEVNULL)
+
+    def dut(self, *args, **kw):
+        return ["ip", "netns", "exec", self.dut_ns, *map(str, args)]
+
+    def cores(self):
+        """The device under test's cores: the ones after the generator's first."""
+        n = os.cpu_count() or 1
+        return [(GEN_CORE + 1 + i) % n for i in range(self.queues)]
+
+
+def wait_for(proc, logfile, text, seconds=15):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if text in Path(logfile).read_text(errors="replace"):
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"{text!r} did not appear in {logfile}:\n" + Path(logfile).read_text(errors="replace")[-3000:])
+
+
+class Device:
+    """Starts and stops one system on the device-under-test end."""
+
+    def __init__(self, system, bed, workdir, config=CONFIG, api=False):
+        self.system, self.bed, self.workdir = system, bed, Path(workdir)
+        self.config, self.api = config, api
+        self.proc = None
+        self.summary = None
+        self.log = self.workdir / f"{system.name}.log"
+
+    def __enter__(self):
+        bed, name = self.bed, self.system.name
+        cores = ",".join(map(str, bed.cores()))
+        if name in ("rialto", "bare"):
+            args = ["run", "--iface", bed.dut_if, "--cores", cores]
+            args += ["--config", self.config] if name == "rialto" else ["--mode", "reflect", "--vip", VIP + "/UDP"]
+            args += ["--api", "127.0.0.1:9600"] if self.api else ["--no-api"]
+            self.out = open(self.workdir / f"{name}.json", "w+")
+            self.proc = subprocess.Popen(bed.dut(RIALTO, *args), stdout=self.out, stderr=open(self.log, "w"))
+            wait_for(self.proc, self.log, "rialto ready")
+        elif name == "kernel":
+            mask = sum(1 << c for c in bed.cores())
+            sh("bash", KERNEL, "up", bed.dut_ns, bed.dut_if, f"{mask:x}")
+        else:
+            pmd, mode = name.split("-")
+            # The main lcore only prints; forwarding lcores run on the device's cores.
+            lcores = ",".join([f"0@{GEN_CORE}"] + [f"{i + 1}@{c}" for i, c in enumerate(bed.cores())])
+            n = bed.queues
+            if pmd == "xdp":
+                # net_af_xdp on a veth takes one queue per port: a port per queue.
+                vdevs = [f"net_af_xdp{q},iface={bed.dut_if},start_queue={q},queue_count=1" for q in range(n)]
+                queues = ["--port-topology=loop"]
+            else:
+                vdevs = [f"net_af_packet0,iface={bed.dut_if},qpairs={n}"]
+                queues = [f"--rxq={n}", f"--txq={n}"]
+            args = ["stdbuf", "-oL", "dpdk-testpmd", "--lcores", lcores, "--no-pci", "--file-prefix", bed.name]
+            args += [a for v in vdevs for a in ("--vdev", v)]
+            args += ["--", f"--forward-mode={mode}", f"--nb-cores={n}", "--stats-period=1", *queues]
+            self.proc = subprocess.Popen(bed.dut(*args), stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+            wait_for(self.proc, self.log, "packets/burst=")
+        return self
+
+    def __exit__(self, *_):
+        if self.system.name == "kernel":
+            sh("bash", KERNEL, "down", self.bed.dut_ns, self.bed.dut_if, check=False)
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT if self.system.name not in ("rialto", "bare") else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.system.name in ("rialto", "bare"):
+            self.out.seek(0)
+            text = self.out.read()
+            self.summary = json.loads(text) if text.strip() else None
+
+    def pid(self):
+        return self.proc.pid
+
+    def status(self):
+        out = sh(*self.bed.dut("curl", "-sf", "http://127.0.0.1:9600/api/v1/status"), capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+
+def generate(bed, system, size, flows, seconds, warmup=1.0, extra=()):
+    args = ["gen", "--iface", bed.gen_if, "--core", GEN_CORE, "--dst-mac", DUT_MAC, "--vip", VIP,
+            "--flows", flows, "--size", size, "--duration", seconds, "--warmup", warmup, *extra]
+    if system.expect == "forward":
+        args += ["--config", CONFIG]
+    out = sh("ip", "netns", "exec", bed.gen_ns, RIALTO, *args, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+@dataclass
+class Cell:
+    system: str
+    size: int
+    flows: int
+    workers: int
+    pps: int
+    loss: float
+    ok: int
+    received: int
+    mismatches: dict = field(default_factory=dict)
+    samples: list = field(default_factory=list)
+
+
+def measure(bed, system, size, flows, seconds, workdir):
+    with Device(system, bed, workdir) as device:
+        report = generate(bed, system, size, flows, seconds)
+    cell = Cell(system.name, size, flows, bed.queues, report["median_rx_pps"], report["loss"], report["ok"],
+                report["received"], report["mismatches"], report["rx_pps"])
+    drops = {}
+    for w in (device.summary or {}).get("workers", []):
+        for reason, n in w["drops"].items():
+            if n:
+                drops[reason] = drops.get(reason, 0) + n
+    note = f" rialto drops {drops}" if drops else ""
+    bad = f" MISMATCHES {cell.mismatches}" if cell.mismatches else ""
+    log(f"  {system.name:15} {size:4}B {flows:6} flows {bed.queues}w: {cell.pps:9,} pkt/s"
+        f"  loss {cell.loss:6.1%}  checked ok {cell.ok:,}/{cell.received:,}{bad}{note}")
+    return cell
+
+
+def config_label(size, flows, workers):
+    return f"{size}B {flows:,} flow{'s' if flows > 1 else ''} {workers}w"
+
+
+def table(cells, systems):
+    by = {(c.system, c.size, c.flows, c.workers): c for c in cells}
+    configs = sorted({(c.size, c.flows, c.workers) for c in cells})
+    names = {s.name for s in systems}
+    ratio_heads = [r for r, other in RATIOS if other in names and "rialto" in names]
+    head = ["inner frame", "flows", "workers"] + [s.name for s in systems] + ratio_heads
+    rows = []
+    for size, flows, workers in configs:
+        row = [f"{size} B", f"{flows:,}", str(workers)]
+        for s in systems:
+            c = by.get((s.name, size, flows, workers))
+            row.append(f"{c.pps:,}" if c else "-")
+        for r, other in RATIOS:
+            if r not in ratio_heads:
+                continue
+            a, b = by.get(("rialto", size, flows, workers)), by.get((other, size, flows, workers))
+            row.append(f"{a.pps / b.pps:.2f}" if a and b and b.pps else "-")
+        rows.append(row)
+    return head, rows
+
+
+def render_text(head, rows):
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    fmt = "  ".join("{:>%d}" % w for w in widths)
+    return "\n".join([fmt.format(*head)] + [fmt.format(*r) for r in rows])
+
+
+def render_markdown(head, rows):
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def targets(cells):
+    """Which targets each configuration meets."""
+    by = {(c.system, c.size, c.flows, c.workers): c for c in cells}
+    out = []
+    for r, other in RATIOS:
+        got = []
+        for (name, size, flows, workers), c in sorted(by.items()):
+            b = by.get((other, size, flows, workers))
+            if name == "rialto" and b and b.pps:
+                got.append(c.pps / b.pps)
+        if got:
+            met = sum(g >= TARGETS[other] for g in got)
+            out.append(f"{r} >= {TARGETS[other]}: met in {met} of {len(got)} configurations "
+                       f"(median {statistics.median(got):.2f}, range {min(got):.2f}-{max(got):.2f})")
+    return out
+
+
+def plot(cells, systems, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = sorted({(c.size, c.flows, c.workers) for c in cells})
+    by = {(c.system, c.size, c.flows, c.workers): c.pps for c in cells}
+    fig, ax = plt.subplots(figsize=(13, 5.5))
+    width = 0.8 / len(systems)
+    for i, s in enumerate(systems):
+        xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(configs))]
+        ax.bar(xs, [by.get((s.name,) + cfg, 0) / 1e3 for cfg in configs], width, label=s.what)
+    ax.set_xticks(range(len(configs)), [config_label(*cfg) for cfg in configs], rotation=20, ha="right")
+    ax.set_ylabel("thousand packets/s (median of 1 s samples)")
+    ax.set_title("Packets/s forwarded back out of the veth, per configuration")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def side_by_side(args):
+    systems = [s for s in SYSTEMS if not args.only or s.name in args.only]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="rialto-sbs.") as work:
+        for workers in args.workers:
+            with Testbed(workers) as bed:
+                log(f"== {workers} worker(s): generator on core {GEN_CORE}, device under test on cores {bed.cores()}")
+                for size in args.sizes:
+                    for flows in args.flows:
+                        for s in systems:
+                            cells.append(measure(bed, s, size, flows, args.seconds, work))
+    head, rows = table(cells, systems)
+    lines = targets(cells)
+    print(render_text(head, rows))
+    print()
+    for line in lines:
+        print(line)
+    elapsed = time.monotonic() - started
+    print(f"({len(cells)} runs of {args.seconds} s in {elapsed:.0f} s; packets/s: median of one-second samples "
+          f"of the frames that came back, the generator sending flat out)")
+    md = ["# Rialto side by side", "", f"`python3 benches/side-by-side.py --seconds {args.seconds}`, "
+          f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores. Packets/s back at the generator "
+          "(median of one-second samples, flat out).", "", render_markdown(head, rows), ""]
+    md += [f"- {line}" for line in lines]
+    md += ["", "| system | what |", "|---|---|"] + [f"| {s.name} | {s.what} |" for s in systems]
+    (out / "side-by-side.md").write_text("\n".join(md) + "\n")
+    (out / "side-by-side.json").write_text(json.dumps([c.__dict__ for c in cells], indent=1))
+    plot(cells, systems, out / "side-by-side.png")
+    print(f"written: {out / 'side-by-side.md'}, {out / 'side-by-side.png'}, {out / 'side-by-side.json'}")
+    bad = [c for c in cells if c.mismatches or c.ok == 0]
+    if bad:
+        for c in bad:
+            log(f"error: {c.system} {config_label(c.size, c.flows, c.workers)}: "
+                f"{c.ok} frames as expected, mismatches {c.mismatches}")
+        return 1
+    return 0
+
+
+def flat(samples, what, tolerance, floor):
+    """Whether a series stays flat after its first fifth: the median of its
+    second half within `tolerance` (relative) or `floor` (absolute) of the
+    first half's."""
+    settled = samples[len(samples) // 5:]
+    if len(settled) < 4:
+        return f"{what}: too few samples to judge"
+    half = len(settled) // 2
+    a, b = statistics.median(settled[:half]), statistics.median(settled[half:])
+    verdict = "flat" if abs(b - a) <= max(tolerance * a, floor) else "NOT FLAT"
+    return (f"{what}: {verdict} (median {a:,.0f} in the first half, {b:,.0f} in the second; "
+            f"min {min(settled):,}, max {max(settled):,})")
+
+
+def soak(args):
+    workers = args.workers[0]
+    system = SYSTEMS[0]
+    seconds = args.soak * 60
+    churn, space, flows, timeout = 2_000, 200_000, 10_000, 5
+    interval = max(1.0, min(10.0, seconds / 30))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rialto-soak.") as work:
+        config = Path(work) / "soak.toml"
+        config.write_text(CONFIG.read_text().replace("udp = 30", f"udp = {timeout}"))
+        with Testbed(workers) as bed:
+            with Device(system, bed, work, config=config) as _:
+                probe = generate(bed, system, 64, flows, 3)
+            rate = args.soak_rate or int(probe["median_rx_pps"] * 0.9)
+            log(f"== soak: {args.soak} min, {workers} worker(s), {rate:,} packets/s (flat out gave "
+                f"{probe['median_rx_pps']:,}), {flows:,} flows at a time sliding through {space:,} at "
+                f"{churn:,} new flows/s, UDP timeout {timeout} s")
+            with Device(system, bed, work, config=config, api=True) as device:
+                gen = subprocess.Popen(
+                    ["ip", "netns", "exec", bed.gen_ns, str(RIALTO), "gen", "--iface", bed.gen_if, "--core",
+                     str(GEN_CORE), "--dst-mac", DUT_MAC, "--vip", VIP, "--config", str(CONFIG), "--flows",
+                     str(flows), "--flow-space", str(space), "--churn", str(churn), "--rate", str(rate),
+                     "--duration", str(seconds), "--warmup", "0"],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                samples = []
+                start = time.monotonic()
+                while gen.poll() is None:
+                    time.sleep(interval)
+                    if gen.poll() is not None:
+                        break
+                    status = device.status()
+                    rss = int(next(line.split()[1] for line in Path(f"/proc/{device.pid()}/status").read_text()
+                                   .splitlines() if line.startswith("VmRSS:")))
+                    ws = status["workers"]
+                    sample = {
+                        "t": round(time.monotonic() - start),
+                        "rss_kib": rss,
+                        "umem_in_use": sum(w["umem"]["frames"] - w["umem"]["free"] for w in ws if w.get("umem")),
+                        "flows_live": sum(w["balance"]["flows"]["live"] for w in ws if w.get("balance")),
+                        "tx_packets": sum(w["tx_packets"] for w in ws),
+                    }
+                    samples.append(sample)
+                    log("  t={t:5}s  RSS {rss_kib:,} KiB  UMEM frames in use {umem_in_use:,}  live flows "
+                        "{flows_live:,}".format(**sample))
+                report = json.loads(gen.stdout.read())
+            summary = device.summary
+    umem_frames = sum(w["umem"]["frames"] for w in summary["workers"]) if summary else 0
+    balanced = all(w["umem_balanced"] for w in summary["workers"]) if summary else False
+    lines = [
+        flat([s["rss_kib"] for s in samples], "RSS (KiB)", 0.02, 1024),
+        flat([s["umem_in_use"] for s in samples], "UMEM frames in use", 0.05, 0.05 * umem_frames),
+        flat([s["flows_live"] for s in samples], "live flows", 0.05, 100),
+    ]
+    drops = {}
+    for w in (summary or {}).get("workers", []):
+        for reason, n in w["drops"].items():
+            if n:
+                drops[reason] = drops.get(reason, 0) + n
+    created = sum(w["balance"]["flows"]["created"] for w in summary["workers"]) if summary else 0
+    expired = sum(w["balance"]["flows"]["expired"] for w in summary["workers"]) if summary else 0
+    lines += [
+        f"traffic: sent {report['sent']:,}, came back {report['received']:,} (loss {report['loss']:.3%}), "
+        f"checked ok {report['ok']:,}, mismatches {report['mismatches'] or 'none'}",
+        f"flows created {created:,}, expired {expired:,}; Rialto's drops {drops or 'none'}; "
+        f"every UMEM frame accounted for at exit: {balanced}",
+    ]
+    for line in lines:
+        print(line)
+    (out / "soak.json").write_text(json.dumps({"rate": rate, "samples": samples, "report": report}, indent=1))
+    plot_soak(samples, out / "soak.png")
+    print(f"written: {out / 'soak.json'}, {out / 'soak.png'}")
+    return 0 if samples and not any("NOT FLAT" in line for line in lines) and balanced else 1
+
+
+def plot_soak(samples, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
+    t = [s["t"] for s in samples]
+    for ax, key, label in zip(axes, ("rss_kib", "umem_in_use", "flows_live"),
+                              ("RSS (KiB)", "UMEM frames in use", "live flows")):
+        ax.plot(t, [s[key] for s in samples], marker=".")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("seconds")
+    axes[0].set_title("Rialto under churning flows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=5, help="seconds measured per run (after 1 s of warmup)")
+    p.add_argument("--out", default="target/side-by-side", help="directory for the markdown, PNG and JSON")
+    p.add_argument("--only", nargs="+", choices=[s.name for s in SYSTEMS], help="run only these systems")
+    p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
+    p.add_argument("--flows", nargs="+", type=int, default=list(FLOWS))
+    p.add_argument("--workers", nargs="+", type=int, default=list(WORKERS))
+    p.add_argument("--soak", type=float, metavar="MINUTES", help="soak Rialto this long instead")
+    p.add_argument("--soak-rate", type=int, metavar="PPS", help="the soak's rate (default: 90%% of flat out)")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("error: the benchmark builds network namespaces: run it as root")
+    for need in (RIALTO,):
+        if not need.exists():
+            sys.exit(f"error: {need} is missing: run setup.sh first")
+    # SIGTERM unwinds like Ctrl-C, so the namespaces are removed.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    sys.exit(soak(args) if args.soak else side_by_side(args))
+
+
+if __name__ == "__main__":
+    main()
