@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine, as root, to build, test and run Rialto:
-# Debian packages, bpffs, 2 MiB hugepages (for DPDK's testpmd), release build.
+# Debian packages, bpffs, release build. (dpdk-compare/testpmd.sh reserves
+# DPDK's hugepages when it runs.)
 # Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -34,11 +35,6 @@ fi
 
 # Rialto pins nothing, but bpftool and operators expect bpffs.
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
-# testpmd wants hugepages: 512 x 2 MiB.
-if [ "$(cat /proc/sys/vm/nr_hugepages)" -lt 512 ]; then
-	echo 512 >/proc/sys/vm/nr_hugepages
-fi
-mountpoint -q /dev/hugepages || { mkdir -p /dev/hugepages && mount -t hugetlbfs nodev /dev/hugepages; }
 
 if ! command -v cargo >/dev/null; then
 	echo "error: Rust (cargo >= 1.95) is not installed; install it with rustup, then run setup.sh again" >&2

@@ -16,6 +16,7 @@ back out of the same interface:
   bare          Rialto's reflect mode: the same AF_XDP I/O, no pipeline
   xdp-io, xdp-macswap          dpdk-testpmd over the net_af_xdp PMD
   packet-io, packet-macswap    dpdk-testpmd over the net_af_packet PMD
+                               (dpdk-compare/testpmd.sh)
   kernel        Linux doing Rialto's job: nftables DNAT and SNAT with
                 conntrack, a kernel VXLAN device (side-by-side/kernel.sh)
 
@@ -53,6 +54,7 @@ ROOT = HERE.parent
 RIALTO = Path(os.environ.get("RIALTO", ROOT / "target" / "release" / "rialto"))
 CONFIG = HERE / "side-by-side" / "rialto.toml"
 KERNEL = HERE / "side-by-side" / "kernel.sh"
+TESTPMD = ROOT / "dpdk-compare" / "testpmd.sh"
 PAIR = ROOT / "testbed" / "pair.sh"
 
 GEN_MAC, DUT_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
@@ -154,21 +156,9 @@ class Device:
             sh("bash", KERNEL, "up", bed.dut_ns, bed.dut_if, f"{mask:x}")
         else:
             pmd, mode = name.split("-")
-            # The main lcore only prints; forwarding lcores run on the device's cores.
-            lcores = ",".join([f"0@{GEN_CORE}"] + [f"{i + 1}@{c}" for i, c in enumerate(bed.cores())])
-            n = bed.queues
-            if pmd == "xdp":
-                # net_af_xdp on a veth takes one queue per port: a port per queue.
-                vdevs = [f"net_af_xdp{q},iface={bed.dut_if},start_queue={q},queue_count=1" for q in range(n)]
-                queues = ["--port-topology=loop"]
-            else:
-                vdevs = [f"net_af_packet0,iface={bed.dut_if},qpairs={n}"]
-                queues = [f"--rxq={n}", f"--txq={n}"]
-            args = ["stdbuf", "-oL", "dpdk-testpmd", "--lcores", lcores, "--no-pci", "--file-prefix", bed.name]
-            args += [a for v in vdevs for a in ("--vdev", v)]
-            args += ["--", f"--forward-mode={mode}", f"--nb-cores={n}", "--stats-period=1", *queues]
-            self.proc = subprocess.Popen(bed.dut(*args), stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+            args = ["bash", TESTPMD, bed.dut_ns, bed.dut_if, pmd, mode, GEN_CORE, *bed.cores()]
+            self.proc = subprocess.Popen(list(map(str, args)), stdout=open(self.log, "w"),
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             wait_for(self.proc, self.log, "packets/burst=")
         return self
 
@@ -297,7 +287,7 @@ def plot(cells, systems, path):
 
     configs = sorted({(c.size, c.flows, c.workers) for c in cells})
     by = {(c.system, c.size, c.flows, c.workers): c.pps for c in cells}
-    fig, ax = plt.subplots(figsize=(13, 5.5))
+    fig, ax = plt.subplots(figsize=(13, 6.5))
     width = 0.8 / len(systems)
     for i, s in enumerate(systems):
         xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(configs))]
@@ -305,7 +295,7 @@ def plot(cells, systems, path):
     ax.set_xticks(range(len(configs)), [config_label(*cfg) for cfg in configs], rotation=20, ha="right")
     ax.set_ylabel("thousand packets/s (median of 1 s samples)")
     ax.set_title("Packets/s forwarded back out of the veth, per configuration")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,5 +1,5 @@
-//! Maglev table builds under criterion, after a report of the tables' shares
-//! and disruption: `cargo bench -p rialto-benches --bench maglev`.
+//! Maglev table builds and lookups under criterion, after a report of the
+//! tables' shares and disruption: `cargo bench -p rialto-benches --bench maglev`.
 //!
 //! The paper (Eisenbud et al., NSDI 2016, §5.3) reports 1.8 ms to build a
 //! table of M = 65537 for 1000 backends.
@@ -129,7 +129,26 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, build);
+/// A slot's backend for a flow hash: what every new flow pays, after the
+/// flow hash itself.
+fn lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("maglev_lookup");
+    group.throughput(criterion::Throughput::Elements(1));
+    for n in COUNTS {
+        let table = Table::build(MaglevHash::Rialto, DEFAULT_TABLE_SIZE, &backends(n)).unwrap();
+        let mut hash = 0u64;
+        group.bench_with_input(BenchmarkId::new("rialto_65537", n), &table, |b, table| {
+            b.iter(|| {
+                // Hashes spread over the whole table, as flows' are.
+                hash = hash.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                table.lookup(black_box(hash))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, build, lookup);
 
 fn main() {
     report();

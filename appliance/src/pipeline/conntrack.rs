@@ -6,11 +6,18 @@
 //!   exactly one SNAT port; a SNAT port is held by at most one live flow;
 //! - an expired flow is never returned: a lookup that finds one removes it.
 //!
+//! The flows live in a slab of fixed size; two indexes find a flow's slot
+//! by its forward or its reverse key. An index entry is the slot number
+//! alone (4 bytes and hashbrown's control byte): the keys are stored once,
+//! in the slot, and compared there.
+//!
 //! Expiry does not scan the table per packet: a lookup drops an expired
 //! entry it meets, and [`Conntrack::sweep`] visits a bounded number of slots
 //! per call, once per batch, like a clock hand.
 
-use hashbrown::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 use rialto_rules::config::Timeouts;
 
 use super::{
@@ -25,7 +32,7 @@ pub const UPLINK: u32 = u32::MAX;
 /// One direction of a flow as it arrives at Rialto. `tunnel` is the VNI it
 /// came in on (or [`UPLINK`]): two clusters may use the same pod addresses,
 /// and their flows never meet in the table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowKey {
     pub src: Addr,
     pub dst: Addr,
@@ -33,6 +40,19 @@ pub struct FlowKey {
     pub dst_port: u16,
     pub proto: u8,
     pub tunnel: u32,
+}
+
+/// Four words, not field by field (and the addresses byte by byte) as the
+/// derived `Hash` would: hashing is on every packet's path.
+impl Hash for FlowKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.src));
+        state.write_u128(u128::from_ne_bytes(self.dst));
+        let ports = u64::from(self.src_port) << 16 | u64::from(self.dst_port);
+        state.write_u64(ports << 32 | u64::from(self.tunnel));
+        state.write_u8(self.proto);
+    }
 }
 
 /// Where a flow's client is: the uplink, or a pod behind a cluster's gateway.
@@ -106,8 +126,9 @@ const EVICTION_SAMPLE: usize = 8;
 pub struct Conntrack {
     slots: Vec<Option<Flow>>,
     free: Vec<u32>,
-    forward: HashMap<FlowKey, u32>,
-    reverse: HashMap<FlowKey, u32>,
+    forward: Index,
+    reverse: Index,
+    hasher: DefaultHashBuilder,
     snat: SnatPorts,
     timeouts: Timeouts,
     hand: usize,
@@ -124,8 +145,9 @@ impl Conntrack {
         Self {
             slots: vec![None; capacity],
             free: (0..capacity as u32).rev().collect(),
-            forward: HashMap::with_capacity(capacity),
-            reverse: HashMap::with_capacity(capacity),
+            forward: Index::new(capacity, By::Forward),
+            reverse: Index::new(capacity, By::Reverse),
+            hasher: DefaultHashBuilder::default(),
             snat,
             timeouts,
             hand: 0,
@@ -175,10 +197,11 @@ impl Conntrack {
     /// The live flow `key` belongs to, in either direction.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: u32) -> Option<(u32, Direction)> {
-        let (id, direction) = if let Some(&id) = self.forward.get(key) {
+        let hash = self.hasher.hash_one(key);
+        let (id, direction) = if let Some(id) = self.forward.get(hash, key, &self.slots) {
             (id, Direction::Forward)
         } else {
-            (*self.reverse.get(key)?, Direction::Reply)
+            (self.reverse.get(hash, key, &self.slots)?, Direction::Reply)
         };
         if self.flow(id).expires < now {
             self.remove(id);
@@ -214,10 +237,14 @@ impl Conntrack {
         let mut flow = make(addr, port);
         flow.expires = now.saturating_add(self.timeout(flow.forward.proto, flow.state));
         let id = self.free.pop().expect("a slot was freed above");
-        self.forward.insert(flow.forward, id);
-        self.reverse.insert(flow.reverse, id);
+        let hashes = (
+            self.hasher.hash_one(flow.forward),
+            self.hasher.hash_one(flow.reverse),
+        );
         self.count(&flow, true);
         self.slots[id as usize] = Some(flow);
+        self.forward.insert(hashes.0, id, &self.slots, &self.hasher);
+        self.reverse.insert(hashes.1, id, &self.slots, &self.hasher);
         self.stats.created += 1;
         Ok(id)
     }
@@ -309,8 +336,8 @@ impl Conntrack {
     fn remove(&mut self, id: u32) {
         let flow = self.slots[id as usize].take().expect("live flow id");
         self.count(&flow, false);
-        self.forward.remove(&flow.forward);
-        self.reverse.remove(&flow.reverse);
+        self.forward.remove(self.hasher.hash_one(flow.forward), id);
+        self.reverse.remove(self.hasher.hash_one(flow.reverse), id);
         self.snat
             .give_back(&flow.reverse.dst, flow.reverse.proto, flow.reverse.dst_port);
         self.free.push(id);
@@ -318,6 +345,71 @@ impl Conntrack {
 
     fn timeout(&self, proto: u8, state: TcpState) -> u32 {
         timeout(&self.timeouts, proto, state)
+    }
+}
+
+/// Which of a flow's keys an [`Index`] finds it by.
+#[derive(Clone, Copy, Debug)]
+enum By {
+    Forward,
+    Reverse,
+}
+
+impl By {
+    fn key(self, flow: &Flow) -> &FlowKey {
+        match self {
+            Self::Forward => &flow.forward,
+            Self::Reverse => &flow.reverse,
+        }
+    }
+}
+
+/// Slot numbers of live flows, found by one of their keys.
+#[derive(Debug)]
+struct Index {
+    ids: HashTable<u32>,
+    by: By,
+}
+
+impl Index {
+    fn new(capacity: usize, by: By) -> Self {
+        Self {
+            ids: HashTable::with_capacity(capacity),
+            by,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The slot of the live flow whose key is `key` (of hash `hash`).
+    #[inline]
+    fn get(&self, hash: u64, key: &FlowKey, slots: &[Option<Flow>]) -> Option<u32> {
+        let by = self.by;
+        self.ids
+            .find(hash, |&id| {
+                slots[id as usize]
+                    .as_ref()
+                    .is_some_and(|f| by.key(f) == key)
+            })
+            .copied()
+    }
+
+    /// Indexes slot `id`, which holds its flow already (`hash` is its key's).
+    fn insert(&mut self, hash: u64, id: u32, slots: &[Option<Flow>], hasher: &DefaultHashBuilder) {
+        let by = self.by;
+        // The table never grows (it was made for every slot), but it may
+        // rehash in place to clear the tombstones removals leave.
+        self.ids.insert_unique(hash, id, |&i| {
+            hasher.hash_one(by.key(slots[i as usize].as_ref().expect("indexed slots are live")))
+        });
+    }
+
+    fn remove(&mut self, hash: u64, id: u32) {
+        if let Ok(entry) = self.ids.find_entry(hash, |&i| i == id) {
+            entry.remove();
+        }
     }
 }
 

@@ -8,7 +8,10 @@ use rialto::{
     fixtures::{self, Ip, L4},
     pipeline::{OwnedFrame, Pipeline},
 };
-use rialto_benches::{forward, packet, with_flows};
+use rialto_benches::{balancer, forward, packet, tables, with_flows};
+
+/// Room in the table for new flows.
+const NEW_ROOM: usize = 1 << 18;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -36,9 +39,17 @@ fn main() {
             (pipeline, if path == "forward" { there } else { back })
         }
         // New flows: SYNs of clients after the live ones.
+        // (in a table with room for all of them, no eviction, and of one
+        // size whatever PACKETS is, so the set-up is the same).
         "new" => {
-            let (pipeline, _, _) = with_flows(flows, 1);
-            let syns = (flows..flows + packets).map(|i| packet(i, "S")).collect();
+            assert!(packets <= NEW_ROOM, "at most {NEW_ROOM} new flows");
+            let mut pipeline = balancer(tables(flows + NEW_ROOM));
+            let mut buf = OwnedFrame::new(&[]);
+            for i in 0..flows {
+                forward(&mut pipeline, &mut buf, &packet(i, "S"), 1);
+            }
+            // Always as many frames, whatever PACKETS is: building them is set-up.
+            let syns = (flows..flows + NEW_ROOM).map(|i| packet(i, "S")).collect();
             (pipeline, syns)
         }
         _ => panic!("{usage}"),
