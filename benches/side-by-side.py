@@ -206,6 +206,7 @@ class Cell:
     ok: int
     received: int
     mismatches: dict = field(default_factory=dict)
+    # Packets/s of each run (one-second samples' medians).
     samples: list = field(default_factory=list)
 
 
@@ -213,7 +214,7 @@ def measure(bed, system, size, flows, seconds, workdir):
     with Device(system, bed, workdir) as device:
         report = generate(bed, system, size, flows, seconds)
     cell = Cell(system.name, size, flows, bed.queues, report["median_rx_pps"], report["loss"], report["ok"],
-                report["received"], report["mismatches"], report["rx_pps"])
+                report["received"], report["mismatches"], [report["median_rx_pps"]])
     drops = {}
     for w in (device.summary or {}).get("workers", []):
         for reason, n in w["drops"].items():
@@ -224,6 +225,19 @@ def measure(bed, system, size, flows, seconds, workdir):
     log(f"  {system.name:15} {size:4}B {flows:6} flows {bed.queues}w: {cell.pps:9,} pkt/s"
         f"  loss {cell.loss:6.1%}  checked ok {cell.ok:,}/{cell.received:,}{bad}{note}")
     return cell
+
+
+def combine(runs):
+    """One cell from repeated runs: the median packets/s and loss, the sums
+    of what was checked, every run's packets/s in `samples`."""
+    first = runs[0]
+    mismatches = {}
+    for r in runs:
+        for reason, n in r.mismatches.items():
+            mismatches[reason] = mismatches.get(reason, 0) + n
+    return Cell(first.system, first.size, first.flows, first.workers,
+                int(statistics.median(r.pps for r in runs)), statistics.median(r.loss for r in runs),
+                sum(r.ok for r in runs), sum(r.received for r in runs), mismatches, [r.pps for r in runs])
 
 
 def config_label(size, flows, workers):
@@ -313,8 +327,11 @@ def side_by_side(args):
                 log(f"== {workers} worker(s): generator on core {GEN_CORE}, device under test on cores {bed.cores()}")
                 for size in args.sizes:
                     for flows in args.flows:
-                        for s in systems:
-                            cells.append(measure(bed, s, size, flows, args.seconds, work))
+                        # Repeats interleave the systems, so a noisy moment
+                        # does not fall on one system's runs only.
+                        runs = [measure(bed, s, size, flows, args.seconds, work)
+                                for _ in range(args.repeat) for s in systems]
+                        cells += [combine([r for r in runs if r.system == s.name]) for s in systems]
     head, rows = table(cells, systems)
     lines = targets(cells)
     print(render_text(head, rows))
@@ -322,9 +339,10 @@ def side_by_side(args):
     for line in lines:
         print(line)
     elapsed = time.monotonic() - started
-    print(f"({len(cells)} runs of {args.seconds} s in {elapsed:.0f} s; packets/s: median of one-second samples "
-          f"of the frames that came back, the generator sending flat out)")
-    md = ["# Rialto side by side", "", f"`python3 benches/side-by-side.py --seconds {args.seconds}`, "
+    print(f"({len(cells) * args.repeat} runs of {args.seconds} s in {elapsed:.0f} s; packets/s: median of "
+          f"one-second samples of the frames that came back, the generator sending flat out"
+          f"{f', median of {args.repeat} runs' if args.repeat > 1 else ''})")
+    md = ["# Rialto side by side", "", f"`benches/side-by-side.py --seconds {args.seconds} --repeat {args.repeat}`, "
           f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores. Packets/s back at the generator "
           "(median of one-second samples, flat out).", "", render_markdown(head, rows), ""]
     md += [f"- {line}" for line in lines]
@@ -454,6 +472,7 @@ def plot_soak(samples, path):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5, help="seconds measured per run (after 1 s of warmup)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per cell, interleaved; the table shows their median")
     p.add_argument("--out", default="target/side-by-side", help="directory for the markdown, PNG and JSON")
     p.add_argument("--only", nargs="+", choices=[s.name for s in SYSTEMS], help="run only these systems")
     p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
