@@ -377,15 +377,9 @@ impl XskPort {
     /// completions and refill. Returns the frames processed.
     pub fn step(&mut self, pipeline: &mut Pipeline, now: u64, tally: &mut Tally) -> usize {
         self.welcome_home();
-        // SAFETY: the RX ring belongs to this port's UMEM; the descriptors it
-        // yields overwrite scratch entries and are ours until handed back.
-        let received = unsafe { self.rx.consume(&mut self.rx_batch) };
-        self.kernel_rx -= received;
+        let received = self.take_received(tally);
         for i in 0..received {
-            let desc = self.rx_batch[i];
-            tally.rx_packets += 1;
-            tally.rx_bytes += desc.lengths().data() as u64;
-            self.process(desc, pipeline, now, tally);
+            self.process(self.rx_batch[i], pipeline, now, tally);
         }
         let mut handed = 0;
         while handed < self.rx_batch.len()
@@ -404,6 +398,20 @@ impl XskPort {
         self.recycle();
         self.refill();
         received + handed
+    }
+
+    /// Takes a batch off the RX ring into `rx_batch` and counts it; returns
+    /// how many frames came.
+    fn take_received(&mut self, tally: &mut Tally) -> usize {
+        // SAFETY: the RX ring belongs to this port's UMEM; the descriptors it
+        // yields overwrite scratch entries and are ours until handed back.
+        let received = unsafe { self.rx.consume(&mut self.rx_batch) };
+        self.kernel_rx -= received;
+        for desc in &self.rx_batch[..received] {
+            tally.rx_packets += 1;
+            tally.rx_bytes += desc.lengths().data() as u64;
+        }
+        received
     }
 
     /// The generator's side: writes up to `budget` new frames into free UMEM
@@ -439,14 +447,9 @@ impl XskPort {
     /// The sink's side: hands every received frame to `inspect`, then gives
     /// it back to the kernel. Returns how many frames were received.
     pub fn receive(&mut self, mut inspect: impl FnMut(&[u8]), tally: &mut Tally) -> usize {
-        // SAFETY: as in `step`: the RX ring belongs to this port's UMEM and
-        // the descriptors it yields are ours until handed back.
-        let received = unsafe { self.rx.consume(&mut self.rx_batch) };
-        self.kernel_rx -= received;
+        let received = self.take_received(tally);
         for i in 0..received {
             let desc = self.rx_batch[i];
-            tally.rx_packets += 1;
-            tally.rx_bytes += desc.lengths().data() as u64;
             // SAFETY: the frame came off our RX ring and nobody writes it
             // until we post it on the fill ring again, below.
             inspect(unsafe { self.umem.data(&desc) }.contents());

@@ -25,7 +25,7 @@ use std::{
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rialto::{
-    fixtures::{self, Ip, L4},
+    fixtures,
     pipeline::{
         OwnedFrame, Pipeline,
         conntrack::{Conntrack, Flow, FlowKey, Side, TcpState},
@@ -33,7 +33,7 @@ use rialto::{
         snat::SnatPorts,
     },
 };
-use rialto_benches::{client, forward, tables, with_flows};
+use rialto_benches::{client, forward, reflect_frame, tables, with_flows};
 
 /// Frames of distinct flows each iteration cycles over.
 const SAMPLE: usize = 4096;
@@ -53,15 +53,7 @@ fn cycle(c: &mut Criterion, group: &str, name: &str, pipeline: &mut Pipeline, fr
 }
 
 fn reflect(c: &mut Criterion) {
-    let frame = fixtures::from_router(&fixtures::ip(
-        Ip::V4 {
-            src: fixtures::CLIENT,
-            dst: fixtures::WEB,
-            ttl: 64,
-        },
-        L4::Udp(9, 7),
-        &[0; 18],
-    ));
+    let frame = reflect_frame();
     assert_eq!(frame.len(), 60);
     cycle(c, "reflect", "udp4_60B", &mut Pipeline::Reflect, &[frame]);
 }

@@ -48,6 +48,19 @@ pub fn balancer(tables: Arc<Snapshot>) -> Pipeline {
     Pipeline::balance(tables, 0, 1, fixtures::NODE_MAC)
 }
 
+/// The 60-byte UDP datagram reflect mode benchmarks on.
+pub fn reflect_frame() -> Vec<u8> {
+    fixtures::from_router(&fixtures::ip(
+        Ip::V4 {
+            src: fixtures::CLIENT,
+            dst: fixtures::WEB,
+            ttl: 64,
+        },
+        L4::Udp(9, 7),
+        &[0; 18],
+    ))
+}
+
 /// Client `i`'s address and port: distinct for every `i` below 2^27, all
 /// inside 198.18.0.0/15.
 pub fn client(i: usize) -> ([u8; 4], u16) {

@@ -4,11 +4,8 @@
 //!
 //!   instructions reflect|forward|return|new FLOWS PACKETS
 
-use rialto::{
-    fixtures::{self, Ip, L4},
-    pipeline::{OwnedFrame, Pipeline},
-};
-use rialto_benches::{balancer, forward, packet, tables, with_flows};
+use rialto::pipeline::{OwnedFrame, Pipeline};
+use rialto_benches::{balancer, forward, packet, reflect_frame, tables, with_flows};
 
 /// Room in the table for new flows.
 const NEW_ROOM: usize = 1 << 18;
@@ -22,18 +19,7 @@ fn main() {
     let (flows, packets): (usize, usize) =
         (flows.parse().expect(usage), packets.parse().expect(usage));
     let (mut pipeline, frames) = match path.as_str() {
-        "reflect" => {
-            let frame = fixtures::from_router(&fixtures::ip(
-                Ip::V4 {
-                    src: fixtures::CLIENT,
-                    dst: fixtures::WEB,
-                    ttl: 64,
-                },
-                L4::Udp(9, 7),
-                &[0; 18],
-            ));
-            (Pipeline::Reflect, vec![frame])
-        }
+        "reflect" => (Pipeline::Reflect, vec![reflect_frame()]),
         "forward" | "return" => {
             let (pipeline, there, back) = with_flows(flows, 4096);
             (pipeline, if path == "forward" { there } else { back })
