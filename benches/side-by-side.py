@@ -40,6 +40,7 @@ RIALTO=PATH runs another rialto binary than target/release/rialto.
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -139,6 +140,8 @@ class Device:
         self.config, self.api = config, api
         self.proc = None
         self.summary = None
+        # Frames the device says it transmitted (the kernel's are not counted).
+        self.sent = None
         self.log = self.workdir / f"{system.name}.log"
 
     def __enter__(self):
@@ -177,6 +180,12 @@ class Device:
             self.out.seek(0)
             text = self.out.read()
             self.summary = json.loads(text) if text.strip() else None
+            if self.summary:
+                self.sent = sum(w["tx_packets"] for w in self.summary["workers"])
+        else:
+            # testpmd's own count: the totals it prints when it stops.
+            totals = re.findall(r"TX-packets:\s+(\d+)", self.log.read_text(errors="replace"))
+            self.sent = int(totals[-1]) if totals else None
 
     def pid(self):
         return self.proc.pid
@@ -221,6 +230,8 @@ def measure(bed, system, size, flows, seconds, workdir):
             if n:
                 drops[reason] = drops.get(reason, 0) + n
     note = f" rialto drops {drops}" if drops else ""
+    if device.sent is not None:
+        note += f"  ({system.name} says it sent {device.sent:,})"
     bad = f" MISMATCHES {cell.mismatches}" if cell.mismatches else ""
     log(f"  {system.name:15} {size:4}B {flows:6} flows {bed.queues}w: {cell.pps:9,} pkt/s"
         f"  loss {cell.loss:6.1%}  checked ok {cell.ok:,}/{cell.received:,}{bad}{note}")

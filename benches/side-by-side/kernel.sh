@@ -33,8 +33,7 @@ up)
 	mask=${4:?CPU mask}
 	down
 	in_ns sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
-		net.ipv4.conf.default.rp_filter=0 "net.ipv4.conf.$dev.rp_filter=0" \
-		net.netfilter.nf_conntrack_udp_timeout=30 net.netfilter.nf_conntrack_udp_timeout_stream=30
+		net.ipv4.conf.default.rp_filter=0 "net.ipv4.conf.$dev.rp_filter=0"
 	# The gateways, 198.18.2.1 and .2, are behind the generator.
 	ip -n "$ns" neigh replace 198.18.0.2 lladdr 02:00:00:00:00:02 dev "$dev" nud permanent
 	ip -n "$ns" route replace 198.18.2.0/24 via 198.18.0.2 dev "$dev"
@@ -65,6 +64,9 @@ up)
 			}
 		}
 	NFT
+	# After the NAT rules, which load conntrack where it is a module: the
+	# UDP timeout of rialto.toml.
+	in_ns sysctl -qw net.netfilter.nf_conntrack_udp_timeout=30 net.netfilter.nf_conntrack_udp_timeout_stream=30
 	rps "$mask"
 	;;
 down) down ;;
