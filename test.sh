@@ -11,6 +11,25 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
+
+# The dataplane stays pure: no I/O, CLI, HTTP, netlink or config-parsing
+# crate among its dependencies (nor among the tables' it indexes); the fuzz
+# crate builds without AF_XDP, libxdp or the BPF toolchain.
+io='xsk-rs|libxdp-sys|aya|aya-obj|xdp-redirect|rialto|nix|libc|netlink-.*|tiny_http|prometheus|clap|tracing'
+parsing='toml|yaml.*|pcap-file'
+pure() { # WHAT, the pattern of what it must not depend on, cargo tree's arguments
+	local what=$1 pattern=$2 found
+	shift 2
+	found=$(cargo tree -e normal --prefix none --format '{p}' "$@" | awk '{print $1}' | sort -u | grep -xE "$pattern" || true)
+	if [ -n "$found" ]; then
+		echo "error: $what depends on $(echo "$found" | tr '\n' ' ')" >&2
+		exit 1
+	fi
+}
+pure rialto-dataplane "$io|$parsing" --locked -p rialto-dataplane
+pure rialto-tables "$io|$parsing" --locked -p rialto-tables
+pure "the fuzz crate" "$io" --manifest-path appliance/fuzz/Cargo.toml
+echo "test.sh: the dataplane and its tables depend on no I/O or parsing crate; the fuzz crate on no I/O crate"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --release --locked --workspace 2>&1 | tee "$log"

@@ -4,7 +4,7 @@
     python3 benches/side-by-side.py [--seconds S] [--out DIR]      (as root, after setup.sh)
     python3 benches/side-by-side.py --soak MINUTES [--workers W]
 
-One veth pair between two namespaces: the generator (`rialto gen`, pinned
+One veth pair between two namespaces: the generator (`rialto-traffic gen`, pinned
 to core 0) on one end, the device under test on the other. Each device gets
 the same frames (UDP to the VIP 198.18.100.1:7 from 1 or 10,000 flows,
 64- or 512-byte frames) on 1 or 2 queues (1 or 2 workers) and must send them
@@ -34,7 +34,8 @@ in a short flat-out run (less 10%), with flows churning, and samples its
 memory (RSS), UMEM frames in use and live flows; it says whether each line
 stayed flat.
 
-RIALTO=PATH runs another rialto binary than target/release/rialto.
+RIALTO=PATH runs another rialto binary than target/release/rialto (and the
+rialto-traffic beside it).
 """
 
 import argparse
@@ -53,6 +54,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RIALTO = Path(os.environ.get("RIALTO", ROOT / "target" / "release" / "rialto"))
+TRAFFIC = RIALTO.parent / "rialto-traffic"
 CONFIG = HERE / "side-by-side" / "rialto.toml"
 KERNEL = HERE / "side-by-side" / "kernel.sh"
 TESTPMD = ROOT / "dpdk-compare" / "testpmd.sh"
@@ -200,7 +202,7 @@ def generate(bed, system, size, flows, seconds, warmup=1.0, extra=()):
             "--flows", flows, "--size", size, "--duration", seconds, "--warmup", warmup, *extra]
     if system.expect == "forward":
         args += ["--config", CONFIG]
-    out = sh("ip", "netns", "exec", bed.gen_ns, RIALTO, *args, capture_output=True, text=True)
+    out = sh("ip", "netns", "exec", bed.gen_ns, TRAFFIC, *args, capture_output=True, text=True)
     return json.loads(out.stdout)
 
 
@@ -405,7 +407,7 @@ def soak(args):
                 f"{churn:,} new flows/s, UDP timeout {timeout} s")
             with Device(system, bed, work, config=config, api=True) as device:
                 gen = subprocess.Popen(
-                    ["ip", "netns", "exec", bed.gen_ns, str(RIALTO), "gen", "--iface", bed.gen_if, "--core",
+                    ["ip", "netns", "exec", bed.gen_ns, str(TRAFFIC), "gen", "--iface", bed.gen_if, "--core",
                      str(GEN_CORE), "--dst-mac", DUT_MAC, "--vip", VIP, "--config", str(CONFIG), "--flows",
                      str(flows), "--flow-space", str(space), "--churn", str(churn), "--rate", str(rate),
                      "--duration", str(seconds), "--warmup", "0"],
@@ -494,7 +496,7 @@ def main():
     args = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("error: the benchmark builds network namespaces: run it as root")
-    for need in (RIALTO,):
+    for need in (RIALTO, TRAFFIC):
         if not need.exists():
             sys.exit(f"error: {need} is missing: run setup.sh first")
     # SIGTERM unwinds like Ctrl-C, so the namespaces are removed.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the pipeline (rialto::fuzzing) with libFuzzer and AddressSanitizer.
+# Fuzzes the pipeline (rialto_fixtures::fuzzing) with libFuzzer and AddressSanitizer.
 #
 #   appliance/fuzz/run.sh [SECONDS]     default 600
 #

@@ -11,6 +11,13 @@
 //!
 //! Frames being processed are in none of these only inside [`XskPort::step`].
 //!
+//! **A step** ([`XskPort::step`]): the frames off the RX ring and those
+//! other ports handed over are mapped in place as one batch of
+//! [`FrameBuf`]s, handed to the caller's pipeline, which returns a
+//! [`Verdict`] for each; then each goes where its verdict says (the TX
+//! ring, the free pool, another port's inbox), and the rings are kicked,
+//! recycled and refilled. The port never looks inside a frame.
+//!
 //! **Handoff.** A reply can arrive on another queue than its request (RSS
 //! hashes the tunnel's outer header), so at a worker that does not own its
 //! flow. The pipeline names the owner ([`Verdict::Handoff`], read from the
@@ -30,8 +37,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arrayvec::ArrayVec;
 use crossbeam_queue::ArrayQueue;
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use rialto_dataplane::{FrameBuf, Verdict};
 use serde::Serialize;
 use tracing::{debug, warn};
 use xsk_rs::{
@@ -39,10 +48,7 @@ use xsk_rs::{
     config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
 };
 
-use crate::{
-    pipeline::{DropReason, FrameBuf, Pipeline, Verdict},
-    stats::{Tally, Throttle},
-};
+use crate::tally::{IoDrop, Tally};
 
 /// `SOL_XDP` socket option (Linux >= 6.17): how many descriptors one `sendto`
 /// may transmit in copy mode (default 32).
@@ -58,7 +64,7 @@ pub struct PortConfig {
     pub frame_size: u32,
     /// Slots in each of the four rings (a power of two).
     pub ring_size: u32,
-    /// Frames taken from the RX ring per step.
+    /// Frames taken from the RX ring per step (at most [`MAX_BATCH`]).
     pub batch: usize,
     /// Try zero-copy before copy mode.
     pub zero_copy: bool,
@@ -127,6 +133,10 @@ impl Ledger {
     }
 }
 
+/// The most frames a step takes off the RX ring ([`PortConfig::batch`]);
+/// as many again may come from the inbox.
+pub const MAX_BATCH: usize = 256;
+
 /// Where the ports of one UMEM pass each other frames.
 #[derive(Debug)]
 struct Exchange {
@@ -145,6 +155,9 @@ struct Mailbox {
     /// Set while the port sleeps in `poll`: a sender then writes `wake`.
     sleeping: AtomicBool,
     wake: EventFd,
+    /// Set when the port's worker stopped processing (it panicked): frames
+    /// are no longer handed to it.
+    down: AtomicBool,
 }
 
 impl Exchange {
@@ -173,8 +186,15 @@ pub struct XskPort {
     kernel_tx: usize,
     lent: usize,
     borrowed: usize,
-    /// Scratch for descriptors coming off the RX and completion rings.
+    /// Frames of the current step: received (the first `batch` slots at
+    /// most), then taken from the inbox; and the pipeline's verdicts on them.
     rx_batch: Vec<FrameDesc>,
+    verdicts: Vec<Verdict>,
+    batch: usize,
+    /// Frames of `rx_batch` the current step is processing: in no ledger
+    /// column until dispatched (a worker that panics gets them back).
+    processing: usize,
+    /// Scratch for descriptors coming off the completion ring.
     comp_batch: Vec<FrameDesc>,
     /// Frames to transmit from the current step.
     tx_batch: Vec<FrameDesc>,
@@ -223,10 +243,10 @@ impl XskPort {
     ) -> Result<Vec<Self>, PortError> {
         let bad = |what: &str| PortError::Config(what.to_owned());
         let ring = QueueSize::new(cfg.ring_size).map_err(|_| bad("ring size"))?;
-        if cfg.frames < 2 * cfg.ring_size || cfg.batch == 0 {
-            return Err(bad(
-                "frames must be at least twice the ring size, batch non-zero",
-            ));
+        if cfg.frames < 2 * cfg.ring_size || cfg.batch == 0 || cfg.batch > MAX_BATCH {
+            return Err(PortError::Config(format!(
+                "frames must be at least twice the ring size, batch from 1 to {MAX_BATCH}"
+            )));
         }
         if queues.is_empty() || queues.len() > MAX_PORTS {
             return Err(bad("one to 64 queues per UMEM"));
@@ -258,6 +278,7 @@ impl XskPort {
                     sleeping: AtomicBool::new(false),
                     wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK)
                         .map_err(PortError::EventFd)?,
+                    down: AtomicBool::new(false),
                 })
             })
             .collect::<Result<_, PortError>>()?;
@@ -302,7 +323,10 @@ impl XskPort {
                 mode,
                 frames,
                 frame_size,
-                rx_batch: vec![FrameDesc::default(); cfg.batch],
+                rx_batch: vec![FrameDesc::default(); 2 * cfg.batch],
+                verdicts: vec![Verdict::Tx; 2 * cfg.batch],
+                batch: cfg.batch,
+                processing: 0,
                 comp_batch: vec![FrameDesc::default(); cfg.ring_size as usize],
                 tx_batch: Vec::with_capacity(2 * cfg.batch),
                 free: share.to_vec(),
@@ -372,32 +396,100 @@ impl XskPort {
         &self.exchange.mailboxes[self.index]
     }
 
-    /// One turn of the loop: receive a batch and take what other ports
-    /// handed over, run the pipeline over them, transmit, recycle
-    /// completions and refill. Returns the frames processed.
-    pub fn step(&mut self, pipeline: &mut Pipeline, now: u64, tally: &mut Tally) -> usize {
+    /// One turn of the loop: takes a batch off the RX ring and what other
+    /// ports handed over, lets `process` give each frame its verdict, sends
+    /// each where its verdict says, then transmits, recycles completions and
+    /// refills. Returns the frames processed.
+    pub fn step(
+        &mut self,
+        tally: &mut Tally,
+        process: impl FnOnce(&mut [FrameBuf<'_>], &mut [Verdict]),
+    ) -> usize {
         self.welcome_home();
         let received = self.take_received(tally);
-        for i in 0..received {
-            self.process(self.rx_batch[i], pipeline, now, tally);
-        }
-        let mut handed = 0;
-        while handed < self.rx_batch.len()
-            && let Some(desc) = self.exchange.mailboxes[self.index].inbox.pop()
+        let mut count = received;
+        while count < 2 * self.batch
+            && let Some(desc) = self.mailbox().inbox.pop()
         {
-            self.rx_batch[handed] = desc;
-            handed += 1;
+            self.rx_batch[count] = desc;
+            count += 1;
         }
-        for i in 0..handed {
-            tally.handoff_in += 1;
-            self.process(self.rx_batch[i], pipeline, now, tally);
+        tally.handoff_in += (count - received) as u64;
+        if count > 0 {
+            self.processing = count;
+            self.run(count, process);
+            self.dispatch(count, tally);
+            self.processing = 0;
         }
         self.wake_receivers();
-        pipeline.tick(now);
         self.transmit(tally);
         self.recycle();
         self.refill();
-        received + handed
+        count
+    }
+
+    /// Maps the step's `count` frames in place, whole UMEM frames so that
+    /// headers can be pushed into the headroom or stripped, and runs
+    /// `process` over them; a transmitted frame's descriptor then spans
+    /// what the pipeline made of it.
+    fn run(&mut self, count: usize, process: impl FnOnce(&mut [FrameBuf<'_>], &mut [Verdict])) {
+        let frame_size = self.frame_size;
+        let start = |desc: &FrameDesc| desc.addr() - desc.addr() % frame_size;
+        let mut whole: ArrayVec<FrameDesc, { 2 * MAX_BATCH }> = self.rx_batch[..count]
+            .iter()
+            .map(|desc| {
+                let mut w = *desc;
+                w.set_packet(start(desc), frame_size);
+                w
+            })
+            .collect();
+        let umem = &self.umem;
+        let mut data: ArrayVec<_, { 2 * MAX_BATCH }> = whole
+            .iter_mut()
+            // SAFETY: each frame came off our RX ring or our inbox; until we
+            // put it on a ring, an inbox or a home queue nobody else reads or
+            // writes it, and these are the only references to it. Each `w`
+            // spans exactly one frame of the UMEM every port shares, and no
+            // two of them the same frame (a frame is in one place at a time).
+            .map(|w| unsafe { umem.data_mut(w) })
+            .collect();
+        let mut frames: ArrayVec<FrameBuf<'_>, { 2 * MAX_BATCH }> = data
+            .iter_mut()
+            .zip(&self.rx_batch[..count])
+            .map(|(d, desc)| {
+                FrameBuf::new(
+                    d.contents_mut(),
+                    desc.addr() - start(desc),
+                    desc.lengths().data(),
+                )
+            })
+            .collect();
+        process(&mut frames, &mut self.verdicts[..count]);
+        for ((desc, frame), verdict) in self.rx_batch[..count]
+            .iter_mut()
+            .zip(&frames)
+            .zip(&self.verdicts)
+        {
+            if *verdict == Verdict::Tx {
+                let at = start(desc) + frame.start();
+                desc.set_packet(at, frame.len());
+            }
+        }
+    }
+
+    /// Sends each frame of the step where its verdict says.
+    fn dispatch(&mut self, count: usize, tally: &mut Tally) {
+        for i in 0..count {
+            let desc = self.rx_batch[i];
+            match self.verdicts[i] {
+                Verdict::Tx => self.tx_batch.push(desc),
+                Verdict::Drop(reason) => {
+                    tally.drop(reason);
+                    self.release(desc);
+                }
+                Verdict::Handoff(worker) => self.hand_off(desc, worker as usize, tally),
+            }
+        }
     }
 
     /// Takes a batch off the RX ring into `rx_batch` and counts it; returns
@@ -405,7 +497,7 @@ impl XskPort {
     fn take_received(&mut self, tally: &mut Tally) -> usize {
         // SAFETY: the RX ring belongs to this port's UMEM; the descriptors it
         // yields overwrite scratch entries and are ours until handed back.
-        let received = unsafe { self.rx.consume(&mut self.rx_batch) };
+        let received = unsafe { self.rx.consume(&mut self.rx_batch[..self.batch]) };
         self.kernel_rx -= received;
         for desc in &self.rx_batch[..received] {
             tally.rx_packets += 1;
@@ -459,53 +551,26 @@ impl XskPort {
         received
     }
 
-    /// Runs the pipeline over one frame and sends it where the verdict says.
-    fn process(
-        &mut self,
-        mut desc: FrameDesc,
-        pipeline: &mut Pipeline,
-        now: u64,
-        tally: &mut Tally,
-    ) {
-        let (addr, len) = (desc.addr(), desc.lengths().data());
-        // The pipeline sees the whole UMEM frame, so it can push headers
-        // into the headroom in front of the packet or strip them.
-        let frame_start = addr - addr % self.frame_size;
-        let mut whole = desc;
-        whole.set_packet(frame_start, self.frame_size);
-        // SAFETY: the frame came off our RX ring or our inbox; until we put
-        // it on a ring, an inbox or a home queue nobody else reads or writes
-        // it, and this is the only reference to it. `whole` spans exactly
-        // that frame, inside the UMEM every port shares.
-        let mut data = unsafe { self.umem.data_mut(&mut whole) };
-        let mut frame = FrameBuf::new(data.contents_mut(), addr - frame_start, len);
-        match pipeline.process(&mut frame, now) {
-            Verdict::Tx => {
-                desc.set_packet(frame_start + frame.start(), frame.len());
-                self.tx_batch.push(desc);
-            }
-            Verdict::Drop(reason) => {
-                tally.drop(reason);
-                self.release(desc);
-            }
-            Verdict::Handoff(worker) => self.hand_off(desc, worker as usize, tally),
-        }
-    }
-
     /// Passes an unprocessed frame to port `to`, which owns its flow.
     fn hand_off(&mut self, desc: FrameDesc, to: usize, tally: &mut Tally) {
         let own = self.owns(&desc);
         let pushed = match self.exchange.mailboxes.get(to) {
-            Some(mailbox) if to != self.index => mailbox.inbox.push(desc).is_ok(),
-            _ => false,
+            Some(mailbox) if mailbox.down.load(Ordering::Acquire) => Err(IoDrop::WorkerDown),
+            Some(mailbox) if to != self.index => {
+                mailbox.inbox.push(desc).map_err(|_| IoDrop::HandoffFull)
+            }
+            _ => Err(IoDrop::HandoffFull),
         };
-        if pushed {
-            tally.handoff_out += 1;
-            self.lent += usize::from(own);
-            self.handed_to |= 1 << to;
-        } else {
-            tally.drop(DropReason::HandoffFull);
-            self.release(desc);
+        match pushed {
+            Ok(()) => {
+                tally.handoff_out += 1;
+                self.lent += usize::from(own);
+                self.handed_to |= 1 << to;
+            }
+            Err(reason) => {
+                tally.io_drop(reason);
+                self.release(desc);
+            }
         }
     }
 
@@ -572,7 +637,7 @@ impl XskPort {
                         self.borrowed += 1;
                     }
                 } else {
-                    tally.drop(DropReason::TxRingFull);
+                    tally.io_drop(IoDrop::TxRingFull);
                     self.release(desc);
                 }
             }
@@ -674,6 +739,28 @@ impl XskPort {
         self.kernel_tx + self.borrowed > 0 || !self.mailbox().inbox.is_empty()
     }
 
+    /// After the worker stopped processing (it panicked): frames are no
+    /// longer handed to this port, and one call sends home what was handed
+    /// to it and takes back what is done with, so the other ports' frames
+    /// and its own keep coming home. Call it until the worker stops.
+    pub fn idle_down(&mut self) {
+        self.mailbox().down.store(true, Ordering::Release);
+        let interrupted = std::mem::take(&mut self.processing);
+        let stranded: Vec<FrameDesc> = (self.rx_batch[..interrupted].iter())
+            .chain(&self.tx_batch)
+            .copied()
+            .collect();
+        self.tx_batch.clear();
+        for desc in stranded {
+            self.release(desc);
+        }
+        while let Some(desc) = self.mailbox().inbox.pop() {
+            self.release(desc);
+        }
+        self.recycle();
+        self.welcome_home();
+    }
+
     /// Stops processing and waits (up to `timeout`) for every transmitted
     /// frame to come back and every lent frame to come home; frames other
     /// ports handed over and not yet processed are sent home unprocessed.
@@ -694,5 +781,50 @@ impl XskPort {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+}
+
+/// Lets a warning that can repeat every turn of a worker's loop through at
+/// most once per interval, and says how many were held back meanwhile.
+#[derive(Debug)]
+pub struct Throttle {
+    interval: std::time::Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub const fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` if the warning may be logged now, `n` being how many were
+    /// held back since the last one; `None` if it is held back.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|last| now - last < self.interval) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_one_through_per_interval_and_counts_the_rest() {
+        let mut t = Throttle::new(std::time::Duration::from_millis(50));
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!((t.allow(), t.allow()), (None, None));
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(t.allow(), Some(2));
     }
 }

@@ -3,22 +3,24 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
-    sync::Arc,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use rialto::{
     afxdp::Ledger,
-    stats::{SnatUse, StatsSnapshot, WorkerStats},
+    stats::{StatsSnapshot, WorkerStats},
     worker::SharedTables,
 };
+use rialto_dataplane::pipeline::SnatUse;
 use rialto_rules::{Snapshot, Steering as SteeringRules, config::BackendState};
 use serde::Serialize;
-use xdp_redirect::{Counter, Steering};
+use tracing::{error, warn};
+use xdp_redirect::{Counter, CounterReader, Steering};
 
-use crate::run::load_config;
+use crate::run::Fault;
 
 /// How long a reload waits for every worker to take the new tables.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,32 +34,61 @@ pub fn steering_rules(flags: &SteeringRules, tables: Option<&Snapshot>) -> Steer
         rules.vips.extend(from_config.vips);
         rules.tunnel_peers.extend(from_config.tunnel_peers);
         rules.snat_addrs.extend(from_config.snat_addrs);
+        rules.vteps.extend(from_config.vteps);
         rules.vxlan_port = from_config.vxlan_port;
     }
     rules
 }
 
-/// The running appliance, as the control plane sees and changes it.
-#[derive(Debug)]
-pub struct Control {
+/// The running appliance as the operator API reads it: nothing here waits
+/// for a reload (the reload history behind its own lock is held only to be
+/// copied), so a status or a scrape answers while a reload compiles.
+#[derive(Clone, Debug)]
+pub struct View {
     /// The config file, in balance mode.
     pub config: Option<PathBuf>,
+    pub tables: Option<Arc<SharedTables>>,
+    /// Per worker: its queue and its counters.
+    pub workers: Vec<(u32, Arc<WorkerStats>)>,
+    pub reloads: Arc<Mutex<Reloads>>,
+    pub xdp: CounterReader,
+}
+
+/// The running appliance, as the control plane changes it: one reload at
+/// a time, behind the lock this lives in.
+#[derive(Debug)]
+pub struct Control {
+    /// What the API reads, which reloads keep up to date.
+    pub view: View,
     /// Steering asked for on the command line, kept across reloads.
     pub flags: SteeringRules,
     /// What the XDP program's maps hold now.
     pub rules: SteeringRules,
     pub steering: Steering,
-    pub tables: Option<Arc<SharedTables>>,
-    /// Per worker: its queue and its counters.
-    pub workers: Vec<(u32, Arc<WorkerStats>)>,
-    pub reloads: Reloads,
+    /// Faults to make happen, for the tests (`--inject-fault`).
+    pub faults: Vec<Fault>,
+    /// Queues whose worker is down and whose socket left the XSKMAP.
+    pub failed_open: Vec<u32>,
+    /// What a reloaded config's tables may take.
+    pub budget: rialto_rules::Budget,
 }
+
+/// A valid config that could not be put in force: everything it changed
+/// was put back.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; rolled back, the running config stays in force")]
+pub struct RolledBack(String);
 
 /// Reloads so far.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Reloads {
     pub ok: u64,
+    /// Invalid configs: nothing was changed.
     pub rejected: u64,
+    /// Valid configs that could not be put in force (the workers did not
+    /// take them in time, or the XDP maps refused an entry): whatever had
+    /// changed was put back, and the running config stays.
+    pub rolled_back: u64,
     /// The last one's outcome.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last: Option<LastReload>,
@@ -122,13 +153,25 @@ pub struct BackendStatus {
     pub flows: u64,
 }
 
+/// Where a reload's config comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// The config file, read again.
+    File,
+    /// This text, sent to the API: once it is in force, it replaces the
+    /// config file (written beside it and renamed over it), so a restart
+    /// or a SIGHUP runs it too.
+    Text(&'a str),
+}
+
 impl Control {
-    /// Reads the config file again and, if it is valid, swaps it in: the
-    /// XDP program stops steering what the new config no longer owns, the
+    /// Reads the config again and, if it is valid, swaps it in: the XDP
+    /// program stops steering what the new config no longer owns, the
     /// workers take the new tables (keeping their live flows), then the
-    /// XDP program steers what is new. An invalid config changes nothing.
-    pub fn reload(&mut self) -> Result<u64> {
-        let outcome = self.try_reload();
+    /// XDP program steers what is new. An invalid config changes nothing;
+    /// one that cannot be put in force is rolled back ([`RolledBack`]).
+    pub fn reload(&mut self, source: Source<'_>) -> Result<u64> {
+        let outcome = self.try_reload(source);
         let at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -136,49 +179,180 @@ impl Control {
             Ok(generation) => (true, format!("generation {generation}")),
             Err(e) => (false, format!("{e:#}")),
         };
-        if ok {
-            self.reloads.ok += 1;
-        } else {
-            self.reloads.rejected += 1;
+        let mut reloads = self.view.reloads();
+        match &outcome {
+            Ok(_) => reloads.ok += 1,
+            Err(e) if e.is::<RolledBack>() => reloads.rolled_back += 1,
+            Err(_) => reloads.rejected += 1,
         }
-        self.reloads.last = Some(LastReload { ok, at, message });
+        reloads.last = Some(LastReload { ok, at, message });
         outcome
     }
 
-    fn try_reload(&mut self) -> Result<u64> {
-        let (Some(path), Some(shared)) = (&self.config, &self.tables) else {
+    fn try_reload(&mut self, source: Source<'_>) -> Result<u64> {
+        let (Some(path), Some(shared)) = (&self.view.config, &self.view.tables) else {
             bail!("nothing to reload: rialto runs without --config in balance mode");
         };
-        let tables = load_config(path)?;
+        let (path, shared) = (path.clone(), Arc::clone(shared));
+        let name = path.display().to_string();
+        let text = match source {
+            Source::File => {
+                std::fs::read_to_string(&path).with_context(|| format!("cannot read {name}"))?
+            }
+            Source::Text(text) => text.to_owned(),
+        };
+        let tables = rialto_rules::load_for(&name, &text, &self.budget)?;
+        rialto::host::check_own_addresses(&tables)?;
+        // A config sent to the API goes beside the file first: if it cannot
+        // be written, nothing has changed.
+        let pending = match source {
+            Source::File => None,
+            Source::Text(text) => Some(Pending::write(&path, text)?),
+        };
         let rules = steering_rules(&self.flags, Some(&tables));
         let (added, removed) = self.rules.diff(&rules);
-        self.steering.remove(&removed)?;
-        let generation = shared.publish(Arc::new(tables));
-        let deadline = Instant::now() + RELOAD_TIMEOUT;
-        while self
-            .workers
-            .iter()
-            .any(|(_, w)| w.generation() < generation)
-        {
-            if Instant::now() > deadline {
-                bail!("workers did not take the new tables within {RELOAD_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        let running = shared.current();
+        // All or nothing: each step undoes the ones before it if it fails.
+        if let Err(e) = self.steering.remove(&removed) {
+            self.restore_steering(&removed, None);
+            return Err(RolledBack(format!("the XDP maps refused a removal: {e}")).into());
         }
-        self.steering.apply(&added)?;
+        let generation = shared.publish(Arc::new(tables));
+        if let Err(e) = self.await_workers(generation) {
+            self.restore_tables(&shared, running);
+            self.restore_steering(&removed, None);
+            return Err(RolledBack(e).into());
+        }
+        if let Err(e) = self.add_steering(&added) {
+            self.restore_tables(&shared, running);
+            self.restore_steering(&removed, Some(&added));
+            return Err(RolledBack(format!("the XDP maps refused an entry: {e:#}")).into());
+        }
         self.rules = rules;
+        if let Some(pending) = pending {
+            pending.replace(&path)?;
+        }
         Ok(generation)
     }
 
+    /// Waits for every worker still serving to run on tables `generation`.
+    fn await_workers(&self, generation: u64) -> Result<(), String> {
+        let deadline = Instant::now() + RELOAD_TIMEOUT;
+        let stall = self.faults.contains(&Fault::ReloadStall);
+        while stall
+            || self
+                .view
+                .workers
+                .iter()
+                .any(|(_, w)| w.up() && w.generation() < generation)
+        {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the workers did not take the new tables within {RELOAD_TIMEOUT:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    fn add_steering(&mut self, added: &SteeringRules) -> Result<()> {
+        if self.faults.contains(&Fault::MapUpdate) {
+            let first = SteeringRules {
+                vips: added.vips.iter().take(1).copied().collect(),
+                tunnel_peers: Vec::new(),
+                snat_addrs: Vec::new(),
+                vteps: Vec::new(),
+                ..added.clone()
+            };
+            self.steering.apply(&first)?;
+            bail!("fault injected: the second new entry is refused");
+        }
+        Ok(self.steering.apply(added)?)
+    }
+
+    /// Puts the running tables back in force after a failed reload.
+    fn restore_tables(&self, shared: &SharedTables, running: Arc<Snapshot>) {
+        let generation = shared.publish(running);
+        if let Err(e) = self.await_workers(generation) {
+            warn!("rolling a reload back: {e}");
+        }
+    }
+
+    /// Puts steering back as the running config has it: `removed` entries
+    /// in again, and `added` ones (if any went in) out.
+    fn restore_steering(&mut self, removed: &SteeringRules, added: Option<&SteeringRules>) {
+        if let Some(added) = added
+            && let Err(e) = self.steering.remove(added)
+        {
+            error!("rolling a reload back, cannot take its entries out of the XDP maps: {e}");
+        }
+        if let Err(e) = self.steering.apply(removed) {
+            error!("rolling a reload back, cannot put the running entries back: {e}");
+        }
+    }
+
+    /// Takes the socket of every worker that stopped serving (it panicked)
+    /// out of the XSKMAP, so the kernel gets its queue's frames: fail open.
+    pub fn fail_open_stopped_workers(&mut self) {
+        for (queue, w) in &self.view.workers {
+            if !w.up() && !self.failed_open.contains(queue) {
+                match self.steering.unregister_socket(*queue) {
+                    Ok(()) => error!(queue, "worker down: its queue now goes to the kernel"),
+                    Err(e) => error!(queue, "worker down, cannot take its socket out: {e}"),
+                }
+                self.failed_open.push(*queue);
+            }
+        }
+    }
+}
+
+/// A config sent to the API, written beside the config file until it is
+/// in force; removed if it never is.
+struct Pending(PathBuf);
+
+impl Pending {
+    fn write(path: &Path, text: &str) -> Result<Self> {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".next");
+        let pending = Self(path.with_file_name(name));
+        std::fs::write(&pending.0, text)
+            .with_context(|| format!("cannot write {}", pending.0.display()))?;
+        Ok(pending)
+    }
+
+    /// Renames it over the config file (atomically: the file is the old
+    /// config or the new one, never a mix).
+    fn replace(self, path: &Path) -> Result<()> {
+        std::fs::rename(&self.0, path)
+            .with_context(|| format!("in force, but cannot replace {}", path.display()))
+    }
+}
+
+impl Drop for Pending {
+    /// Once renamed there is nothing left to remove.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl View {
+    /// The reload history (a poisoned lock is still read).
+    pub fn reloads(&self) -> std::sync::MutexGuard<'_, Reloads> {
+        self.reloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn status(&self) -> Status {
-        let xdp = match self.steering.counters() {
+        let xdp = match self.xdp.read() {
             Ok(counters) => counters.iter().map(|(r, c)| (r.name(), c)).collect(),
             Err(_) => BTreeMap::new(),
         };
         Status {
             config: self.config.as_ref().map(|p| p.display().to_string()),
             generation: self.tables.as_ref().map_or(0, |t| t.generation()),
-            reloads: self.reloads.clone(),
+            reloads: self.reloads().clone(),
             xdp,
             workers: self
                 .workers

@@ -1,24 +1,20 @@
-//! Rialto's appliance: AF_XDP ports, pinned workers and the packet pipeline.
+//! Rialto's appliance around the dataplane: AF_XDP ports, pinned workers,
+//! and what serves them.
 //!
-//! - [`wire`]: in-place header views;
-//! - [`pipeline`]: the pure per-frame function, `process(frame, now) -> Verdict`;
 //! - [`afxdp`]: AF_XDP sockets on a shared UMEM and the handoff between
-//!   them, the only `unsafe` code;
-//! - [`replay`]: the pipeline over a pcap capture, offline;
-//! - [`worker`]: a thread per receive queue, looping over the pipeline;
+//!   them, the only `unsafe` code of the appliance;
+//! - [`worker`]: a thread per receive queue, looping over its port and the
+//!   pipeline (`rialto-dataplane`);
+//! - [`tally`] and [`stats`]: what a step did, and each worker's totals;
+//! - [`host`]: the config file, the uplink's MAC and queues;
 //! - [`nexthop`]: the next hop's MAC, learned and followed over rtnetlink;
-//! - [`stats`]: per-worker counters;
-//! - [`fixtures`]: the frames the tests, the benchmarks and the pcap dumps share;
-//! - [`fuzzing`]: the fuzz target's body, also run over its corpus by a test;
-//! - [`traffic`]: the traffic generator and sink (`rialto gen`, `rialto sink`).
+//! - [`replay`]: the pipeline over a pcap capture, offline (it needs only
+//!   the dataplane).
 
 pub mod afxdp;
-pub mod fixtures;
-pub mod fuzzing;
+pub mod host;
 pub mod nexthop;
-pub mod pipeline;
 pub mod replay;
 pub mod stats;
-pub mod traffic;
-pub mod wire;
+pub mod tally;
 pub mod worker;

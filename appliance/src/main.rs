@@ -2,7 +2,6 @@
 
 mod api;
 mod control;
-mod generate;
 mod run;
 mod tools;
 
@@ -34,8 +33,6 @@ enum Command {
     Stats(tools::StatsArgs),
     Replay(tools::ReplayArgs),
     Maglev(tools::MaglevArgs),
-    Gen(generate::GenArgs),
-    Sink(generate::SinkArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,8 +50,6 @@ fn main() -> ExitCode {
         Command::Stats(args) => tools::stats(&args),
         Command::Replay(args) => tools::replay(&args),
         Command::Maglev(args) => tools::maglev(&args),
-        Command::Gen(args) => generate::gen_traffic(&args),
-        Command::Sink(args) => generate::sink(&args),
     };
     match result {
         Ok(code) => code,

@@ -13,16 +13,18 @@ use std::{
 };
 
 use pcap_file::{
-    DataLink, TsResolution,
+    DataLink, PcapError, TsResolution,
     pcap::{PcapPacket, PcapReader, PcapWriter},
 };
-use rialto_rules::Snapshot;
-use serde::Serialize;
-
-use crate::pipeline::{
+use rialto_dataplane::{
     OwnedFrame, Verdict,
-    balance::{Balancer, Counters},
+    pipeline::{
+        balance::{Balancer, Counters},
+        conntrack::ConntrackStats,
+    },
 };
+use rialto_tables::Snapshot;
+use serde::Serialize;
 
 /// Which stages run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +44,15 @@ pub struct Summary {
     pub drops: BTreeMap<&'static str, u64>,
     /// Frames whose captured length is shorter than they were on the wire.
     pub cut_short: u64,
+    /// Whether the capture itself ends inside a record (a file cut short):
+    /// the summary is of the records before it.
+    pub truncated: bool,
     pub counters: Counters,
+    /// The flow table's events: created, expired, evicted (the table full),
+    /// live at the end.
+    pub flows: ConntrackStats,
+    /// The flow table's size (`limits.flows_per_worker`).
+    pub capacity: u64,
 }
 
 /// Why a replay stopped.
@@ -81,7 +91,18 @@ pub fn replay(
     // Raw packets: pcap-file's checked ones refuse a frame longer on the wire
     // than the file's snap length, which real captures do hold.
     while let Some(packet) = reader.next_raw_packet() {
-        let packet = packet.map_err(ReplayError::Read)?;
+        let packet = match packet {
+            Ok(packet) => packet,
+            Err(PcapError::IncompleteBuffer) => {
+                summary.truncated = true;
+                break;
+            }
+            Err(PcapError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                summary.truncated = true;
+                break;
+            }
+            Err(e) => return Err(ReplayError::Read(e)),
+        };
         summary.frames += 1;
         if packet.incl_len < packet.orig_len {
             summary.cut_short += 1;
@@ -114,5 +135,7 @@ pub fn replay(
         }
     }
     summary.counters = balancer.counters();
+    summary.flows = balancer.flows().stats();
+    summary.capacity = balancer.flows().capacity() as u64;
     Ok(summary)
 }

@@ -17,21 +17,62 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use rialto::{
     afxdp::{BindMode, Ledger, PortConfig, XskPort},
-    pipeline::{Mode, Pipeline},
+    host::{self, XdpMode, iface_mac, load_config, rx_queue_count},
+    nexthop::NextHop,
     stats::{StatsSnapshot, WorkerStats},
     worker::{SharedTables, Worker},
 };
-use rialto_rules::{Endpoint, Snapshot, Steering as SteeringRules, VXLAN_PORT};
-
-use rialto::nexthop::NextHop;
+use rialto_dataplane::Pipeline;
+use rialto_rules::{Endpoint, Steering as SteeringRules, VXLAN_PORT};
+use serde::Serialize;
+use tracing::{error, info, warn};
+use xdp_redirect::{Counter, Steering};
 
 use crate::{
-    api::Api,
-    control::{Control, Reloads, steering_rules},
+    api::{Api, DEFAULT_API},
+    control::{Control, Source, View, steering_rules},
 };
-use serde::Serialize;
-use tracing::{error, info};
-use xdp_redirect::{AttachMode, Counter, Steering};
+
+/// The job a worker does on each frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// The border node's job: balance VIP traffic over backends in remote
+    /// clusters, through VXLAN, with NAT and connection tracking.
+    Balance,
+    /// Swap Ethernet, IP and UDP/TCP source and destination, and send the
+    /// frame back: the bare AF_XDP baseline the benchmarks compare against.
+    Reflect,
+}
+
+/// A fault `--inject-fault` makes happen, for the tests of what Rialto
+/// does when it happens for real.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `worker-panic:Q`: the worker of queue Q panics at its first frame.
+    WorkerPanic(u32),
+    /// `reload-stall`: workers do not take a reload's tables in time.
+    ReloadStall,
+    /// `map-update`: the XDP maps refuse a reload's second new entry.
+    MapUpdate,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("worker-panic", q)) => q
+                .parse()
+                .map(Self::WorkerPanic)
+                .map_err(|_| format!("{q:?} is not a queue number")),
+            None if s == "reload-stall" => Ok(Self::ReloadStall),
+            None if s == "map-update" => Ok(Self::MapUpdate),
+            _ => Err(format!(
+                "unknown fault {s:?}: worker-panic:Q, reload-stall or map-update"
+            )),
+        }
+    }
+}
 
 /// Serve traffic on an interface until SIGINT or SIGTERM.
 ///
@@ -78,10 +119,15 @@ pub struct RunArgs {
     #[arg(long = "vip", value_name = "ADDR:PORT/PROTO")]
     vips: Vec<Endpoint>,
 
-    /// A tunnel peer (a remote gateway's VTEP address): VXLAN from it is
-    /// steered to Rialto; repeat for more.
+    /// A tunnel peer (a remote gateway's VTEP address): VXLAN from it to
+    /// a --vtep is steered to Rialto; repeat for more.
     #[arg(long = "tunnel-peer", value_name = "ADDR")]
     tunnel_peers: Vec<IpAddr>,
+
+    /// One of Rialto's VTEPs: VXLAN from a tunnel peer to it is steered to
+    /// Rialto; repeat for more.
+    #[arg(long = "vtep", value_name = "ADDR")]
+    vteps: Vec<IpAddr>,
 
     /// One of Rialto's SNAT addresses: traffic to it is steered to Rialto;
     /// repeat for more.
@@ -120,26 +166,11 @@ pub struct RunArgs {
     /// Log per-worker rates every SECONDS (0: only the summary at exit).
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     stats_interval: u64,
-}
 
-/// The operator API's default address: loopback only.
-pub const DEFAULT_API: &str = "127.0.0.1:9600";
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(crate) enum XdpMode {
-    /// Native XDP in the driver (needed for zero-copy).
-    Driver,
-    /// Generic XDP: any device, slower.
-    Skb,
-}
-
-impl From<XdpMode> for AttachMode {
-    fn from(mode: XdpMode) -> Self {
-        match mode {
-            XdpMode::Driver => Self::Driver,
-            XdpMode::Skb => Self::Skb,
-        }
-    }
+    /// For the tests only: make a fault happen (worker-panic:Q,
+    /// reload-stall, map-update).
+    #[arg(long, value_name = "FAULT", hide = true)]
+    inject_fault: Vec<Fault>,
 }
 
 /// What `rialto run` prints on stdout when it stops.
@@ -157,37 +188,6 @@ struct WorkerSummary {
     stats: StatsSnapshot,
     umem: Ledger,
     umem_balanced: bool,
-}
-
-/// Reads and compiles the config file.
-pub fn load_config(path: &std::path::Path) -> Result<Snapshot> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
-    Ok(rialto_rules::load(&name, &text)?)
-}
-
-/// The interface's MAC address, from sysfs.
-pub(crate) fn iface_mac(iface: &str) -> Result<[u8; 6]> {
-    let path = format!("/sys/class/net/{iface}/address");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let mac: rialto_rules::config::Mac = text
-        .trim()
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("{path}: {e}"))?;
-    Ok(mac.0)
-}
-
-/// The receive queues of `iface`, from sysfs (`ip netns exec` mounts the namespace's own).
-pub(crate) fn rx_queue_count(iface: &str) -> Result<u32> {
-    let dir = format!("/sys/class/net/{iface}/queues");
-    let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))?;
-    let mut count = 0;
-    for entry in entries {
-        if entry?.file_name().to_string_lossy().starts_with("rx-") {
-            count += 1;
-        }
-    }
-    Ok(count)
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
@@ -230,16 +230,23 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
     };
 
+    let budget = host::budget(queues.len() as u32);
     let tables = match &args.config {
-        Some(path) => Some(Arc::new(SharedTables::new(Arc::new(load_config(path)?)))),
+        Some(path) => Some(Arc::new(SharedTables::new(Arc::new(load_config(
+            path, &budget,
+        )?)))),
         None if args.mode == Mode::Balance => {
             bail!("--mode balance needs --config FILE (or use --mode reflect)")
         }
         None => None,
     };
+    if let Some(tables) = &tables {
+        host::check_own_addresses(&tables.current())?;
+    }
     let flags = SteeringRules {
         vips: args.vips.clone(),
         tunnel_peers: args.tunnel_peers.clone(),
+        vteps: args.vteps.clone(),
         snat_addrs: args.snat_addrs.clone(),
         vxlan_port: args.vxlan_port,
     };
@@ -270,18 +277,29 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         steering.register_socket(queue, port.raw_fd())?;
         let core = core_for(i);
         info!(queue, core = core.map(|c| c.id), bind = ?port.mode(), "AF_XDP socket bound");
+        let pipeline = match (&tables, args.mode) {
+            (Some(tables), Mode::Balance) => {
+                Pipeline::balance(tables.current(), i as u32, queues.len() as u32, mac)
+            }
+            _ => Pipeline::Reflect,
+        };
+        if pipeline.snat_use().first().is_some_and(|s| s.slice == 0) {
+            let (first, last) = tables.as_ref().map_or((0, 0), |t| t.current().snat.ports);
+            warn!(
+                queue,
+                "no SNAT port for this worker: snat.ports {first}-{last} split over {} workers \
+                 leaves it none, so it creates no flow",
+                queues.len()
+            );
+        }
         workers.push(Worker {
             queue,
             core,
             port,
-            pipeline: match (&tables, args.mode) {
-                (Some(tables), Mode::Balance) => {
-                    Pipeline::balance(tables.current(), i as u32, queues.len() as u32, mac)
-                }
-                _ => Pipeline::Reflect,
-            },
+            pipeline,
             stats: Arc::default(),
             tables: tables.clone().filter(|_| args.mode == Mode::Balance),
+            panic_at_first_frame: args.inject_fault.contains(&Fault::WorkerPanic(queue)),
         });
     }
 
@@ -308,18 +326,25 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         .iter()
         .map(|(q, _, s, _)| (*q, Arc::clone(s)))
         .collect();
-    let control = Arc::new(Mutex::new(Control {
+    let view = View {
         config: args.config.clone().filter(|_| args.mode == Mode::Balance),
+        tables,
+        workers: stats.clone(),
+        reloads: Arc::default(),
+        xdp: steering.counter_reader(),
+    };
+    let control = Arc::new(Mutex::new(Control {
+        view: view.clone(),
         flags,
         rules,
         steering,
-        tables,
-        workers: stats.clone(),
-        reloads: Reloads::default(),
+        faults: args.inject_fault.clone(),
+        failed_open: Vec::new(),
+        budget,
     }));
     let api = match args.no_api {
         true => None,
-        false => match Api::start(args.api, Arc::clone(&control)) {
+        false => match Api::start(args.api, view, Arc::clone(&control)) {
             Ok(api) => Some(api),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
@@ -341,7 +366,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let mut balanced = true;
     for (queue, bind, stats, handle) in running {
-        let umem = handle.join().expect("worker threads do not panic");
+        // A worker's panic is caught in the worker (`Worker::run`).
+        let umem = handle.join().expect("a worker returns its ledger");
         balanced &= umem.balanced();
         if !umem.balanced() {
             error!(queue, ?umem, "UMEM frames unaccounted for");
@@ -361,7 +387,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     drop(control); // the last reference: detaches the XDP program
     info!(iface = %args.iface, "XDP program detached");
     println!("{}", serde_json::to_string(&summary)?);
-    Ok(if balanced {
+    let all_up = summary.workers.iter().all(|w| w.stats.up);
+    Ok(if balanced && all_up {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -403,8 +430,9 @@ fn serve(
     let mut since = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        lock(control).fail_open_stopped_workers();
         if hangup.swap(false, Ordering::Relaxed) {
-            match lock(control).reload() {
+            match lock(control).reload(Source::File) {
                 Ok(generation) => info!(generation, "config reloaded"),
                 Err(e) => error!("reload rejected, the running config stays: {e:#}"),
             }

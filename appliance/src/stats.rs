@@ -1,5 +1,6 @@
-//! Per-worker counters: a plain tally on the hot path, published to atomics
-//! once per batch. Each worker is the only writer of its own `WorkerStats`.
+//! Per-worker totals, readable from any thread: each worker adds its
+//! [`Tally`] once per batch and is the only writer of its own
+//! [`WorkerStats`].
 
 use std::sync::{
     Mutex,
@@ -9,52 +10,17 @@ use std::sync::{
     },
 };
 
+use rialto_dataplane::{
+    DropReason,
+    pipeline::{BalanceStats, SnatUse, balance::Counters, conntrack::ConntrackStats},
+};
 use serde::Serialize;
+use strum::{EnumCount, IntoEnumIterator};
 
 use crate::{
     afxdp::Ledger,
-    pipeline::{DropReason, balance::Counters, conntrack::ConntrackStats},
+    tally::{IoDrop, Tally},
 };
-
-/// What a balancing worker publishes besides its packet counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct BalanceStats {
-    #[serde(flatten)]
-    pub counters: Counters,
-    pub flows: ConntrackStats,
-    /// The flow table's size.
-    pub capacity: u64,
-}
-
-/// Free SNAT ports of one worker's slice, per address and protocol.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct SnatUse {
-    pub addr: std::net::IpAddr,
-    pub proto: &'static str,
-    pub free: u64,
-    /// Ports in the slice.
-    pub slice: u64,
-}
-
-/// What one batch did; lives on the worker's stack.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Tally {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// Frames handed to the worker owning their flow, and taken from others.
-    pub handoff_out: u64,
-    pub handoff_in: u64,
-    pub drops: [u64; DropReason::ALL.len()],
-}
-
-impl Tally {
-    #[inline]
-    pub fn drop(&mut self, reason: DropReason) {
-        self.drops[reason as usize] += 1;
-    }
-}
 
 /// A worker's totals since start, readable from any thread.
 #[derive(Debug, Default)]
@@ -65,7 +31,10 @@ pub struct WorkerStats {
     tx_bytes: AtomicU64,
     handoff_out: AtomicU64,
     handoff_in: AtomicU64,
-    drops: [AtomicU64; DropReason::ALL.len()],
+    drops: [AtomicU64; DropReason::COUNT],
+    io_drops: [AtomicU64; IoDrop::COUNT],
+    /// False once the worker has stopped serving (it panicked).
+    down: AtomicBool,
     /// The generation of the config tables the worker runs on.
     generation: AtomicU64,
     balancing: AtomicBool,
@@ -81,42 +50,40 @@ pub struct WorkerStats {
 
 const BALANCE_FIELDS: usize = 11;
 
-impl BalanceStats {
-    fn to_array(self) -> [u64; BALANCE_FIELDS] {
-        let (c, f) = (self.counters, self.flows);
-        [
-            c.forward,
-            c.reply,
-            c.icmp_time_exceeded,
-            c.icmp_too_big,
-            c.icmp_translated,
-            f.created,
-            f.expired,
-            f.evicted,
-            f.reload_removed,
-            f.live,
-            self.capacity,
-        ]
-    }
+fn balance_to_array(b: BalanceStats) -> [u64; BALANCE_FIELDS] {
+    let (c, f) = (b.counters, b.flows);
+    [
+        c.forward,
+        c.reply,
+        c.icmp_time_exceeded,
+        c.icmp_too_big,
+        c.icmp_translated,
+        f.created,
+        f.expired,
+        f.evicted,
+        f.reload_removed,
+        f.live,
+        b.capacity,
+    ]
+}
 
-    fn from_array(a: [u64; BALANCE_FIELDS]) -> Self {
-        Self {
-            counters: Counters {
-                forward: a[0],
-                reply: a[1],
-                icmp_time_exceeded: a[2],
-                icmp_too_big: a[3],
-                icmp_translated: a[4],
-            },
-            flows: ConntrackStats {
-                created: a[5],
-                expired: a[6],
-                evicted: a[7],
-                reload_removed: a[8],
-                live: a[9],
-            },
-            capacity: a[10],
-        }
+fn balance_from_array(a: [u64; BALANCE_FIELDS]) -> BalanceStats {
+    BalanceStats {
+        counters: Counters {
+            forward: a[0],
+            reply: a[1],
+            icmp_time_exceeded: a[2],
+            icmp_too_big: a[3],
+            icmp_translated: a[4],
+        },
+        flows: ConntrackStats {
+            created: a[5],
+            expired: a[6],
+            evicted: a[7],
+            reload_removed: a[8],
+            live: a[9],
+        },
+        capacity: a[10],
     }
 }
 
@@ -132,12 +99,25 @@ impl WorkerStats {
         for (total, n) in self.drops.iter().zip(t.drops) {
             total.fetch_add(n, Relaxed);
         }
+        for (total, n) in self.io_drops.iter().zip(t.io_drops) {
+            total.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Marks the worker as no longer serving (it panicked).
+    pub fn set_down(&self) {
+        self.down.store(true, Release);
+    }
+
+    /// Whether the worker still serves its queue.
+    pub fn up(&self) -> bool {
+        !self.down.load(Acquire)
     }
 
     /// Stores the balancer's totals (the owning worker, once per batch).
     pub fn publish_balance(&self, b: BalanceStats) {
         self.balancing.store(true, Relaxed);
-        for (total, value) in self.balance.iter().zip(b.to_array()) {
+        for (total, value) in self.balance.iter().zip(balance_to_array(b)) {
             total.store(value, Relaxed);
         }
     }
@@ -194,12 +174,14 @@ impl WorkerStats {
             tx_bytes: self.tx_bytes.load(Relaxed),
             handoff_out: self.handoff_out.load(Relaxed),
             handoff_in: self.handoff_in.load(Relaxed),
-            balance: self.balancing.load(Relaxed).then(|| {
-                BalanceStats::from_array(self.balance.each_ref().map(|v| v.load(Relaxed)))
-            }),
-            drops: DropReason::ALL
-                .iter()
-                .map(|&r| (r.name(), self.drops[r as usize].load(Relaxed)))
+            balance: self
+                .balancing
+                .load(Relaxed)
+                .then(|| balance_from_array(self.balance.each_ref().map(|v| v.load(Relaxed)))),
+            up: self.up(),
+            drops: DropReason::iter()
+                .map(|r| (r.name(), self.drops[r as usize].load(Relaxed)))
+                .chain(IoDrop::iter().map(|r| (r.name(), self.io_drops[r as usize].load(Relaxed))))
                 .collect(),
         }
     }
@@ -208,6 +190,9 @@ impl WorkerStats {
 /// A worker's counters at one moment.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatsSnapshot {
+    /// Whether the worker serves its queue (false once it has panicked: its
+    /// queue then fails open to the kernel).
+    pub up: bool,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
@@ -218,49 +203,4 @@ pub struct StatsSnapshot {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balance: Option<BalanceStats>,
     pub drops: std::collections::BTreeMap<&'static str, u64>,
-}
-
-/// Lets a warning that can repeat every turn of a worker's loop through at
-/// most once per interval, and says how many were held back meanwhile.
-#[derive(Debug)]
-pub struct Throttle {
-    interval: std::time::Duration,
-    last: Option<std::time::Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    pub const fn new(interval: std::time::Duration) -> Self {
-        Self {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(n)` if the warning may be logged now, `n` being how many were
-    /// held back since the last one; `None` if it is held back.
-    pub fn allow(&mut self) -> Option<u64> {
-        let now = std::time::Instant::now();
-        if self.last.is_some_and(|last| now - last < self.interval) {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn throttle_lets_one_through_per_interval_and_counts_the_rest() {
-        let mut t = Throttle::new(std::time::Duration::from_millis(50));
-        assert_eq!(t.allow(), Some(0));
-        assert_eq!((t.allow(), t.allow()), (None, None));
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        assert_eq!(t.allow(), Some(2));
-    }
 }

@@ -11,7 +11,9 @@ use rialto_rules::{MaglevHash, WeightedBackend, maglev};
 /// Validate config files without touching the network.
 ///
 /// Each FILE is parsed and compiled exactly as `rialto run --config` would
-/// (Maglev tables included). Every problem is printed on stderr as
+/// (Maglev tables included), for --workers workers on this machine: its
+/// tables must fit limits.memory_mib and the memory this machine has
+/// available. Every problem is printed on stderr as
 /// `FILE:LINE:COLUMN: field: reason`, not just the first; a good file gets
 /// one line on stdout saying what it holds. Exits non-zero if any file has
 /// a problem.
@@ -20,14 +22,23 @@ pub struct CheckArgs {
     /// Config files (TOML).
     #[arg(value_name = "FILE", required = true)]
     files: Vec<PathBuf>,
+
+    /// Check for this many workers (one per receive queue `rialto run`
+    /// serves) [default: one per CPU of this machine].
+    #[arg(long)]
+    workers: Option<u32>,
 }
 
 pub fn check(args: &CheckArgs) -> Result<ExitCode> {
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let budget = rialto::host::budget(workers);
     let mut good = true;
     for path in &args.files {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
-        match rialto_rules::load(&name, &text) {
+        match rialto_rules::load_for(&name, &text, &budget) {
             Ok(snapshot) => {
                 let backends: usize = snapshot.services.iter().map(|s| s.backends.len()).sum();
                 println!(
@@ -58,7 +69,7 @@ pub fn check(args: &CheckArgs) -> Result<ExitCode> {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// The API of the running rialto.
-    #[arg(long, value_name = "ADDR:PORT", default_value = crate::run::DEFAULT_API)]
+    #[arg(long, value_name = "ADDR:PORT", default_value = crate::api::DEFAULT_API)]
     api: std::net::SocketAddr,
 
     /// Seconds between two views.
@@ -166,8 +177,10 @@ fn render_rates(before: &serde_json::Value, now: &serde_json::Value, secs: f64) 
 ///
 /// Every frame of IN goes through the same pipeline `rialto run` runs, with
 /// the capture's timestamps as the clock. What the pipeline transmits is
-/// written to OUT; the summary (frames, transmitted, drops by reason) is
-/// printed on stdout as JSON.
+/// written to OUT; the summary (frames, transmitted, drops by reason, the
+/// balancer's counters, the flow table's events) is printed on stdout as
+/// JSON. Exit status 0; 3 if the capture ends inside a record (a file cut
+/// short: the summary is of the records before it); 1 on an error.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
     /// The border node's config (TOML), as for `rialto run`.
@@ -188,8 +201,14 @@ pub struct ReplayArgs {
     decap: bool,
 }
 
+/// `rialto replay`'s exit status when the capture is cut short.
+const REPLAY_TRUNCATED: u8 = 3;
+
 pub fn replay(args: &ReplayArgs) -> Result<ExitCode> {
-    let tables = Arc::new(crate::run::load_config(&args.config)?);
+    let tables = Arc::new(rialto::host::load_config(
+        &args.config,
+        &rialto_rules::Budget::OFFLINE,
+    )?);
     let input =
         File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
     let output = File::create(&args.output)
@@ -202,6 +221,14 @@ pub fn replay(args: &ReplayArgs) -> Result<ExitCode> {
     let summary = replay::replay(tables, stages, input, BufWriter::new(output))
         .with_context(|| format!("replaying {}", args.input.display()))?;
     println!("{}", serde_json::to_string(&summary)?);
+    if summary.truncated {
+        eprintln!(
+            "rialto: warning: {} ends inside a record: replayed the {} frames before it",
+            args.input.display(),
+            summary.frames
+        );
+        return Ok(ExitCode::from(REPLAY_TRUNCATED));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,5 +1,16 @@
 //! A worker: one thread per receive queue, pinned to a core, running the
 //! pipeline to completion over batches from its own AF_XDP port.
+//!
+//! A frame's path, top-down: the port takes a batch off its RX ring and its
+//! inbox ([`XskPort::step`]), the pipeline gives each frame a verdict
+//! ([`Pipeline::process`]), the port sends each where its verdict says;
+//! then the pipeline's housekeeping ([`Pipeline::tick`]) and, once per
+//! batch, the counters are published ([`WorkerStats`]).
+//!
+//! A worker that panics does not take the others down: the panic is
+//! caught, the worker is marked down (the control plane then takes its
+//! socket out of the XSKMAP, so its queue fails open to the kernel), and
+//! until shutdown it only sends frames home.
 
 use std::{
     sync::{
@@ -12,13 +23,14 @@ use std::{
 
 use arc_swap::ArcSwap;
 use core_affinity::CoreId;
-use rialto_rules::Snapshot;
-use tracing::warn;
+use rialto_dataplane::Pipeline;
+use rialto_tables::Snapshot;
+use tracing::{error, warn};
 
 use crate::{
     afxdp::{Ledger, XskPort},
-    pipeline::Pipeline,
-    stats::{Tally, WorkerStats},
+    stats::WorkerStats,
+    tally::Tally,
 };
 
 /// How long an idle worker sleeps in `poll` before it checks for shutdown.
@@ -94,6 +106,9 @@ pub struct Worker {
     pub stats: Arc<WorkerStats>,
     /// Where reloads publish new tables (balance mode).
     pub tables: Option<Arc<SharedTables>>,
+    /// Test only (`rialto run --inject-fault worker-panic:Q`): panic at the
+    /// first frame.
+    pub panic_at_first_frame: bool,
 }
 
 impl Worker {
@@ -120,17 +135,40 @@ impl Worker {
                 "cannot pin worker to its core"
             );
         }
-        let clock = Instant::now();
         let mut generation = 0;
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.serve(stop, &mut generation);
+        }));
+        if served.is_err() {
+            error!(
+                queue = self.queue,
+                "worker panicked: its queue fails open to the kernel, the other workers go on"
+            );
+            self.stats.set_down();
+            while !stop.load(Ordering::Relaxed) {
+                self.port.idle_down();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.port.idle_down();
+        }
+        stopped.wait();
+        let ledger = self.port.drain(DRAIN_TIMEOUT);
+        self.publish_slow(generation);
+        ledger
+    }
+
+    /// The loop, until `stop`; `generation` is the tables' it runs on.
+    fn serve(&mut self, stop: &AtomicBool, generation: &mut u64) {
+        let clock = Instant::now();
         let mut next_slow = 0;
         let mut next_hop = None;
         while !stop.load(Ordering::Relaxed) {
             if let Some(tables) = &self.tables
-                && tables.generation() != generation
+                && tables.generation() != *generation
             {
-                generation = tables.generation();
+                *generation = tables.generation();
                 self.pipeline.reload(tables.current());
-                self.stats.set_generation(generation);
+                self.stats.set_generation(*generation);
                 next_slow = 0;
                 next_hop = None;
             }
@@ -143,22 +181,23 @@ impl Worker {
             }
             let mut tally = Tally::default();
             let now = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            if self.port.step(&mut self.pipeline, now, &mut tally) > 0 {
+            let (pipeline, fault) = (&mut self.pipeline, self.panic_at_first_frame);
+            let processed = self.port.step(&mut tally, |frames, verdicts| {
+                assert!(!fault, "fault injected: worker panic at its first frame");
+                pipeline.process(frames, verdicts, now);
+            });
+            self.pipeline.tick(now);
+            if processed > 0 {
                 self.stats.publish(&tally);
                 self.publish_balance();
             } else if !self.port.busy() {
-                self.pipeline.tick(now);
                 self.port.wait(IDLE_POLL);
             }
             if now >= next_slow {
                 next_slow = now + SLOW_PUBLISH.as_nanos() as u64;
-                self.publish_slow(generation);
+                self.publish_slow(*generation);
             }
         }
-        stopped.wait();
-        let ledger = self.port.drain(DRAIN_TIMEOUT);
-        self.publish_slow(generation);
-        ledger
     }
 
     fn publish_slow(&self, generation: u64) {
@@ -170,7 +209,7 @@ impl Worker {
     }
 
     fn publish_balance(&self) {
-        if let Some(b) = self.pipeline.balance_stats() {
+        if let Some(b) = self.pipeline.stats() {
             self.stats.publish_balance(b);
         }
     }

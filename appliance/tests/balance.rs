@@ -271,7 +271,13 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
     );
     assert_eq!(out, back, "every frame handed over was taken: {summary}");
     for reason in [
-        "malformed",
+        "malformed_ethernet",
+        "malformed_ipv4",
+        "malformed_ipv6",
+        "malformed_tcp",
+        "malformed_udp",
+        "malformed_icmp",
+        "malformed_vxlan",
         "handoff_full",
         "tx_ring_full",
         "no_headroom",
@@ -567,4 +573,253 @@ fn reloads_keep_live_flows_on_their_backends() {
         "removing b removed b's flows and no other: {summary}"
     );
     assert!(live > b_flows);
+}
+
+/// The API's status of the rialto in this thread's namespace.
+fn status() -> serde_json::Value {
+    serde_json::from_str(&get("/api/v1/status")).unwrap()
+}
+
+/// A valid config that cannot be put in force is rolled back whole: when
+/// the workers do not take its tables in time, and when the XDP maps refuse
+/// one of its entries half way (each fault injected). Live and new
+/// connections go on as before, the service it removed still answers, the
+/// VIP it added is not steered, and the status says what happened.
+#[test]
+fn a_reload_that_cannot_be_put_in_force_is_rolled_back() {
+    let pair = Pair::up(2);
+    gateways(&pair);
+    let mac = mac_of(&pair.peer_ns, &pair.peer_if);
+    named_echo(&pair.peer_ns, "198.19.1.10:8080", "a");
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+    let path = std::env::temp_dir().join(format!("rialto-rollback-{}.toml", std::process::id()));
+    // Drops `echo`, adds a UDP VIP.
+    let next = format!(
+        r#"
+[[service]]
+name = "web"
+vip = "198.18.100.1:80/TCP"
+backends = [{POD_A}]
+
+[[service]]
+name = "new"
+vip = "198.18.100.3:7/UDP"
+backends = [{{ cluster = "east", addr = "198.19.1.10:7007" }}]
+"#
+    );
+    for fault in ["reload-stall", "map-update"] {
+        std::fs::write(&path, config(&mac, &web(POD_A))).unwrap();
+        let rialto = Rialto::start(
+            BIN,
+            &pair.node_ns,
+            &[
+                "--iface",
+                &pair.node_if,
+                "--config",
+                path.to_str().unwrap(),
+                "--inject-fault",
+                fault,
+            ],
+        );
+        let live = in_netns(&pair.peer_ns, Connection::open);
+        std::fs::write(&path, config(&mac, &next)).unwrap();
+        rialto.signal(nix::sys::signal::Signal::SIGHUP);
+        let line = rialto.wait_for_log("reload rejected", Duration::from_secs(10));
+        assert!(
+            line.contains("rolled back, the running config stays in force"),
+            "{fault}: {line}"
+        );
+        let before = in_netns(&pair.node_ns, status);
+        in_netns(&pair.peer_ns, || {
+            live.ping()
+                .unwrap_or_else(|e| panic!("{fault}: the live connection after the rollback: {e}"));
+            assert_eq!(
+                Connection::open().pod,
+                "a",
+                "{fault}: new connections as before"
+            );
+            assert_eq!(
+                udp_stream(20),
+                (20, 20),
+                "{fault}: the service the reload removed still answers"
+            );
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..5 {
+                socket
+                    .send_to(b"to the VIP the reload added", "198.18.100.3:7")
+                    .unwrap();
+            }
+        });
+        let after = in_netns(&pair.node_ns, status);
+        let xdp =
+            |s: &serde_json::Value, reason: &str| s["xdp"][reason]["packets"].as_u64().unwrap();
+        assert!(
+            xdp(&after, "pass_not_owned") >= xdp(&before, "pass_not_owned") + 5,
+            "{fault}: the added VIP is not steered: {after}"
+        );
+        let reloads = &after["reloads"];
+        assert_eq!(
+            (reloads["ok"].as_u64(), reloads["rolled_back"].as_u64()),
+            (Some(0), Some(1)),
+            "{fault}: {reloads}"
+        );
+        assert_eq!(reloads["last"]["ok"], false, "{reloads}");
+        let metrics = in_netns(&pair.node_ns, || get("/metrics"));
+        assert!(
+            metrics.contains(r#"rialto_reloads_total{result="rolled_back"} 1"#),
+            "{metrics}"
+        );
+        let (status, summary) = rialto.terminate();
+        assert!(status.success(), "{fault}: {status}\n{summary}");
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// One raw HTTP/1.1 exchange with the API in this thread's namespace: the
+/// status code of the answer (`None` if there was none).
+fn raw_http(request: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect("127.0.0.1:9600").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // A reset while writing still leaves the answer to read.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    answer.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The operator API refuses what it must (bodies not meant as a config,
+/// too large, headers too large), puts a config sent in the body in force
+/// and makes it the config file, locates the problems of an invalid one,
+/// and answers `/metrics` while a large config compiles.
+#[test]
+fn the_api_bounds_requests_and_never_waits_for_a_reload() {
+    let pair = Pair::up(1);
+    gateways(&pair);
+    let mac = mac_of(&pair.peer_ns, &pair.peer_if);
+    let path = std::env::temp_dir().join(format!("rialto-api-{}.toml", std::process::id()));
+    let first = config(&mac, &web(POD_A));
+    std::fs::write(&path, &first).unwrap();
+    let rialto = Rialto::start(
+        BIN,
+        &pair.node_ns,
+        &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
+    );
+    let post = |body: &str, kind: &str| {
+        ureq::post("http://127.0.0.1:9600/api/v1/reload")
+            .header("Content-Type", kind)
+            .send(body)
+    };
+    let status_of = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| match r {
+        Ok(r) => r.status().as_u16(),
+        Err(ureq::Error::StatusCode(code)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    in_netns(&pair.node_ns, || {
+        let garbage = "x".repeat(10 << 20);
+        assert_eq!(status_of(post(&garbage, "application/octet-stream")), 415);
+        let huge = format!(
+            "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nContent-Type: application/toml\r\nContent-Length: {}\r\n\r\n",
+            17 << 20
+        );
+        assert_eq!(raw_http(huge.as_bytes()), Some(413), "a body beyond 16 MiB");
+        let long_header = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n",
+            "y".repeat(20 << 10)
+        );
+        assert_eq!(
+            raw_http(long_header.as_bytes()),
+            Some(431),
+            "headers beyond 16 KiB"
+        );
+        let reloads = || status()["reloads"].clone();
+        assert_eq!(reloads()["ok"], 0, "nothing was reloaded");
+        assert_eq!(reloads()["rejected"], 0, "nothing was even tried");
+
+        // An invalid config in the body: 422, located; nothing changes.
+        let r = post(
+            "[node]\nvteps = [\"198.18.0.1\"]\nmtu = 70000\n",
+            "application/toml",
+        );
+        let Err(ureq::Error::StatusCode(422)) = r else {
+            panic!("an invalid config is refused with 422, not {r:?}");
+        };
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            first,
+            "the file is untouched"
+        );
+        let r = ureq::post("http://127.0.0.1:9600/api/v1/reload")
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .header("Content-Type", "application/toml")
+            .send("[node\n")
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_reader(r.into_body().into_reader()).unwrap();
+        let located = body["problems"][0].as_str().unwrap_or_default();
+        assert!(
+            located.ends_with(".toml:1:6: unclosed table, expected `]`"),
+            "{body}"
+        );
+
+        // A valid one: in force, and the config file from now on.
+        let second = config(&mac, &web(&format!("{POD_A}, {POD_B}")));
+        assert_eq!(status_of(post(&second, "application/toml")), 200);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            second,
+            "the file is the config sent"
+        );
+        let services: serde_json::Value = serde_json::from_str(&get("/api/v1/services")).unwrap();
+        assert_eq!(
+            services[0]["backends"].as_array().unwrap().len(),
+            2,
+            "{services}"
+        );
+        assert_eq!(reloads()["ok"], 1);
+
+        // A config whose Maglev tables take seconds to build: scrapes
+        // answer meanwhile, each far sooner than the reload.
+        let large: String = (0..150)
+            .map(|i| {
+                format!(
+                    "\n[[service]]\nname = \"big{i}\"\nvip = \"198.18.100.{}:{}/TCP\"\ntable_size = 1000003\nbackends = [{POD_A}]\n",
+                    10 + i / 50,
+                    1000 + i
+                )
+            })
+            .collect();
+        let large = config(&mac, &format!("{}{large}", web(POD_A)));
+        let slowest = std::thread::scope(|s| {
+            let reload = s.spawn(|| {
+                let start = std::time::Instant::now();
+                assert_eq!(status_of(post(&large, "application/toml")), 200);
+                start.elapsed()
+            });
+            let mut slowest = Duration::ZERO;
+            while !reload.is_finished() {
+                let start = std::time::Instant::now();
+                get("/metrics");
+                slowest = slowest.max(start.elapsed());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let took = reload.join().unwrap();
+            println!("a reload of {took:?}; the slowest scrape meanwhile {slowest:?}");
+            assert!(
+                took > Duration::from_secs(1),
+                "the reload is slow enough to tell: {took:?}"
+            );
+            slowest
+        });
+        assert!(
+            slowest < Duration::from_secs(1),
+            "a scrape waited {slowest:?} for the reload"
+        );
+    });
+    let (status, summary) = rialto.terminate();
+    std::fs::remove_file(&path).unwrap();
+    assert!(status.success(), "{status}\n{summary}");
 }

@@ -199,6 +199,41 @@ fn startup_errors_are_one_clear_line() {
     let e = startup_error(&pair, &nobody, &["--mode", "reflect", "--iface", iface]);
     assert!(e.contains("permission denied"), "{e}");
 
+    // A SNAT address that is the node's own: the node would drop off its
+    // own network, so Rialto refuses to start.
+    let config = std::env::temp_dir().join(format!("rialto-own-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        r#"
+[node]
+vteps = ["198.18.0.1"]
+next_hop_mac = "02:00:00:00:00:02"
+[snat]
+addresses = ["fd00::1"]
+[[cluster]]
+name = "east"
+vni = 100
+gateways = ["198.18.0.2"]
+gateway_mac = "02:00:00:00:02:01"
+[[service]]
+name = "web6"
+vip = "[fd00:100::1]:80/TCP"
+backends = [{ cluster = "east", addr = "[fd00:119::10]:8080" }]
+"#,
+    )
+    .unwrap();
+    let e = startup_error(
+        &pair,
+        &[],
+        &["--iface", iface, "--config", config.to_str().unwrap()],
+    );
+    std::fs::remove_file(&config).unwrap();
+    assert!(
+        e.starts_with("rialto: error: snat.addresses: fd00::1 is an address of this host ("),
+        "{e}"
+    );
+    assert!(!xdp_attached(&pair), "nothing was attached");
+
     let first = start(&pair, &[]);
     let e = startup_error(&pair, &[], &["--mode", "reflect", "--iface", iface]);
     assert!(
@@ -207,4 +242,110 @@ fn startup_errors_are_one_clear_line() {
     );
     let (status, _) = first.terminate();
     assert!(status.success());
+}
+
+/// The API's `/metrics` of the rialto in namespace `ns`, parsed.
+fn scrape(ns: &str) -> prometheus_parse::Scrape {
+    let text = in_netns(ns, || {
+        ureq::get("http://127.0.0.1:9600/metrics")
+            .call()
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    });
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("not Prometheus text ({e}):\n{text}"))
+}
+
+/// The value of `metric` labelled `queue="Q"`.
+fn per_queue(scrape: &prometheus_parse::Scrape, metric: &str, queue: u32) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && s.labels.get("queue") == Some(&queue.to_string()))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) => v,
+            _ => panic!("{metric} is neither gauge nor counter"),
+        })
+        .unwrap_or_else(|| panic!("no {metric} for queue {queue}"))
+}
+
+/// One datagram on each of `flows` sockets to the VIP; how many came back.
+fn answered(flows: usize) -> usize {
+    (0..flows)
+        .filter(|flow| {
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let payload = format!("flow {flow}");
+            socket.send_to(payload.as_bytes(), (VIP_V4, 7)).unwrap();
+            matches!(socket.recv(&mut [0; 64]), Ok(n) if n == payload.len())
+        })
+        .count()
+}
+
+/// A worker that panics (fault injected on queue 1) neither stops the other
+/// nor hangs shutdown: its queue fails open to the kernel, the metrics and
+/// the summary say it is down, and every UMEM frame is still accounted for.
+#[test]
+fn a_worker_that_panics_fails_its_queue_open_and_the_other_serves_on() {
+    let pair = Pair::up(2);
+    let rialto = start(
+        &pair,
+        &[&VIPS[..2], &["--inject-fault", "worker-panic:1"]].concat(),
+    );
+    // Flows spread over both queues; the first frame on queue 1 kills its worker.
+    const FLOWS: usize = 32;
+    in_netns(&pair.peer_ns, || answered(FLOWS));
+    rialto.wait_for_log("worker panicked", Duration::from_secs(5));
+    rialto.wait_for_log(
+        "worker down: its queue now goes to the kernel",
+        Duration::from_secs(5),
+    );
+    let (before, metrics) = (in_netns(&pair.node_ns, status_xdp), scrape(&pair.node_ns));
+    assert_eq!(per_queue(&metrics, "rialto_worker_up", 0), 1.0);
+    assert_eq!(per_queue(&metrics, "rialto_worker_up", 1), 0.0);
+    let back = in_netns(&pair.peer_ns, || answered(FLOWS));
+    let after = in_netns(&pair.node_ns, status_xdp);
+    let steered = after["redirect_vip"] - before["redirect_vip"];
+    let passed = after["pass_no_socket"] - before["pass_no_socket"];
+    assert_eq!(steered + passed, FLOWS as u64, "{before:?} {after:?}");
+    assert!(passed > 0, "queue 1's frames go to the kernel: {after:?}");
+    assert_eq!(back as u64, steered, "queue 0 answers every flow it gets");
+    assert!(back > 0, "queue 0 still serves");
+    assert_kernel_answers(&pair);
+
+    let (status, summary) = rialto.terminate();
+    assert_eq!(status.code(), Some(1), "a worker died: {summary}");
+    let workers = summary["workers"].as_array().unwrap();
+    assert_eq!(
+        (workers[0]["up"].clone(), workers[1]["up"].clone()),
+        (true.into(), false.into()),
+        "{summary}"
+    );
+    for w in workers {
+        assert_eq!(
+            w["umem_balanced"], true,
+            "even the worker that panicked: {w}"
+        );
+    }
+    assert!(!xdp_attached(&pair), "detached at exit");
+}
+
+/// The XDP program's packet counters, by reason, from the API.
+fn status_xdp() -> std::collections::BTreeMap<String, u64> {
+    let status: serde_json::Value = ureq::get("http://127.0.0.1:9600/api/v1/status")
+        .call()
+        .unwrap_or_else(|e| panic!("GET /api/v1/status: {e}"))
+        .body_mut()
+        .read_json()
+        .unwrap();
+    status["xdp"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no xdp in {status}"))
+        .iter()
+        .map(|(reason, c)| (reason.clone(), c["packets"].as_u64().unwrap()))
+        .collect()
 }

@@ -10,7 +10,8 @@ use std::{
 };
 
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
-use rialto::{fixtures, pipeline::Verdict};
+use rialto_dataplane::Verdict;
+use rialto_fixtures as fixtures;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
@@ -184,13 +185,14 @@ const CORPUS: &str = concat!(
     "/../../shared/corpus/zeek-tunnels"
 );
 
-/// A config whose one cluster's gateways are `peers`, with `vni`.
-fn corpus_config(dir: &Scratch, peers: &[&str], vni: u32) -> PathBuf {
+/// A config with `vtep` as Rialto's VTEP and one cluster whose gateways
+/// are `peers`, with `vni`.
+fn corpus_config(dir: &Scratch, vtep: &str, peers: &[&str], vni: u32) -> PathBuf {
     let gateways: Vec<_> = peers.iter().map(|p| format!("{p:?}")).collect();
     let text = format!(
         r#"
         [node]
-        vteps = ["198.18.1.1"]
+        vteps = ["{vtep}"]
         next_hop_mac = "02:00:00:00:00:fe"
         [snat]
         addresses = ["198.18.200.1"]
@@ -222,7 +224,9 @@ fn corpus(file: &str) -> PathBuf {
 #[test]
 fn vxlan_capture_decapsulates_to_zeeks_inner_packets() {
     let dir = Scratch::new("corpus-vxlan");
-    let config = corpus_config(&dir, &["192.168.56.11", "192.168.56.12"], 123);
+    // Both directions are decapsulated (--decap does not ask which VTEP a
+    // capture's VXLAN was sent to), as Zeek's baseline has them.
+    let config = corpus_config(&dir, "198.18.1.1", &["192.168.56.11", "192.168.56.12"], 123);
     let summary = replay(
         &config,
         &corpus("vxlan.pcap"),
@@ -293,20 +297,30 @@ fn vxlan_capture_decapsulates_to_zeeks_inner_packets() {
 /// decapsulation alone: what each odd case becomes, never a panic.
 #[test]
 fn corpus_captures_are_handled_as_documented() {
-    // (capture, tunnel peers, VNI, frames transmitted by --decap, drops of
-    // the whole balancer, which has no VIP for any of them)
-    type Case<'a> = (&'a str, &'a [&'a str], u32, u64, &'a [(&'a str, u64)]);
+    // (capture, Rialto's VTEP, tunnel peers, VNI, frames transmitted by
+    // --decap, drops of the whole balancer, which has no VIP for any of them)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a [&'a str],
+        u32,
+        u64,
+        &'a [(&'a str, u64)],
+    );
     let cases: &[Case] = &[
-        // Inner ARP is not IP; inner ICMP echo is to no VIP.
+        // From .11 to Rialto, .12: inner ARP is not IP, inner ICMP echo is to
+        // no VIP. From .12, Rialto's own VTEP, to .11: no peer of Rialto's.
         (
             "vxlan.pcap",
-            &["192.168.56.11", "192.168.56.12"],
+            "192.168.56.12",
+            &["192.168.56.11"],
             123,
-            10,
-            &[("not_ip", 2), ("not_owned", 8)],
+            5,
+            &[("not_ip", 1), ("not_owned", 4), ("unknown_peer", 5)],
         ),
         (
             "vxlan-encapsulated-http.pcap",
+            "10.1.1.172",
             &["10.1.200.131"],
             1,
             12,
@@ -315,14 +329,17 @@ fn corpus_captures_are_handled_as_documented() {
         // Inner checksums are the end hosts' business: passed on as they are.
         (
             "vxlan-inner-tcp-bad-checksum.pcap",
+            "192.168.1.2",
             &["192.168.1.1"],
             42,
             1,
             &[("not_owned", 1)],
         ),
-        // The outer UDP checksum is not verified (RFC 7348 §5: MAY).
+        // The outer UDP checksum is not verified (RFC 7348 §5: MAY); the
+        // inner IGMP goes to a multicast group, no VIP.
         (
             "vxlan-encapsulated-igmp-v2.pcap",
+            "172.30.0.2",
             &["172.30.0.1"],
             4242,
             3,
@@ -331,6 +348,7 @@ fn corpus_captures_are_handled_as_documented() {
         // One layer is decapsulated; the VXLAN inside is UDP to no VIP.
         (
             "vxlan-triple-v2.pcap",
+            "1.1.1.9",
             &["1.1.1.1"],
             1,
             1,
@@ -339,26 +357,42 @@ fn corpus_captures_are_handled_as_documented() {
         // Cut short by the capture: the IP lengths do not fit.
         (
             "geneve-vxlan-dns-truncated.pcap",
-            &["127.0.0.1"],
+            "198.18.1.1",
+            &["198.18.2.1"],
             4242,
             0,
-            &[("malformed", 2)],
+            &[("malformed_ipv4", 2)],
         ),
         // Geneve and IP-in-IP are not VXLAN.
         (
             "geneve.pcap",
+            "198.18.1.1",
             &["20.0.0.1", "20.0.0.2"],
             1,
             0,
             &[("not_owned", 6)],
         ),
-        ("4in4.pcap", &["1.2.3.4"], 1, 0, &[("not_owned", 1)]),
-        ("4in6.pcap", &["1.2.3.4"], 1, 0, &[("not_owned", 1)]),
+        (
+            "4in4.pcap",
+            "198.18.1.1",
+            &["1.2.3.4"],
+            1,
+            0,
+            &[("not_owned", 1)],
+        ),
+        (
+            "4in6.pcap",
+            "198.18.1.1",
+            &["1.2.3.4"],
+            1,
+            0,
+            &[("not_owned", 1)],
+        ),
     ];
     let dir = Scratch::new("corpus-all");
     let mut failures = Vec::new();
-    for &(file, peers, vni, decap_tx, drops) in cases {
-        let config = corpus_config(&dir, peers, vni);
+    for &(file, vtep, peers, vni, decap_tx, drops) in cases {
+        let config = corpus_config(&dir, vtep, peers, vni);
         let frames = tshark_stacks(&corpus(file)).len() as u64;
         let decap = replay(&config, &corpus(file), &dir.path("decap.pcap"), true);
         let whole = replay(&config, &corpus(file), &dir.path("whole.pcap"), false);
@@ -376,4 +410,83 @@ fn corpus_captures_are_handled_as_documented() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `rialto replay` runs with a capture's timestamps, so the flow table's
+/// events are the live ones: more SYNs than the table holds evict, and the
+/// summary says how many, as the live summary does.
+#[test]
+fn replay_reports_the_flow_tables_events() {
+    use fixtures::{Ip, L4};
+    let dir = Scratch::new("flows");
+    let config = dir.path("fixtures.toml");
+    std::fs::write(&config, fixtures::CONFIG).unwrap();
+    const SYNS: u32 = 20_000;
+    let frames: Vec<_> = (0..SYNS)
+        .map(|i| {
+            let client = [198, 18, 0, 2 + (i / 50_000) as u8];
+            let packet = fixtures::ip(
+                Ip::V4 {
+                    src: client,
+                    dst: fixtures::WEB,
+                    ttl: 64,
+                },
+                L4::Tcp(10_000 + (i % 50_000) as u16, 80, "S", 1),
+                b"",
+            );
+            fixtures::from_router(&packet)
+        })
+        .collect();
+    write_pcap(&dir.path("syns.pcap"), &frames);
+    let summary = replay(
+        &config,
+        &dir.path("syns.pcap"),
+        &dir.path("out.pcap"),
+        false,
+    );
+    let flows = &summary["flows"];
+    assert_eq!(summary["capacity"], 4096, "{summary}");
+    assert_eq!(flows["created"], SYNS, "{summary}");
+    assert_eq!(
+        flows["evicted"],
+        SYNS - 4096,
+        "every SYN beyond the table evicts one: {summary}"
+    );
+    assert_eq!(flows["live"], 4096, "{summary}");
+    assert_eq!(summary["tx"], SYNS, "{summary}");
+}
+
+/// A capture that ends inside a record is replayed up to it: the summary
+/// of what was read, a warning, and exit status 3.
+#[test]
+fn a_capture_cut_mid_record_gives_the_summary_of_what_was_read() {
+    let dir = Scratch::new("cut");
+    let config = dir.path("fixtures.toml");
+    std::fs::write(&config, fixtures::CONFIG).unwrap();
+    let inputs: Vec<_> = fixtures::table().into_iter().map(|f| f.input).collect();
+    write_pcap(&dir.path("whole.pcap"), &inputs);
+    let whole = std::fs::read(dir.path("whole.pcap")).unwrap();
+    std::fs::write(dir.path("cut.pcap"), &whole[..whole.len() - 5]).unwrap();
+    let out = Command::new(BIN)
+        .args(["replay", "--config"])
+        .arg(&config)
+        .arg("--in")
+        .arg(dir.path("cut.pcap"))
+        .arg("--out")
+        .arg(dir.path("out.pcap"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("the summary");
+    assert_eq!(summary["truncated"], true);
+    assert_eq!(
+        summary["frames"],
+        inputs.len() - 1,
+        "every whole record: {summary}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cut.pcap ends inside a record: replayed the"),
+        "{stderr}"
+    );
 }

@@ -11,7 +11,7 @@ use etherparse::{IpHeaders, Ipv4Header, PacketBuilder};
 use rialto::afxdp::{PortConfig, XskPort};
 use rialto_rules::{Proto, Steering as Rules};
 use rialto_testbed::{Pair, in_netns};
-use xdp_redirect::{Reason, Steering};
+use xdp_redirect::{IPV6_EXT_MAX, Reason, Steering};
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
@@ -38,6 +38,7 @@ fn rules() -> Rules {
         ],
         tunnel_peers: vec![ip("198.18.2.1"), ip("fd00:2::1")],
         snat_addrs: vec![ip("198.18.200.1")],
+        vteps: vec![ip("198.18.0.1"), ip("fd00:1::1")],
         ..Rules::default()
     }
 }
@@ -85,6 +86,16 @@ fn ipv6_ext(mut frame: Vec<u8>, kind: u8) -> Vec<u8> {
         [next, 0, 1, 4, 0, 0, 0, 0]
     };
     frame.splice(54..54, ext);
+    frame
+}
+
+/// Puts a 12-byte authentication header (RFC 4302) before the transport header.
+fn ipv6_ah(mut frame: Vec<u8>) -> Vec<u8> {
+    let next = frame[14 + 6];
+    frame[14 + 6] = 51;
+    let payload_len = u16::from_be_bytes([frame[18], frame[19]]) + 12;
+    frame[18..20].copy_from_slice(&payload_len.to_be_bytes());
+    frame.splice(54..54, [next, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]);
     frame
 }
 
@@ -160,6 +171,26 @@ fn cases() -> Vec<Case> {
             "VXLAN from a tunnel peer",
             l4_4(GATEWAY, NODE, Udp, 4789),
             RedirectVxlan,
+        ),
+        case(
+            "VXLAN from a tunnel peer to another address than a VTEP",
+            l4_4(GATEWAY, [198, 18, 0, 9], Udp, 4789),
+            PassNotOwned,
+        ),
+        case(
+            "UDP to an IPv6 VIP behind an authentication header",
+            ipv6_ah(udp6(CLIENT6, VIP6, 53)),
+            RedirectVip,
+        ),
+        case(
+            "UDP to an IPv6 VIP behind as many extension headers as are walked",
+            (0..IPV6_EXT_MAX).fold(udp6(CLIENT6, VIP6, 53), |f, _| ipv6_ext(f, 60)),
+            RedirectVip,
+        ),
+        case(
+            "UDP to an IPv6 VIP behind one extension header more",
+            (0..=IPV6_EXT_MAX).fold(udp6(CLIENT6, VIP6, 53), |f, _| ipv6_ext(f, 60)),
+            PassMalformed,
         ),
         case(
             "VXLAN from a stranger",
@@ -287,5 +318,44 @@ fn classifies_every_rule_and_near_miss() {
         let port = XskPort::open(&pair.node_if, 0, &PortConfig::default()).expect("AF_XDP socket");
         steering.register_socket(0, port.raw_fd()).unwrap();
         check_all(&steering, true);
+    });
+}
+
+/// The XDP program and the userspace parser walk IPv6 extension headers
+/// equally far: for chains of every length around the limit, of
+/// destination options and authentication headers, the program steers the
+/// frame exactly when the parser finds its UDP header.
+#[test]
+fn the_program_and_the_parser_walk_extension_headers_equally_far() {
+    use rialto_dataplane::wire::ipv6;
+    assert_eq!(IPV6_EXT_MAX, ipv6::MAX_EXTENSION_HEADERS);
+    let pair = Pair::up(1);
+    in_netns(&pair.node_ns, || {
+        let mut steering = Steering::load(&rules()).expect("the steering program loads");
+        let port = XskPort::open(&pair.node_if, 0, &PortConfig::default()).expect("AF_XDP socket");
+        steering.register_socket(0, port.raw_fd()).unwrap();
+        let mut seen = Vec::new();
+        for headers in 0..=IPV6_EXT_MAX + 2 {
+            for ah in [false, true] {
+                let mut frame = udp6(CLIENT6, VIP6, 53);
+                for i in 0..headers {
+                    frame = if ah && i == 0 {
+                        ipv6_ah(frame)
+                    } else {
+                        ipv6_ext(frame, 60)
+                    };
+                }
+                let steered = steering.test_run(&frame).unwrap() == XDP_REDIRECT;
+                let parsed = ipv6::Packet::new_checked(&frame[14..])
+                    .and_then(|p| p.upper_layer())
+                    .is_ok_and(|u| u.protocol == 17);
+                assert_eq!(steered, parsed, "{headers} headers (AH first: {ah})");
+                seen.push(steered);
+            }
+        }
+        assert!(
+            seen.contains(&true) && seen.contains(&false),
+            "both outcomes seen"
+        );
     });
 }

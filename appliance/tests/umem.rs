@@ -11,9 +11,9 @@ use std::{
 
 use rialto::{
     afxdp::{PortConfig, XskPort},
-    pipeline::Pipeline,
-    stats::Tally,
+    tally::Tally,
 };
+use rialto_dataplane::Pipeline;
 use rialto_rules::Steering as Rules;
 use rialto_testbed::{Pair, VIP_V4, in_netns};
 use xdp_redirect::{AttachMode, Steering};
@@ -76,7 +76,10 @@ fn every_frame_is_accounted_for_after_drain() {
                 back
             });
             while !done.load(Ordering::Acquire) {
-                if port.step(&mut pipeline, 0, &mut tally) == 0 && !port.busy() {
+                let processed = port.step(&mut tally, |frames, verdicts| {
+                    pipeline.process(frames, verdicts, 0);
+                });
+                if processed == 0 && !port.busy() {
                     port.wait(Duration::from_millis(10));
                 }
             }

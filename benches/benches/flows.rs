@@ -13,8 +13,8 @@
 
 use std::time::Instant;
 
-use rialto::pipeline::OwnedFrame;
 use rialto_benches::{balancer, forward, packet, rss, tables};
+use rialto_dataplane::OwnedFrame;
 
 const SETUP_FLOWS: usize = 1_000_000;
 const RUNS: usize = 5;
@@ -41,7 +41,7 @@ fn main() {
             }
             let rate = SETUP_FLOWS as f64 / start.elapsed().as_secs_f64();
             now += EXPIRED;
-            while pipeline.balance_stats().is_some_and(|s| s.flows.live > 0) {
+            while pipeline.stats().is_some_and(|s| s.flows.live > 0) {
                 pipeline.tick(now);
             }
             rate
@@ -74,7 +74,7 @@ fn main() {
     }
     let filled = rss();
     let seconds = start.elapsed().as_secs_f64();
-    let live = pipeline.balance_stats().map_or(0, |s| s.flows.live);
+    let live = pipeline.stats().map_or(0, |s| s.flows.live);
     assert_eq!(live, MEMORY_FLOWS as u64, "every flow is live");
     let per_flow = |bytes: u64| bytes as f64 / MEMORY_FLOWS as f64;
     println!(

@@ -24,16 +24,16 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rialto::{
-    fixtures,
+use rialto_benches::{client, forward, reflect_frame, tables, with_flows};
+use rialto_dataplane::{
+    OwnedFrame, Pipeline,
     pipeline::{
-        OwnedFrame, Pipeline,
         conntrack::{Conntrack, Flow, FlowKey, Side, TcpState},
         packet::mapped,
         snat::SnatPorts,
     },
 };
-use rialto_benches::{client, forward, reflect_frame, tables, with_flows};
+use rialto_fixtures as fixtures;
 
 /// Frames of distinct flows each iteration cycles over.
 const SAMPLE: usize = 4096;
@@ -79,7 +79,7 @@ fn flow(i: usize, snat: [u8; 16], port: u16) -> Flow {
         src_port: sport,
         dst_port: 53,
         proto: UDP,
-        tunnel: rialto::pipeline::conntrack::UPLINK,
+        tunnel: rialto_dataplane::pipeline::conntrack::UPLINK,
     };
     Flow {
         forward,

@@ -17,11 +17,11 @@
 use std::sync::Arc;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use rialto::{
-    fixtures::{self, Ip, L4},
-    pipeline::{OwnedFrame, Pipeline, Verdict},
-};
+use rialto_dataplane::{OwnedFrame, Pipeline, Verdict};
+use rialto_fixtures::{self as fixtures, Ip, L4};
 use rialto_rules::Snapshot;
+
+pub mod traffic;
 
 /// The fixture config, with room for `flows` flows on one worker and enough
 /// SNAT addresses for them (65,512 ports each).
@@ -88,7 +88,7 @@ pub fn with_flows(flows: usize, sample: usize) -> (Pipeline, Vec<Vec<u8>>, Vec<V
     let (mut forward, mut back) = (Vec::new(), Vec::new());
     for i in 0..flows {
         frame.load(&packet(i, "S"));
-        assert_eq!(frame.with(|f| pipeline.process(f, 0)), Verdict::Tx);
+        assert_eq!(frame.with(|f| pipeline.process_frame(f, 0)), Verdict::Tx);
         if i % step == 0 && forward.len() < sample {
             forward.push(packet(i, "A"));
             back.push(reply_to(frame.data()));
@@ -137,7 +137,7 @@ pub fn reply_to(sent: &[u8]) -> Vec<u8> {
 #[inline]
 pub fn forward(pipeline: &mut Pipeline, buf: &mut OwnedFrame, frame: &[u8], now: u64) {
     buf.load(frame);
-    let verdict = buf.with(|f| pipeline.process(std::hint::black_box(f), now));
+    let verdict = buf.with(|f| pipeline.process_frame(std::hint::black_box(f), now));
     assert_eq!(verdict, Verdict::Tx);
 }
 

@@ -25,7 +25,7 @@
 //! ]
 //! ```
 //!
-//! [`Config::parse`] checks the syntax and the types; [`crate::Snapshot::compile`]
+//! [`Config::parse`] checks the syntax and the types; [`crate::compile`]
 //! checks the meaning and builds the dataplane's tables. [`crate::load`] does
 //! both and words every problem as `FILE:LINE:COLUMN: field: reason`: the
 //! fields that the meaning checks point at keep their place in the file
@@ -36,7 +36,8 @@ use std::{net::IpAddr, str::FromStr};
 use serde::{Deserialize, Deserializer, de::Error as _};
 pub use toml::Spanned;
 
-use crate::{Endpoint, VXLAN_PORT, maglev::MaglevHash};
+pub use rialto_tables::BackendState;
+use rialto_tables::{Endpoint, MaglevHash, VXLAN_PORT};
 
 /// A whole config file.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -93,31 +94,33 @@ pub struct Node {
     /// The uplink's MAC, the source of every frame Rialto sends. Live,
     /// the interface's own MAC is used when this is absent.
     #[serde(default)]
-    pub mac: Option<Mac>,
+    pub mac: Option<Spanned<Mac>>,
     /// The next hop (the top-of-rack router) every frame is sent to. Live,
     /// when absent, it is learned from the kernel: the uplink's default
     /// route's gateway in the neighbour table, followed as it changes.
     #[serde(default)]
-    pub next_hop_mac: Option<Mac>,
+    pub next_hop_mac: Option<Spanned<Mac>>,
     /// Source MAC of the inner frames Rialto encapsulates; the gateways'
     /// static neighbour entries for Rialto point at it [default: `mac`].
     #[serde(default)]
-    pub vtep_mac: Option<Mac>,
+    pub vtep_mac: Option<Spanned<Mac>>,
     /// MTU of the uplink: an encapsulated packet larger than this is refused
-    /// with an ICMP error to its sender.
+    /// with an ICMP error to its sender. It must leave room, once the tunnel
+    /// takes its share, for the smallest packet each family must carry
+    /// (576 bytes for IPv4, RFC 1812 §4.3.2.3; 1280 for IPv6, RFC 8200 §5).
     #[serde(default = "default_mtu")]
-    pub mtu: u16,
+    pub mtu: Spanned<u16>,
     /// UDP destination port of VXLAN.
     #[serde(default = "default_vxlan_port")]
-    pub vxlan_port: u16,
+    pub vxlan_port: Spanned<u16>,
 }
 
-fn default_mtu() -> u16 {
-    1500
+fn default_mtu() -> Spanned<u16> {
+    Spanned::new(0..0, 1500)
 }
 
-fn default_vxlan_port() -> u16 {
-    VXLAN_PORT
+fn default_vxlan_port() -> Spanned<u16> {
+    Spanned::new(0..0, VXLAN_PORT)
 }
 
 /// Rialto's SNAT pool: the source of every connection it opens to a backend.
@@ -126,69 +129,131 @@ fn default_vxlan_port() -> u16 {
 pub struct Snat {
     pub addresses: Spanned<Vec<IpAddr>>,
     /// `FIRST-LAST`, inclusive; split evenly between the workers.
-    #[serde(default = "default_ports", deserialize_with = "port_range")]
-    pub ports: (u16, u16),
+    #[serde(default = "default_ports")]
+    pub ports: Spanned<PortRange>,
 }
 
-fn default_ports() -> (u16, u16) {
-    (1024, 65535)
+fn default_ports() -> Spanned<PortRange> {
+    Spanned::new(0..0, PortRange(1024, 65535))
 }
 
-fn port_range<'de, D: Deserializer<'de>>(d: D) -> Result<(u16, u16), D::Error> {
-    let s = String::deserialize(d)?;
-    let (first, last) = s
-        .split_once('-')
-        .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
-        .ok_or_else(|| D::Error::custom(format!("{s:?} is not a port range FIRST-LAST")))?;
-    if first > last || first == 0 {
-        return Err(D::Error::custom(format!(
-            "port range {s:?} must go from a non-zero FIRST up to LAST"
-        )));
+/// `FIRST-LAST`: a range of ports, inclusive, from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (first, last) = s
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+            .ok_or_else(|| format!("{s:?} is not a port range FIRST-LAST"))?;
+        if first > last || first == 0 {
+            return Err(format!(
+                "port range {s:?} must go from a non-zero FIRST up to LAST"
+            ));
+        }
+        Ok(Self(first, last))
     }
-    Ok((first, last))
 }
 
-/// How long an idle flow is remembered, in seconds.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d)
+    }
+}
+
+/// How long an idle flow is remembered, in seconds (each at least 1).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// A TCP connection whose handshake has not completed.
-    pub tcp_syn: u32,
-    pub tcp_established: u32,
-    /// After a FIN or an RST.
-    pub tcp_closing: u32,
-    pub udp: u32,
-    pub icmp: u32,
+    #[serde(default = "default_tcp_syn")]
+    pub tcp_syn: Spanned<u32>,
+    /// Also a connection one side has half closed: the other may go on.
+    #[serde(default = "default_tcp_established")]
+    pub tcp_established: Spanned<u32>,
+    /// After both FINs, or an RST.
+    #[serde(default = "default_tcp_closing")]
+    pub tcp_closing: Spanned<u32>,
+    #[serde(default = "default_udp")]
+    pub udp: Spanned<u32>,
+    #[serde(default = "default_icmp")]
+    pub icmp: Spanned<u32>,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            tcp_syn: 30,
-            tcp_established: 3600,
-            tcp_closing: 30,
-            udp: 60,
-            icmp: 30,
+            tcp_syn: default_tcp_syn(),
+            tcp_established: default_tcp_established(),
+            tcp_closing: default_tcp_closing(),
+            udp: default_udp(),
+            icmp: default_icmp(),
         }
     }
 }
 
-/// Table sizes.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
+/// The defaults of [`rialto_tables::Timeouts`], placed nowhere in the file.
+fn default_timeout(pick: impl Fn(&rialto_tables::Timeouts) -> u32) -> Spanned<u32> {
+    Spanned::new(0..0, pick(&rialto_tables::Timeouts::default()))
+}
+
+fn default_tcp_syn() -> Spanned<u32> {
+    default_timeout(|t| t.tcp_syn)
+}
+
+fn default_tcp_established() -> Spanned<u32> {
+    default_timeout(|t| t.tcp_established)
+}
+
+fn default_tcp_closing() -> Spanned<u32> {
+    default_timeout(|t| t.tcp_closing)
+}
+
+fn default_udp() -> Spanned<u32> {
+    default_timeout(|t| t.udp)
+}
+
+fn default_icmp() -> Spanned<u32> {
+    default_timeout(|t| t.icmp)
+}
+
+/// Table sizes, and the memory they may take.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Live flows per worker; beyond it, the flow closest to expiry among a
     /// few sampled is evicted. The table is allocated whole at start.
-    pub flows_per_worker: u32,
+    #[serde(default = "default_flows_per_worker")]
+    pub flows_per_worker: Spanned<u32>,
+    /// The most memory Rialto's tables may take, in MiB: every worker's
+    /// flow table and SNAT ports, and every service's Maglev table (twice:
+    /// a reload builds the new ones beside the old).
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: Spanned<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            flows_per_worker: 1 << 18,
+            flows_per_worker: default_flows_per_worker(),
+            memory_mib: default_memory_mib(),
         }
     }
 }
+
+fn default_flows_per_worker() -> Spanned<u32> {
+    Spanned::new(0..0, rialto_tables::Limits::default().flows_per_worker)
+}
+
+fn default_memory_mib() -> Spanned<u64> {
+    Spanned::new(0..0, DEFAULT_MEMORY_MIB)
+}
+
+/// [`Limits::memory_mib`]'s default: 4 GiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 4096;
 
 /// A remote cluster, reached through VXLAN.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -200,7 +265,7 @@ pub struct Cluster {
     /// and flows to the cluster are spread over them.
     pub gateways: Spanned<Vec<IpAddr>>,
     /// The MAC of the gateways' VXLAN device: the destination of inner frames.
-    pub gateway_mac: Mac,
+    pub gateway_mac: Spanned<Mac>,
 }
 
 /// A service imported into this cluster, behind a VIP.
@@ -233,16 +298,6 @@ pub struct Backend {
 
 fn default_weight() -> u32 {
     1
-}
-
-/// Whether a backend takes new flows.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendState {
-    #[default]
-    Active,
-    /// Keeps its live flows, gets no new ones.
-    Draining,
 }
 
 /// An Ethernet address, written `02:00:00:00:00:01`.
@@ -286,12 +341,6 @@ impl<'de> Deserialize<'de> for Mac {
     }
 }
 
-impl<'de> Deserialize<'de> for Endpoint {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        from_str(d)
-    }
-}
-
 /// Deserializes a string through the type's `FromStr`.
 fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
 where
@@ -329,15 +378,17 @@ pub(crate) mod tests {
     #[test]
     fn parses_with_defaults() {
         let config = Config::parse(EXAMPLE).unwrap();
-        assert_eq!(config.node.mtu, 1500);
-        assert_eq!(config.node.vxlan_port, VXLAN_PORT);
-        assert_eq!(config.snat.ports, (1024, 65535));
+        assert_eq!(*config.node.mtu.get_ref(), 1500);
+        assert_eq!(*config.node.vxlan_port.get_ref(), VXLAN_PORT);
+        assert_eq!(*config.snat.ports.get_ref(), PortRange(1024, 65535));
+        assert_eq!(*config.timeouts.udp.get_ref(), 60);
+        assert_eq!(*config.limits.memory_mib.get_ref(), DEFAULT_MEMORY_MIB);
         let service = &config.services[0];
         assert_eq!(service.table_size, None);
         assert_eq!(service.backends.get_ref()[0].weight, 3);
         assert_eq!(service.backends.get_ref()[0].state, BackendState::Active);
         assert_eq!(
-            config.clusters[0].gateway_mac.to_string(),
+            config.clusters[0].gateway_mac.get_ref().to_string(),
             "02:00:00:00:02:01"
         );
     }

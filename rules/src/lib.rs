@@ -1,24 +1,30 @@
 //! Rialto's rules: what the border node owns and where it sends it.
 //!
-//! The control plane parses and validates here; the dataplane only indexes
-//! what this crate produced.
+//! The control plane parses and validates here, and compiles what it read
+//! into `rialto-tables`' [`Snapshot`] (re-exported here), which the
+//! dataplane only indexes.
 
+mod compile;
 pub mod config;
-mod endpoint;
 pub mod k8s;
-pub mod maglev;
-mod snapshot;
 
-pub use endpoint::{Endpoint, ParseEndpointError, Proto};
-pub use maglev::{MaglevError, MaglevHash, WeightedBackend};
-pub use snapshot::{Backend, Cluster, CompileError, Node, Problem, Service, Snapshot, SnatPool};
+pub use compile::{Budget, CompileError, MAX_MTU, Problem, compile};
+pub use rialto_tables::*;
 
-use std::{fmt, net::IpAddr};
+use std::fmt;
+
+/// The largest file a config may import.
+pub const MAX_IMPORT_BYTES: u64 = 16 << 20;
+
+/// [`load_for`] one worker, against the config's own memory cap.
+pub fn load(file: &str, text: &str) -> Result<Snapshot, Rejected> {
+    load_for(file, text, &Budget::OFFLINE)
+}
 
 /// Parses and compiles the config `text`, read from `file`, with the
-/// Kubernetes files it imports (paths relative to `file`'s directory): the
-/// snapshot, or every problem found, each with its place.
-pub fn load(file: &str, text: &str) -> Result<Snapshot, Rejected> {
+/// Kubernetes files it imports (paths relative to `file`'s directory), for
+/// `budget`: the snapshot, or every problem found, each with its place.
+pub fn load_for(file: &str, text: &str, budget: &Budget) -> Result<Snapshot, Rejected> {
     let located = |span: Option<std::ops::Range<usize>>, message: String| {
         let (line, column) = span.map_or((0, 0), |s| line_column(text, s.start));
         Located {
@@ -47,21 +53,22 @@ pub fn load(file: &str, text: &str) -> Result<Snapshot, Rejected> {
     let mut problems = Vec::new();
     for import in &config.imports {
         let path = dir.join(import.file.get_ref());
-        let imported = std::fs::read_to_string(&path)
-            .map_err(|e| k8s::ImportError::at(format!("cannot read it: {e}")))
-            .and_then(|yaml| k8s::import(&yaml, import.file.span()));
+        let imported = read_import(&path).and_then(|yaml| k8s::import(&yaml, import.file.span()));
         match imported {
             Ok(services) => config.services.extend(services),
-            Err(e) => problems.push(Located {
-                file: path.display().to_string(),
-                line: e.line,
-                column: e.column,
-                message: e.message,
-            }),
+            // At the config's `file =`, naming the place in the imported file.
+            Err(e) => {
+                let place = match e.line {
+                    0 => path.display().to_string(),
+                    line => format!("{}:{line}:{}", path.display(), e.column),
+                };
+                let message = format!("import: {place}: {}", e.message);
+                problems.push(located(Some(import.file.span()), message));
+            }
         }
     }
     if problems.is_empty() {
-        match Snapshot::compile(&config) {
+        match compile(&config, budget) {
             Ok(snapshot) => return Ok(snapshot),
             Err(compiled) => problems.extend(
                 compiled
@@ -73,6 +80,30 @@ pub fn load(file: &str, text: &str) -> Result<Snapshot, Rejected> {
     Err(Rejected { problems })
 }
 
+/// An imported file's text: a regular file of at most [`MAX_IMPORT_BYTES`].
+fn read_import(path: &std::path::Path) -> Result<String, k8s::ImportError> {
+    use std::io::Read as _;
+    let cannot = |why: String| k8s::ImportError::at(why);
+    let file = std::fs::File::open(path).map_err(|e| cannot(format!("cannot read it: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| cannot(format!("cannot read it: {e}")))?;
+    if !meta.is_file() {
+        return Err(cannot("not a regular file".to_owned()));
+    }
+    let mut text = String::new();
+    file.take(MAX_IMPORT_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| cannot(format!("cannot read it: {e}")))?;
+    if text.len() as u64 > MAX_IMPORT_BYTES {
+        return Err(cannot(format!(
+            "larger than {} MiB, the most an import may be",
+            MAX_IMPORT_BYTES >> 20
+        )));
+    }
+    Ok(text)
+}
+
 /// The key whose value starts at byte `offset` (`key = value` on one line,
 /// also inside an inline table), if the text there is one.
 fn field_before(text: &str, offset: usize) -> Option<&str> {
@@ -82,41 +113,6 @@ fn field_before(text: &str, offset: usize) -> Option<&str> {
         .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         .map_or(0, |i| i + 1);
     Some(&key[start..]).filter(|k| !k.is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn steering_diff_names_only_what_changed() {
-        let old = Steering {
-            vips: vec![
-                "198.18.100.1:80/TCP".parse().unwrap(),
-                "198.18.100.2:53/UDP".parse().unwrap(),
-            ],
-            tunnel_peers: vec!["198.18.2.1".parse().unwrap()],
-            snat_addrs: vec!["198.18.200.1".parse().unwrap()],
-            vxlan_port: VXLAN_PORT,
-        };
-        let new = Steering {
-            vips: vec![
-                "198.18.100.2:53/UDP".parse().unwrap(),
-                "198.18.100.3:80/TCP".parse().unwrap(),
-            ],
-            tunnel_peers: vec!["198.18.2.1".parse().unwrap()],
-            snat_addrs: vec!["198.18.200.2".parse().unwrap()],
-            vxlan_port: 8472,
-        };
-        let (added, removed) = old.diff(&new);
-        assert_eq!(added.vips, vec!["198.18.100.3:80/TCP".parse().unwrap()]);
-        assert_eq!(removed.vips, vec!["198.18.100.1:80/TCP".parse().unwrap()]);
-        assert!(added.tunnel_peers.is_empty() && removed.tunnel_peers.is_empty());
-        assert_eq!(added.snat_addrs, new.snat_addrs);
-        assert_eq!(removed.snat_addrs, old.snat_addrs);
-        assert_eq!(added.vxlan_port, 8472);
-        assert_eq!(old.diff(&old).0.vips.len() + old.diff(&old).1.vips.len(), 0);
-    }
 }
 
 /// 1-based line and column (in characters) of byte `offset` of `text`.
@@ -157,59 +153,5 @@ impl fmt::Display for Rejected {
             write!(f, "{}:{}:{}: {}", p.file, p.line, p.column, p.message)?;
         }
         Ok(())
-    }
-}
-
-/// The IANA-assigned VXLAN port (RFC 7348 §5).
-pub const VXLAN_PORT: u16 = 4789;
-
-/// The largest VXLAN network identifier (24 bits, RFC 7348 §5).
-pub const MAX_VNI: u32 = 0xff_ffff;
-
-/// The traffic the XDP program steers into Rialto's AF_XDP sockets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Steering {
-    /// Service VIPs: destination address, port and protocol.
-    pub vips: Vec<Endpoint>,
-    /// Tunnel peers (remote gateways' VTEPs): VXLAN from these is Rialto's.
-    pub tunnel_peers: Vec<IpAddr>,
-    /// Rialto's SNAT addresses: replies to them are Rialto's.
-    pub snat_addrs: Vec<IpAddr>,
-    /// UDP destination port of VXLAN.
-    pub vxlan_port: u16,
-}
-
-impl Steering {
-    /// What goes from `self` to `new`: the entries to add (with `new`'s
-    /// VXLAN port) and the entries to remove, so a reload writes only what
-    /// changed into the XDP program's maps.
-    pub fn diff(&self, new: &Self) -> (Self, Self) {
-        fn minus<T: PartialEq + Copy>(a: &[T], b: &[T]) -> Vec<T> {
-            a.iter().filter(|x| !b.contains(x)).copied().collect()
-        }
-        let added = Self {
-            vips: minus(&new.vips, &self.vips),
-            tunnel_peers: minus(&new.tunnel_peers, &self.tunnel_peers),
-            snat_addrs: minus(&new.snat_addrs, &self.snat_addrs),
-            vxlan_port: new.vxlan_port,
-        };
-        let removed = Self {
-            vips: minus(&self.vips, &new.vips),
-            tunnel_peers: minus(&self.tunnel_peers, &new.tunnel_peers),
-            snat_addrs: minus(&self.snat_addrs, &new.snat_addrs),
-            vxlan_port: self.vxlan_port,
-        };
-        (added, removed)
-    }
-}
-
-impl Default for Steering {
-    fn default() -> Self {
-        Self {
-            vips: Vec::new(),
-            tunnel_peers: Vec::new(),
-            snat_addrs: Vec::new(),
-            vxlan_port: VXLAN_PORT,
-        }
     }
 }

@@ -46,6 +46,25 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The `rialto` binary of this build, for tests of other packages than
+/// `rialto` (which have `CARGO_BIN_EXE_rialto`): it sits beside the test
+/// executable's `deps/` directory.
+pub fn rialto_bin() -> String {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("rialto"))
+        .expect("the test runs from target/PROFILE/deps");
+    assert!(
+        bin.is_file(),
+        "{} is not built: run the tests with `cargo test --workspace` (test.sh does), \
+         which builds it",
+        bin.display()
+    );
+    bin.display().to_string()
+}
+
 /// A name no other fixture of any test process uses at the same time.
 fn unique_name() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

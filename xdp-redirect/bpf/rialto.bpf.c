@@ -3,8 +3,8 @@
  * Rialto's steering program: redirect into AF_XDP exactly the frames Rialto
  * owns, pass everything else to the kernel.
  *
- * Owned: UDP to the VXLAN port from a tunnel peer, destination VIP:port/proto,
- * destination in the SNAT address set. The redirect's fallback is XDP_PASS,
+ * Owned: UDP to the VXLAN port from a tunnel peer to one of Rialto's VTEPs,
+ * destination VIP:port/proto, destination in the SNAT address set. The redirect's fallback is XDP_PASS,
  * so with no socket on a queue (Rialto stopped or crashed) the kernel gets the
  * frame: a dead appliance never black-holes the host.
  */
@@ -18,8 +18,6 @@
 
 #include "rialto.h"
 
-/* Walked IPv6 extension headers; a deeper chain is treated as malformed. */
-#define IPV6_EXT_MAX 4
 #define IPV4_FRAG_MASK 0x3fff /* MF flag and fragment offset */
 
 struct {
@@ -49,6 +47,13 @@ struct {
 	__type(key, struct rialto_addr);
 	__type(value, __u32);
 } rialto_snat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2);
+	__type(key, struct rialto_addr);
+	__type(value, __u32);
+} rialto_vteps SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -99,9 +104,11 @@ static __always_inline void map_ipv4(struct rialto_addr *a, __be32 v4)
 	__builtin_memcpy(&a->bytes[12], &v4, sizeof(v4));
 }
 
+/* The extension headers walked to the upper layer; a fragment header stops the walk. */
 static __always_inline int is_ipv6_ext(__u8 next)
 {
-	return next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS;
+	return next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+	       next == IPPROTO_AH;
 }
 
 SEC("xdp")
@@ -149,15 +156,16 @@ int rialto_steer(struct xdp_md *ctx)
 		proto = ip6->nexthdr;
 		l4 = ip6 + 1;
 #pragma unroll
-		for (int i = 0; i < IPV6_EXT_MAX; i++) {
+		for (int i = 0; i < RIALTO_IPV6_EXT_MAX; i++) {
 			struct ipv6_opt_hdr *ext = l4;
 
 			if (!is_ipv6_ext(proto))
 				break;
 			if ((void *)(ext + 1) > data_end)
 				return verdict(ctx, RIALTO_PASS_MALFORMED, XDP_PASS);
+			/* AH counts its length in 4-byte words, less 2 (RFC 4302); the others in 8-byte words, less 1. */
+			l4 += proto == IPPROTO_AH ? (ext->hdrlen + 2) * 4 : (ext->hdrlen + 1) * 8;
 			proto = ext->nexthdr;
-			l4 += (ext->hdrlen + 1) * 8;
 		}
 		if (is_ipv6_ext(proto))
 			return verdict(ctx, RIALTO_PASS_MALFORMED, XDP_PASS);
@@ -183,7 +191,8 @@ int rialto_steer(struct xdp_md *ctx)
 		__u32 zero = 0;
 		struct rialto_config *cfg = bpf_map_lookup_elem(&rialto_config, &zero);
 
-		if (cfg && ports->dest == cfg->vxlan_port && bpf_map_lookup_elem(&rialto_peers, &src))
+		if (cfg && ports->dest == cfg->vxlan_port && bpf_map_lookup_elem(&rialto_peers, &src) &&
+		    bpf_map_lookup_elem(&rialto_vteps, &dst))
 			return steer(ctx, RIALTO_REDIRECT_VXLAN);
 	}
 

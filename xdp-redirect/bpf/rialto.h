@@ -9,6 +9,13 @@
 
 #include <linux/types.h>
 
+/*
+ * IPv6 extension headers walked at most; a longer chain is malformed. The
+ * userspace parser's limit (rialto-dataplane's ipv6::MAX_EXTENSION_HEADERS)
+ * is the same, and a test proves both agree.
+ */
+#define RIALTO_IPV6_EXT_MAX 8
+
 /* Why a frame got its verdict: one per-CPU counter per reason. */
 enum rialto_reason {
 	RIALTO_REDIRECT_VXLAN = 0, /* UDP to the VXLAN port from a tunnel peer */

@@ -1,20 +1,20 @@
 //! Rialto's XDP steering program and its loader.
 //!
 //! The program (`bpf/rialto.bpf.c`) is compiled by `build.rs` and embedded
-//! here. [`Steering`] loads it, fills its maps from [`rialto_rules::Steering`],
+//! here. [`Steering`] loads it, fills its maps from [`rialto_tables::Steering`],
 //! attaches it to an interface and registers AF_XDP sockets per receive queue.
 //! Dropping it detaches the program; with no socket in the XSKMAP the program
 //! passes every frame to the kernel, so a dead appliance fails open.
 
 mod maps;
 
-pub use maps::{Counter, Counters, Reason};
+pub use maps::{Counter, Counters, IPV6_EXT_MAX, Reason};
 
-use std::{io, os::fd::AsRawFd};
+use std::{io, os::fd::AsRawFd, sync::Arc};
 
 use aya::{
     Ebpf, EbpfError, include_bytes_aligned,
-    maps::{Array, HashMap, MapError, PerCpuArray, XskMap},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 
@@ -75,15 +75,55 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> SteeringError {
     move |source| SteeringError::Map { map, source }
 }
 
+/// The address-set maps and what each holds.
+fn address_sets(rules: &rialto_tables::Steering) -> [(&'static str, &Vec<std::net::IpAddr>); 3] {
+    [
+        ("rialto_peers", &rules.tunnel_peers),
+        ("rialto_snat", &rules.snat_addrs),
+        ("rialto_vteps", &rules.vteps),
+    ]
+}
+
 /// The loaded steering program and its maps.
 #[derive(Debug)]
 pub struct Steering {
     ebpf: Ebpf,
+    counters: CounterReader,
+}
+
+/// Reads the steering program's counters, from any thread, without the
+/// [`Steering`] itself: lookups in a per-CPU array the program only
+/// increments. Clones share the map.
+#[derive(Clone)]
+pub struct CounterReader(Arc<PerCpuArray<MapData, CounterValue>>);
+
+impl std::fmt::Debug for CounterReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CounterReader(rialto_counters)")
+    }
+}
+
+impl CounterReader {
+    /// The verdict counters, summed over CPUs.
+    pub fn read(&self) -> Result<Counters, SteeringError> {
+        let mut counters = Counters::default();
+        for (reason, counter) in Reason::ALL.into_iter().zip(&mut counters.0) {
+            let per_cpu = self
+                .0
+                .get(&(reason as u32), 0)
+                .map_err(map_err("rialto_counters"))?;
+            for [packets, bytes] in per_cpu.iter() {
+                counter.packets += packets;
+                counter.bytes += bytes;
+            }
+        }
+        Ok(counters)
+    }
 }
 
 impl Steering {
     /// Loads the program into the kernel and fills its maps; nothing is attached yet.
-    pub fn load(rules: &rialto_rules::Steering) -> Result<Self, SteeringError> {
+    pub fn load(rules: &rialto_tables::Steering) -> Result<Self, SteeringError> {
         let ebpf = Ebpf::load(OBJECT).map_err(|e| match &e {
             EbpfError::MapError(MapError::CreateError { io_error, .. })
                 if io_error.kind() == io::ErrorKind::PermissionDenied =>
@@ -92,7 +132,14 @@ impl Steering {
             }
             _ => SteeringError::Load(e),
         })?;
-        let mut steering = Self { ebpf };
+        let mut ebpf = ebpf;
+        let map = ebpf
+            .take_map("rialto_counters")
+            .expect("the object defines rialto_counters");
+        let counters = CounterReader(Arc::new(
+            PerCpuArray::try_from(map).expect("rialto_counters is a per-CPU array"),
+        ));
+        let mut steering = Self { ebpf, counters };
         steering
             .program_mut()
             .load()
@@ -107,16 +154,13 @@ impl Steering {
     }
 
     /// Writes the rules into the program's maps.
-    pub fn apply(&mut self, rules: &rialto_rules::Steering) -> Result<(), SteeringError> {
+    pub fn apply(&mut self, rules: &rialto_tables::Steering) -> Result<(), SteeringError> {
         let mut vips: HashMap<_, [u8; 20], u32> = self.map("rialto_vips");
         for vip in &rules.vips {
             vips.insert(VipKey::new(vip).bytes(), 1, 0)
                 .map_err(map_err("rialto_vips"))?;
         }
-        for (name, addrs) in [
-            ("rialto_peers", &rules.tunnel_peers),
-            ("rialto_snat", &rules.snat_addrs),
-        ] {
+        for (name, addrs) in address_sets(rules) {
             let mut set: HashMap<_, AddrKey, u32> = self.map(name);
             for &addr in addrs {
                 set.insert(addr_key(addr), 1, 0).map_err(map_err(name))?;
@@ -134,7 +178,7 @@ impl Steering {
 
     /// Takes the rules' entries out of the program's maps (those absent
     /// already are fine); the VXLAN port stays.
-    pub fn remove(&mut self, rules: &rialto_rules::Steering) -> Result<(), SteeringError> {
+    pub fn remove(&mut self, rules: &rialto_tables::Steering) -> Result<(), SteeringError> {
         let absent = |e: &MapError| matches!(e, MapError::KeyNotFound);
         let mut vips: HashMap<_, [u8; 20], u32> = self.map("rialto_vips");
         for vip in &rules.vips {
@@ -143,10 +187,7 @@ impl Steering {
                 _ => {}
             }
         }
-        for (name, addrs) in [
-            ("rialto_peers", &rules.tunnel_peers),
-            ("rialto_snat", &rules.snat_addrs),
-        ] {
+        for (name, addrs) in address_sets(rules) {
             let mut set: HashMap<_, AddrKey, u32> = self.map(name);
             for &addr in addrs {
                 match set.remove(&addr_key(addr)) {
@@ -189,25 +230,24 @@ impl Steering {
         xsks.set(queue, socket, 0).map_err(map_err("rialto_xsks"))
     }
 
+    /// Stops steering frames received on `queue` into a socket: the
+    /// kernel gets them again (absent already is fine).
+    pub fn unregister_socket(&mut self, queue: u32) -> Result<(), SteeringError> {
+        let mut xsks: XskMap<_> = self.map("rialto_xsks");
+        match xsks.unset(queue) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            other => other.map_err(map_err("rialto_xsks")),
+        }
+    }
+
     /// The verdict counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, SteeringError> {
-        let map: PerCpuArray<_, CounterValue> = PerCpuArray::try_from(
-            self.ebpf
-                .map("rialto_counters")
-                .expect("the object defines rialto_counters"),
-        )
-        .expect("rialto_counters is a per-CPU array");
-        let mut counters = Counters::default();
-        for (reason, counter) in Reason::ALL.into_iter().zip(&mut counters.0) {
-            let per_cpu = map
-                .get(&(reason as u32), 0)
-                .map_err(map_err("rialto_counters"))?;
-            for [packets, bytes] in per_cpu.iter() {
-                counter.packets += packets;
-                counter.bytes += bytes;
-            }
-        }
-        Ok(counters)
+        self.counters.read()
+    }
+
+    /// A reader of the counters for other threads.
+    pub fn counter_reader(&self) -> CounterReader {
+        self.counters.clone()
     }
 
     /// Runs the program once over `frame` in the kernel (`BPF_PROG_TEST_RUN`)

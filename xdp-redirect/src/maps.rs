@@ -5,7 +5,7 @@
 use std::{mem::offset_of, net::IpAddr};
 
 use bytemuck::{Pod, Zeroable};
-use rialto_rules::Endpoint;
+use rialto_tables::Endpoint;
 
 /// `struct rialto_addr`: IPv6, or IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
 pub(crate) type AddrKey = [u8; 16];
@@ -58,6 +58,9 @@ impl Config {
         bytemuck::cast(self)
     }
 }
+
+/// `RIALTO_IPV6_EXT_MAX`: IPv6 extension headers the program walks at most.
+pub const IPV6_EXT_MAX: usize = 8;
 
 /// `struct rialto_counter`, as aya reads it: packets, then bytes.
 pub(crate) type CounterValue = [u64; 2];

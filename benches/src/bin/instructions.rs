@@ -4,8 +4,8 @@
 //!
 //!   instructions reflect|forward|return|new FLOWS PACKETS
 
-use rialto::pipeline::{OwnedFrame, Pipeline};
 use rialto_benches::{balancer, forward, packet, reflect_frame, tables, with_flows};
+use rialto_dataplane::{OwnedFrame, Pipeline};
 
 /// Room in the table for new flows.
 const NEW_ROOM: usize = 1 << 18;

@@ -6,7 +6,7 @@
 use std::{fs, path::Path};
 
 use pcap_file::pcap::PcapReader;
-use rialto::{fixtures, fuzzing};
+use rialto_fixtures::{self as fixtures, fuzzing};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,0 +1,622 @@
+//! The border node's job (DESIGN.md, "What a border node does").
+//!
+//! Forward: client -> VIP, from the uplink or out of a cluster's tunnel:
+//! look the flow up (on a miss, Maglev picks the backend and a SNAT port is
+//! taken), DNAT to the backend, SNAT to Rialto, encapsulate toward the
+//! backend's cluster. Return: out of the tunnel, reverse NAT, and out to the
+//! client the way it came. ICMP errors about a flow go the same ways.
+
+use std::{net::IpAddr, sync::Arc};
+
+use rialto_tables::{Endpoint, Proto, Snapshot};
+
+use super::{
+    conntrack::{Conntrack, Direction, Flow, FlowKey, InsertError, Side, TcpState, UPLINK},
+    encap::{self, Link, Tunnel},
+    icmp::{self, ErrorKind, Quoted},
+    nat::{self, Headers},
+    packet::{Addr, Ip, Ports, TCP, UDP, from_ip, is_icmp_error, is_martian, to_ip},
+    snat::SnatPorts,
+};
+use crate::{
+    DropReason, FrameBuf, Verdict,
+    wire::{ethernet, ipv4, ipv6, tcp::flags, udp, vxlan},
+};
+
+/// Slots of the flow table the sweep visits per batch.
+const SWEEP_BUDGET: usize = 64;
+
+/// Events of the balancer that are not drops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    /// Packets sent toward a backend.
+    pub forward: u64,
+    /// Packets sent back toward a client.
+    pub reply: u64,
+    /// ICMP errors Rialto made: time exceeded.
+    pub icmp_time_exceeded: u64,
+    /// ICMP errors Rialto made: fragmentation needed / packet too big.
+    pub icmp_too_big: u64,
+    /// ICMP errors about a flow, translated and passed on.
+    pub icmp_translated: u64,
+}
+
+/// One worker's balancer: the tables it indexes and the flows it owns.
+#[derive(Debug)]
+pub struct Balancer {
+    tables: Arc<Snapshot>,
+    flows: Conntrack,
+    /// The uplink's own MAC, and the MACs frames are sent from.
+    iface_mac: [u8; 6],
+    mac: [u8; 6],
+    vtep_mac: [u8; 6],
+    /// Where every frame goes: the config's next hop, or the one learned.
+    next_hop: [u8; 6],
+    worker: u32,
+    workers: u32,
+    counters: Counters,
+}
+
+impl Balancer {
+    /// Worker `worker` of `workers`, sending from `mac` (the uplink's MAC,
+    /// unless the config names one).
+    pub fn new(tables: Arc<Snapshot>, worker: u32, workers: u32, mac: [u8; 6]) -> Self {
+        let snat = SnatPorts::new(&tables.snat, worker, workers);
+        let flows = Conntrack::new(
+            tables.limits.flows_per_worker as usize,
+            snat,
+            tables.timeouts,
+        );
+        let mut balancer = Self {
+            iface_mac: mac,
+            mac,
+            vtep_mac: mac,
+            next_hop: tables.node.next_hop_mac.unwrap_or_default(),
+            tables,
+            flows,
+            worker,
+            workers,
+            counters: Counters::default(),
+        };
+        balancer.set_macs();
+        balancer.flows.recount(&layout(&balancer.tables));
+        balancer
+    }
+
+    fn set_macs(&mut self) {
+        self.mac = self.tables.node.mac.unwrap_or(self.iface_mac);
+        self.vtep_mac = self.tables.node.vtep_mac.unwrap_or(self.mac);
+    }
+
+    /// The next hop's MAC as learned from the kernel (when the config
+    /// names none).
+    pub fn set_next_hop(&mut self, mac: [u8; 6]) {
+        if self.tables.node.next_hop_mac.is_none() {
+            self.next_hop = mac;
+        }
+    }
+
+    /// Switches to a new config's tables, keeping every live flow whose
+    /// service, backend and clusters are still there: established flows
+    /// keep their backend (draining ones included). A flow whose backend,
+    /// service or cluster is gone (or whose cluster changed VNI) is removed,
+    /// so only the removed backend's flows move. The flow table's size is
+    /// fixed at start: `limits` take effect on restart.
+    pub fn reload(&mut self, tables: Arc<Snapshot>) {
+        let old = std::mem::replace(&mut self.tables, tables);
+        self.set_macs();
+        if let Some(mac) = self.tables.node.next_hop_mac {
+            self.next_hop = mac;
+        }
+        let new = &self.tables;
+        // Old cluster index -> new, for clusters kept with their VNI.
+        let clusters: Vec<Option<usize>> = old
+            .clusters
+            .iter()
+            .map(|c| {
+                new.clusters
+                    .iter()
+                    .position(|n| n.name == c.name && n.vni == c.vni)
+            })
+            .collect();
+        let side = |side: Side, hash: u64| -> Option<Side> {
+            let Side::Tunnel { cluster, gateway } = side else {
+                return Some(side);
+            };
+            let index = clusters[usize::from(cluster)]?;
+            let gateways = &new.clusters[index].gateways;
+            let was = old.clusters[usize::from(cluster)].gateways[usize::from(gateway)];
+            // The same gateway if it is still there, else another of the
+            // cluster's: the pod behind it is the same.
+            let gateway = gateways
+                .iter()
+                .position(|&g| g == was)
+                .unwrap_or((hash % gateways.len() as u64) as usize);
+            Some(Side::Tunnel {
+                cluster: index as u16,
+                gateway: gateway as u16,
+            })
+        };
+        let snat =
+            (new.snat != old.snat).then(|| SnatPorts::new(&new.snat, self.worker, self.workers));
+        self.flows.reload(new.timeouts, snat, |flow| {
+            let service = &old.services[flow.service as usize];
+            let backend = &service.backends[flow.backend_index as usize];
+            let cluster = &old.clusters[usize::from(backend.cluster)].name;
+            let new_service = *new.vips.get(&service.vip)?;
+            let backend_index = new.services[new_service as usize]
+                .backends
+                .iter()
+                .position(|b| {
+                    b.addr == backend.addr && new.clusters[usize::from(b.cluster)].name == *cluster
+                })?;
+            Some(Flow {
+                client: side(flow.client, flow.hash)?,
+                backend: side(flow.backend, flow.hash)?,
+                service: new_service,
+                backend_index: backend_index as u32,
+                ..*flow
+            })
+        });
+        self.flows.recount(&layout(new));
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    pub fn flows(&self) -> &Conntrack {
+        &self.flows
+    }
+
+    /// Once per batch: expire a few idle flows.
+    pub fn tick(&mut self, now_ns: u64) {
+        self.flows.sweep(seconds(now_ns), SWEEP_BUDGET);
+    }
+
+    pub fn process(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Verdict {
+        match self.run(frame, seconds(now_ns)) {
+            Ok(verdict) | Err(verdict) => verdict,
+        }
+    }
+
+    fn run(&mut self, frame: &mut FrameBuf<'_>, now: u32) -> Result<Verdict, Verdict> {
+        let (start, end) = (frame.start(), frame.end());
+        let buf = &frame.buffer_mut()[..end];
+        let eth = ethernet::Frame::new_checked(&buf[start..])?;
+        let link = Link {
+            src: self.mac,
+            dst: self.next_hop,
+            tag: eth.tag(),
+        };
+        let outer = Ip::parse(buf, start + eth.header_len(), eth.ethertype())?;
+        let (side, ip) = self.decapsulate(buf, outer)?;
+        if ip.fragment {
+            return Err(Verdict::Drop(DropReason::Fragment));
+        }
+        if is_martian(&ip.src, ip.v6) || self.tables.own_addrs.contains(&to_ip(&ip.src)) {
+            return Err(Verdict::Drop(DropReason::MartianSource));
+        }
+        if !self.owns(&ip) {
+            return Err(Verdict::Drop(DropReason::NotOwned));
+        }
+        if is_icmp_error(buf, &ip) {
+            return self.translate_error(frame, &ip, side, &link, now);
+        }
+        let ports = Ports::parse(buf, &ip)?;
+        self.owned_here(&ip.dst, ports.dst)?;
+        let key = FlowKey {
+            src: ip.src,
+            dst: ip.dst,
+            src_port: ports.src,
+            dst_port: ports.dst,
+            proto: ip.proto,
+            tunnel: self.vni(side),
+        };
+        let (id, direction) = match self.flows.lookup(&key, now) {
+            Some(found) => found,
+            None => (
+                self.new_flow(frame, &ip, &key, ports, side, &link, now)?,
+                Direction::Forward,
+            ),
+        };
+        if ip.ttl <= 1 {
+            return self.send_error(frame, &ip, ErrorKind::TimeExceeded, side, &link);
+        }
+        self.flows.touch(id, direction, ports.tcp_flags, now);
+        // Only what the rewrite needs is read out of the flow, not the flow.
+        let flow = self.flows.flow(id);
+        let hash = flow.hash;
+        let (to, (src, src_port), (dst, dst_port)) = match direction {
+            Direction::Forward => (
+                flow.backend,
+                (flow.reverse.dst, flow.reverse.dst_port),
+                (flow.reverse.src, flow.reverse.src_port),
+            ),
+            Direction::Reply => (
+                flow.client,
+                (flow.forward.dst, flow.forward.dst_port),
+                (flow.forward.src, flow.forward.src_port),
+            ),
+        };
+        if let Some(mtu) = self.too_big(&ip, to) {
+            if !ip.dont_fragment {
+                return Err(Verdict::Drop(DropReason::TooBig));
+            }
+            return self.send_error(frame, &ip, ErrorKind::TooBig { mtu }, side, &link);
+        }
+        let buf = frame.buffer_mut();
+        let headers = Headers::from(&ip);
+        nat::rewrite(buf, &headers, (&src, src_port), (&dst, dst_port));
+        nat::decrement_ttl(buf, &headers);
+        match direction {
+            Direction::Forward => self.counters.forward += 1,
+            Direction::Reply => self.counters.reply += 1,
+        }
+        self.pass_on(frame, &ip, hash, to, &link)
+    }
+
+    /// If `outer` is VXLAN from a tunnel peer, checks it and returns the
+    /// inner packet and the cluster it came from; otherwise `outer` itself.
+    fn decapsulate(&self, buf: &[u8], outer: Ip) -> Result<(Side, Ip), Verdict> {
+        match self.tunnel_payload(buf, &outer, false)? {
+            None => Ok((Side::Uplink, outer)),
+            Some((side, at, end)) => {
+                let inner = ethernet::Frame::new_checked(&buf[at..end])?;
+                let ip = Ip::parse(&buf[..end], at + inner.header_len(), inner.ethertype())?;
+                Ok((side, ip))
+            }
+        }
+    }
+
+    /// For VXLAN from a tunnel peer: checks the header (I flag set, the
+    /// peer's cluster's VNI) and, unless `any_vtep`, that it is sent to
+    /// Rialto's VTEP; returns the cluster and where the inner frame is.
+    /// `None` for anything that is not VXLAN.
+    fn tunnel_payload(
+        &self,
+        buf: &[u8],
+        outer: &Ip,
+        any_vtep: bool,
+    ) -> Result<Option<(Side, usize, usize)>, Verdict> {
+        if outer.proto != UDP || outer.fragment {
+            return Ok(None);
+        }
+        let datagram = udp::Datagram::new_checked(&buf[outer.l4..outer.end()])?;
+        if datagram.dst_port() != self.tables.node.vxlan_port {
+            return Ok(None);
+        }
+        let remote = to_ip(&outer.src);
+        let Some(&cluster) = self.tables.peers.get(&remote) else {
+            return Err(Verdict::Drop(DropReason::UnknownPeer));
+        };
+        let local = match remote {
+            IpAddr::V4(_) => self.tables.node.vtep_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.tables.node.vtep_v6.map(IpAddr::V6),
+        };
+        if !any_vtep && local != Some(to_ip(&outer.dst)) {
+            return Err(Verdict::Drop(DropReason::NotOurVtep));
+        }
+        let header = vxlan::Packet::new_checked(datagram.payload())?;
+        if !header.vni_valid() {
+            return Err(Verdict::Drop(DropReason::VxlanInvalid));
+        }
+        let c = &self.tables.clusters[usize::from(cluster)];
+        if header.vni() != c.vni {
+            return Err(Verdict::Drop(DropReason::UnknownVni));
+        }
+        let gateway = c.gateways.iter().position(|&g| g == remote).unwrap_or(0) as u16;
+        let at = outer.l4 + udp::HEADER_LEN + vxlan::HEADER_LEN;
+        Ok(Some((
+            Side::Tunnel { cluster, gateway },
+            at,
+            outer.l4 + datagram.length(),
+        )))
+    }
+
+    /// Only the decapsulation stage, for `rialto replay --decap`: VXLAN from
+    /// a peer becomes its inner frame (whatever it carries, and whatever
+    /// VTEP it was sent to: a capture may be of a link between others);
+    /// anything else is dropped as not owned.
+    pub fn decapsulate_only(&mut self, frame: &mut FrameBuf<'_>) -> Verdict {
+        let (start, end) = (frame.start(), frame.end());
+        let result = (|| {
+            let buf = &frame.buffer_mut()[..end];
+            let eth = ethernet::Frame::new_checked(&buf[start..])?;
+            let outer = Ip::parse(buf, start + eth.header_len(), eth.ethertype())?;
+            self.tunnel_payload(buf, &outer, true)?
+                .ok_or(Verdict::Drop(DropReason::NotOwned))
+        })();
+        match result {
+            Ok((_, at, end)) if frame.set_bounds(at, end) => Verdict::Tx,
+            Ok(_) => Verdict::Drop(DropReason::MalformedVxlan),
+            Err(verdict) => verdict,
+        }
+    }
+
+    /// A packet that matched no flow: a new flow if it is to a VIP (for
+    /// TCP, only a SYN opens one).
+    #[expect(clippy::too_many_arguments, reason = "the packet as parsed so far")]
+    fn new_flow(
+        &mut self,
+        frame: &mut FrameBuf<'_>,
+        ip: &Ip,
+        key: &FlowKey,
+        ports: Ports,
+        side: Side,
+        link: &Link,
+        now: u32,
+    ) -> Result<u32, Verdict> {
+        let proto = if ip.proto == TCP {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        };
+        let vip = Endpoint {
+            addr: to_ip(&ip.dst),
+            port: ports.dst,
+            proto,
+        };
+        let Some(&service) = self.tables.vips.get(&vip) else {
+            // To a SNAT address (a reply after its flow's end), or to a
+            // VIP's address on a port or protocol no service has.
+            return Err(Verdict::Drop(if self.is_snat(&ip.dst) {
+                DropReason::NoFlow
+            } else {
+                DropReason::NotOwned
+            }));
+        };
+        if ip.proto == TCP && ports.tcp_flags & (flags::SYN | flags::ACK | flags::RST) != flags::SYN
+        {
+            return Err(Verdict::Drop(DropReason::NoFlow));
+        }
+        if ip.ttl <= 1 {
+            return Err(self
+                .send_error(frame, ip, ErrorKind::TimeExceeded, side, link)
+                .unwrap_or_else(|v| v));
+        }
+        let svc = &self.tables.services[service as usize];
+        let Some(table) = &svc.table else {
+            return Err(Verdict::Drop(DropReason::NoBackend));
+        };
+        let hash = super::packet::flow_hash(&ip.src, &ip.dst, ports.src, ports.dst, ip.proto);
+        let backend_index = table.lookup(hash);
+        let backend = svc.backends[backend_index as usize];
+        let cluster = &self.tables.clusters[usize::from(backend.cluster)];
+        let gateway = (hash % cluster.gateways.len() as u64) as u16;
+        let key = *key;
+        self.flows
+            .insert(ip.v6, ip.proto, hash, now, |snat, snat_port| Flow {
+                forward: key,
+                reverse: FlowKey {
+                    src: from_ip(backend.addr.ip()),
+                    dst: snat,
+                    src_port: backend.addr.port(),
+                    dst_port: snat_port,
+                    proto: key.proto,
+                    tunnel: cluster.vni,
+                },
+                client: side,
+                backend: Side::Tunnel {
+                    cluster: backend.cluster,
+                    gateway,
+                },
+                service,
+                backend_index,
+                hash,
+                state: TcpState::SynSent,
+                expires: 0,
+            })
+            .map_err(|e| match e {
+                InsertError::SnatExhausted => Verdict::Drop(DropReason::SnatExhausted),
+            })
+    }
+
+    /// An ICMP error from one side about a packet of a flow Rialto sent to
+    /// that side: translated, quote included, and passed to the other side.
+    fn translate_error(
+        &mut self,
+        frame: &mut FrameBuf<'_>,
+        ip: &Ip,
+        side: Side,
+        link: &Link,
+        now: u32,
+    ) -> Result<Verdict, Verdict> {
+        let buf = frame.buffer_mut();
+        let quoted = Quoted::parse(buf, ip).ok_or(Verdict::Drop(DropReason::MalformedIcmp))?;
+        self.owned_here(&quoted.src, quoted.src_port)?;
+        // The quote is a packet Rialto sent; the flow knows it by its answer.
+        let key = FlowKey {
+            src: quoted.dst,
+            dst: quoted.src,
+            src_port: quoted.dst_port,
+            dst_port: quoted.src_port,
+            proto: quoted.headers.proto,
+            tunnel: self.vni(side),
+        };
+        let Some((id, direction)) = self.flows.lookup(&key, now) else {
+            return Err(Verdict::Drop(DropReason::NoFlow));
+        };
+        let flow = *self.flows.flow(id);
+        if ip.ttl <= 1 {
+            // No error about an error (RFC 1812 §4.3.2.7).
+            return Err(Verdict::Drop(DropReason::TtlExceeded));
+        }
+        let (to, outer_src, outer_dst, quote_src, quote_dst) = match direction {
+            // From the backend's side, about a packet Rialto sent the backend.
+            Direction::Reply => (
+                flow.client,
+                flow.forward.dst,
+                flow.forward.src,
+                (&flow.forward.src, flow.forward.src_port),
+                (&flow.forward.dst, flow.forward.dst_port),
+            ),
+            // From the client's side, about a reply Rialto sent the client.
+            Direction::Forward => (
+                flow.backend,
+                flow.reverse.dst,
+                flow.reverse.src,
+                (&flow.reverse.src, flow.reverse.src_port),
+                (&flow.reverse.dst, flow.reverse.dst_port),
+            ),
+        };
+        nat::rewrite(buf, &quoted.headers, quote_src, quote_dst);
+        let headers = Headers::from(ip);
+        nat::rewrite(buf, &headers, (&outer_src, 0), (&outer_dst, 0));
+        nat::decrement_ttl(buf, &headers);
+        icmp::fill_checksum(buf, &headers, &outer_src, &outer_dst);
+        self.counters.icmp_translated += 1;
+        self.pass_on(frame, ip, flow.hash, to, link)
+    }
+
+    /// Sends the (rewritten) packet `ip` on to `to`, keeping its TOS.
+    fn pass_on(
+        &self,
+        frame: &mut FrameBuf<'_>,
+        ip: &Ip,
+        hash: u64,
+        to: Side,
+        link: &Link,
+    ) -> Result<Verdict, Verdict> {
+        let tos = tos(frame.buffer_mut(), ip);
+        self.output(frame, ip.at, ip.end(), ip.ethertype(), tos, hash, to, link)
+    }
+
+    /// Replaces the packet with an ICMP error back to its sender, from the
+    /// address it was sent to, the way it came.
+    fn send_error(
+        &mut self,
+        frame: &mut FrameBuf<'_>,
+        ip: &Ip,
+        kind: ErrorKind,
+        side: Side,
+        link: &Link,
+    ) -> Result<Verdict, Verdict> {
+        let (at, end) = icmp::make_error(frame.buffer_mut(), ip, kind, &ip.dst);
+        match kind {
+            ErrorKind::TimeExceeded => self.counters.icmp_time_exceeded += 1,
+            ErrorKind::TooBig { .. } => self.counters.icmp_too_big += 1,
+        }
+        let hash = super::packet::flow_hash(&ip.dst, &ip.src, 0, 0, ip.proto);
+        self.output(frame, at, end, ip.ethertype(), 0, hash, side, link)
+    }
+
+    /// Sends the IP packet `at..end` to `side`: encapsulated toward a
+    /// cluster's gateway, or in plain Ethernet to the next hop.
+    #[expect(clippy::too_many_arguments, reason = "the packet and where it goes")]
+    fn output(
+        &self,
+        frame: &mut FrameBuf<'_>,
+        at: usize,
+        end: usize,
+        ethertype: u16,
+        tos: u8,
+        hash: u64,
+        to: Side,
+        link: &Link,
+    ) -> Result<Verdict, Verdict> {
+        let sent = match to {
+            Side::Uplink => encap::ethernet_out(frame, at, end, ethertype, link),
+            Side::Tunnel { cluster, gateway } => {
+                let tunnel = self
+                    .tunnel(cluster, gateway)
+                    .ok_or(Verdict::Drop(DropReason::NoBackend))?;
+                encap::encapsulate(frame, at, end, ethertype, tos, hash, &tunnel, link)
+            }
+        };
+        if sent {
+            Ok(Verdict::Tx)
+        } else {
+            Err(Verdict::Drop(DropReason::NoHeadroom))
+        }
+    }
+
+    fn tunnel(&self, cluster: u16, gateway: u16) -> Option<Tunnel> {
+        let c = self.tables.clusters.get(usize::from(cluster))?;
+        let remote = *c.gateways.get(usize::from(gateway))?;
+        let node = &self.tables.node;
+        let local = match remote {
+            IpAddr::V4(_) => node.vtep_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => node.vtep_v6.map(IpAddr::V6),
+        }?;
+        Some(Tunnel {
+            vni: c.vni,
+            v6: remote.is_ipv6(),
+            local: from_ip(local),
+            remote: from_ip(remote),
+            inner_dst: c.gateway_mac,
+            inner_src: self.vtep_mac,
+            port: node.vxlan_port,
+        })
+    }
+
+    /// The MTU to report if `ip`, sent to `to`, would not fit the uplink.
+    fn too_big(&self, ip: &Ip, to: Side) -> Option<u16> {
+        let Side::Tunnel { cluster, gateway } = to else {
+            return None;
+        };
+        let v6 = self.tables.clusters[usize::from(cluster)]
+            .gateways
+            .get(usize::from(gateway))?
+            .is_ipv6();
+        // The outer Ethernet header does not count against the MTU and the
+        // inner one does: the same 14 bytes.
+        let overhead = encap::overhead(v6);
+        let mtu = usize::from(self.tables.node.mtu);
+        (ip.len + overhead > mtu).then(|| mtu.saturating_sub(overhead) as u16)
+    }
+
+    fn vni(&self, side: Side) -> u32 {
+        match side {
+            Side::Uplink => UPLINK,
+            Side::Tunnel { cluster, .. } => self.tables.clusters[usize::from(cluster)].vni,
+        }
+    }
+
+    /// A packet to one of Rialto's SNAT ports belongs to the worker whose
+    /// slice the port is in: `Err(Handoff)` if that is another worker. Checked
+    /// before anything is written, so the frame is handed over as it came.
+    fn owned_here(&self, dst: &Addr, dst_port: u16) -> Result<(), Verdict> {
+        let snat = self.flows.snat();
+        let owner = snat.owner(dst_port);
+        if owner != snat.worker() && self.is_snat(dst) {
+            Err(Verdict::Handoff(owner))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the packet is to one of Rialto's VIPs or SNAT addresses
+    /// (IPv4-mapped addresses in an IPv6 header are nobody's).
+    fn owns(&self, ip: &Ip) -> bool {
+        let dst = to_ip(&ip.dst);
+        ip.v6 == dst.is_ipv6() && (self.tables.vip_addrs.contains(&dst) || self.is_snat(&ip.dst))
+    }
+
+    fn is_snat(&self, addr: &Addr) -> bool {
+        match to_ip(addr) {
+            IpAddr::V4(a) => self.tables.snat.v4.contains(&a),
+            IpAddr::V6(a) => self.tables.snat.v6.contains(&a),
+        }
+    }
+}
+
+/// IPv4 TOS or IPv6 traffic class, for the outer header (RFC 6040: ECN
+/// is copied to the outer header on encapsulation).
+fn tos(buf: &[u8], ip: &Ip) -> u8 {
+    let header = &buf[ip.at..ip.l4];
+    if ip.v6 {
+        ipv6::Packet::new_unchecked(header).traffic_class()
+    } else {
+        ipv4::Packet::new_unchecked(header).tos()
+    }
+}
+
+/// Backends per service.
+fn layout(tables: &Snapshot) -> Vec<usize> {
+    tables.services.iter().map(|s| s.backends.len()).collect()
+}
+
+fn seconds(now_ns: u64) -> u32 {
+    (now_ns / 1_000_000_000) as u32
+}

@@ -1,0 +1,149 @@
+//! The per-frame work: a pure function of the frame and the time.
+//!
+//! The I/O layer hands [`Pipeline::process`] a batch of frames and gets a
+//! [`Verdict`] back for each; once per batch it calls [`Pipeline::tick`].
+//! Nothing here does I/O, so unit tests, offline replay, the benchmarks
+//! and the live AF_XDP loop all run exactly the same code. One file per
+//! stage: [`packet`] finds the flow, [`conntrack`] and [`snat`] remember it,
+//! [`nat`] rewrites it, [`encap`] wraps it, [`icmp`] makes and translates
+//! errors, [`balance`] puts them together; [`reflect`] is the bare
+//! baseline.
+
+pub mod balance;
+pub mod conntrack;
+pub mod encap;
+pub mod icmp;
+pub mod nat;
+pub mod packet;
+pub mod reflect;
+pub mod snat;
+
+use std::sync::Arc;
+
+use rialto_tables::Snapshot;
+use serde::Serialize;
+
+use crate::{FrameBuf, Verdict};
+
+/// A worker's pipeline.
+#[derive(Debug)]
+pub enum Pipeline {
+    /// The border node's job (DESIGN.md): balance VIP traffic over backends
+    /// in remote clusters, through VXLAN, with NAT and connection tracking.
+    Balance(Box<balance::Balancer>),
+    /// Swap Ethernet, IP and UDP/TCP source and destination, and send the
+    /// frame back: the bare AF_XDP baseline the benchmarks compare against.
+    Reflect,
+}
+
+/// What a balancing worker reports besides its packet counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BalanceStats {
+    #[serde(flatten)]
+    pub counters: balance::Counters,
+    pub flows: conntrack::ConntrackStats,
+    /// The flow table's size.
+    pub capacity: u64,
+}
+
+/// Free SNAT ports of one worker's slice, per address and protocol.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SnatUse {
+    pub addr: std::net::IpAddr,
+    pub proto: &'static str,
+    pub free: u64,
+    /// Ports in the slice.
+    pub slice: u64,
+}
+
+impl Pipeline {
+    /// Worker `worker` of `workers` balancing by `tables`; `mac` is the
+    /// uplink's own address.
+    pub fn balance(tables: Arc<Snapshot>, worker: u32, workers: u32, mac: [u8; 6]) -> Self {
+        Self::Balance(Box::new(balance::Balancer::new(
+            tables, worker, workers, mac,
+        )))
+    }
+
+    /// Processes a batch in place: `verdicts[i]` says what to do with
+    /// `frames[i]`, whose bounds may have moved (headers pushed or
+    /// stripped). `now` is the worker's monotonic clock in nanoseconds,
+    /// read once per batch.
+    ///
+    /// # Panics
+    /// If the two slices differ in length.
+    pub fn process(&mut self, frames: &mut [FrameBuf<'_>], verdicts: &mut [Verdict], now: u64) {
+        assert_eq!(frames.len(), verdicts.len(), "a verdict per frame");
+        for (frame, verdict) in frames.iter_mut().zip(verdicts) {
+            *verdict = self.process_frame(frame, now);
+        }
+    }
+
+    /// Processes one frame in place.
+    #[inline]
+    pub fn process_frame(&mut self, frame: &mut FrameBuf<'_>, now: u64) -> Verdict {
+        match self {
+            Self::Balance(b) => b.process(frame, now),
+            Self::Reflect => reflect::process(frame.data_mut()),
+        }
+    }
+
+    /// Once per batch, after the frames: housekeeping that must not wait
+    /// for traffic (expiring flows).
+    pub fn tick(&mut self, now: u64) {
+        if let Self::Balance(b) = self {
+            b.tick(now);
+        }
+    }
+
+    /// Switches a balancer to a reloaded config's tables (see
+    /// [`balance::Balancer::reload`]); reflect mode has none.
+    pub fn reload(&mut self, tables: Arc<Snapshot>) {
+        if let Self::Balance(b) = self {
+            b.reload(tables);
+        }
+    }
+
+    /// Where a balancer sends frames, as learned from the kernel.
+    pub fn set_next_hop(&mut self, mac: [u8; 6]) {
+        if let Self::Balance(b) = self {
+            b.set_next_hop(mac);
+        }
+    }
+
+    /// A balancer's totals.
+    pub fn stats(&self) -> Option<BalanceStats> {
+        let Self::Balance(b) = self else {
+            return None;
+        };
+        Some(BalanceStats {
+            counters: b.counters(),
+            flows: b.flows().stats(),
+            capacity: b.flows().capacity() as u64,
+        })
+    }
+
+    /// A balancer's SNAT ports: free and total per address and protocol.
+    pub fn snat_use(&self) -> Vec<SnatUse> {
+        let Self::Balance(b) = self else {
+            return Vec::new();
+        };
+        let snat = b.flows().snat();
+        snat.free()
+            .map(|(addr, proto, free)| SnatUse {
+                addr: packet::to_ip(&addr),
+                proto: if proto == packet::TCP { "tcp" } else { "udp" },
+                free: free as u64,
+                slice: snat.slice_len() as u64,
+            })
+            .collect()
+    }
+
+    /// A balancer's live flows per service and backend.
+    pub fn per_backend(&self) -> Vec<Vec<u32>> {
+        match self {
+            Self::Balance(b) => b.flows().per_backend().to_vec(),
+            Self::Reflect => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Address and port rewriting, with incremental checksum updates (RFC 1624).
+//!
+//! Also rewrites the packet quoted inside an ICMP error, which may be cut
+//! short: the views write each field only if it is there.
+
+use super::packet::{Addr, Ip, TCP, UDP, v4};
+use crate::wire::{ipv4, ipv6, tcp, udp};
+
+/// The header offsets of an IP packet, whole or quoted. The IP header is
+/// whole (its length checked); the transport header may be cut short.
+#[derive(Clone, Copy, Debug)]
+pub struct Headers {
+    pub v6: bool,
+    pub at: usize,
+    pub l4: usize,
+    /// End of the bytes present (a quote may stop inside the transport header).
+    pub end: usize,
+    pub proto: u8,
+}
+
+impl From<&Ip> for Headers {
+    fn from(ip: &Ip) -> Self {
+        Self {
+            v6: ip.v6,
+            at: ip.at,
+            l4: ip.l4,
+            end: ip.end(),
+            proto: ip.proto,
+        }
+    }
+}
+
+/// Rewrites source and destination address and port. Updates the IPv4
+/// header checksum and the TCP or UDP checksum, when present in the bytes
+/// (see [`udp::Datagram::rewrite_ports`] for UDP's zero).
+pub fn rewrite(buf: &mut [u8], h: &Headers, src: (&Addr, u16), dst: (&Addr, u16)) {
+    let (ip, l4) = buf[h.at..h.end].split_at_mut(h.l4 - h.at);
+    let delta = if h.v6 {
+        ipv6::Packet::new_unchecked(ip).set_addresses(*src.0, *dst.0)
+    } else {
+        ipv4::Packet::new_unchecked(ip).set_addresses(v4(src.0), v4(dst.0))
+    };
+    match h.proto {
+        TCP => tcp::Segment::new_unchecked(l4).rewrite_ports(src.1, dst.1, delta),
+        UDP => udp::Datagram::new_unchecked(l4).rewrite_ports(src.1, dst.1, delta, h.v6),
+        _ => {}
+    }
+}
+
+/// Decrements the TTL or hop limit (the caller checked it is above one),
+/// updating the IPv4 header checksum.
+pub fn decrement_ttl(buf: &mut [u8], h: &Headers) {
+    let ip = &mut buf[h.at..h.l4];
+    if h.v6 {
+        ipv6::Packet::new_unchecked(ip).decrement_hop_limit();
+    } else {
+        ipv4::Packet::new_unchecked(ip).decrement_ttl();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+    use super::*;
+    use crate::pipeline::packet::{Ip, mapped};
+
+    fn udp4(checksum: bool) -> Vec<u8> {
+        let builder = PacketBuilder::ipv4([198, 18, 0, 2], [198, 18, 100, 1], 64).udp(40000, 53);
+        let mut p = Vec::new();
+        builder.write(&mut p, b"query").unwrap();
+        if !checksum {
+            p[26..28].fill(0);
+        }
+        p
+    }
+
+    /// Rewrites `p` as the forward path does: SNAT address and port, backend.
+    fn to_backend(p: &mut [u8]) -> Headers {
+        let ip = Ip::parse(p, 0, 0x0800).unwrap();
+        let headers = Headers::from(&ip);
+        rewrite(
+            p,
+            &headers,
+            (&mapped([198, 18, 200, 1]), 1024),
+            (&mapped([198, 19, 0, 5]), 5353),
+        );
+        headers
+    }
+
+    #[test]
+    fn rewrite_matches_a_recomputation() {
+        let mut p = udp4(true);
+        let headers = to_backend(&mut p);
+        decrement_ttl(&mut p, &headers);
+        let expected = {
+            let b = PacketBuilder::ipv4([198, 18, 200, 1], [198, 19, 0, 5], 63).udp(1024, 5353);
+            let mut e = Vec::new();
+            b.write(&mut e, b"query").unwrap();
+            e
+        };
+        assert_eq!(p, expected);
+    }
+
+    #[test]
+    fn udp4_without_checksum_stays_without() {
+        let mut p = udp4(false);
+        to_backend(&mut p);
+        let sliced = SlicedPacket::from_ip(&p).unwrap();
+        let Some(TransportSlice::Udp(udp)) = sliced.transport else {
+            panic!("UDP")
+        };
+        assert_eq!(udp.checksum(), 0);
+        assert_eq!(udp.destination_port(), 5353);
+    }
+}

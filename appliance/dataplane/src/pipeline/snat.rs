@@ -1,0 +1,239 @@
+//! A worker's slice of the SNAT pool.
+//!
+//! The pool's port range is cut into one contiguous slice per worker, so
+//! workers never share a port and the owner of a reply can be read from its
+//! destination port ([`SnatPorts::owner`]). Within its slice a worker keeps
+//! a stack of free ports per SNAT address and protocol: taking and giving
+//! back are O(1), and a port is never handed out while a flow holds it.
+
+use rialto_tables::SnatPool;
+
+use super::packet::{Addr, TCP, UDP, from_ip};
+
+#[derive(Debug)]
+struct Ports {
+    addr: Addr,
+    v6: bool,
+    proto: u8,
+    free: Vec<u16>,
+}
+
+/// One worker's SNAT ports.
+#[derive(Debug)]
+pub struct SnatPorts {
+    pools: Vec<Ports>,
+    first: u16,
+    span: u32,
+    worker: u32,
+    workers: u32,
+    /// This worker's slice, `first..end` (empty when there are more workers
+    /// than ports).
+    slice: std::ops::Range<u32>,
+}
+
+impl SnatPorts {
+    /// Worker `worker` of `workers`' slice of `pool`: the ports cut into
+    /// `workers` contiguous slices of equal length, the last worker taking
+    /// the remainder. With more workers than ports, each of the first
+    /// workers gets one port and the others none ([`Self::slice_len`] 0).
+    pub fn new(pool: &SnatPool, worker: u32, workers: u32) -> Self {
+        let workers = workers.max(1);
+        let (first, last) = (u32::from(pool.ports.0), u32::from(pool.ports.1));
+        let total = last + 1 - first;
+        let span = (total / workers).max(1);
+        let lo = (first + worker.saturating_mul(span)).min(last + 1);
+        let hi = if worker + 1 == workers {
+            last + 1
+        } else {
+            (lo + span).min(last + 1)
+        };
+        let slice: Vec<u16> = (lo..hi).rev().map(|p| p as u16).collect();
+        let addrs = (pool.v4.iter().map(|&a| (from_ip(a.into()), false)))
+            .chain(pool.v6.iter().map(|&a| (from_ip(a.into()), true)));
+        let pools = addrs
+            .flat_map(|(addr, v6)| {
+                let slice = slice.clone();
+                [TCP, UDP].map(move |proto| Ports {
+                    addr,
+                    v6,
+                    proto,
+                    free: slice.clone(),
+                })
+            })
+            .collect();
+        Self {
+            pools,
+            first: pool.ports.0,
+            span,
+            worker,
+            workers,
+            slice: lo..hi,
+        }
+    }
+
+    /// Takes a free port of an address of the family, starting the search
+    /// at the address `hash` picks.
+    pub fn take(&mut self, v6: bool, proto: u8, hash: u64) -> Option<(Addr, u16)> {
+        let n = self.pools.len();
+        let start = (hash % n.max(1) as u64) as usize;
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| {
+                let p = &self.pools[i];
+                p.v6 == v6 && p.proto == proto && !p.free.is_empty()
+            })
+            .map(|i| {
+                let p = &mut self.pools[i];
+                (p.addr, p.free.pop().expect("checked non-empty"))
+            })
+    }
+
+    /// Returns a port taken with [`Self::take`].
+    pub fn give_back(&mut self, addr: &Addr, proto: u8, port: u16) {
+        if let Some(p) = self
+            .pools
+            .iter_mut()
+            .find(|p| p.addr == *addr && p.proto == proto)
+        {
+            p.free.push(port);
+        }
+    }
+
+    /// Which worker's slice `port` is in.
+    pub fn owner(&self, port: u16) -> u32 {
+        (u32::from(port.saturating_sub(self.first)) / self.span).min(self.workers - 1)
+    }
+
+    /// Whether `port` of `addr` for `proto` is in this slice (taken or not).
+    pub fn holds(&self, addr: &Addr, proto: u8, port: u16) -> bool {
+        self.slice.contains(&u32::from(port))
+            && self
+                .pools
+                .iter()
+                .any(|p| p.addr == *addr && p.proto == proto)
+    }
+
+    /// Takes out of the free ports every one `in_use` says a flow holds
+    /// (after a reload, for the flows kept from the previous pool).
+    pub fn retain_free(&mut self, in_use: impl Fn(&Addr, u8, u16) -> bool) {
+        for p in &mut self.pools {
+            p.free.retain(|&port| !in_use(&p.addr, p.proto, port));
+        }
+    }
+
+    /// The worker whose slice this is.
+    pub fn worker(&self) -> u32 {
+        self.worker
+    }
+
+    /// Free ports per (address, protocol).
+    pub fn free(&self) -> impl Iterator<Item = (Addr, u8, usize)> + '_ {
+        self.pools.iter().map(|p| (p.addr, p.proto, p.free.len()))
+    }
+
+    /// Ports in this worker's slice (per address and protocol).
+    pub fn slice_len(&self) -> usize {
+        self.slice.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::packet::mapped;
+
+    fn pool() -> SnatPool {
+        SnatPool {
+            v4: vec![[198, 18, 200, 1].into()],
+            v6: vec!["fd00:200::1".parse().unwrap()],
+            ports: (1000, 1009),
+        }
+    }
+
+    #[test]
+    fn workers_get_disjoint_slices_and_owners_are_computable() {
+        let mut a = SnatPorts::new(&pool(), 0, 3);
+        let mut b = SnatPorts::new(&pool(), 2, 3);
+        let mut taken = Vec::new();
+        while let Some((_, port)) = a.take(false, TCP, 0) {
+            assert_eq!(a.owner(port), 0);
+            taken.push(port);
+        }
+        while let Some((_, port)) = b.take(false, TCP, 0) {
+            assert_eq!(b.owner(port), 2);
+            taken.push(port);
+        }
+        assert_eq!(taken, vec![1000, 1001, 1002, 1006, 1007, 1008, 1009]);
+    }
+
+    /// For any number of workers and ports: the slices are disjoint, cover
+    /// the range, never wrap, and each port's owner is the worker holding it.
+    #[test]
+    fn slices_cover_the_range_for_any_workers() {
+        for (first, last) in [
+            (1000, 1009),
+            (1, 1),
+            (65535, 65535),
+            (1, 65535),
+            (60000, 60002),
+        ] {
+            for workers in [1, 2, 3, 7, 10, 11, 64, 100_000] {
+                let pool = SnatPool {
+                    ports: (first, last),
+                    ..pool()
+                };
+                let slices: Vec<_> = (0..workers)
+                    .map(|w| SnatPorts::new(&pool, w, workers))
+                    .collect();
+                let total: usize = slices.iter().map(SnatPorts::slice_len).sum();
+                assert_eq!(
+                    total,
+                    usize::from(last - first) + 1,
+                    "{first}-{last} over {workers}"
+                );
+                let mut next = u32::from(first);
+                for (w, s) in slices.iter().enumerate() {
+                    assert!(s.slice.is_empty() || s.slice.start == next, "contiguous");
+                    next = next.max(s.slice.end);
+                    for port in s.slice.clone() {
+                        let port = port as u16;
+                        assert!(s.holds(&mapped([198, 18, 200, 1]), TCP, port));
+                        assert_eq!(s.owner(port), w as u32, "{first}-{last} over {workers}");
+                    }
+                }
+            }
+        }
+        let none = SnatPorts::new(
+            &SnatPool {
+                ports: (1000, 1001),
+                ..pool()
+            },
+            5,
+            10,
+        );
+        assert_eq!(none.slice_len(), 0);
+        assert_eq!(none.free().map(|(_, _, n)| n).sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn families_and_protocols_do_not_share() {
+        let mut p = SnatPorts::new(&pool(), 0, 1);
+        let (addr, port) = p.take(true, UDP, 7).unwrap();
+        assert_eq!(
+            (addr, port),
+            (
+                "fd00:200::1"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+                1000
+            )
+        );
+        assert_eq!(
+            p.take(false, UDP, 7).unwrap(),
+            (mapped([198, 18, 200, 1]), 1000)
+        );
+        p.give_back(&addr, UDP, port);
+        assert_eq!(p.take(true, UDP, 0).unwrap().1, 1000);
+    }
+}

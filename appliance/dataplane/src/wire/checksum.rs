@@ -1,0 +1,149 @@
+//! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+//!
+//! Sums are kept unfolded in a `u64` while they are built, folded to 16 bits
+//! at the end. A checksum field holds the ones' complement of the folded sum
+//! of everything it covers (with the field itself taken as zero).
+
+/// Ones'-complement sum of `data` as big-endian 16-bit words; an odd last
+/// byte is padded with zero (RFC 1071 §4.1). Unfolded: add sums, then [`fold`].
+#[inline]
+pub fn sum(data: &[u8]) -> u64 {
+    let mut words = data.chunks_exact(2);
+    let mut acc: u64 = words
+        .by_ref()
+        .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    if let [last] = words.remainder() {
+        acc += u64::from(*last) << 8;
+    }
+    acc
+}
+
+/// Folds the carries of an unfolded sum back into 16 bits.
+#[inline]
+pub fn fold(mut acc: u64) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The checksum field value for data whose unfolded sum is `acc`.
+#[inline]
+pub fn finish(acc: u64) -> u16 {
+    !fold(acc)
+}
+
+/// Whether a region that includes its own checksum field sums to all ones
+/// (the check of RFC 1071 §2).
+#[inline]
+pub fn verifies(acc: u64) -> bool {
+    fold(acc) == 0xffff
+}
+
+/// The checksum after the covered bytes `old` became `new` (equal, even
+/// lengths, 16-bit aligned within the covered data): RFC 1624 eqn. 3,
+/// `HC' = ~(~HC + ~m + m')`, applied word by word.
+#[inline]
+pub fn update(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut delta = Delta::default();
+    delta.add(old, new);
+    delta.apply(checksum)
+}
+
+/// Several edits to the data a checksum covers, gathered so the checksum is
+/// updated once: the `~m + m'` terms of RFC 1624 eqn. 3.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Delta(u64);
+
+impl Delta {
+    /// Records that `old` became `new` (equal, even lengths, 16-bit aligned).
+    #[inline]
+    pub fn add(&mut self, old: &[u8], new: &[u8]) {
+        debug_assert_eq!(old.len(), new.len());
+        debug_assert_eq!(old.len() % 2, 0);
+        let old_complement: u64 = old
+            .chunks_exact(2)
+            .map(|w| u64::from(!u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        self.0 += old_complement + sum(new);
+    }
+
+    /// Records that the 16-bit word `old` became `new`.
+    #[inline]
+    pub fn add_word(&mut self, old: u16, new: u16) {
+        self.add(&old.to_be_bytes(), &new.to_be_bytes());
+    }
+
+    /// Adds the edits `other` recorded.
+    #[inline]
+    pub fn combine(&mut self, other: Self) {
+        self.0 += other.0;
+    }
+
+    /// The checksum with every recorded edit applied.
+    #[inline]
+    pub fn apply(self, checksum: u16) -> u16 {
+        !fold(u64::from(!checksum) + self.0)
+    }
+}
+
+/// [`update`] for one 16-bit word.
+#[inline]
+pub fn update_word(checksum: u16, old: u16, new: u16) -> u16 {
+    update(checksum, &old.to_be_bytes(), &new.to_be_bytes())
+}
+
+/// The unfolded sum of the IPv4 pseudo-header (RFC 768, RFC 9293 §3.1).
+#[inline]
+pub fn pseudo_header_v4(src: &[u8; 4], dst: &[u8; 4], protocol: u8, len: usize) -> u64 {
+    sum(src) + sum(dst) + u64::from(protocol) + len as u64
+}
+
+/// The unfolded sum of the IPv6 pseudo-header (RFC 8200 §8.1).
+#[inline]
+pub fn pseudo_header_v6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, len: usize) -> u64 {
+    sum(src) + sum(dst) + u64::from(next_header) + len as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worked example of RFC 1071 §3.
+    #[test]
+    fn rfc1071_example() {
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum(&data)), 0xddf2);
+        assert_eq!(finish(sum(&data)), !0xddf2);
+    }
+
+    #[test]
+    fn odd_length_pads_with_zero() {
+        assert_eq!(sum(&[0x12, 0x34, 0x56]), 0x1234 + 0x5600);
+    }
+
+    /// RFC 1624 §4: the incremental update gives the same checksum as a full
+    /// recomputation, including the case eqn. 2 gets wrong (a result of -0).
+    #[test]
+    fn incremental_equals_recomputation() {
+        let mut data = [0xcd, 0x13, 0x55, 0x55, 0x00, 0x00];
+        let before = finish(sum(&data));
+        data[0..2].copy_from_slice(&[0x32, 0x13]);
+        let after = finish(sum(&data));
+        assert_eq!(update(before, &[0xcd, 0x13], &[0x32, 0x13]), after);
+        assert_eq!(update_word(before, 0xcd13, 0x3213), after);
+    }
+
+    #[test]
+    fn verify_includes_the_field() {
+        let mut header = [
+            0x45, 0, 0, 20, 0, 0, 0x40, 0, 64, 17, 0, 0, 198, 18, 0, 2, 198, 18, 100, 1,
+        ];
+        let c = finish(sum(&header));
+        header[10..12].copy_from_slice(&c.to_be_bytes());
+        assert!(verifies(sum(&header)));
+        header[8] = 63;
+        assert!(!verifies(sum(&header)));
+    }
+}

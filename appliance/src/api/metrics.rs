@@ -1,0 +1,302 @@
+//! `GET /metrics`: the status as Prometheus text, every family `rialto_*`,
+//! per worker labelled by `queue`, built with the prometheus crate's types.
+
+use prometheus::proto::{
+    Counter as PromCounter, Gauge, LabelPair, Metric, MetricFamily, MetricType,
+};
+use rialto_dataplane::pipeline::BalanceStats;
+
+use crate::control::{Status, WorkerStatus};
+
+/// One metric family under construction.
+struct Family(MetricFamily);
+
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Self {
+        let mut f = MetricFamily::default();
+        f.set_name(format!("rialto_{name}"));
+        f.set_help(help.to_owned());
+        f.set_field_type(kind);
+        Self(f)
+    }
+
+    fn counter(name: &str, help: &str) -> Self {
+        Self::new(name, help, MetricType::COUNTER)
+    }
+
+    fn gauge(name: &str, help: &str) -> Self {
+        Self::new(name, help, MetricType::GAUGE)
+    }
+
+    fn add(&mut self, labels: &[(&str, &str)], value: u64) -> &mut Self {
+        let mut m = Metric::default();
+        m.set_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut l = LabelPair::default();
+                    l.set_name((*k).to_owned());
+                    l.set_value((*v).to_owned());
+                    l
+                })
+                .collect(),
+        );
+        if self.0.get_field_type() == MetricType::COUNTER {
+            let mut c = PromCounter::default();
+            c.set_value(value as f64);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(value as f64);
+            m.set_gauge(g);
+        }
+        self.0.mut_metric().push(m);
+        self
+    }
+}
+
+/// A metric of each worker: name (after `rialto_`), help, type, value.
+type WorkerMetric = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&WorkerStatus) -> u64,
+);
+
+const WORKER_METRICS: [WorkerMetric; 8] = [
+    (
+        "worker_up",
+        "1 while the worker serves its queue; 0 once it has panicked (its queue then goes to the kernel).",
+        GAUGE,
+        |w| u64::from(w.stats.up),
+    ),
+    (
+        "rx_packets_total",
+        "Frames received by the worker.",
+        COUNTER,
+        |w| w.stats.rx_packets,
+    ),
+    (
+        "rx_bytes_total",
+        "Bytes received by the worker.",
+        COUNTER,
+        |w| w.stats.rx_bytes,
+    ),
+    (
+        "tx_packets_total",
+        "Frames transmitted by the worker.",
+        COUNTER,
+        |w| w.stats.tx_packets,
+    ),
+    (
+        "tx_bytes_total",
+        "Bytes transmitted by the worker.",
+        COUNTER,
+        |w| w.stats.tx_bytes,
+    ),
+    (
+        "handoff_out_total",
+        "Frames handed to the worker owning their flow.",
+        COUNTER,
+        |w| w.stats.handoff_out,
+    ),
+    (
+        "handoff_in_total",
+        "Frames taken from other workers.",
+        COUNTER,
+        |w| w.stats.handoff_in,
+    ),
+    (
+        "tables_generation",
+        "Generation of the config tables the worker runs on.",
+        GAUGE,
+        |w| w.generation,
+    ),
+];
+
+/// A metric of each balancing worker.
+type BalanceMetric = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&BalanceStats) -> u64,
+);
+
+const BALANCE_METRICS: [BalanceMetric; 11] = [
+    (
+        "forward_packets_total",
+        "Packets sent toward a backend.",
+        COUNTER,
+        |b| b.counters.forward,
+    ),
+    (
+        "reply_packets_total",
+        "Packets sent back toward a client.",
+        COUNTER,
+        |b| b.counters.reply,
+    ),
+    (
+        "icmp_time_exceeded_total",
+        "ICMP time exceeded made by Rialto.",
+        COUNTER,
+        |b| b.counters.icmp_time_exceeded,
+    ),
+    (
+        "icmp_too_big_total",
+        "ICMP fragmentation needed / packet too big made by Rialto.",
+        COUNTER,
+        |b| b.counters.icmp_too_big,
+    ),
+    (
+        "icmp_translated_total",
+        "ICMP errors about a flow, translated and passed on.",
+        COUNTER,
+        |b| b.counters.icmp_translated,
+    ),
+    ("flows_created_total", "Flows created.", COUNTER, |b| {
+        b.flows.created
+    }),
+    ("flows_expired_total", "Flows expired.", COUNTER, |b| {
+        b.flows.expired
+    }),
+    (
+        "flows_evicted_total",
+        "Live flows evicted to make room.",
+        COUNTER,
+        |b| b.flows.evicted,
+    ),
+    (
+        "flows_reload_removed_total",
+        "Live flows a reload removed (backend gone).",
+        COUNTER,
+        |b| b.flows.reload_removed,
+    ),
+    ("flows", "Live flows in the worker's table.", GAUGE, |b| {
+        b.flows.live
+    }),
+    (
+        "flow_table_capacity",
+        "Flows the worker's table holds at most.",
+        GAUGE,
+        |b| b.capacity,
+    ),
+];
+
+const COUNTER: MetricType = MetricType::COUNTER;
+const GAUGE: MetricType = MetricType::GAUGE;
+
+/// The Prometheus text of a status: every family `rialto_*`, per worker
+/// labelled by `queue`.
+pub fn metrics(status: &Status) -> String {
+    let mut families = Vec::new();
+    for (name, help, kind, value) in WORKER_METRICS {
+        let mut f = Family::new(name, help, kind);
+        for w in &status.workers {
+            f.add(&[("queue", &w.queue.to_string())], value(w));
+        }
+        families.push(f);
+    }
+    let mut drops = Family::counter("drops_total", "Frames dropped, by reason.");
+    for w in &status.workers {
+        let queue = w.queue.to_string();
+        for (reason, n) in &w.stats.drops {
+            drops.add(&[("queue", &queue), ("reason", reason)], *n);
+        }
+    }
+    families.push(drops);
+
+    for (name, help, kind, value) in BALANCE_METRICS {
+        let mut f = Family::new(name, help, kind);
+        for w in &status.workers {
+            if let Some(b) = &w.stats.balance {
+                f.add(&[("queue", &w.queue.to_string())], value(b));
+            }
+        }
+        families.push(f);
+    }
+
+    let mut free = Family::gauge(
+        "snat_ports_free",
+        "Free SNAT ports of the worker's slice, per address and protocol.",
+    );
+    let mut slice = Family::gauge(
+        "snat_ports",
+        "SNAT ports in the worker's slice, per address and protocol.",
+    );
+    for w in &status.workers {
+        let queue = w.queue.to_string();
+        for s in &w.snat {
+            let addr = s.addr.to_string();
+            let labels = [
+                ("queue", queue.as_str()),
+                ("addr", &addr),
+                ("proto", s.proto),
+            ];
+            free.add(&labels, s.free);
+            slice.add(&labels, s.slice);
+        }
+    }
+    families.push(free);
+    families.push(slice);
+
+    let mut umem = Family::gauge(
+        "umem_frames",
+        "The worker's UMEM frames, by where they are: free, kernel_rx (fill and RX rings), kernel_tx (TX and completion rings), lent (to another worker).",
+    );
+    for w in &status.workers {
+        let queue = w.queue.to_string();
+        if let Some(l) = &w.umem {
+            for (state, n) in [
+                ("free", l.free),
+                ("kernel_rx", l.kernel_rx),
+                ("kernel_tx", l.kernel_tx),
+                ("lent", l.lent),
+            ] {
+                umem.add(&[("queue", &queue), ("where", state)], n as u64);
+            }
+        }
+    }
+    families.push(umem);
+
+    let mut xdp_packets = Family::counter(
+        "xdp_packets_total",
+        "Frames the XDP program steered or passed, by reason.",
+    );
+    let mut xdp_bytes = Family::counter(
+        "xdp_bytes_total",
+        "Bytes the XDP program steered or passed, by reason.",
+    );
+    for (reason, c) in &status.xdp {
+        xdp_packets.add(&[("reason", reason)], c.packets);
+        xdp_bytes.add(&[("reason", reason)], c.bytes);
+    }
+    families.push(xdp_packets);
+    families.push(xdp_bytes);
+
+    let mut generation = Family::gauge(
+        "config_generation",
+        "Generation of the published config tables (Maglev included): one more per reload.",
+    );
+    generation.add(&[], status.generation);
+    let mut reloads = Family::counter("reloads_total", "Config reloads, by result.");
+    reloads.add(&[("result", "ok")], status.reloads.ok);
+    reloads.add(&[("result", "rejected")], status.reloads.rejected);
+    reloads.add(&[("result", "rolled_back")], status.reloads.rolled_back);
+    let mut last = Family::gauge(
+        "last_reload_ok",
+        "1 if the last reload was applied, 0 if it was rejected (absent before any).",
+    );
+    if let Some(l) = &status.reloads.last {
+        last.add(&[], u64::from(l.ok));
+    }
+    families.extend([generation, reloads, last]);
+
+    let families: Vec<MetricFamily> = families
+        .into_iter()
+        .map(|f| f.0)
+        .filter(|f| !f.get_metric().is_empty())
+        .collect();
+    prometheus::TextEncoder::new()
+        .encode_to_string(&families)
+        .expect("metric families encode")
+}

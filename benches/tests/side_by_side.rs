@@ -1,0 +1,97 @@
+//! The side-by-side benchmark (`benches/side-by-side.py`), run short: it
+//! prints its table and writes its files. A test binary of its own, so it
+//! runs alone: nothing else shares the two cores while it measures.
+
+use std::{path::PathBuf, process::Command};
+
+use rialto_testbed::workspace_root;
+use serde_json::Value;
+
+fn u64_of(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+}
+
+/// The benchmark command, short: one frame size and flow count, both
+/// worker counts, every system; then a 15-second soak.
+#[test]
+fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
+    rialto_testbed::require_root();
+    let out_dir = tempdir();
+    let script = workspace_root().join("benches/side-by-side.py");
+    // Whether it succeeded, and what it printed.
+    let run = |args: &[&str]| {
+        let out = Command::new(&script)
+            .args(args)
+            .args(["--out", out_dir.to_str().unwrap()])
+            .env("RIALTO", rialto_testbed::rialto_bin())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stdout.is_empty(), "{args:?} printed nothing: {stderr}");
+        (out.status.success(), stdout)
+    };
+    let (ok, table) = run(&["--seconds", "1", "--sizes", "64", "--flows", "10000"]);
+    assert!(ok, "every frame came back as expected: {table}");
+    let head = table.lines().next().unwrap();
+    for column in [
+        "rialto",
+        "bare",
+        "xdp-io",
+        "xdp-macswap",
+        "packet-io",
+        "packet-macswap",
+        "kernel",
+        "rialto/bare",
+        "rialto/DPDK",
+        "rialto/kernel",
+    ] {
+        assert!(
+            head.split_whitespace().any(|c| c == column),
+            "{column} in {head}"
+        );
+    }
+    let rows: Vec<_> = table
+        .lines()
+        .filter(|l| l.trim_start().starts_with("64 B"))
+        .collect();
+    assert_eq!(rows.len(), 2, "a row per worker count: {table}");
+    for target in [
+        "rialto/bare >= 0.9",
+        "rialto/DPDK >= 1.0",
+        "rialto/kernel >= 3.0",
+    ] {
+        assert!(table.contains(target), "{target}: {table}");
+    }
+    let cells: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("side-by-side.json")).unwrap())
+            .unwrap();
+    assert_eq!(cells.len(), 14);
+    for cell in &cells {
+        assert!(u64_of(cell, "pps") > 0, "{cell}");
+        assert!(u64_of(cell, "ok") > 0, "{cell}");
+    }
+    let md = std::fs::read_to_string(out_dir.join("side-by-side.md")).unwrap();
+    assert!(md.contains("| 64 B | 10,000 | 2 |"), "{md}");
+    let png = std::fs::read(out_dir.join("side-by-side.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+
+    // Too short for the lines to settle (the flow table's pages are still
+    // being touched): only the report is checked, not its verdicts.
+    let (_, soak) = run(&["--soak", "0.25", "--workers", "2"]);
+    for line in ["RSS (KiB): ", "UMEM frames in use: ", "live flows: "] {
+        assert!(soak.contains(line), "{line}: {soak}");
+    }
+    assert!(
+        soak.contains("every UMEM frame accounted for at exit: True"),
+        "{soak}"
+    );
+    assert!(soak.contains("mismatches none"), "{soak}");
+    std::fs::remove_dir_all(&out_dir).unwrap();
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rialto-sbs-test.{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

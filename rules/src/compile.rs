@@ -1,0 +1,895 @@
+//! A config compiled into the tables the dataplane indexes.
+//!
+//! Everything a worker needs per packet is computed here, once per config:
+//! Maglev tables, the VIP and tunnel-peer maps, the SNAT pool. Workers only
+//! look up; they never compute a table.
+//!
+//! Every check runs before anything big is built: a config is refused when
+//! it cannot run (its tables would not fit the memory it is allowed, or
+//! the XDP program's maps), or when it would break the node or the network
+//! (Rialto's own addresses reused, an address no host has, an MTU the
+//! tunnel leaves too little of). What passes here, `rialto run` runs.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::Range,
+};
+
+use hashbrown::{HashMap, HashSet};
+use rialto_tables::{
+    Backend, BackendState, Cluster, Endpoint, FLOW_BYTES, Limits, MAX_VNI, MaglevHash, Node,
+    SNAT_PORT_BYTES, Service, Snapshot, SnatPool, Timeouts,
+    maglev::{self, MaglevError, WeightedBackend},
+    steering_capacity, vxlan_overhead,
+};
+
+use crate::config::{self, Config, Mac, Spanned};
+
+/// What a config's tables may take on the machine that runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Workers, each with a flow table of its own.
+    pub workers: u32,
+    /// Bytes of memory the machine can give (`MemAvailable`); `None` to
+    /// check against the config's own cap only.
+    pub available: Option<u64>,
+}
+
+impl Budget {
+    /// One worker, against the config's cap only: offline checks and tests.
+    pub const OFFLINE: Self = Self {
+        workers: 1,
+        available: None,
+    };
+}
+
+/// The largest MTU Rialto accepts: a jumbo frame.
+pub const MAX_MTU: u16 = 9216;
+
+/// Why a config does not compile. The messages start with the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("node.vteps: more than one IPv{family} VTEP")]
+    TwoVteps { family: u8 },
+    #[error("node.vteps: none given, expected Rialto's VXLAN address (one per family)")]
+    NoVteps,
+    #[error("{field}: {addr} is {why}, expected a host's unicast address")]
+    NotAHost {
+        field: String,
+        addr: IpAddr,
+        why: &'static str,
+    },
+    #[error("{field}: port 0 is no port: expected 1 to 65535")]
+    ZeroPort { field: String },
+    #[error("{field}: {addr} is already {other}: Rialto's own addresses must each have one role")]
+    AddressReused {
+        field: String,
+        addr: IpAddr,
+        other: String,
+    },
+    #[error(
+        "node.mtu: {mtu} leaves {left} bytes for an IPv{inner} packet through an IPv{outer} tunnel, \
+         below IPv{inner}'s minimum of {min}: expected at least {needed}"
+    )]
+    MtuTooSmall {
+        mtu: u16,
+        left: usize,
+        inner: u8,
+        outer: u8,
+        min: usize,
+        needed: usize,
+    },
+    #[error("node.mtu: {mtu} is above the largest frame Rialto handles ({MAX_MTU})")]
+    MtuTooLarge { mtu: u16 },
+    #[error("node.vxlan_port: 0 is no port: expected 1 to 65535 (VXLAN's is 4789)")]
+    ZeroVxlanPort,
+    #[error("{field}: {mac} is {why}, expected a unicast MAC address")]
+    BadMac {
+        field: String,
+        mac: Mac,
+        why: &'static str,
+    },
+    #[error("timeouts.{field}: 0 seconds would expire every flow at once: expected at least 1")]
+    ZeroTimeout { field: &'static str },
+    #[error("limits.flows_per_worker: 0 flows: expected at least 1")]
+    ZeroFlows,
+    #[error(
+        "limits.flows_per_worker: the tables would take {needed_mib} MiB ({detail}), above {limit}"
+    )]
+    TooMuchMemory {
+        needed_mib: u64,
+        detail: String,
+        limit: String,
+    },
+    #[error("{field}: {count} {what}, but the XDP program holds {max} at most")]
+    TooMany {
+        field: String,
+        count: usize,
+        what: &'static str,
+        max: usize,
+    },
+    #[error("{what}: name: empty, expected a name")]
+    EmptyName { what: &'static str },
+    #[error("cluster {name:?}: vni: {vni} is out of range (0..={MAX_VNI})")]
+    VniOutOfRange { name: String, vni: u32 },
+    #[error("cluster {name:?}: name: defined twice")]
+    DuplicateCluster { name: String },
+    #[error("cluster {name:?}: vni: {vni} is already cluster {other:?}'s")]
+    DuplicateVni {
+        name: String,
+        vni: u32,
+        other: String,
+    },
+    #[error("cluster {name:?}: gateways: {gateway} is already cluster {other:?}'s")]
+    SharedGateway {
+        name: String,
+        gateway: IpAddr,
+        other: String,
+    },
+    #[error(
+        "cluster {name:?}: gateways: {gateway} is IPv{family} but node.vteps has no IPv{family} address"
+    )]
+    NoVtepForGateway {
+        name: String,
+        gateway: IpAddr,
+        family: u8,
+    },
+    #[error("cluster {name:?}: gateways: {gateway} is one of node.vteps, Rialto itself")]
+    GatewayIsVtep { name: String, gateway: IpAddr },
+    #[error("cluster {name:?}: gateways: none given, expected at least one VTEP address")]
+    NoGateways { name: String },
+    #[error("service {name:?}: vip: {vip} is already service {other:?}'s")]
+    DuplicateVip {
+        name: String,
+        vip: Endpoint,
+        other: String,
+    },
+    #[error("service {name:?}: vip: {addr} is also in snat.addresses")]
+    VipIsSnat { name: String, addr: IpAddr },
+    #[error("service {name:?}: backends: {backend} is in unknown cluster {cluster:?}")]
+    UnknownCluster {
+        name: String,
+        backend: SocketAddr,
+        cluster: String,
+    },
+    #[error("service {name:?}: backends: {backend} is listed twice")]
+    DuplicateBackend { name: String, backend: SocketAddr },
+    #[error("service {name:?}: backends: {backend} is not of the VIP's address family")]
+    FamilyMismatch { name: String, backend: SocketAddr },
+    #[error("service {name:?}: vip: snat.addresses has no IPv{family} address for its backends")]
+    NoSnatAddress { name: String, family: u8 },
+    #[error(
+        "service {name:?}: backends: the active backends' weights add up to 0, expected at least 1"
+    )]
+    ZeroWeight { name: String },
+    #[error("service {name:?}: table_size: {source}")]
+    Maglev {
+        name: String,
+        #[source]
+        source: MaglevError,
+    },
+}
+
+/// A [`CompileError`] and the part of the config text it is about.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub span: Range<usize>,
+    pub error: CompileError,
+}
+
+/// The problems found so far.
+#[derive(Debug, Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn report(&mut self, span: Range<usize>, error: CompileError) {
+        self.0.push(Problem { span, error });
+    }
+}
+
+/// Checks the config's meaning, for `budget`, and builds the tables; on
+/// failure, returns every problem found, not just the first. Nothing large
+/// is allocated before every check has passed.
+pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem>> {
+    let mut p = Problems::default();
+    let node = compile_node(&config.node, &mut p);
+    let addresses = config.snat.addresses.get_ref();
+    let snat = SnatPool {
+        v4: v4s(addresses).collect(),
+        v6: v6s(addresses).collect(),
+        ports: (config.snat.ports.get_ref().0, config.snat.ports.get_ref().1),
+    };
+    for &addr in addresses {
+        check_host(&mut p, config.snat.addresses.span(), "snat.addresses", addr);
+    }
+    let timeouts = compile_timeouts(&config.timeouts, &mut p);
+    let limits = Limits {
+        flows_per_worker: *config.limits.flows_per_worker.get_ref(),
+    };
+    if limits.flows_per_worker == 0 {
+        p.report(
+            config.limits.flows_per_worker.span(),
+            CompileError::ZeroFlows,
+        );
+    }
+    let (clusters, peers) = compile_clusters(config, &node, &mut p);
+    let mut plans = Vec::with_capacity(config.services.len());
+    let mut vips = HashMap::new();
+    for (index, s) in config.services.iter().enumerate() {
+        let vip = *s.vip.get_ref();
+        let name = s.name.get_ref().clone();
+        match vips.get(&vip) {
+            Some(&other) => {
+                let other = config.services[other as usize].name.get_ref().clone();
+                p.report(
+                    s.vip.span(),
+                    CompileError::DuplicateVip { name, vip, other },
+                );
+            }
+            None => {
+                vips.insert(vip, index as u32);
+            }
+        }
+        if let Some(plan) = plan_service(s, config, &snat, &mut p) {
+            plans.push(plan);
+        }
+    }
+    check_roles(config, &mut p);
+    check_mtu(config, &mut p);
+    check_capacities(config, &peers, &mut p);
+    check_memory(config, budget, &mut p);
+    if !p.0.is_empty() {
+        let mut problems = p.0;
+        problems.sort_by_key(|p| p.span.start);
+        return Err(problems);
+    }
+    // Every check passed: the Maglev tables fit what the config may take.
+    let mut services = Vec::with_capacity(plans.len());
+    for plan in plans {
+        match plan.build() {
+            Ok(service) => services.push(service),
+            Err(problem) => p.0.push(problem),
+        }
+    }
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    let vip_addrs: HashSet<IpAddr> = vips.keys().map(|v| v.addr).collect();
+    let own_addrs = (vip_addrs.iter().copied())
+        .chain(snat.v4.iter().map(|&a| IpAddr::V4(a)))
+        .chain(snat.v6.iter().map(|&a| IpAddr::V6(a)))
+        .chain(node.vtep_v4.map(IpAddr::V4))
+        .chain(node.vtep_v6.map(IpAddr::V6))
+        .collect();
+    Ok(Snapshot {
+        node,
+        snat,
+        timeouts,
+        limits,
+        clusters,
+        services,
+        vips,
+        peers,
+        vip_addrs,
+        own_addrs,
+    })
+}
+
+fn compile_node(n: &config::Node, p: &mut Problems) -> Node {
+    let vteps = n.vteps.get_ref();
+    if vteps.is_empty() {
+        p.report(n.vteps.span(), CompileError::NoVteps);
+    }
+    for (family, count) in [(4, v4s(vteps).count()), (6, v6s(vteps).count())] {
+        if count > 1 {
+            p.report(n.vteps.span(), CompileError::TwoVteps { family });
+        }
+    }
+    for &vtep in vteps {
+        check_host(p, n.vteps.span(), "node.vteps", vtep);
+    }
+    let mtu = *n.mtu.get_ref();
+    if mtu > MAX_MTU {
+        p.report(n.mtu.span(), CompileError::MtuTooLarge { mtu });
+    }
+    if *n.vxlan_port.get_ref() == 0 {
+        p.report(n.vxlan_port.span(), CompileError::ZeroVxlanPort);
+    }
+    let mut mac = |field: &str, mac: Option<&Spanned<Mac>>| {
+        mac.map(|m| {
+            check_mac(p, m, field);
+            m.get_ref().0
+        })
+    };
+    Node {
+        mac: mac("node.mac", n.mac.as_ref()),
+        next_hop_mac: mac("node.next_hop_mac", n.next_hop_mac.as_ref()),
+        vtep_mac: mac("node.vtep_mac", n.vtep_mac.as_ref()),
+        vtep_v4: v4s(vteps).next(),
+        vtep_v6: v6s(vteps).next(),
+        mtu,
+        vxlan_port: *n.vxlan_port.get_ref(),
+    }
+}
+
+fn compile_timeouts(t: &config::Timeouts, p: &mut Problems) -> Timeouts {
+    for (field, value) in [
+        ("tcp_syn", &t.tcp_syn),
+        ("tcp_established", &t.tcp_established),
+        ("tcp_closing", &t.tcp_closing),
+        ("udp", &t.udp),
+        ("icmp", &t.icmp),
+    ] {
+        if *value.get_ref() == 0 {
+            p.report(value.span(), CompileError::ZeroTimeout { field });
+        }
+    }
+    Timeouts {
+        tcp_syn: *t.tcp_syn.get_ref(),
+        tcp_established: *t.tcp_established.get_ref(),
+        tcp_closing: *t.tcp_closing.get_ref(),
+        udp: *t.udp.get_ref(),
+        icmp: *t.icmp.get_ref(),
+    }
+}
+
+/// The clusters, and the gateway VTEP -> cluster map.
+fn compile_clusters(
+    config: &Config,
+    node: &Node,
+    p: &mut Problems,
+) -> (Vec<Cluster>, HashMap<IpAddr, u16>) {
+    let mut clusters = Vec::with_capacity(config.clusters.len());
+    let mut peers = HashMap::new();
+    for (index, c) in config.clusters.iter().enumerate() {
+        let name = c.name.get_ref();
+        let vni = *c.vni.get_ref();
+        if name.is_empty() {
+            p.report(c.name.span(), CompileError::EmptyName { what: "cluster" });
+        }
+        if vni > MAX_VNI {
+            let name = name.clone();
+            p.report(c.vni.span(), CompileError::VniOutOfRange { name, vni });
+        }
+        if c.gateways.get_ref().is_empty() {
+            let name = name.clone();
+            p.report(c.gateways.span(), CompileError::NoGateways { name });
+        }
+        check_mac(p, &c.gateway_mac, &format!("cluster {name:?}: gateway_mac"));
+        let earlier = &config.clusters[..index];
+        if earlier.iter().any(|o| o.name.get_ref() == name) {
+            let name = name.clone();
+            p.report(c.name.span(), CompileError::DuplicateCluster { name });
+        }
+        if let Some(other) = earlier.iter().find(|o| *o.vni.get_ref() == vni) {
+            let (name, other) = (name.clone(), other.name.get_ref().clone());
+            p.report(
+                c.vni.span(),
+                CompileError::DuplicateVni { name, vni, other },
+            );
+        }
+        for &gateway in c.gateways.get_ref() {
+            let (name, span) = (name.clone(), c.gateways.span());
+            check_host(
+                p,
+                span.clone(),
+                &format!("cluster {name:?}: gateways"),
+                gateway,
+            );
+            let vtep = match gateway {
+                IpAddr::V4(a) => node.vtep_v4.map(|v| v == a),
+                IpAddr::V6(a) => node.vtep_v6.map(|v| v == a),
+            };
+            match vtep {
+                None => p.report(
+                    span,
+                    CompileError::NoVtepForGateway {
+                        name,
+                        gateway,
+                        family: family(gateway),
+                    },
+                ),
+                Some(true) => p.report(span, CompileError::GatewayIsVtep { name, gateway }),
+                Some(false) => match peers.get(&gateway) {
+                    Some(&other) => {
+                        let other = config.clusters[usize::from(other)].name.get_ref().clone();
+                        p.report(
+                            span,
+                            CompileError::SharedGateway {
+                                name,
+                                gateway,
+                                other,
+                            },
+                        );
+                    }
+                    None => {
+                        peers.insert(gateway, index as u16);
+                    }
+                },
+            }
+        }
+        clusters.push(Cluster {
+            name: name.clone(),
+            vni,
+            gateways: c.gateways.get_ref().clone(),
+            gateway_mac: c.gateway_mac.get_ref().0,
+        });
+    }
+    (clusters, peers)
+}
+
+/// A service checked and ready to get its Maglev table.
+struct Plan {
+    name: String,
+    vip: Endpoint,
+    backends: Vec<Backend>,
+    weighted: Vec<WeightedBackend>,
+    hash: MaglevHash,
+    size: u32,
+    /// Where a problem building the table is reported.
+    span: Range<usize>,
+}
+
+impl Plan {
+    /// The service with its table (none when no backend takes new flows).
+    fn build(self) -> Result<Service, Problem> {
+        let table = if self.weighted.iter().all(|b| b.weight == 0) {
+            None
+        } else {
+            let table = maglev::Table::build(self.hash, self.size, &self.weighted);
+            Some(table.map_err(|source| Problem {
+                span: self.span,
+                error: CompileError::Maglev {
+                    name: self.name.clone(),
+                    source,
+                },
+            })?)
+        };
+        Ok(Service {
+            name: self.name,
+            vip: self.vip,
+            backends: self.backends,
+            table,
+        })
+    }
+}
+
+/// The service's backends, checked, and what its Maglev table is built
+/// from; `None` after reporting why not.
+fn plan_service(
+    s: &config::Service,
+    config: &Config,
+    snat: &SnatPool,
+    report: &mut Problems,
+) -> Option<Plan> {
+    let name = s.name.get_ref();
+    let vip = *s.vip.get_ref();
+    let v6 = vip.addr.is_ipv6();
+    let mut ok = true;
+    let mut problem = |span, error| {
+        ok = false;
+        report.report(span, error);
+    };
+    if name.is_empty() {
+        problem(s.name.span(), CompileError::EmptyName { what: "service" });
+    }
+    if let Some(why) = not_a_host(vip.addr) {
+        problem(
+            s.vip.span(),
+            CompileError::NotAHost {
+                field: format!("service {name:?}: vip"),
+                addr: vip.addr,
+                why,
+            },
+        );
+    }
+    if vip.port == 0 {
+        let field = format!("service {name:?}: vip");
+        problem(s.vip.span(), CompileError::ZeroPort { field });
+    }
+    if config.snat.addresses.get_ref().contains(&vip.addr) {
+        let addr = vip.addr;
+        problem(
+            s.vip.span(),
+            CompileError::VipIsSnat {
+                name: name.clone(),
+                addr,
+            },
+        );
+    }
+    let has_snat = if v6 {
+        !snat.v6.is_empty()
+    } else {
+        !snat.v4.is_empty()
+    };
+    if !has_snat {
+        let family = if v6 { 6 } else { 4 };
+        problem(
+            s.vip.span(),
+            CompileError::NoSnatAddress {
+                name: name.clone(),
+                family,
+            },
+        );
+    }
+    if let Some(m) = &s.table_size
+        && let Err(source) = maglev::check_size(s.hash, *m.get_ref())
+    {
+        problem(
+            m.span(),
+            CompileError::Maglev {
+                name: name.clone(),
+                source,
+            },
+        );
+    }
+    let listed = s.backends.get_ref();
+    let mut backends = Vec::with_capacity(listed.len());
+    for (i, b) in listed.iter().enumerate() {
+        let (addr, span) = (*b.addr.get_ref(), b.addr.span());
+        let field = || format!("service {name:?}: backends");
+        let cluster = config
+            .clusters
+            .iter()
+            .position(|c| c.name.get_ref() == b.cluster.get_ref());
+        if cluster.is_none() {
+            problem(
+                b.cluster.span(),
+                CompileError::UnknownCluster {
+                    name: name.clone(),
+                    backend: addr,
+                    cluster: b.cluster.get_ref().clone(),
+                },
+            );
+        }
+        if let Some(why) = not_a_host(addr.ip()) {
+            let (field, addr) = (field(), addr.ip());
+            problem(span.clone(), CompileError::NotAHost { field, addr, why });
+        }
+        if addr.port() == 0 {
+            problem(span.clone(), CompileError::ZeroPort { field: field() });
+        }
+        if addr.is_ipv6() != v6 {
+            problem(
+                span.clone(),
+                CompileError::FamilyMismatch {
+                    name: name.clone(),
+                    backend: addr,
+                },
+            );
+        }
+        if listed[..i]
+            .iter()
+            .any(|o| *o.addr.get_ref() == addr && o.cluster.get_ref() == b.cluster.get_ref())
+        {
+            problem(
+                span,
+                CompileError::DuplicateBackend {
+                    name: name.clone(),
+                    backend: addr,
+                },
+            );
+        }
+        backends.push(Backend {
+            cluster: cluster.unwrap_or_default() as u16,
+            addr,
+            weight: b.weight,
+            state: b.state,
+        });
+    }
+    let active = || backends.iter().filter(|b| b.state == BackendState::Active);
+    if active().next().is_some() && active().all(|b| b.weight == 0) {
+        problem(
+            s.backends.span(),
+            CompileError::ZeroWeight { name: name.clone() },
+        );
+    }
+    if !ok {
+        return None;
+    }
+    // A draining backend keeps its live flows (the connection table holds
+    // them) but takes no slot, so no new flow.
+    let weighted = backends
+        .iter()
+        .map(|b| WeightedBackend {
+            endpoint: Endpoint {
+                addr: b.addr.ip(),
+                port: b.addr.port(),
+                proto: vip.proto,
+            },
+            weight: if b.state == BackendState::Active {
+                b.weight
+            } else {
+                0
+            },
+            // Two clusters may use the same pod address: each backend is
+            // known by its cluster's VNI as well.
+            scope: Some(config_vni(config, b.cluster)),
+        })
+        .collect();
+    let size = s.table_size.as_ref();
+    Some(Plan {
+        name: name.clone(),
+        vip,
+        backends,
+        weighted,
+        hash: s.hash,
+        size: table_size(s),
+        span: size.map_or(s.name.span(), Spanned::span),
+    })
+}
+
+/// The Maglev table size the service asks for, or its hash's default.
+fn table_size(s: &config::Service) -> u32 {
+    s.table_size
+        .as_ref()
+        .map_or(s.hash.default_table_size(), |m| *m.get_ref())
+}
+
+/// Why `addr` cannot be a host Rialto talks to or is, if it cannot.
+fn not_a_host(addr: IpAddr) -> Option<&'static str> {
+    match addr {
+        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_loopback() => Some("a loopback address"),
+        IpAddr::V4(a) if a.octets()[0] == 0 || a.octets()[0] >= 240 => Some("reserved"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(a) if a.is_loopback() => Some("the loopback address"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("IPv4-mapped (write the IPv4 address itself)")
+        }
+        _ => None,
+    }
+}
+
+fn check_host(p: &mut Problems, span: Range<usize>, field: &str, addr: IpAddr) {
+    if let Some(why) = not_a_host(addr) {
+        let field = field.to_owned();
+        p.report(span, CompileError::NotAHost { field, addr, why });
+    }
+}
+
+fn check_mac(p: &mut Problems, mac: &Spanned<Mac>, field: &str) {
+    let why = match mac.get_ref().0 {
+        [0, 0, 0, 0, 0, 0] => "all zero",
+        [0xff, 0xff, 0xff, 0xff, 0xff, 0xff] => "the broadcast address",
+        [first, ..] if first & 1 == 1 => "a multicast address",
+        _ => return,
+    };
+    let (field, mac_value) = (field.to_owned(), *mac.get_ref());
+    p.report(
+        mac.span(),
+        CompileError::BadMac {
+            field,
+            mac: mac_value,
+            why,
+        },
+    );
+}
+
+/// Rialto's own addresses each have one role: a SNAT address is no VTEP,
+/// gateway or backend; a VIP's address is no VTEP or gateway (a VIP that
+/// is also a SNAT address, and a gateway that is a VTEP, are told apart
+/// where they are checked).
+fn check_roles(config: &Config, p: &mut Problems) {
+    let mut roles: HashMap<IpAddr, String> = HashMap::new();
+    for &vtep in config.node.vteps.get_ref() {
+        roles.insert(vtep, "one of node.vteps".to_owned());
+    }
+    for c in &config.clusters {
+        for &gateway in c.gateways.get_ref() {
+            roles
+                .entry(gateway)
+                .or_insert_with(|| format!("cluster {:?}'s gateway", c.name.get_ref()));
+        }
+    }
+    for s in &config.services {
+        let vip = s.vip.get_ref().addr;
+        if let Some(other) = roles.get(&vip) {
+            p.report(
+                s.vip.span(),
+                CompileError::AddressReused {
+                    field: format!("service {:?}: vip", s.name.get_ref()),
+                    addr: vip,
+                    other: other.clone(),
+                },
+            );
+        }
+    }
+    for s in &config.services {
+        for b in s.backends.get_ref() {
+            roles
+                .entry(b.addr.get_ref().ip())
+                .or_insert_with(|| format!("a backend of service {:?}", s.name.get_ref()));
+        }
+    }
+    for &addr in config.snat.addresses.get_ref() {
+        if let Some(other) = roles.get(&addr) {
+            p.report(
+                config.snat.addresses.span(),
+                CompileError::AddressReused {
+                    field: "snat.addresses".to_owned(),
+                    addr,
+                    other: other.clone(),
+                },
+            );
+        }
+    }
+}
+
+/// The MTU leaves room, once a tunnel's headers are in, for the smallest
+/// packet of each family a service carries: 576 bytes for IPv4 (RFC 1812
+/// §4.3.2.3), 1280 for IPv6 (RFC 8200 §5), so the ICMP errors Rialto
+/// sends carry MTUs their senders may use.
+fn check_mtu(config: &Config, p: &mut Problems) {
+    let mtu = *config.node.mtu.get_ref();
+    let mut pairs = HashSet::new();
+    for s in &config.services {
+        let inner = s.vip.get_ref().addr.is_ipv6();
+        for b in s.backends.get_ref() {
+            let cluster = config
+                .clusters
+                .iter()
+                .find(|c| c.name.get_ref() == b.cluster.get_ref());
+            for gateway in cluster.iter().flat_map(|c| c.gateways.get_ref()) {
+                pairs.insert((inner, gateway.is_ipv6()));
+            }
+        }
+    }
+    let mut pairs: Vec<_> = pairs.into_iter().collect();
+    pairs.sort_unstable();
+    for (inner, outer) in pairs {
+        let min = if inner { 1280 } else { 576 };
+        let overhead = vxlan_overhead(outer);
+        let left = usize::from(mtu).saturating_sub(overhead);
+        if left < min {
+            let version = |v6: bool| if v6 { 6 } else { 4 };
+            p.report(
+                config.node.mtu.span(),
+                CompileError::MtuTooSmall {
+                    mtu,
+                    left,
+                    inner: version(inner),
+                    outer: version(outer),
+                    min,
+                    needed: min + overhead,
+                },
+            );
+        }
+    }
+}
+
+/// Within what the XDP program's maps hold.
+fn check_capacities(config: &Config, peers: &HashMap<IpAddr, u16>, p: &mut Problems) {
+    let checks = [
+        (
+            "service",
+            config.services.len(),
+            "VIPs",
+            steering_capacity::VIPS,
+            config.services.last().map(|s| s.vip.span()),
+        ),
+        (
+            "cluster: gateways",
+            peers.len(),
+            "gateways",
+            steering_capacity::PEERS,
+            config.clusters.last().map(|c| c.gateways.span()),
+        ),
+        (
+            "snat.addresses",
+            config.snat.addresses.get_ref().len(),
+            "addresses",
+            steering_capacity::SNAT_ADDRESSES,
+            Some(config.snat.addresses.span()),
+        ),
+    ];
+    for (field, count, what, max, span) in checks {
+        if count > max {
+            let field = field.to_owned();
+            p.report(
+                span.unwrap_or(0..0),
+                CompileError::TooMany {
+                    field,
+                    count,
+                    what,
+                    max,
+                },
+            );
+        }
+    }
+}
+
+/// The tables fit `limits.memory_mib` and what the machine can give: every
+/// worker's flow table and SNAT ports, and every Maglev table twice (a
+/// reload builds the new tables beside the running ones).
+fn check_memory(config: &Config, budget: &Budget, p: &mut Problems) {
+    const MIB: u64 = 1 << 20;
+    let flows = u64::from(*config.limits.flows_per_worker.get_ref());
+    let workers = u64::from(budget.workers.max(1));
+    let flow_bytes = workers * flows * FLOW_BYTES;
+    let ports = config.snat.ports.get_ref();
+    let snat_bytes = config.snat.addresses.get_ref().len() as u64
+        * 2
+        * (u64::from(ports.1) - u64::from(ports.0) + 1)
+        * SNAT_PORT_BYTES;
+    let maglev_bytes: u64 = 2 * config
+        .services
+        .iter()
+        .map(|s| u64::from(table_size(s)) * 4)
+        .sum::<u64>();
+    let needed = flow_bytes + snat_bytes + maglev_bytes;
+    let cap = config.limits.memory_mib.get_ref().saturating_mul(MIB);
+    let (most, limit) = match budget.available {
+        Some(available) if available < cap => (
+            available,
+            format!("the {} MiB this machine has available", available / MIB),
+        ),
+        _ => (cap, format!("limits.memory_mib = {}", cap / MIB)),
+    };
+    if needed <= most {
+        return;
+    }
+    let detail = format!(
+        "{workers} worker(s) × {flows} flows × {FLOW_BYTES} B, {} MiB of SNAT ports, {} MiB of Maglev tables",
+        snat_bytes.div_ceil(MIB),
+        maglev_bytes.div_ceil(MIB)
+    );
+    p.report(
+        config.limits.flows_per_worker.span(),
+        CompileError::TooMuchMemory {
+            needed_mib: needed.div_ceil(MIB),
+            detail,
+            limit,
+        },
+    );
+}
+
+/// The VNI of the config's cluster `index`.
+fn config_vni(config: &Config, index: u16) -> u32 {
+    *config.clusters[usize::from(index)].vni.get_ref()
+}
+
+fn family(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() { 4 } else { 6 }
+}
+
+fn v4s(addrs: &[IpAddr]) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    addrs.iter().filter_map(|a| match a {
+        IpAddr::V4(a) => Some(*a),
+        IpAddr::V6(_) => None,
+    })
+}
+
+fn v6s(addrs: &[IpAddr]) -> impl Iterator<Item = Ipv6Addr> + '_ {
+    addrs.iter().filter_map(|a| match a {
+        IpAddr::V6(a) => Some(*a),
+        IpAddr::V4(_) => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::EXAMPLE;
+
+    #[test]
+    fn compiles_the_example() {
+        let snapshot = crate::load("x", EXAMPLE).unwrap();
+        assert_eq!(snapshot.node.vtep_v4, Some(Ipv4Addr::new(198, 18, 1, 1)));
+        assert_eq!(
+            snapshot.peers.get(&"198.18.2.1".parse::<IpAddr>().unwrap()),
+            Some(&0)
+        );
+        let vip: Endpoint = "198.18.100.1:80/TCP".parse().unwrap();
+        assert_eq!(snapshot.vips.get(&vip), Some(&0));
+        let table = snapshot.services[0].table.as_ref().unwrap();
+        assert!(table.slots().iter().all(|&b| b == 0));
+        assert_eq!(
+            snapshot.steering().tunnel_peers,
+            vec!["198.18.2.1".parse::<IpAddr>().unwrap()]
+        );
+    }
+}

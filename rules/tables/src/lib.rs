@@ -1,0 +1,279 @@
+//! The tables Rialto's dataplane indexes, as one config compiles to them:
+//! the node, the SNAT pool, the clusters and their gateways, the services
+//! with their backends and Maglev tables, and what the XDP program steers.
+//!
+//! Nothing here parses a config or reads a file: `rialto-rules` does both
+//! and builds a [`Snapshot`]; the dataplane only indexes it. Maglev lives
+//! here whole (building a table is pure computation) so that a node, a
+//! test and a benchmark build the same tables from the same backends.
+
+mod endpoint;
+pub mod maglev;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use hashbrown::{HashMap, HashSet};
+use serde::Deserialize;
+
+pub use endpoint::{Endpoint, ParseEndpointError, Proto};
+pub use maglev::{MaglevError, MaglevHash, WeightedBackend};
+
+/// The IANA-assigned VXLAN port (RFC 7348 §5).
+pub const VXLAN_PORT: u16 = 4789;
+
+/// The largest VXLAN network identifier (24 bits, RFC 7348 §5).
+pub const MAX_VNI: u32 = 0xff_ffff;
+
+/// The most memory one slot of a worker's flow table takes, its two
+/// indexes included: what the config check counts per flow. The
+/// dataplane's tests hold its flow table to it.
+pub const FLOW_BYTES: u64 = 160;
+
+/// The memory a worker's SNAT ports take: a free list of 2-byte ports per
+/// address and protocol.
+pub const SNAT_PORT_BYTES: u64 = 2;
+
+/// What VXLAN adds to a packet against the uplink's MTU: the inner
+/// Ethernet header, outer IP, UDP and VXLAN (the dataplane's
+/// `encap::overhead`, which its tests hold to this).
+pub const fn vxlan_overhead(v6_underlay: bool) -> usize {
+    if v6_underlay {
+        14 + 40 + 8 + 8
+    } else {
+        14 + 20 + 8 + 8
+    }
+}
+
+/// What the XDP program's maps hold at most (`bpf/rialto.bpf.c`).
+pub mod steering_capacity {
+    /// `rialto_vips`.
+    pub const VIPS: usize = 65536;
+    /// `rialto_peers`.
+    pub const PEERS: usize = 4096;
+    /// `rialto_snat`.
+    pub const SNAT_ADDRESSES: usize = 4096;
+}
+
+/// The dataplane's view of one config.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub node: Node,
+    pub snat: SnatPool,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub clusters: Vec<Cluster>,
+    pub services: Vec<Service>,
+    /// VIP endpoint -> index into `services`.
+    pub vips: HashMap<Endpoint, u32>,
+    /// Gateway VTEP -> index into `clusters`.
+    pub peers: HashMap<IpAddr, u16>,
+    /// The addresses of the VIPs (a VIP is an address, a port and a protocol).
+    pub vip_addrs: HashSet<IpAddr>,
+    /// Rialto's own addresses: VIPs, SNAT addresses, VTEPs. No packet from
+    /// outside comes from one of them.
+    pub own_addrs: HashSet<IpAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub mac: Option<[u8; 6]>,
+    /// `None`: learned live from the kernel.
+    pub next_hop_mac: Option<[u8; 6]>,
+    pub vtep_mac: Option<[u8; 6]>,
+    pub vtep_v4: Option<Ipv4Addr>,
+    pub vtep_v6: Option<Ipv6Addr>,
+    pub mtu: u16,
+    pub vxlan_port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnatPool {
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<Ipv6Addr>,
+    /// First and last port, inclusive.
+    pub ports: (u16, u16),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    pub vni: u32,
+    pub gateways: Vec<IpAddr>,
+    pub gateway_mac: [u8; 6],
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub vip: Endpoint,
+    pub backends: Vec<Backend>,
+    /// Slot -> index into `backends`; `None` when no backend takes new flows.
+    pub table: Option<maglev::Table>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Index into the snapshot's `clusters`.
+    pub cluster: u16,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+/// Whether a backend takes new flows.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    #[default]
+    Active,
+    /// Keeps its live flows, gets no new ones.
+    Draining,
+}
+
+/// How long an idle flow is remembered, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A TCP connection whose handshake has not completed.
+    pub tcp_syn: u32,
+    /// Also a connection one side has half closed.
+    pub tcp_established: u32,
+    /// After both FINs, or an RST.
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub icmp: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_syn: 30,
+            tcp_established: 3600,
+            tcp_closing: 30,
+            udp: 60,
+            icmp: 30,
+        }
+    }
+}
+
+/// Table sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Live flows per worker; beyond it, the flow closest to expiry among a
+    /// few sampled is evicted. The table is allocated whole at start.
+    pub flows_per_worker: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            flows_per_worker: 1 << 18,
+        }
+    }
+}
+
+impl Snapshot {
+    /// What the XDP program must steer to Rialto for this snapshot.
+    pub fn steering(&self) -> Steering {
+        Steering {
+            vips: self.services.iter().map(|s| s.vip).collect(),
+            tunnel_peers: self.peers.keys().copied().collect(),
+            snat_addrs: (self.snat.v4.iter().map(|&a| IpAddr::V4(a)))
+                .chain(self.snat.v6.iter().map(|&a| IpAddr::V6(a)))
+                .collect(),
+            vteps: (self.node.vtep_v4.map(IpAddr::V4).into_iter())
+                .chain(self.node.vtep_v6.map(IpAddr::V6))
+                .collect(),
+            vxlan_port: self.node.vxlan_port,
+        }
+    }
+}
+
+/// The traffic the XDP program steers into Rialto's AF_XDP sockets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Steering {
+    /// Service VIPs: destination address, port and protocol.
+    pub vips: Vec<Endpoint>,
+    /// Tunnel peers (remote gateways' VTEPs): VXLAN from these is Rialto's.
+    pub tunnel_peers: Vec<IpAddr>,
+    /// Rialto's SNAT addresses: replies to them are Rialto's.
+    pub snat_addrs: Vec<IpAddr>,
+    /// Rialto's VTEPs: VXLAN only to these is Rialto's.
+    pub vteps: Vec<IpAddr>,
+    /// UDP destination port of VXLAN.
+    pub vxlan_port: u16,
+}
+
+impl Steering {
+    /// What goes from `self` to `new`: the entries to add (with `new`'s
+    /// VXLAN port) and the entries to remove, so a reload writes only what
+    /// changed into the XDP program's maps.
+    pub fn diff(&self, new: &Self) -> (Self, Self) {
+        fn minus<T: PartialEq + Copy>(a: &[T], b: &[T]) -> Vec<T> {
+            a.iter().filter(|x| !b.contains(x)).copied().collect()
+        }
+        let added = Self {
+            vips: minus(&new.vips, &self.vips),
+            tunnel_peers: minus(&new.tunnel_peers, &self.tunnel_peers),
+            snat_addrs: minus(&new.snat_addrs, &self.snat_addrs),
+            vteps: minus(&new.vteps, &self.vteps),
+            vxlan_port: new.vxlan_port,
+        };
+        let removed = Self {
+            vips: minus(&self.vips, &new.vips),
+            tunnel_peers: minus(&self.tunnel_peers, &new.tunnel_peers),
+            snat_addrs: minus(&self.snat_addrs, &new.snat_addrs),
+            vteps: minus(&self.vteps, &new.vteps),
+            vxlan_port: self.vxlan_port,
+        };
+        (added, removed)
+    }
+}
+
+impl Default for Steering {
+    fn default() -> Self {
+        Self {
+            vips: Vec::new(),
+            tunnel_peers: Vec::new(),
+            snat_addrs: Vec::new(),
+            vteps: Vec::new(),
+            vxlan_port: VXLAN_PORT,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steering_diff_names_only_what_changed() {
+        let old = Steering {
+            vips: vec![
+                "198.18.100.1:80/TCP".parse().unwrap(),
+                "198.18.100.2:53/UDP".parse().unwrap(),
+            ],
+            tunnel_peers: vec!["198.18.2.1".parse().unwrap()],
+            snat_addrs: vec!["198.18.200.1".parse().unwrap()],
+            vteps: vec!["198.18.1.1".parse().unwrap()],
+            vxlan_port: VXLAN_PORT,
+        };
+        let new = Steering {
+            vips: vec![
+                "198.18.100.2:53/UDP".parse().unwrap(),
+                "198.18.100.3:80/TCP".parse().unwrap(),
+            ],
+            tunnel_peers: vec!["198.18.2.1".parse().unwrap()],
+            snat_addrs: vec!["198.18.200.2".parse().unwrap()],
+            vteps: vec!["198.18.1.1".parse().unwrap()],
+            vxlan_port: 8472,
+        };
+        let (added, removed) = old.diff(&new);
+        assert_eq!(added.vips, vec!["198.18.100.3:80/TCP".parse().unwrap()]);
+        assert_eq!(removed.vips, vec!["198.18.100.1:80/TCP".parse().unwrap()]);
+        assert!(added.tunnel_peers.is_empty() && removed.tunnel_peers.is_empty());
+        assert_eq!(added.snat_addrs, new.snat_addrs);
+        assert_eq!(removed.snat_addrs, old.snat_addrs);
+        assert_eq!(added.vxlan_port, 8472);
+        assert_eq!(old.diff(&old).0.vips.len() + old.diff(&old).1.vips.len(), 0);
+    }
+}
