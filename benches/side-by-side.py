@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Rialto side by side with bare AF_XDP, DPDK's testpmd and the Linux kernel.
 
-    python3 benches/side-by-side.py [--seconds S] [--out DIR]      (as root, after setup.sh)
-    python3 benches/side-by-side.py --soak MINUTES [--workers W]
+    benches/side-by-side.py [--seconds S] [--out DIR]      (as root, after setup.sh)
+    benches/side-by-side.py --soak MINUTES [--workers W]
 
 One veth pair between two namespaces: the generator (`rialto-traffic gen`, pinned
 to core 0) on one end, the device under test on the other. Each device gets
@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -306,6 +307,23 @@ def targets(cells):
     return out
 
 
+def preflight(args):
+    """Everything the run will need, checked before the first measurement:
+    a long run must not fail at its end for want of a module or a tool."""
+    missing = [f"{need} (run setup.sh first)" for need in (RIALTO, TRAFFIC) if not need.exists()]
+    tools = ["ip", "ethtool", "curl", "nft", "stdbuf"]
+    if args.soak is None and (not args.only or any(s.startswith(("xdp-", "packet-")) for s in args.only)):
+        tools.append("dpdk-testpmd")
+    missing += [f"the {tool} command" for tool in tools if shutil.which(tool) is None]
+    try:
+        import matplotlib  # noqa: F401 (the plots, at the end)
+    except ImportError:
+        missing.append(f"the matplotlib module for {sys.executable} (Debian's python3-matplotlib, "
+                       "with /usr/bin/python3)")
+    if missing:
+        sys.exit("error: the benchmark needs " + "; ".join(missing))
+
+
 def plot(cells, systems, path):
     import matplotlib
 
@@ -496,9 +514,7 @@ def main():
     args = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("error: the benchmark builds network namespaces: run it as root")
-    for need in (RIALTO, TRAFFIC):
-        if not need.exists():
-            sys.exit(f"error: {need} is missing: run setup.sh first")
+    preflight(args)
     # SIGTERM unwinds like Ctrl-C, so the namespaces are removed.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     sys.exit(soak(args) if args.soak else side_by_side(args))

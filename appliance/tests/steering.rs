@@ -313,6 +313,16 @@ fn classifies_every_rule_and_near_miss() {
     let pair = Pair::up(1);
     in_netns(&pair.node_ns, || {
         let mut steering = Steering::load(&rules()).expect("the steering program loads");
+        // What the config check holds configs to is what the maps hold.
+        use rialto_tables::steering_capacity::{PEERS, SNAT_ADDRESSES, VIPS};
+        assert_eq!(
+            steering.capacities().unwrap(),
+            [
+                ("rialto_vips", VIPS as u32),
+                ("rialto_peers", PEERS as u32),
+                ("rialto_snat", SNAT_ADDRESSES as u32),
+            ]
+        );
         check_all(&steering, false);
 
         let port = XskPort::open(&pair.node_if, 0, &PortConfig::default()).expect("AF_XDP socket");

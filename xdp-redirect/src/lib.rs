@@ -250,6 +250,27 @@ impl Steering {
         self.counters.clone()
     }
 
+    /// How many entries each address or VIP map holds at most, as the
+    /// kernel created it: `rialto_vips`, `rialto_peers`, `rialto_snat`.
+    pub fn capacities(&self) -> Result<[(&'static str, u32); 3], SteeringError> {
+        let capacity = |name: &'static str| {
+            let map = self
+                .ebpf
+                .map(name)
+                .unwrap_or_else(|| panic!("the object defines {name}"));
+            let aya::maps::Map::HashMap(data) = map else {
+                panic!("{name} is a hash map");
+            };
+            let info = data.info().map_err(map_err(name))?;
+            Ok((name, info.max_entries()))
+        };
+        Ok([
+            capacity("rialto_vips")?,
+            capacity("rialto_peers")?,
+            capacity("rialto_snat")?,
+        ])
+    }
+
     /// Runs the program once over `frame` in the kernel (`BPF_PROG_TEST_RUN`)
     /// and returns its action (`XDP_PASS` = 2, `XDP_REDIRECT` = 4).
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, SteeringError> {

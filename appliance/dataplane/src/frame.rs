@@ -88,11 +88,16 @@ impl OwnedFrame {
     const TAILROOM: usize = 2048;
 
     pub fn new(frame: &[u8]) -> Self {
-        let mut buf = vec![0; HEADROOM + frame.len() + Self::TAILROOM];
-        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        Self::with_headroom(frame, HEADROOM)
+    }
+
+    /// The frame behind `headroom` bytes instead of [`HEADROOM`].
+    pub fn with_headroom(frame: &[u8], headroom: usize) -> Self {
+        let mut buf = vec![0; headroom + frame.len() + Self::TAILROOM];
+        buf[headroom..headroom + frame.len()].copy_from_slice(frame);
         Self {
             buf,
-            start: HEADROOM,
+            start: headroom,
             len: frame.len(),
         }
     }

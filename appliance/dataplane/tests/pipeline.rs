@@ -1,93 +1,117 @@
-//! The fixture table through the balancer: every branch, whole frames
-//! compared with what etherparse builds, a diff by layer on failure.
+//! The fixture suites through the balancer: every branch, whole frames
+//! compared with what etherparse builds, a diff by layer on failure; and
+//! proof, by construction, that every drop reason and every ICMP path has
+//! a step.
 
-use rialto_dataplane::{OwnedFrame, Pipeline, Verdict};
-use rialto_fixtures::{self as fixtures, Fixture};
+use std::collections::BTreeSet;
 
-/// Runs the table on one fresh worker; returns each step's verdict and frame.
-fn run(table: &[Fixture]) -> Vec<(Verdict, Vec<u8>)> {
-    let mut pipeline = Pipeline::balance(fixtures::tables(), 0, 1, fixtures::NODE_MAC);
-    table
+use rialto_dataplane::{DropReason, OwnedFrame, Pipeline, Verdict, pipeline::BalanceStats};
+use rialto_fixtures::{self as fixtures, Suite};
+use strum::IntoEnumIterator;
+
+/// Runs a suite on a fresh worker as the live loop does (a tick after
+/// each frame); each step's verdict and frame, and the totals at the end.
+fn run(suite: &Suite) -> (Vec<(Verdict, Vec<u8>)>, BalanceStats) {
+    let tables = fixtures::compile(&suite.config);
+    let mut pipeline = Pipeline::balance(tables, suite.worker, suite.workers, fixtures::NODE_MAC);
+    let outcomes = suite
+        .steps
         .iter()
         .map(|f| {
-            let mut frame = OwnedFrame::new(&f.input);
-            let verdict = frame.with(|buf| pipeline.process_frame(buf, 1_000_000_000));
+            let mut frame = OwnedFrame::with_headroom(&f.input, f.headroom);
+            let verdict = frame.with(|buf| pipeline.process_frame(buf, f.now()));
+            pipeline.tick(f.now());
             (verdict, frame.data().to_vec())
         })
-        .collect()
+        .collect();
+    (outcomes, pipeline.stats().expect("a balancer"))
 }
 
 #[test]
-fn fixture_table() {
-    let table = fixtures::table();
+fn fixture_suites() {
     let mut failures = Vec::new();
-    for (f, (verdict, output)) in table.iter().zip(run(&table)) {
-        if verdict != f.verdict {
-            failures.push(format!(
-                "{}: verdict {verdict:?}, expected {:?}",
-                f.name, f.verdict
-            ));
-        } else if let Some(expected) = &f.output
-            && *expected != output
-        {
-            failures.push(format!(
-                "{}: frame differs\n{}",
-                f.name,
-                fixtures::diff(expected, &output)
-            ));
+    let mut steps = 0;
+    for suite in fixtures::suites() {
+        assert!(
+            suite.steps.windows(2).all(|w| w[0].at <= w[1].at),
+            "{}: steps in order of time",
+            suite.name
+        );
+        let (outcomes, _) = run(&suite);
+        for (f, (verdict, output)) in suite.steps.iter().zip(outcomes) {
+            steps += 1;
+            if verdict != f.verdict {
+                failures.push(format!(
+                    "{} / {}: verdict {verdict:?}, expected {:?}",
+                    suite.name, f.name, f.verdict
+                ));
+            } else if let Some(expected) = &f.output
+                && *expected != output
+            {
+                failures.push(format!(
+                    "{} / {}: frame differs\n{}",
+                    suite.name,
+                    f.name,
+                    fixtures::diff(expected, &output)
+                ));
+            }
         }
     }
     assert!(
         failures.is_empty(),
-        "{} of {} fixtures failed:\n{}",
+        "{} of {steps} steps failed:\n{}",
         failures.len(),
-        table.len(),
         failures.join("\n")
     );
 }
 
-/// With two workers, a reply to a SNAT port in the other worker's slice is
-/// handed to that worker as it came; the owner does not hand it on.
+/// Every reason the pipeline can drop a frame for has a step that expects
+/// it: a new reason without a step fails here.
 #[test]
-fn replies_go_to_the_worker_owning_the_snat_port() {
-    use fixtures::{Ip, L4};
-    use rialto_dataplane::DropReason;
-    // Ports 1024-65535 in two slices: worker 1's starts at 33280.
-    let reply = fixtures::ip(
-        Ip::V4 {
-            src: fixtures::POD,
-            dst: fixtures::SNAT,
-            ttl: 64,
-        },
-        L4::Udp(7007, 40000),
-        b"answer",
+fn every_drop_reason_has_a_step() {
+    let seen: BTreeSet<&str> = fixtures::suites()
+        .iter()
+        .flat_map(|s| &s.steps)
+        .filter_map(|f| match f.verdict {
+            Verdict::Drop(reason) => Some(reason.name()),
+            _ => None,
+        })
+        .collect();
+    let missing: Vec<_> = DropReason::iter()
+        .map(DropReason::name)
+        .filter(|r| !seen.contains(r))
+        .collect();
+    assert!(missing.is_empty(), "no step drops a frame as {missing:?}");
+    let handed: usize = fixtures::suites()
+        .iter()
+        .flat_map(|s| &s.steps)
+        .filter(|f| matches!(f.verdict, Verdict::Handoff(_)))
+        .count();
+    assert!(handed >= 2, "a reply and an ICMP error are handed over");
+}
+
+/// The main suite makes and translates ICMP errors both ways and for both
+/// families, and its flows expire, close and get evicted: its counters
+/// say so.
+#[test]
+fn the_suites_take_every_icmp_path_and_flows_end_every_way() {
+    let suites = fixtures::suites();
+    let main = suites.iter().find(|s| s.name == "main").unwrap();
+    let (_, stats) = run(main);
+    let c = stats.counters;
+    assert!(c.icmp_time_exceeded >= 2, "{c:?}");
+    assert!(c.icmp_too_big >= 2, "IPv4 and IPv6: {c:?}");
+    assert!(
+        c.icmp_translated >= 5,
+        "port unreachable, frag needed, time exceeded, packet too big, from the client: {c:?}"
     );
-    let inner = fixtures::eth(fixtures::NODE_MAC, fixtures::POD_SIDE_MAC, &reply);
-    let outer = Ip::V4 {
-        src: fixtures::EAST_VTEP,
-        dst: fixtures::NODE_VTEP,
-        ttl: 64,
-    };
-    let input = fixtures::vxlan(
-        fixtures::NODE_MAC,
-        fixtures::ROUTER_MAC,
-        outer,
-        7,
-        100,
-        &inner,
+    assert!(
+        stats.flows.expired >= 3,
+        "the handshake, the closed and the UDP flow: {stats:?}"
     );
-    for (worker, expected) in [
-        (0, Verdict::Handoff(1)),
-        (1, Verdict::Drop(DropReason::NoFlow)),
-    ] {
-        let mut pipeline = Pipeline::balance(fixtures::tables(), worker, 2, fixtures::NODE_MAC);
-        let mut frame = OwnedFrame::new(&input);
-        let verdict = frame.with(|buf| pipeline.process_frame(buf, 1_000_000_000));
-        assert_eq!(verdict, expected, "worker {worker}");
-        assert_eq!(
-            frame.data(),
-            input,
-            "worker {worker} leaves the frame as it came"
-        );
-    }
+    let evicting = suites
+        .iter()
+        .find(|s| s.name == "a table of two flows")
+        .unwrap();
+    assert_eq!(run(evicting).1.flows.evicted, 2);
 }

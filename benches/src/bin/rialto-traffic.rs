@@ -257,9 +257,12 @@ fn exchange(
         let vteps = [node.vtep_v4.map(IpAddr::V4), node.vtep_v6.map(IpAddr::V6)];
         steer.tunnel_peers.extend(vteps.into_iter().flatten());
         // The sink stands for the clusters' gateways: VXLAN to them is its.
-        steer
-            .vteps
-            .extend(config.clusters.iter().flat_map(|c| c.gateways.iter().copied()));
+        steer.vteps.extend(
+            config
+                .clusters
+                .iter()
+                .flat_map(|c| c.gateways.iter().copied()),
+        );
     }
     let queues: Vec<u32> = match args.queues.is_empty() {
         true => (0..rx_queue_count(&args.iface)?).collect(),

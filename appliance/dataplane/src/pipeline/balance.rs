@@ -249,11 +249,12 @@ impl Balancer {
         let headers = Headers::from(&ip);
         nat::rewrite(buf, &headers, (&src, src_port), (&dst, dst_port));
         nat::decrement_ttl(buf, &headers);
+        let sent = self.pass_on(frame, &ip, hash, to, &link)?;
         match direction {
             Direction::Forward => self.counters.forward += 1,
             Direction::Reply => self.counters.reply += 1,
         }
-        self.pass_on(frame, &ip, hash, to, &link)
+        Ok(sent)
     }
 
     /// If `outer` is VXLAN from a tunnel peer, checks it and returns the
@@ -465,8 +466,9 @@ impl Balancer {
         nat::rewrite(buf, &headers, (&outer_src, 0), (&outer_dst, 0));
         nat::decrement_ttl(buf, &headers);
         icmp::fill_checksum(buf, &headers, &outer_src, &outer_dst);
+        let sent = self.pass_on(frame, ip, flow.hash, to, link)?;
         self.counters.icmp_translated += 1;
-        self.pass_on(frame, ip, flow.hash, to, link)
+        Ok(sent)
     }
 
     /// Sends the (rewritten) packet `ip` on to `to`, keeping its TOS.
@@ -492,13 +494,17 @@ impl Balancer {
         side: Side,
         link: &Link,
     ) -> Result<Verdict, Verdict> {
+        if ip.at < icmp::headers_len(ip.v6) {
+            return Err(Verdict::Drop(DropReason::NoHeadroom));
+        }
         let (at, end) = icmp::make_error(frame.buffer_mut(), ip, kind, &ip.dst);
+        let hash = super::packet::flow_hash(&ip.dst, &ip.src, 0, 0, ip.proto);
+        let sent = self.output(frame, at, end, ip.ethertype(), 0, hash, side, link)?;
         match kind {
             ErrorKind::TimeExceeded => self.counters.icmp_time_exceeded += 1,
             ErrorKind::TooBig { .. } => self.counters.icmp_too_big += 1,
         }
-        let hash = super::packet::flow_hash(&ip.dst, &ip.src, 0, 0, ip.proto);
-        self.output(frame, at, end, ip.ethertype(), 0, hash, side, link)
+        Ok(sent)
     }
 
     /// Sends the IP packet `at..end` to `side`: encapsulated toward a

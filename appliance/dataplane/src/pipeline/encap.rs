@@ -161,3 +161,16 @@ pub fn ethernet_out(
     .emit(&mut frame.buffer_mut()[start..]);
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The config check counts what the encapsulation adds.
+    #[test]
+    fn the_overhead_is_what_the_config_check_counts() {
+        for v6 in [false, true] {
+            assert_eq!(overhead(v6), rialto_tables::vxlan_overhead(v6));
+        }
+    }
+}

@@ -31,8 +31,11 @@ pub const fn headers_len(v6: bool) -> usize {
 
 /// Writes, in front of the packet `ip`, an ICMP error about it from `src`
 /// to its sender, quoting as much of it as the error may carry. Returns
-/// the new packet's start and end in the buffer. The caller checked there
-/// is room in front (the frame's headroom): [`headers_len`] bytes.
+/// the new packet's start and end in the buffer.
+///
+/// # Panics
+/// If there are fewer than [`headers_len`] bytes in front of the packet:
+/// the caller checks.
 pub fn make_error(buf: &mut [u8], ip: &Ip, kind: ErrorKind, src: &Addr) -> (usize, usize) {
     let max = if ip.v6 {
         icmp::v6::MAX_ERROR_LEN

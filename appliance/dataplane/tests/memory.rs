@@ -1,0 +1,161 @@
+//! What a config's check promises of memory, measured: every config
+//! `rialto check` accepts builds its tables (the snapshot, and a worker's
+//! flow table and SNAT ports) within its `limits.memory_mib`, and a flow
+//! table takes at most `FLOW_BYTES` per flow. Measured by this test
+//! binary's own allocator, which counts the bytes live and their peak.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+};
+
+use proptest::prelude::*;
+use rialto_dataplane::{
+    Pipeline,
+    pipeline::{conntrack::Conntrack, snat::SnatPorts},
+};
+use rialto_tables::{FLOW_BYTES, SnatPool, Timeouts};
+
+/// The system allocator, counting.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged; only
+// counters are updated beside it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is the system allocator's.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            let live = LIVE.fetch_add(layout.size(), Relaxed) + layout.size();
+            PEAK.fetch_max(live, Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// One measurement at a time: the counters are the whole process's.
+static MEASURING: Mutex<()> = Mutex::new(());
+
+/// The peak of the bytes `f` allocated beyond what was live before it,
+/// and what it returned.
+fn peak_of<T>(f: impl FnOnce() -> T) -> (usize, T) {
+    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let before = LIVE.load(Relaxed);
+    PEAK.store(before, Relaxed);
+    let value = f();
+    (PEAK.load(Relaxed) - before, value)
+}
+
+#[test]
+fn a_flow_table_takes_at_most_flow_bytes_per_flow() {
+    let pool = SnatPool {
+        v4: vec!["198.18.200.1".parse().unwrap()],
+        v6: vec![],
+        ports: (1024, 1024),
+    };
+    for capacity in [1, 10, 1000, 100_000, 1 << 20] {
+        let (bytes, table) =
+            peak_of(|| Conntrack::new(capacity, SnatPorts::new(&pool, 0, 1), Timeouts::default()));
+        let bound = capacity as u64 * FLOW_BYTES + 4096;
+        assert!(
+            bytes as u64 <= bound,
+            "{capacity} flows take {bytes} B, above {bound}"
+        );
+        drop(table);
+    }
+}
+
+/// A config of `services` services with these table sizes, `flows` flows
+/// per worker, `addresses` SNAT addresses with `ports` ports each, and a
+/// cap of `mib` MiB.
+fn config(flows: u32, mib: u64, sizes: &[u32], addresses: u8, ports: u16) -> String {
+    let snat: Vec<String> = (1..=addresses)
+        .map(|i| format!("\"198.18.200.{i}\""))
+        .collect();
+    let mut text = format!(
+        r#"
+[node]
+vteps = ["198.18.1.1"]
+next_hop_mac = "02:00:00:00:00:fe"
+[snat]
+addresses = [{}]
+ports = "1024-{}"
+[limits]
+flows_per_worker = {flows}
+memory_mib = {mib}
+[[cluster]]
+name = "east"
+vni = 100
+gateways = ["198.18.2.1"]
+gateway_mac = "02:00:00:00:02:01"
+"#,
+        snat.join(", "),
+        1023 + u32::from(ports.max(1)),
+    );
+    for (i, size) in sizes.iter().enumerate() {
+        text += &format!(
+            "[[service]]\nname = \"s{i}\"\nvip = \"198.18.100.1:{}/TCP\"\ntable_size = {size}\nbackends = [{{ cluster = \"east\", addr = \"198.19.0.5:80\" }}]\n",
+            i + 1
+        );
+    }
+    text
+}
+
+/// The same config is accepted under a cap it fits and refused, with the
+/// reason, under one it does not.
+#[test]
+fn the_cap_decides() {
+    let fits = config(100_000, 64, &[65537], 1, 1000);
+    assert!(rialto_rules::load("memory.toml", &fits).is_ok());
+    let tight = config(100_000, 8, &[65537], 1, 1000);
+    let e = rialto_rules::load("memory.toml", &tight)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the tables would take 16 MiB"), "{e}");
+    assert!(e.ends_with("above limits.memory_mib = 8"), "{e}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Whatever the sizes asked for, a config the check accepts builds its
+    /// tables within its cap; and the check refuses some.
+    #[test]
+    fn every_accepted_config_builds_within_its_cap(
+        flows in prop_oneof![1u32..10_000, 10_000u32..2_000_000, Just(u32::MAX)],
+        mib in 1u64..=96,
+        sizes in proptest::collection::vec(
+            prop_oneof![Just(251u32), Just(65537), Just(1_000_003), Just(16_777_213)],
+            0..6,
+        ),
+        addresses in 1u8..=4,
+        ports in 1u16..=64_000,
+    ) {
+        let text = config(flows, mib, &sizes, addresses, ports);
+        let (bytes, built) = peak_of(|| {
+            let tables = std::sync::Arc::new(rialto_rules::load("memory.toml", &text).ok()?);
+            Some(Pipeline::balance(tables, 0, 1, [2, 0, 0, 0, 1, 1]))
+        });
+        if built.is_some() {
+            prop_assert!(
+                bytes as u64 <= mib << 20,
+                "{bytes} B built, above the cap of {mib} MiB:\n{text}"
+            );
+        }
+    }
+}
