@@ -66,6 +66,8 @@ pub struct PortConfig {
     pub ring_size: u32,
     /// Frames taken from the RX ring per step (at most [`MAX_BATCH`]).
     pub batch: usize,
+    /// Frames each port's handoff inbox holds; 0: as many as a ring.
+    pub inbox: usize,
     /// Try zero-copy before copy mode.
     pub zero_copy: bool,
 }
@@ -77,6 +79,7 @@ impl Default for PortConfig {
             frame_size: 4096,
             ring_size: 2048,
             batch: 64,
+            inbox: 0,
             zero_copy: true,
         }
     }
@@ -273,7 +276,10 @@ impl XskPort {
             .iter()
             .map(|_| {
                 Ok(Mailbox {
-                    inbox: ArrayQueue::new(cfg.ring_size as usize),
+                    inbox: ArrayQueue::new(match cfg.inbox {
+                        0 => cfg.ring_size as usize,
+                        frames => frames,
+                    }),
                     home: ArrayQueue::new(frames),
                     sleeping: AtomicBool::new(false),
                     wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK)

@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    Run(run::RunArgs),
+    // Parsed once, at start: its size does not matter.
+    Run(Box<run::RunArgs>),
     Check(tools::CheckArgs),
     Stats(tools::StatsArgs),
     Replay(tools::ReplayArgs),

@@ -114,7 +114,7 @@ pub fn replay(
         let verdict = frame.with(|buf| match stages {
             Stages::All => {
                 let verdict = balancer.process(buf, now);
-                balancer.tick(now);
+                balancer.tick(now, false);
                 verdict
             }
             Stages::Decapsulate => balancer.decapsulate_only(buf),

@@ -150,6 +150,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = PortConfig::default().batch)]
     batch: usize,
 
+    /// Frames each worker's inbox holds of what other workers hand it (a
+    /// reply that arrived on their queue); beyond, dropped as handoff_full
+    /// [default: --ring-size].
+    #[arg(long, value_name = "FRAMES")]
+    handoff_queue: Option<usize>,
+
     /// Bind in copy mode without trying zero-copy first.
     #[arg(long)]
     copy: bool,
@@ -268,6 +274,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         frames: args.frames,
         ring_size: args.ring_size,
         batch: args.batch,
+        inbox: args.handoff_queue.unwrap_or(0),
         zero_copy: !args.copy,
         ..PortConfig::default()
     };

@@ -186,11 +186,13 @@ impl Worker {
                 assert!(!fault, "fault injected: worker panic at its first frame");
                 pipeline.process(frames, verdicts, now);
             });
-            self.pipeline.tick(now);
+            // Before going to sleep, the housekeeping does more.
+            let sleeping = processed == 0 && !self.port.busy();
+            self.pipeline.tick(now, sleeping);
             if processed > 0 {
                 self.stats.publish(&tally);
                 self.publish_balance();
-            } else if !self.port.busy() {
+            } else if sleeping {
                 self.port.wait(IDLE_POLL);
             }
             if now >= next_slow {

@@ -57,6 +57,16 @@ backends = [{ cluster = "west", addr = "[fd00:119::10]:8080" }]
 
 /// The node, the SNAT pool and the two clusters, then `services`.
 fn config(next_hop_mac: &str, services: &str) -> String {
+    config_with(
+        next_hop_mac,
+        r#"addresses = ["198.18.200.1", "fd00:200::1"]
+ports = "20000-29999""#,
+        services,
+    )
+}
+
+/// [`config`] with another `[snat]` table and more (`extra`, e.g. timeouts).
+fn config_with(next_hop_mac: &str, snat: &str, services: &str) -> String {
     format!(
         r#"
 [node]
@@ -66,8 +76,7 @@ next_hop_mac = "{next_hop_mac}"
 mtu = 1500
 
 [snat]
-addresses = ["198.18.200.1", "fd00:200::1"]
-ports = "20000-29999"
+{snat}
 
 [[cluster]]
 name = "east"
@@ -240,10 +249,17 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
     });
     let (metrics, services) =
         in_netns(&pair.node_ns, || (get("/metrics"), get("/api/v1/services")));
-    let view = rialto_testbed::netns_command(&pair.node_ns, BIN)
-        .args(["stats", "--count", "1", "--interval", "0.2"])
-        .output()
-        .unwrap();
+    let view = rialto_testbed::output_within(
+        rialto_testbed::netns_command(&pair.node_ns, BIN).args([
+            "stats",
+            "--count",
+            "1",
+            "--interval",
+            "0.2",
+        ]),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let (status, summary) = rialto.terminate();
     std::fs::remove_file(&path).unwrap();
     assert!(
@@ -328,13 +344,21 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
     assert_eq!(services[0]["backends"][0]["slots"], 65537, "{services}");
     let view = String::from_utf8_lossy(&view.stdout);
     assert!(view.contains("config generation 0"), "{view}");
+    // A row per queue: queue, rx/s, tx/s, drops/s, handoffs/s, flows, new/s.
+    let rows: Vec<Vec<&str>> = view
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|cells| cells.len() == 7 && cells[0].parse::<u32>().is_ok())
+        .collect();
+    let queues: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(queues, ["0", "1"], "{view}");
+    let flows: u64 = rows.iter().map(|r| r[5].parse::<u64>().unwrap()).sum();
     assert_eq!(
-        view.lines()
-            .filter(|l| l.trim_start().starts_with(['0', '1']))
-            .count(),
-        2,
-        "{view}"
+        flows,
+        connections + DATAGRAM_FLOWS as u64,
+        "the live flows of both workers: {view}"
     );
+    assert!(view.contains("drops/s by reason: none"), "{view}");
 }
 
 /// GET on the API of the rialto in this thread's namespace: the body.
@@ -822,4 +846,365 @@ fn the_api_bounds_requests_and_never_waits_for_a_reload() {
     let (status, summary) = rialto.terminate();
     std::fs::remove_file(&path).unwrap();
     assert!(status.success(), "{status}\n{summary}");
+}
+
+/// A TCP server that first says the address its client came from (the
+/// SNAT address Rialto gave the connection), then echoes.
+fn peer_echo(ns: &str, at: &str) {
+    let listener = in_netns(ns, || TcpListener::bind(at).unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let (mut rx, mut tx) = (&stream, &stream);
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                if tx.write_all(format!("{peer}\n").as_bytes()).is_ok() {
+                    let _ = std::io::copy(&mut rx, &mut tx);
+                }
+            });
+        }
+    });
+}
+
+/// Sends `count` datagrams to `to` from the peer namespace, straight over
+/// the link (the peer routes the SNAT pool into its VXLAN device: a host
+/// route through the node stands in for the while); what the XDP program
+/// counted meanwhile, by reason (packets).
+fn steered(pair: &Pair, to: &str, count: usize) -> std::collections::BTreeMap<String, u64> {
+    let host = to.split(':').next().unwrap();
+    let route = format!("route replace {host}/32 via 198.18.0.1");
+    ip(&pair.peer_ns, &route);
+    let xdp = || -> std::collections::BTreeMap<String, u64> {
+        let status = in_netns(&pair.node_ns, status);
+        status["xdp"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(r, c)| (r.clone(), c["packets"].as_u64().unwrap()))
+            .collect()
+    };
+    let before = xdp();
+    in_netns(&pair.peer_ns, || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..count {
+            socket.send_to(b"probe", to).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let after = xdp();
+    ip(&pair.peer_ns, &format!("route del {host}/32"));
+    after
+        .iter()
+        .map(|(r, n)| (r.clone(), n - before[r]))
+        .collect()
+}
+
+/// A reload that removes a VIP and a SNAT address and adds others: the XDP
+/// program steers what is new and no longer what is gone; connections on
+/// a kept SNAT address live on, those on the removed one are removed and
+/// counted exactly; new connections never get the removed address.
+#[test]
+fn a_reload_that_changes_vips_and_snat_addresses_moves_only_what_it_must() {
+    let pair = Pair::up(2);
+    gateways(&pair);
+    for addr in ["198.18.200.2", "198.18.200.3"] {
+        ip(
+            &pair.peer_ns,
+            &format!("neigh replace {addr} lladdr {VTEP_MAC} dev vx100 nud permanent"),
+        );
+    }
+    let mac = mac_of(&pair.peer_ns, &pair.peer_if);
+    peer_echo(&pair.peer_ns, "198.19.1.10:8080");
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+    let services = |echo_vip: &str| {
+        format!(
+            r#"
+[[service]]
+name = "web"
+vip = "198.18.100.1:80/TCP"
+backends = [{POD_A}]
+
+[[service]]
+name = "echo"
+vip = "{echo_vip}"
+backends = [{{ cluster = "east", addr = "198.19.1.10:7007" }}]
+"#
+        )
+    };
+    let snat = |addrs: &str| format!("addresses = [{addrs}]\nports = \"20000-29999\"");
+    let path = std::env::temp_dir().join(format!("rialto-moves-{}.toml", std::process::id()));
+    let first = config_with(
+        &mac,
+        &snat(r#""198.18.200.1", "198.18.200.2""#),
+        &services("198.18.100.2:7/UDP"),
+    );
+    let second = config_with(
+        &mac,
+        &snat(r#""198.18.200.2", "198.18.200.3""#),
+        &services("198.18.100.4:7/UDP"),
+    );
+    std::fs::write(&path, &first).unwrap();
+    let rialto = Rialto::start(
+        BIN,
+        &pair.node_ns,
+        &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
+    );
+    // The connections, each with the SNAT address the pod saw.
+    let live: Vec<Connection> = in_netns(&pair.peer_ns, || {
+        (0..16).map(|_| Connection::open()).collect()
+    });
+    let on = |addr: &str| live.iter().filter(|c| c.pod == addr).count();
+    assert_eq!(on("198.18.200.1") + on("198.18.200.2"), live.len());
+    assert!(
+        on("198.18.200.1") > 0 && on("198.18.200.2") > 0,
+        "both addresses in use"
+    );
+
+    // What is steered before the reload, and after.
+    let probe = |to: &str| steered(&pair, to, 5);
+    let before = [
+        probe("198.18.100.2:7"),
+        probe("198.18.100.4:7"),
+        probe("198.18.200.1:9"),
+        probe("198.18.200.3:9"),
+    ];
+    assert_eq!(
+        [
+            before[0]["redirect_vip"],
+            before[1]["redirect_vip"],
+            before[2]["redirect_snat"],
+            before[3]["redirect_snat"]
+        ],
+        [5, 0, 5, 0],
+        "before: {before:?}"
+    );
+    std::fs::write(&path, &second).unwrap();
+    rialto.signal(nix::sys::signal::Signal::SIGHUP);
+    rialto.wait_for_log("config reloaded", Duration::from_secs(5));
+    let after = [
+        probe("198.18.100.2:7"),
+        probe("198.18.100.4:7"),
+        probe("198.18.200.1:9"),
+        probe("198.18.200.3:9"),
+    ];
+    assert_eq!(
+        [
+            after[0]["redirect_vip"],
+            after[1]["redirect_vip"],
+            after[2]["redirect_snat"],
+            after[3]["redirect_snat"]
+        ],
+        [0, 5, 0, 5],
+        "after: {after:?}"
+    );
+    for (probe, to) in [
+        (&after[0], "the removed VIP"),
+        (&after[2], "the removed SNAT address"),
+    ] {
+        assert!(
+            probe["pass_not_owned"] >= 5,
+            "{to} goes to the kernel: {probe:?}"
+        );
+    }
+
+    in_netns(&pair.peer_ns, || {
+        for c in &live {
+            if c.pod == "198.18.200.1" {
+                c.stream
+                    .set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+            }
+            match (c.pod.as_str(), c.ping()) {
+                ("198.18.200.2", Err(e)) => panic!("a connection on the kept address: {e}"),
+                ("198.18.200.1", Ok(())) => {
+                    panic!("a connection on the removed address still works")
+                }
+                _ => {}
+            }
+        }
+        let new: Vec<String> = (0..16).map(|_| Connection::open().pod).collect();
+        assert!(
+            new.iter()
+                .all(|a| a == "198.18.200.2" || a == "198.18.200.3"),
+            "new connections get the addresses in force: {new:?}"
+        );
+        assert_eq!(
+            udp_stream_to("198.18.100.4:7", 10),
+            (10, 10),
+            "the new VIP answers"
+        );
+    });
+    let (status, summary) = rialto.terminate();
+    std::fs::remove_file(&path).unwrap();
+    assert!(status.success(), "{status}\n{summary}");
+    let count = |f: &dyn Fn(&serde_json::Value) -> &serde_json::Value| workers_total(&summary, f);
+    // The probes of the removed VIP made one flow, removed with its VIP.
+    assert_eq!(
+        count(&|w| &w["balance"]["flows"]["reload_removed"]),
+        on("198.18.200.1") as u64 + 1,
+        "exactly the flows on the removed address, and the removed VIP's: {summary}"
+    );
+}
+
+/// `count` datagrams to `vip`, each waiting for its answer: (sent, answered).
+fn udp_stream_to(vip: &str, count: usize) -> (usize, usize) {
+    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut answered = 0;
+    let mut buf = [0u8; 64];
+    for seq in 0..count {
+        socket.send_to(&(seq as u64).to_be_bytes(), vip).unwrap();
+        if matches!(socket.recv_from(&mut buf), Ok((8, _)) if buf[..8] == (seq as u64).to_be_bytes())
+        {
+            answered += 1;
+        }
+    }
+    (count, answered)
+}
+
+/// The UDP SNAT ports of every worker: (free, in the slices).
+fn udp_ports(status: &serde_json::Value) -> (u64, u64) {
+    let mut ports = (0, 0);
+    for w in status["workers"].as_array().unwrap() {
+        for s in w["snat"].as_array().into_iter().flatten() {
+            if s["proto"] == "udp" && s["addr"] == "198.18.200.1" {
+                ports.0 += s["free"].as_u64().unwrap();
+                ports.1 += s["slice"].as_u64().unwrap();
+            }
+        }
+    }
+    ports
+}
+
+/// Four SNAT ports and a UDP timeout of 2 s: the fifth and sixth flows get
+/// none (counted as snat_exhausted), the ports come back once the flows
+/// expire, and then new flows get them.
+#[test]
+fn snat_ports_run_out_and_come_back() {
+    let pair = Pair::up(1);
+    gateways(&pair);
+    let mac = mac_of(&pair.peer_ns, &pair.peer_if);
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+    let path = std::env::temp_dir().join(format!("rialto-ports-{}.toml", std::process::id()));
+    let services = r#"
+[timeouts]
+udp = 2
+
+[[service]]
+name = "echo"
+vip = "198.18.100.2:7/UDP"
+backends = [{ cluster = "east", addr = "198.19.1.10:7007" }]
+"#;
+    std::fs::write(
+        &path,
+        config_with(
+            &mac,
+            "addresses = [\"198.18.200.1\"]\nports = \"20000-20003\"",
+            services,
+        ),
+    )
+    .unwrap();
+    let rialto = Rialto::start(
+        BIN,
+        &pair.node_ns,
+        &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
+    );
+    // One datagram on each of six sockets, each a flow.
+    let answered = |flows: usize| {
+        in_netns(&pair.peer_ns, || {
+            (0..flows)
+                .filter(|_| udp_stream_to("198.18.100.2:7", 1).1 == 1)
+                .count()
+        })
+    };
+    assert_eq!(answered(6), 4, "four ports, four flows");
+    let status_now = in_netns(&pair.node_ns, status);
+    let w = &status_now["workers"][0];
+    assert_eq!(w["drops"]["snat_exhausted"], 2, "{w}");
+    assert_eq!(w["balance"]["flows"]["created"], 4, "{w}");
+    // Wait for the flows to expire and their ports to come back (a few s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let expired = loop {
+        let status_now = in_netns(&pair.node_ns, status);
+        if udp_ports(&status_now) == (4, 4) {
+            break status_now["workers"][0]["balance"]["flows"]["expired"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ports did not come back: {status_now}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(expired, 4, "the four flows expired");
+    assert_eq!(answered(4), 4, "new flows get the ports back");
+    let (status, summary) = rialto.terminate();
+    std::fs::remove_file(&path).unwrap();
+    assert!(status.success(), "{status}\n{summary}");
+    let w = &summary["workers"][0];
+    assert_eq!(w["balance"]["flows"]["created"], 8, "{w}");
+    assert_eq!(w["drops"]["snat_exhausted"], 2, "{w}");
+}
+
+/// Four queues, an inbox of one frame, a burst of replies landing on every
+/// queue: frames the inbox has no room for are dropped and counted as
+/// handoff_full; every frame handed over is taken, and every UMEM frame
+/// comes home.
+#[test]
+fn an_overflowing_handoff_inbox_drops_and_counts_and_loses_no_frame() {
+    let pair = Pair::up(4);
+    gateways(&pair);
+    let mac = mac_of(&pair.peer_ns, &pair.peer_if);
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+    let path = std::env::temp_dir().join(format!("rialto-inbox-{}.toml", std::process::id()));
+    std::fs::write(&path, config(&mac, SERVICES)).unwrap();
+    let rialto = Rialto::start(
+        BIN,
+        &pair.node_ns,
+        &[
+            "--iface",
+            &pair.node_if,
+            "--config",
+            path.to_str().unwrap(),
+            "--handoff-queue",
+            "1",
+        ],
+    );
+    in_netns(&pair.peer_ns, || {
+        std::thread::scope(|s| {
+            for _ in 0..32 {
+                s.spawn(|| {
+                    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                    for seq in 0..200u32 {
+                        let _ = socket.send_to(&seq.to_be_bytes(), "198.18.100.2:7");
+                    }
+                });
+            }
+        });
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, summary) = rialto.terminate();
+    std::fs::remove_file(&path).unwrap();
+    assert!(status.success(), "{status}\n{summary}");
+    let count = |f: &dyn Fn(&serde_json::Value) -> &serde_json::Value| workers_total(&summary, f);
+    assert!(
+        count(&|w| &w["drops"]["handoff_full"]) > 0,
+        "the inbox overflowed: {summary}"
+    );
+    assert_eq!(
+        count(&|w| &w["handoff_out"]),
+        count(&|w| &w["handoff_in"]),
+        "every frame handed over was taken: {summary}"
+    );
+    for w in summary["workers"].as_array().unwrap() {
+        assert_eq!(w["umem_balanced"], true, "{w}");
+        assert_eq!(
+            (w["umem"]["lent"].as_u64(), w["umem"]["borrowed"].as_u64()),
+            (Some(0), Some(0)),
+            "{w}"
+        );
+    }
 }

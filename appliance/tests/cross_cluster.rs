@@ -119,14 +119,23 @@ fn requests_reach_pods_of_both_clusters_in_the_weights_proportions() {
     );
 }
 
-/// VXLAN toward Rialto carrying a UDP datagram for pod 198.19.0.10:9999,
-/// sent from `from` (bound to `src`) with `vni`, `count` times.
-fn send_vxlan(ns: &str, src: &str, vni: u32, count: usize) {
+/// A UDP service whose one backend is east's pod 1, port 9999.
+const UDP_SERVICE: &str = r#"
+[[service]]
+name = "probe"
+vip = "198.18.100.3:9999/UDP"
+backends = [{ cluster = "east", addr = "198.19.0.10:9999" }]
+"#;
+
+/// VXLAN toward Rialto carrying, from a pod of the cluster, a UDP datagram
+/// `payload` to the probe VIP, sent from `ns` (bound to `src`) with `vni`,
+/// `count` times. Were Rialto to take it, it would reach east's pod 1.
+fn send_vxlan(ns: &str, src: &str, vni: u32, count: usize, payload: &[u8]) {
     let mut inner = Vec::new();
-    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 3, 3], [2, 0, 0, 0, 1, 1])
-        .ipv4([198, 19, 0, 99], [198, 19, 0, 10], 64)
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 3, 3])
+        .ipv4([198, 19, 0, 99], [198, 18, 100, 3], 64)
         .udp(4000, 9999)
-        .write(&mut inner, b"must not arrive")
+        .write(&mut inner, payload)
         .unwrap();
     let mut datagram = vec![0x08, 0, 0, 0];
     datagram.extend_from_slice(&vni.to_be_bytes()[1..]);
@@ -143,7 +152,7 @@ fn send_vxlan(ns: &str, src: &str, vni: u32, count: usize) {
 #[test]
 fn vxlan_from_an_unknown_source_or_with_the_wrong_vni_reaches_no_pod() {
     let topology = Topology::up(1);
-    let border = Border::start(&topology, &topology.config());
+    let border = Border::start(&topology, &(topology.config() + UDP_SERVICE));
     let listener = rialto_testbed::in_netns(&topology.ns("east-p1"), || {
         let socket = std::net::UdpSocket::bind("198.19.0.10:9999").unwrap();
         socket
@@ -173,11 +182,33 @@ fn vxlan_from_an_unknown_source_or_with_the_wrong_vni_reaches_no_pod() {
             rialto_testbed::ip(&topology.ns(ns), "neigh"),
         );
     }
-    // East's gateway with west's VNI; the router, which is no gateway.
-    send_vxlan(&topology.ns("east"), "198.18.2.1", 200, SENT);
-    send_vxlan(&topology.ns("router"), "198.18.2.254", 100, SENT);
+    // From east's gateway with east's VNI, the datagram reaches the pod:
+    // the check below could see one that should not.
+    send_vxlan(&topology.ns("east"), "198.18.2.1", 100, 1, b"may arrive");
     let mut buf = [0u8; 64];
-    assert!(listener.recv(&mut buf).is_err(), "nothing reaches the pod");
+    let n = listener
+        .recv(&mut buf)
+        .expect("the right VNI reaches the pod");
+    assert_eq!(&buf[..n], b"may arrive");
+    // East's gateway with west's VNI; the router, which is no gateway.
+    send_vxlan(
+        &topology.ns("east"),
+        "198.18.2.1",
+        200,
+        SENT,
+        b"must not arrive",
+    );
+    send_vxlan(
+        &topology.ns("router"),
+        "198.18.2.254",
+        100,
+        SENT,
+        b"must not arrive",
+    );
+    assert!(
+        listener.recv(&mut buf).is_err(),
+        "nothing more reaches the pod"
+    );
     let summary = border.stop();
     let worker = &summary["workers"][0];
     assert_eq!(worker["drops"]["unknown_vni"], SENT, "{summary}");
@@ -197,11 +228,13 @@ fn vxlan_from_an_unknown_source_or_with_the_wrong_vni_reaches_no_pod() {
     assert_eq!(worker["drops"]["unknown_peer"], 0, "{summary}");
 }
 
-/// Every one-second interval of an iperf3 run moved data.
-fn intervals(report: &serde_json::Value) -> Vec<u64> {
-    report["intervals"]
+/// The bytes the receiving end (the server) got in each interval of an
+/// iperf3 run: socket buffers keep the sender's own figures above zero
+/// through a stall, the receiver's show it.
+fn received_intervals(report: &serde_json::Value) -> Vec<u64> {
+    report["server_output_json"]["intervals"]
         .as_array()
-        .unwrap_or_else(|| panic!("no intervals in {report}"))
+        .unwrap_or_else(|| panic!("no server intervals in {report}"))
         .iter()
         .map(|i| i["sum"]["bytes"].as_u64().unwrap())
         .collect()
@@ -212,16 +245,20 @@ fn a_long_transfer_survives_reloads_and_the_draining_of_its_backend() {
     let topology = Topology::up(2);
     let config = topology.config();
     let border = Border::start(&topology, &config);
+    let started = std::time::Instant::now();
     let client = netns_command(&topology.ns("client"), "iperf3")
         // At a set rate: flat out it would fill the per-CPU backlog every
         // namespace shares, and other tests running beside it lose packets.
         .args(["-c", "198.18.100.2", "-t", "6", "-b", "50M", "-J"])
+        .arg("--get-server-output")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let reload = |text: &str| {
+    let mut reloaded = Vec::new();
+    let mut reload = |text: &str| {
         std::thread::sleep(Duration::from_secs(2));
         border.reload(text);
+        reloaded.push(started.elapsed());
     };
     // Another service loses a backend; then the transfer's own backend drains.
     let removed = config.replace(
@@ -236,20 +273,32 @@ fn a_long_transfer_survives_reloads_and_the_draining_of_its_backend() {
     );
     assert_ne!(draining, removed);
     reload(&draining);
-    let out = client.wait_with_output().unwrap();
+    let out = rialto_testbed::wait_within(client, Duration::from_secs(60))
+        .unwrap_or_else(|(what, _)| panic!("iperf3 {what}"));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(out.status.success(), "iperf3 failed: {report}");
-    let moved = intervals(&report);
+    // Both reloads fell inside the 6 s of the transfer, which kept moving:
+    // the server received data in every one-second interval.
+    assert!(
+        reloaded.iter().all(|t| *t < Duration::from_millis(5500)),
+        "the reloads came during the transfer: {reloaded:?}"
+    );
+    let moved = received_intervals(&report);
     assert!(moved.len() >= 6, "{moved:?}");
     assert!(
-        moved.iter().all(|&b| b > 0),
-        "no interval stalled: {moved:?}"
+        moved.iter().take(6).all(|&b| b > 0),
+        "no interval stalled at the receiver: {moved:?}"
     );
     let summary = border.stop();
     let removed_flows = workers_total(&summary, |w| &w["balance"]["flows"]["reload_removed"]);
     assert_eq!(
         removed_flows, 0,
         "iperf3's two connections were kept: {summary}"
+    );
+    let no_flow = workers_total(&summary, |w| &w["drops"]["no_flow"]);
+    assert_eq!(
+        no_flow, 0,
+        "no packet of the transfer found its flow gone: {summary}"
     );
 }
 

@@ -158,7 +158,9 @@ fn startup_error(pair: &Pair, wrapper: &[&str], args: &[&str]) -> String {
     if !wrapper.is_empty() {
         cmd.args(&wrapper[1..]).arg(BIN);
     }
-    let out = cmd.arg("run").args(args).output().unwrap();
+    // Should it not fail, it would serve until killed: 30 s is plenty.
+    let out = rialto_testbed::output_within(cmd.arg("run").args(args), Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("rialto {args:?} should fail at once: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         !out.status.success(),

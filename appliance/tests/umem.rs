@@ -5,8 +5,7 @@
 use std::{
     collections::HashSet,
     net::UdpSocket,
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rialto::{
@@ -68,14 +67,16 @@ fn every_frame_is_accounted_for_after_drain() {
 
         let mut pipeline = Pipeline::Reflect;
         let mut tally = Tally::default();
-        let done = AtomicBool::new(false);
         let received = std::thread::scope(|s| {
-            let sender = s.spawn(|| {
-                let back = in_netns(&pair.peer_ns, send_and_receive);
-                done.store(true, Ordering::Release);
-                back
-            });
-            while !done.load(Ordering::Acquire) {
+            let sender = s.spawn(|| in_netns(&pair.peer_ns, send_and_receive));
+            // Until the sender is done (or has failed: its panic comes
+            // back from join), within a minute.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !sender.is_finished() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the sender did not finish within a minute"
+                );
                 let processed = port.step(&mut tally, |frames, verdicts| {
                     pipeline.process(frames, verdicts, 0);
                 });

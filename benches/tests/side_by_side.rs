@@ -2,7 +2,7 @@
 //! prints its table and writes its files. A test binary of its own, so it
 //! runs alone: nothing else shares the two cores while it measures.
 
-use std::{path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use rialto_testbed::workspace_root;
 use serde_json::Value;
@@ -20,12 +20,12 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
     let script = workspace_root().join("benches/side-by-side.py");
     // Whether it succeeded, and what it printed.
     let run = |args: &[&str]| {
-        let out = Command::new(&script)
-            .args(args)
+        let mut cmd = Command::new(&script);
+        cmd.args(args)
             .args(["--out", out_dir.to_str().unwrap()])
-            .env("RIALTO", rialto_testbed::rialto_bin())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+            .env("RIALTO", rialto_testbed::rialto_bin());
+        let out = rialto_testbed::output_within(&mut cmd, Duration::from_secs(900))
+            .unwrap_or_else(|e| panic!("{e}"));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(!stdout.is_empty(), "{args:?} printed nothing: {stderr}");

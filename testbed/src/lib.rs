@@ -7,10 +7,12 @@
 
 use std::{
     fs::File,
+    io::Read,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
 };
 
 use nix::sched::{CloneFlags, setns};
@@ -72,20 +74,120 @@ fn unique_name() -> String {
     format!("rt{}x{n}", std::process::id())
 }
 
-/// Runs a testbed script; panics with its output if it fails.
-fn script(name: &str, args: &[&str]) {
+/// How long a testbed script may take.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs a testbed script; what went wrong, if it failed.
+fn try_script(name: &str, args: &[&str]) -> Result<(), String> {
     let path = workspace_root().join("testbed").join(name);
-    let out = Command::new("bash")
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = Command::new("bash");
+    cmd.arg(&path).args(args);
+    let out = output_within(&mut cmd, SCRIPT_TIMEOUT)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} {args:?} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Runs a testbed script; panics with its output if it fails.
+pub fn script(name: &str, args: &[&str]) {
+    if let Err(e) = try_script(name, args) {
+        panic!("{e}");
+    }
+}
+
+/// Tears a testbed down from a `Drop`: a failure is printed, never a panic
+/// (which, while a failed test unwinds, would abort the whole binary).
+fn teardown(name: &str, args: &[&str]) {
+    if let Err(e) = try_script(name, args) {
+        eprintln!("teardown: {e}");
+    }
+}
+
+/// Runs `cmd` to completion, its output captured, within `timeout`; if it
+/// is still running then, it is killed and the error says what it printed.
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> Result<Output, String> {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    wait_within(child, timeout).map_err(|(what, out)| {
+        format!(
+            "{cmd:?} {what}; it printed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Waits for a child whose stdout and stderr are piped (or taken), within
+/// `timeout`; kills it if it is still running then. Its output either way.
+pub fn wait_within(mut child: Child, timeout: Duration) -> Result<Output, (String, Output)> {
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                break Err(format!("did not finish within {timeout:?}"));
+            }
+            Err(e) => break Err(format!("cannot be waited for: {e}")),
+        }
+    };
+    let status_or_killed = status
+        .clone()
+        .unwrap_or_else(|_| child.wait().unwrap_or_default());
+    let out = Output {
+        status: status_or_killed,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    match status {
+        Ok(_) => Ok(out),
+        Err(what) => Err((what, out)),
+    }
+}
+
+/// Runs a testbed script's teardown when dropped, also when the test
+/// fails: for tests that run the scripts themselves.
+#[derive(Debug)]
+pub struct Teardown {
+    script: &'static str,
+    args: Vec<String>,
+}
+
+impl Teardown {
+    pub fn new(script: &'static str, args: &[&str]) -> Self {
+        Self {
+            script,
+            args: args.iter().map(|&a| a.to_owned()).collect(),
+        }
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        teardown(self.script, &args);
+    }
 }
 
 /// Two namespaces joined by a multi-queue veth pair (`testbed/pair.sh`).
@@ -119,7 +221,7 @@ impl Pair {
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        script("pair.sh", &["down", &self.name]);
+        teardown("pair.sh", &["down", &self.name]);
     }
 }
 
@@ -152,11 +254,10 @@ impl Topology {
 
     /// The Rialto config `topology.sh config` writes for it.
     pub fn config(&self) -> String {
-        let out = Command::new("bash")
-            .arg(workspace_root().join("testbed/topology.sh"))
-            .args(["config", &self.name])
-            .output()
-            .expect("topology.sh runs");
+        let mut cmd = Command::new("bash");
+        cmd.arg(workspace_root().join("testbed/topology.sh"))
+            .args(["config", &self.name]);
+        let out = output_within(&mut cmd, SCRIPT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         assert!(out.status.success(), "topology.sh config failed");
         String::from_utf8(out.stdout).expect("the config is text")
     }
@@ -164,7 +265,7 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        script("topology.sh", &["down", &self.name]);
+        teardown("topology.sh", &["down", &self.name]);
     }
 }
 
@@ -194,11 +295,9 @@ pub fn netns_command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command 
 /// `ip -n NS ARGS` (ARGS split on spaces); its output. Panics with `ip`'s
 /// complaint if it fails.
 pub fn ip(ns: &str, args: &str) -> String {
-    let out = Command::new("ip")
-        .args(["-n", ns])
-        .args(args.split_whitespace())
-        .output()
-        .expect("ip runs");
+    let mut cmd = Command::new("ip");
+    cmd.args(["-n", ns]).args(args.split_whitespace());
+    let out = output_within(&mut cmd, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.status.success(),
         "ip -n {ns} {args}: {}",
@@ -209,10 +308,7 @@ pub fn ip(ns: &str, args: &str) -> String {
 
 /// Whether `addr` answers three pings from inside `ns`.
 pub fn pings(ns: &str, addr: IpAddr) -> bool {
-    netns_command(ns, "ping")
-        .args(["-c", "3", "-i", "0.2", "-W", "1", &addr.to_string()])
-        .output()
-        .expect("ping runs")
-        .status
-        .success()
+    let mut ping = netns_command(ns, "ping");
+    ping.args(["-c", "3", "-i", "0.2", "-W", "1", &addr.to_string()]);
+    output_within(&mut ping, Duration::from_secs(10)).is_ok_and(|out| out.status.success())
 }

@@ -1,7 +1,7 @@
 //! A running `rialto` binary inside a namespace, stopped by the test.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     process::{Child, ExitStatus, Stdio},
     sync::{Mutex, mpsc},
     time::Duration,
@@ -14,10 +14,13 @@ use nix::{
 
 use crate::netns_command;
 
+/// How long a stopped `rialto run` may take to drain, detach and exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A running `rialto run`; killed on drop if the test did not stop it.
 #[derive(Debug)]
 pub struct Rialto {
-    child: Child,
+    child: Option<Child>,
     /// Rialto's log lines (behind a mutex so a test's threads can share it).
     stderr: Mutex<mpsc::Receiver<String>>,
 }
@@ -46,13 +49,22 @@ impl Rialto {
             match stderr.recv_timeout(Duration::from_secs(10)) {
                 Ok(line) if line.contains("rialto ready") => break,
                 Ok(line) => log.push(line),
-                Err(_) => panic!("rialto did not become ready:\n{}", log.join("\n")),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("rialto did not become ready:\n{}", log.join("\n"));
+                }
             }
         }
         Self {
-            child,
+            child: Some(child),
             stderr: Mutex::new(stderr),
         }
+    }
+
+    fn pid(&self) -> Pid {
+        let child = self.child.as_ref().expect("running");
+        Pid::from_raw(child.id() as i32)
     }
 
     /// Waits for a log line containing `needle` and returns it; panics
@@ -62,7 +74,12 @@ impl Rialto {
         let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.stderr.lock().unwrap().recv_timeout(left) {
+            let next = self
+                .stderr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .recv_timeout(left);
+            match next {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(line) => seen.push(line),
                 Err(_) => panic!(
@@ -74,17 +91,29 @@ impl Rialto {
     }
 
     pub fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        kill(self.pid(), signal).unwrap();
     }
 
     /// Stops rialto with SIGTERM; returns its exit status and parsed summary.
+    /// Panics, with what it logged, if it is not gone within 20 s.
     pub fn terminate(mut self) -> (ExitStatus, serde_json::Value) {
         self.signal(Signal::SIGTERM);
-        let mut stdout = Vec::new();
-        let mut pipe = self.child.stdout.take().expect("stdout is piped");
-        pipe.read_to_end(&mut stdout).unwrap();
-        let status = self.child.wait().unwrap();
-        let log: Vec<_> = self.stderr.lock().unwrap().try_iter().collect();
+        let child = self.child.take().expect("running");
+        let waited = crate::wait_within(child, STOP_TIMEOUT);
+        let log: Vec<_> = self
+            .stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_iter()
+            .collect();
+        let out = match waited {
+            Ok(out) => out,
+            Err((what, _)) => panic!(
+                "rialto, sent SIGTERM, {what}; it logged:\n{}",
+                log.join("\n")
+            ),
+        };
+        let (status, stdout) = (out.status, out.stdout);
         let summary = serde_json::from_slice(&stdout).unwrap_or_else(|e| {
             panic!(
                 "summary is not JSON ({e}): {}\nlog:\n{}",
@@ -98,8 +127,10 @@ impl Rialto {
 
 impl Drop for Rialto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

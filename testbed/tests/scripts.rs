@@ -3,16 +3,7 @@
 
 use std::process::Command;
 
-use rialto_testbed::{ip, require_root, workspace_root};
-
-fn run(script: &str, args: &[&str]) {
-    let status = Command::new("bash")
-        .arg(workspace_root().join("testbed").join(script))
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "{script} {args:?} failed");
-}
+use rialto_testbed::{Teardown, ip, require_root, script as run};
 
 fn pair_sh(args: &[&str]) {
     run("pair.sh", args);
@@ -34,6 +25,7 @@ fn ours(name: &str) -> usize {
 fn up_twice_then_down_twice_leaves_nothing() {
     require_root();
     let name = format!("rtidem{}", std::process::id() % 100_000);
+    let _down = Teardown::new("pair.sh", &["down", &name]);
 
     pair_sh(&["up", &name, "2"]);
     pair_sh(&["up", &name, "2"]);
@@ -50,6 +42,7 @@ fn up_twice_then_down_twice_leaves_nothing() {
 fn down_cleans_up_a_half_built_testbed() {
     require_root();
     let name = format!("rthalf{}", std::process::id() % 100_000);
+    let _down = Teardown::new("pair.sh", &["down", &name]);
     let node = format!("{name}-node");
     assert!(
         Command::new("ip")
@@ -82,6 +75,7 @@ fn processes_in(name: &str) -> usize {
 fn topology_up_twice_then_down_leaves_no_namespace_and_no_server() {
     require_root();
     let name = format!("tt{}", std::process::id() % 100_000);
+    let _down = Teardown::new("topology.sh", &["down", &name]);
     run("topology.sh", &["up", &name, "2"]);
     run("topology.sh", &["up", &name, "2"]);
     // Router, client, border, two gateways, four pods.

@@ -1,7 +1,8 @@
 //! A worker's connection table: forward and reverse entries for each flow,
 //! state-aware timeouts, bounded size, and the worker's SNAT ports.
 //!
-//! Invariants, which the property tests and the unit tests check:
+//! Invariants, which the unit tests and a model-based property test
+//! (`tests/conntrack_model.rs`) check:
 //! - a live flow has exactly one forward and one reverse entry, and holds
 //!   exactly one SNAT port; a SNAT port is held by at most one live flow;
 //! - an expired flow is never returned: a lookup that finds one removes it.
@@ -217,6 +218,15 @@ impl Conntrack {
             return None;
         }
         Some((id, direction))
+    }
+
+    /// Every flow in the table, expired ones not yet removed included,
+    /// with its slot, in slot order. Not for the hot path: it visits every
+    /// slot.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Flow)> + '_ {
+        (0u32..)
+            .zip(&self.slots)
+            .filter_map(|(id, slot)| slot.as_ref().map(|f| (id, f)))
     }
 
     pub fn flow(&self, id: u32) -> &Flow {

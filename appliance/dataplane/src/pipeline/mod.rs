@@ -89,10 +89,10 @@ impl Pipeline {
     }
 
     /// Once per batch, after the frames: housekeeping that must not wait
-    /// for traffic (expiring flows).
-    pub fn tick(&mut self, now: u64) {
+    /// for traffic (expiring flows), more of it when the batch was empty.
+    pub fn tick(&mut self, now: u64, idle: bool) {
         if let Self::Balance(b) = self {
-            b.tick(now);
+            b.tick(now, idle);
         }
     }
 
