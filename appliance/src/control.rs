@@ -20,7 +20,7 @@ use serde::Serialize;
 use tracing::{error, warn};
 use xdp_redirect::{Counter, CounterReader, Steering};
 
-use crate::run::Fault;
+use crate::fault::Fault;
 
 /// How long a reload waits for every worker to take the new tables.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(2);

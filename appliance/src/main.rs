@@ -2,6 +2,7 @@
 
 mod api;
 mod control;
+mod fault;
 mod run;
 mod tools;
 

@@ -31,6 +31,7 @@ use xdp_redirect::{Counter, Steering};
 use crate::{
     api::{Api, DEFAULT_API},
     control::{Control, Source, View, steering_rules},
+    fault::Fault,
 };
 
 /// The job a worker does on each frame.
@@ -42,36 +43,6 @@ pub enum Mode {
     /// Swap Ethernet, IP and UDP/TCP source and destination, and send the
     /// frame back: the bare AF_XDP baseline the benchmarks compare against.
     Reflect,
-}
-
-/// A fault `--inject-fault` makes happen, for the tests of what Rialto
-/// does when it happens for real.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// `worker-panic:Q`: the worker of queue Q panics at its first frame.
-    WorkerPanic(u32),
-    /// `reload-stall`: workers do not take a reload's tables in time.
-    ReloadStall,
-    /// `map-update`: the XDP maps refuse a reload's second new entry.
-    MapUpdate,
-}
-
-impl std::str::FromStr for Fault {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.split_once(':') {
-            Some(("worker-panic", q)) => q
-                .parse()
-                .map(Self::WorkerPanic)
-                .map_err(|_| format!("{q:?} is not a queue number")),
-            None if s == "reload-stall" => Ok(Self::ReloadStall),
-            None if s == "map-update" => Ok(Self::MapUpdate),
-            _ => Err(format!(
-                "unknown fault {s:?}: worker-panic:Q, reload-stall or map-update"
-            )),
-        }
-    }
 }
 
 /// Serve traffic on an interface until SIGINT or SIGTERM.

@@ -148,6 +148,36 @@ pub enum MaglevError {
     CiliumWeightTooLarge { endpoint: Endpoint, weight: u32 },
 }
 
+/// Building a table is the modes' business; the table itself only indexes.
+impl Table {
+    /// Builds the table of `size` slots for `backends` (module doc). Cilium
+    /// mode uses Cilium's default seed.
+    ///
+    /// Fails if `size` is not a prime up to [`MAX_TABLE_SIZE`] (in Cilium
+    /// mode: one of [`CILIUM_TABLE_SIZES`]), if there are no backends, more
+    /// than `size`, an endpoint listed twice, or no positive weight, and in
+    /// Cilium mode if a weight exceeds 65535.
+    pub fn build(
+        hash: MaglevHash,
+        size: u32,
+        backends: &[WeightedBackend],
+    ) -> Result<Self, MaglevError> {
+        match hash {
+            MaglevHash::Rialto => rialto::build(size, backends),
+            MaglevHash::Cilium => cilium::build(CiliumSeed::DEFAULT, size, backends),
+        }
+    }
+
+    /// Cilium mode with a non-default `bpf-lb-maglev-hash-seed`.
+    pub fn build_cilium(
+        seed: CiliumSeed,
+        size: u32,
+        backends: &[WeightedBackend],
+    ) -> Result<Self, MaglevError> {
+        cilium::build(seed, size, backends)
+    }
+}
+
 /// Whether `n` is prime (trial division by 6k ± 1: at most ~11k steps for
 /// a `u32`).
 pub fn is_prime(n: u32) -> bool {

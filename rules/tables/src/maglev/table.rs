@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use super::{CiliumSeed, MaglevError, MaglevHash, WeightedBackend, cilium, rialto};
-
 /// A service's Maglev lookup table.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Table {
@@ -22,33 +20,6 @@ impl fmt::Debug for Table {
 }
 
 impl Table {
-    /// Builds the table of `size` slots for `backends` (module doc). Cilium
-    /// mode uses Cilium's default seed.
-    ///
-    /// Fails if `size` is not a prime up to [`MAX_TABLE_SIZE`] (in Cilium
-    /// mode: one of [`CILIUM_TABLE_SIZES`]), if there are no backends, more
-    /// than `size`, an endpoint listed twice, or no positive weight, and in
-    /// Cilium mode if a weight exceeds 65535.
-    pub fn build(
-        hash: MaglevHash,
-        size: u32,
-        backends: &[WeightedBackend],
-    ) -> Result<Self, MaglevError> {
-        match hash {
-            MaglevHash::Rialto => rialto::build(size, backends),
-            MaglevHash::Cilium => cilium::build(CiliumSeed::DEFAULT, size, backends),
-        }
-    }
-
-    /// Cilium mode with a non-default `bpf-lb-maglev-hash-seed`.
-    pub fn build_cilium(
-        seed: CiliumSeed,
-        size: u32,
-        backends: &[WeightedBackend],
-    ) -> Result<Self, MaglevError> {
-        cilium::build(seed, size, backends)
-    }
-
     /// M.
     pub fn size(&self) -> u32 {
         self.slots.len() as u32
