@@ -422,10 +422,12 @@ impl XskPort {
         }
         tally.handoff_in += (count - received) as u64;
         if count > 0 {
+            // Until `process` returns, the batch is ours alone: should it
+            // panic, `idle_down` sends these frames home.
             self.processing = count;
             self.run(count, process);
-            self.dispatch(count, tally);
             self.processing = 0;
+            self.dispatch(count, tally);
         }
         self.wake_receivers();
         self.transmit(tally);
@@ -560,12 +562,14 @@ impl XskPort {
     /// Passes an unprocessed frame to port `to`, which owns its flow.
     fn hand_off(&mut self, desc: FrameDesc, to: usize, tally: &mut Tally) {
         let own = self.owns(&desc);
+        debug_assert!(
+            to != self.index && to < self.exchange.mailboxes.len(),
+            "the pipeline hands frames only to other workers"
+        );
         let pushed = match self.exchange.mailboxes.get(to) {
             Some(mailbox) if mailbox.down.load(Ordering::Acquire) => Err(IoDrop::WorkerDown),
-            Some(mailbox) if to != self.index => {
-                mailbox.inbox.push(desc).map_err(|_| IoDrop::HandoffFull)
-            }
-            _ => Err(IoDrop::HandoffFull),
+            Some(mailbox) => mailbox.inbox.push(desc).map_err(|_| IoDrop::HandoffFull),
+            None => Err(IoDrop::HandoffFull),
         };
         match pushed {
             Ok(()) => {
@@ -752,17 +756,19 @@ impl XskPort {
     pub fn idle_down(&mut self) {
         self.mailbox().down.store(true, Ordering::Release);
         let interrupted = std::mem::take(&mut self.processing);
-        let stranded: Vec<FrameDesc> = (self.rx_batch[..interrupted].iter())
-            .chain(&self.tx_batch)
-            .copied()
-            .collect();
-        self.tx_batch.clear();
-        for desc in stranded {
-            self.release(desc);
+        for i in 0..interrupted {
+            self.release(self.rx_batch[i]);
         }
+        self.idle_turn(&mut Tally::default());
+    }
+
+    /// A turn that processes nothing: what was handed over goes home
+    /// unprocessed, and what is out on the TX ring is kicked and taken back.
+    fn idle_turn(&mut self, tally: &mut Tally) {
         while let Some(desc) = self.mailbox().inbox.pop() {
             self.release(desc);
         }
+        self.transmit(tally);
         self.recycle();
         self.welcome_home();
     }
@@ -776,12 +782,7 @@ impl XskPort {
         let deadline = Instant::now() + timeout;
         let mut tally = Tally::default();
         loop {
-            while let Some(desc) = self.exchange.mailboxes[self.index].inbox.pop() {
-                self.release(desc);
-            }
-            self.transmit(&mut tally);
-            self.recycle();
-            self.welcome_home();
+            self.idle_turn(&mut tally);
             if self.kernel_tx + self.borrowed + self.lent == 0 || Instant::now() >= deadline {
                 return self.ledger();
             }

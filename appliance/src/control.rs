@@ -73,11 +73,36 @@ pub struct Control {
     pub budget: rialto_rules::Budget,
 }
 
-/// A valid config that could not be put in force: everything it changed
-/// was put back.
+/// Why a reload did not happen. In every case the running config stays in
+/// force: nothing was changed, or whatever had changed was put back.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}; rolled back, the running config stays in force")]
-pub struct RolledBack(String);
+pub enum ReloadError {
+    #[error("nothing to reload: rialto runs without --config in balance mode")]
+    NothingToReload,
+    /// The config is invalid, or does not fit this host or the XDP maps.
+    #[error("{0:#}")]
+    Invalid(anyhow::Error),
+    /// The config could not be read, or staged beside the file.
+    #[error("{0:#}")]
+    Io(anyhow::Error),
+    /// Valid, but it could not be put in force (the workers did not take
+    /// it in time, or the XDP maps refused an entry): rolled back.
+    #[error("{0}; rolled back, the running config stays in force")]
+    RolledBack(String),
+}
+
+impl ReloadError {
+    /// The API's answer: `409` (nothing to reload), `422` (invalid), `500`
+    /// (the file), `503` (rolled back).
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NothingToReload => 409,
+            Self::Invalid(_) => 422,
+            Self::Io(_) => 500,
+            Self::RolledBack(_) => 503,
+        }
+    }
+}
 
 /// Reloads so far.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -85,6 +110,9 @@ pub struct Reloads {
     pub ok: u64,
     /// Invalid configs: nothing was changed.
     pub rejected: u64,
+    /// Reloads that could not read or stage their config, or had none:
+    /// nothing was changed.
+    pub failed: u64,
     /// Valid configs that could not be put in force (the workers did not
     /// take them in time, or the XDP maps refused an entry): whatever had
     /// changed was put back, and the running config stays.
@@ -109,7 +137,9 @@ pub struct Status {
     /// The config file, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
-    /// Tables generation: 0 at start, one more per reload.
+    /// Tables generation: 0 at start, higher after every reload that
+    /// published tables (a rolled-back one publishes twice: its tables,
+    /// then the running ones again).
     pub generation: u64,
     pub reloads: Reloads,
     pub xdp: BTreeMap<&'static str, Counter>,
@@ -169,68 +199,80 @@ impl Control {
     /// program stops steering what the new config no longer owns, the
     /// workers take the new tables (keeping their live flows), then the
     /// XDP program steers what is new. An invalid config changes nothing;
-    /// one that cannot be put in force is rolled back ([`RolledBack`]).
-    pub fn reload(&mut self, source: Source<'_>) -> Result<u64> {
+    /// one that cannot be put in force is rolled back.
+    pub fn reload(&mut self, source: Source<'_>) -> Result<u64, ReloadError> {
         let outcome = self.try_reload(source);
         let at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let (ok, message) = match &outcome {
             Ok(generation) => (true, format!("generation {generation}")),
-            Err(e) => (false, format!("{e:#}")),
+            Err(e) => (false, e.to_string()),
         };
         let mut reloads = self.view.reloads();
         match &outcome {
             Ok(_) => reloads.ok += 1,
-            Err(e) if e.is::<RolledBack>() => reloads.rolled_back += 1,
-            Err(_) => reloads.rejected += 1,
+            Err(ReloadError::Invalid(_)) => reloads.rejected += 1,
+            Err(ReloadError::RolledBack(_)) => reloads.rolled_back += 1,
+            Err(ReloadError::NothingToReload | ReloadError::Io(_)) => reloads.failed += 1,
         }
         reloads.last = Some(LastReload { ok, at, message });
         outcome
     }
 
-    fn try_reload(&mut self, source: Source<'_>) -> Result<u64> {
+    fn try_reload(&mut self, source: Source<'_>) -> Result<u64, ReloadError> {
         let (Some(path), Some(shared)) = (&self.view.config, &self.view.tables) else {
-            bail!("nothing to reload: rialto runs without --config in balance mode");
+            return Err(ReloadError::NothingToReload);
         };
         let (path, shared) = (path.clone(), Arc::clone(shared));
         let name = path.display().to_string();
         let text = match source {
-            Source::File => {
-                std::fs::read_to_string(&path).with_context(|| format!("cannot read {name}"))?
-            }
+            Source::File => std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {name}"))
+                .map_err(ReloadError::Io)?,
             Source::Text(text) => text.to_owned(),
         };
-        let tables = rialto_rules::load_for(&name, &text, &self.budget)?;
-        rialto::host::check_own_addresses(&tables)?;
+        let tables = rialto_rules::load_for(&name, &text, &self.budget)
+            .map_err(|e| ReloadError::Invalid(e.into()))?;
+        let rules = steering_rules(&self.flags, Some(&tables));
+        rialto::host::check_own_addresses(&rules, Some(&tables)).map_err(ReloadError::Invalid)?;
+        self.steering
+            .check_fits(&rules)
+            .map_err(|e| ReloadError::Invalid(e.into()))?;
         // A config sent to the API goes beside the file first: if it cannot
         // be written, nothing has changed.
         let pending = match source {
             Source::File => None,
-            Source::Text(text) => Some(Pending::write(&path, text)?),
+            Source::Text(text) => Some(Pending::write(&path, text).map_err(ReloadError::Io)?),
         };
-        let rules = steering_rules(&self.flags, Some(&tables));
         let (added, removed) = self.rules.diff(&rules);
         let running = shared.current();
         // All or nothing: each step undoes the ones before it if it fails.
         if let Err(e) = self.steering.remove(&removed) {
             self.restore_steering(&removed, None);
-            return Err(RolledBack(format!("the XDP maps refused a removal: {e}")).into());
+            return Err(ReloadError::RolledBack(format!(
+                "the XDP maps refused a removal: {e}"
+            )));
         }
         let generation = shared.publish(Arc::new(tables));
         if let Err(e) = self.await_workers(generation) {
             self.restore_tables(&shared, running);
             self.restore_steering(&removed, None);
-            return Err(RolledBack(e).into());
+            return Err(ReloadError::RolledBack(e));
         }
         if let Err(e) = self.add_steering(&added) {
             self.restore_tables(&shared, running);
             self.restore_steering(&removed, Some(&added));
-            return Err(RolledBack(format!("the XDP maps refused an entry: {e:#}")).into());
+            return Err(ReloadError::RolledBack(format!(
+                "the XDP maps refused an entry: {e:#}"
+            )));
         }
         self.rules = rules;
-        if let Some(pending) = pending {
-            pending.replace(&path)?;
+        if let Some(pending) = pending
+            && let Err(e) = pending.replace(&path)
+        {
+            // In force all the same: only a restart would miss it.
+            error!("the new config is in force, but a restart would not run it: {e:#}");
         }
         Ok(generation)
     }
@@ -297,11 +339,14 @@ impl Control {
     pub fn fail_open_stopped_workers(&mut self) {
         for (queue, w) in &self.view.workers {
             if !w.up() && !self.failed_open.contains(queue) {
+                // Tried again at the next turn until the socket is out.
                 match self.steering.unregister_socket(*queue) {
-                    Ok(()) => error!(queue, "worker down: its queue now goes to the kernel"),
+                    Ok(()) => {
+                        error!(queue, "worker down: its queue now goes to the kernel");
+                        self.failed_open.push(*queue);
+                    }
                     Err(e) => error!(queue, "worker down, cannot take its socket out: {e}"),
                 }
-                self.failed_open.push(*queue);
             }
         }
     }
@@ -372,8 +417,8 @@ impl View {
         let Some(shared) = &self.tables else {
             return Vec::new();
         };
-        let tables = shared.current();
-        let generation = shared.generation();
+        let published = shared.published();
+        let (tables, generation) = (&published.tables, published.generation);
         let reports: Vec<_> = self
             .workers
             .iter()
@@ -391,11 +436,7 @@ impl View {
             .iter()
             .enumerate()
             .map(|(service, s)| {
-                let counts = s
-                    .table
-                    .as_ref()
-                    .map(|t| t.slot_counts())
-                    .unwrap_or_default();
+                let counts = s.table.as_ref().map_or(&[][..], |t| t.slot_counts());
                 ServiceStatus {
                     name: s.name.clone(),
                     vip: s.vip.to_string(),

@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context, Result};
 use rialto_rules::Budget;
-use rialto_tables::Snapshot;
+use rialto_tables::{Snapshot, Steering as SteeringRules};
 use xdp_redirect::AttachMode;
 
 /// Reads and compiles the config file, for `budget`.
@@ -71,31 +71,31 @@ impl From<XdpMode> for AttachMode {
     }
 }
 
-/// Refuses tables that would take this host's own traffic: a SNAT address
-/// or a VIP's address that is an address of one of its interfaces (the
-/// XDP program would steer everything to it, or that port of it, into
-/// Rialto: the node would drop off its own network).
-pub fn check_own_addresses(tables: &Snapshot) -> Result<()> {
+/// Refuses steering that would take this host's own traffic: a SNAT
+/// address or a VIP's address (from the config, or from `--snat-addr` and
+/// `--vip`) that is an address of one of its interfaces (the XDP program
+/// would steer everything to it, or that port of it, into Rialto: the node
+/// would drop off its own network). `tables` names the service of a VIP.
+pub fn check_own_addresses(rules: &SteeringRules, tables: Option<&Snapshot>) -> Result<()> {
     let addrs = nix::ifaddrs::getifaddrs().context("cannot list this host's addresses")?;
     for ifaddr in addrs {
         let Some(addr) = ifaddr.address.as_ref().and_then(ip_of) else {
             continue;
         };
         let iface = &ifaddr.interface_name;
-        let snat = tables.snat.v4.iter().any(|&a| IpAddr::V4(a) == addr)
-            || tables.snat.v6.iter().any(|&a| IpAddr::V6(a) == addr);
-        if snat {
+        if rules.snat_addrs.contains(&addr) {
             anyhow::bail!(
-                "snat.addresses: {addr} is an address of this host ({iface}): Rialto would take \
+                "SNAT address {addr} is an address of this host ({iface}): Rialto would take \
                  all of the node's own traffic to it"
             );
         }
-        if let Some(service) = tables.services.iter().find(|s| s.vip.addr == addr) {
+        if let Some(vip) = rules.vips.iter().find(|v| v.addr == addr) {
+            let service = tables
+                .and_then(|t| t.services.iter().find(|s| s.vip == *vip))
+                .map_or_else(|| "--vip".to_owned(), |s| format!("service {:?}", s.name));
             anyhow::bail!(
-                "service {:?}: vip: {addr} is an address of this host ({iface}): Rialto would \
-                 take the node's own traffic to {}",
-                service.name,
-                service.vip
+                "{service}: VIP {vip} is on an address of this host ({iface}): Rialto would \
+                 take the node's own traffic to {vip}"
             );
         }
     }

@@ -217,9 +217,6 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    if let Some(tables) = &tables {
-        host::check_own_addresses(&tables.current())?;
-    }
     let flags = SteeringRules {
         vips: args.vips.clone(),
         tunnel_peers: args.tunnel_peers.clone(),
@@ -227,7 +224,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         snat_addrs: args.snat_addrs.clone(),
         vxlan_port: args.vxlan_port,
     };
-    let rules = steering_rules(&flags, tables.as_ref().map(|t| t.current()).as_deref());
+    let running = tables.as_ref().map(|t| t.current());
+    let rules = steering_rules(&flags, running.as_deref());
+    host::check_own_addresses(&rules, running.as_deref())?;
     let mac = iface_mac(&args.iface)?;
     let following = Arc::new(AtomicBool::new(false));
     let follower = match &tables {
@@ -344,8 +343,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let mut balanced = true;
     for (queue, bind, stats, handle) in running {
-        // A worker's panic is caught in the worker (`Worker::run`).
-        let umem = handle.join().expect("a worker returns its ledger");
+        // A worker's panic in the pipeline is caught in the worker
+        // (`Worker::run`); one anywhere else ends the worker here.
+        let Ok(umem) = handle.join() else {
+            error!(queue, "worker thread panicked while stopping");
+            balanced = false;
+            continue;
+        };
         balanced &= umem.balanced();
         if !umem.balanced() {
             error!(queue, ?umem, "UMEM frames unaccounted for");

@@ -88,19 +88,26 @@ fn balance_from_array(a: [u64; BALANCE_FIELDS]) -> BalanceStats {
 }
 
 impl WorkerStats {
-    /// Adds a batch's tally. Called by the owning worker only.
+    /// Adds a batch's tally. Called by the owning worker only: as the one
+    /// writer it adds with a plain load and store (no locked instruction),
+    /// and skips what did not change.
     pub fn publish(&self, t: &Tally) {
-        self.rx_packets.fetch_add(t.rx_packets, Relaxed);
-        self.rx_bytes.fetch_add(t.rx_bytes, Relaxed);
-        self.tx_packets.fetch_add(t.tx_packets, Relaxed);
-        self.tx_bytes.fetch_add(t.tx_bytes, Relaxed);
-        self.handoff_out.fetch_add(t.handoff_out, Relaxed);
-        self.handoff_in.fetch_add(t.handoff_in, Relaxed);
+        let add = |total: &AtomicU64, n: u64| {
+            if n > 0 {
+                total.store(total.load(Relaxed) + n, Relaxed);
+            }
+        };
+        add(&self.rx_packets, t.rx_packets);
+        add(&self.rx_bytes, t.rx_bytes);
+        add(&self.tx_packets, t.tx_packets);
+        add(&self.tx_bytes, t.tx_bytes);
+        add(&self.handoff_out, t.handoff_out);
+        add(&self.handoff_in, t.handoff_in);
         for (total, n) in self.drops.iter().zip(t.drops) {
-            total.fetch_add(n, Relaxed);
+            add(total, n);
         }
         for (total, n) in self.io_drops.iter().zip(t.io_drops) {
-            total.fetch_add(n, Relaxed);
+            add(total, n);
         }
     }
 

@@ -50,9 +50,4 @@ impl Tally {
     pub fn io_drop(&mut self, reason: IoDrop) {
         self.io_drops[reason as usize] += 1;
     }
-
-    /// Frames dropped, whatever the reason.
-    pub fn dropped(&self) -> u64 {
-        self.drops.iter().chain(&self.io_drops).sum()
-    }
 }

@@ -83,8 +83,13 @@ pub struct StatsArgs {
 
 pub fn stats(args: &StatsArgs) -> Result<ExitCode> {
     let url = format!("http://{}/api/v1/status", args.api);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(5)))
+        .build()
+        .into();
     let fetch = || -> Result<serde_json::Value> {
-        let status = ureq::get(&url)
+        let status = agent
+            .get(&url)
             .call()
             .with_context(|| format!("cannot reach rialto's API at {}", args.api))?
             .body_mut()

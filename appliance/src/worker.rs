@@ -45,13 +45,22 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 ///
 /// A worker reads the generation once per turn of its loop (one atomic
 /// load) and takes the new tables only when it changed: no lock, nothing
-/// per packet.
+/// per packet. The tables and their generation are published together
+/// ([`Published`]), so a reader never pairs one with the other's neighbour.
 #[derive(Debug)]
 pub struct SharedTables {
-    current: ArcSwap<Snapshot>,
+    current: ArcSwap<Published>,
+    /// `current`'s generation, to be compared cheaply.
     generation: AtomicU64,
     /// The next hop's MAC learned from the kernel, or [`NOT_LEARNED`].
     next_hop: AtomicU64,
+}
+
+/// Tables, and their generation: 0 at start, one more per publication.
+#[derive(Debug)]
+pub struct Published {
+    pub generation: u64,
+    pub tables: Arc<Snapshot>,
 }
 
 const NOT_LEARNED: u64 = u64::MAX;
@@ -59,7 +68,10 @@ const NOT_LEARNED: u64 = u64::MAX;
 impl SharedTables {
     pub fn new(tables: Arc<Snapshot>) -> Self {
         Self {
-            current: ArcSwap::new(tables),
+            current: ArcSwap::from_pointee(Published {
+                generation: 0,
+                tables,
+            }),
             generation: AtomicU64::new(0),
             next_hop: AtomicU64::new(NOT_LEARNED),
         }
@@ -83,16 +95,26 @@ impl SharedTables {
 
     /// Publishes new tables; returns their generation.
     pub fn publish(&self, tables: Arc<Snapshot>) -> u64 {
-        self.current.store(tables);
-        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+        let previous = self.current.rcu(|p| Published {
+            generation: p.generation + 1,
+            tables: Arc::clone(&tables),
+        });
+        let generation = previous.generation + 1;
+        self.generation.fetch_max(generation, Ordering::AcqRel);
+        generation
     }
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    pub fn current(&self) -> Arc<Snapshot> {
+    /// The tables in force, with their generation.
+    pub fn published(&self) -> Arc<Published> {
         self.current.load_full()
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.load().tables)
     }
 }
 
@@ -153,7 +175,11 @@ impl Worker {
         }
         stopped.wait();
         let ledger = self.port.drain(DRAIN_TIMEOUT);
-        self.publish_slow(generation);
+        match served {
+            Ok(()) => self.publish_slow(generation),
+            // The pipeline may be half way through a change: not read again.
+            Err(_) => self.stats.publish_umem(self.port.ledger()),
+        }
         ledger
     }
 
@@ -166,8 +192,9 @@ impl Worker {
             if let Some(tables) = &self.tables
                 && tables.generation() != *generation
             {
-                *generation = tables.generation();
-                self.pipeline.reload(tables.current());
+                let published = tables.published();
+                *generation = published.generation;
+                self.pipeline.reload(Arc::clone(&published.tables));
                 self.stats.set_generation(*generation);
                 next_slow = 0;
                 next_hop = None;

@@ -19,7 +19,7 @@
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rialto_testbed::{Pair, Rialto, in_netns, ip, workers_total};
@@ -363,7 +363,8 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
 
 /// GET on the API of the rialto in this thread's namespace: the body.
 fn get(path: &str) -> String {
-    ureq::get(&format!("http://127.0.0.1:9600{path}"))
+    rialto_testbed::http()
+        .get(&format!("http://127.0.0.1:9600{path}"))
         .call()
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
         .body_mut()
@@ -491,23 +492,18 @@ fn reloads_keep_live_flows_on_their_backends() {
         rialto.wait_for_log("config reloaded", Duration::from_secs(5))
     };
 
-    // What the API says of web's backends (seen with --nocapture).
-    let show = |when: &str| {
-        std::thread::sleep(Duration::from_millis(600));
+    // What the API says of web's backends: address and Maglev slots.
+    let backends = || -> Vec<(String, u64)> {
         let services: serde_json::Value =
             serde_json::from_str(&in_netns(&node_ns, || get("/api/v1/services"))).unwrap();
-        let backends: Vec<String> = services[0]["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
+        (services[0]["backends"].as_array().unwrap().iter())
             .map(|b| {
-                format!(
-                    "{} {} slots {} flows {}",
-                    b["addr"], b["state"], b["slots"], b["flows"]
+                (
+                    b["addr"].as_str().unwrap().to_owned(),
+                    b["slots"].as_u64().unwrap(),
                 )
             })
-            .collect();
-        println!("web, {when}: {}", backends.join("; "));
+            .collect()
     };
     let (stream, live, b_flows) = in_netns(&pair.peer_ns, || {
         let stream = std::thread::spawn(|| udp_stream(3000));
@@ -517,9 +513,12 @@ fn reloads_keep_live_flows_on_their_backends() {
         assert_eq!(on("a") + on("b"), live.len());
 
         // b drains: every connection lives on, new ones all go to a.
-        show("before any reload");
+        let before = backends();
+        assert!(
+            before.len() == 2 && before.iter().all(|(_, slots)| *slots > 0),
+            "both backends hold slots: {before:?}"
+        );
         reload(&web(&format!("{POD_A}, {POD_B_DRAINING}")));
-        show("b set to draining");
         for c in &live {
             c.ping()
                 .unwrap_or_else(|e| panic!("a connection to {} after draining b: {e}", c.pod));
@@ -548,7 +547,9 @@ fn reloads_keep_live_flows_on_their_backends() {
         // An invalid config is rejected through the API; nothing changes.
         std::fs::write(&path, "[node\n").unwrap();
         let answer = in_netns(&node_ns, || {
-            ureq::post("http://127.0.0.1:9600/api/v1/reload").send_empty()
+            rialto_testbed::http()
+                .post("http://127.0.0.1:9600/api/v1/reload")
+                .send_empty()
         });
         match answer {
             Err(ureq::Error::StatusCode(422)) => {}
@@ -566,7 +567,9 @@ fn reloads_keep_live_flows_on_their_backends() {
 
         // b is removed: its connections are gone, a's live on.
         reload(&web(POD_A));
-        show("b removed");
+        let after = backends();
+        assert_eq!(after.len(), 1, "only a is left: {after:?}");
+        assert_eq!(after[0].1, 65537, "a holds every slot: {after:?}");
         for c in &live {
             if c.pod == "b" {
                 // Its packets now go nowhere: do not wait long for them.
@@ -653,6 +656,25 @@ backends = [{{ cluster = "east", addr = "198.19.1.10:7007" }}]
             line.contains("rolled back, the running config stays in force"),
             "{fault}: {line}"
         );
+        // Through the API, one reload at a time: a second while the first
+        // stalls is refused, not queued.
+        let rolled_back = if fault == "reload-stall" {
+            let first = std::thread::spawn({
+                let ns = pair.node_ns.clone();
+                move || in_netns(&ns, || api_status(post_reload()))
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            let second = in_netns(&pair.node_ns, || api_status(post_reload()));
+            assert_eq!(second, 409, "a reload while another runs");
+            assert_eq!(
+                first.join().unwrap(),
+                503,
+                "the stalled reload, rolled back"
+            );
+            2
+        } else {
+            1
+        };
         let before = in_netns(&pair.node_ns, status);
         in_netns(&pair.peer_ns, || {
             live.ping()
@@ -684,13 +706,15 @@ backends = [{{ cluster = "east", addr = "198.19.1.10:7007" }}]
         let reloads = &after["reloads"];
         assert_eq!(
             (reloads["ok"].as_u64(), reloads["rolled_back"].as_u64()),
-            (Some(0), Some(1)),
+            (Some(0), Some(rolled_back)),
             "{fault}: {reloads}"
         );
         assert_eq!(reloads["last"]["ok"], false, "{reloads}");
         let metrics = in_netns(&pair.node_ns, || get("/metrics"));
         assert!(
-            metrics.contains(r#"rialto_reloads_total{result="rolled_back"} 1"#),
+            metrics.contains(&format!(
+                r#"rialto_reloads_total{{result="rolled_back"}} {rolled_back}"#
+            )),
             "{metrics}"
         );
         let (status, summary) = rialto.terminate();
@@ -701,6 +725,22 @@ backends = [{{ cluster = "east", addr = "198.19.1.10:7007" }}]
 
 /// One raw HTTP/1.1 exchange with the API in this thread's namespace: the
 /// status code of the answer (`None` if there was none).
+/// `POST /api/v1/reload` with no body: reload the file.
+fn post_reload() -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    rialto_testbed::http()
+        .post("http://127.0.0.1:9600/api/v1/reload")
+        .send_empty()
+}
+
+/// The status code of an API answer.
+fn api_status(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> u16 {
+    match r {
+        Ok(r) => r.status().as_u16(),
+        Err(ureq::Error::StatusCode(code)) => code,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 fn raw_http(request: &[u8]) -> Option<u16> {
     let mut stream = TcpStream::connect("127.0.0.1:9600").unwrap();
     stream
@@ -732,18 +772,14 @@ fn the_api_bounds_requests_and_never_waits_for_a_reload() {
         &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
     );
     let post = |body: &str, kind: &str| {
-        ureq::post("http://127.0.0.1:9600/api/v1/reload")
+        rialto_testbed::http()
+            .post("http://127.0.0.1:9600/api/v1/reload")
             .header("Content-Type", kind)
             .send(body)
     };
-    let status_of = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| match r {
-        Ok(r) => r.status().as_u16(),
-        Err(ureq::Error::StatusCode(code)) => code,
-        Err(e) => panic!("{e}"),
-    };
     in_netns(&pair.node_ns, || {
         let garbage = "x".repeat(10 << 20);
-        assert_eq!(status_of(post(&garbage, "application/octet-stream")), 415);
+        assert_eq!(api_status(post(&garbage, "application/octet-stream")), 415);
         let huge = format!(
             "POST /api/v1/reload HTTP/1.1\r\nHost: x\r\nContent-Type: application/toml\r\nContent-Length: {}\r\n\r\n",
             17 << 20
@@ -757,6 +793,45 @@ fn the_api_bounds_requests_and_never_waits_for_a_reload() {
             raw_http(long_header.as_bytes()),
             Some(431),
             "headers beyond 16 KiB"
+        );
+        // A client that sends a byte a second is cut off at the request's
+        // deadline, however steadily it sends.
+        let mut slow = TcpStream::connect("127.0.0.1:9600").unwrap();
+        slow.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: "
+            .iter()
+            .chain(&[b'y'; 20])
+        {
+            if slow.write_all(&[*byte]).is_err() {
+                break;
+            }
+            let mut buf = [0; 512];
+            match slow.read(&mut buf) {
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    break;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+        }
+        let cut_after = started.elapsed();
+        let _ = slow.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 408 "),
+            "the slow request is answered 408: {answer:?}"
+        );
+        assert!(
+            cut_after < Duration::from_secs(9),
+            "cut off after {cut_after:?}, the deadline is 5 s"
         );
         let reloads = || status()["reloads"].clone();
         assert_eq!(reloads()["ok"], 0, "nothing was reloaded");
@@ -775,7 +850,8 @@ fn the_api_bounds_requests_and_never_waits_for_a_reload() {
             first,
             "the file is untouched"
         );
-        let r = ureq::post("http://127.0.0.1:9600/api/v1/reload")
+        let r = rialto_testbed::http()
+            .post("http://127.0.0.1:9600/api/v1/reload")
             .config()
             .http_status_as_error(false)
             .build()
@@ -791,7 +867,7 @@ fn the_api_bounds_requests_and_never_waits_for_a_reload() {
 
         // A valid one: in force, and the config file from now on.
         let second = config(&mac, &web(&format!("{POD_A}, {POD_B}")));
-        assert_eq!(status_of(post(&second, "application/toml")), 200);
+        assert_eq!(api_status(post(&second, "application/toml")), 200);
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             second,
@@ -820,7 +896,7 @@ fn the_api_bounds_requests_and_never_waits_for_a_reload() {
         let slowest = std::thread::scope(|s| {
             let reload = s.spawn(|| {
                 let start = std::time::Instant::now();
-                assert_eq!(status_of(post(&large, "application/toml")), 200);
+                assert_eq!(api_status(post(&large, "application/toml")), 200);
                 start.elapsed()
             });
             let mut slowest = Duration::ZERO;

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use rialto_testbed::{Rialto, Topology, ip, netns_command, workers_total};
+use rialto_testbed::{Rialto, Topology, Within, ip, netns_command, workers_total};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const REQUESTS: usize = 400;
@@ -61,8 +61,7 @@ fn requests(topology: &Topology, count: usize) -> BTreeMap<String, usize> {
     let out = netns_command(&topology.ns("client"), "curl")
         .args(["-s", "--max-time", "5"])
         .args(&urls)
-        .output()
-        .unwrap();
+        .output_by(Duration::from_secs(120));
     let mut answers = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         *answers.entry(line.to_owned()).or_default() += 1;
@@ -335,8 +334,7 @@ fn the_next_hops_mac_is_learned_and_followed() {
     ip("border", "neigh flush dev up0");
     let pinged = netns_command(&topology.ns("border"), "ping")
         .args(["-c", "1", "-W", "2", "198.18.1.254"])
-        .output()
-        .unwrap();
+        .output_by(Duration::from_secs(10));
     assert!(
         pinged.status.success(),
         "the router answers the node's kernel"

@@ -10,7 +10,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 use rialto_testbed::{
-    NODE_V4, NODE_V6, Pair, Rialto, VIP_V4, VIP_V6, in_netns, ip, netns_command, pings,
+    NODE_V4, NODE_V6, Pair, Rialto, VIP_V4, VIP_V6, Within, in_netns, ip, netns_command, pings,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
@@ -98,8 +98,7 @@ fn xdp_attached(pair: &Pair) -> bool {
             "dev",
             &pair.node_if,
         ])
-        .output()
-        .unwrap();
+        .output_by(Duration::from_secs(10));
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
@@ -231,7 +230,21 @@ backends = [{ cluster = "east", addr = "[fd00:119::10]:8080" }]
     );
     std::fs::remove_file(&config).unwrap();
     assert!(
-        e.starts_with("rialto: error: snat.addresses: fd00::1 is an address of this host ("),
+        e.starts_with("rialto: error: SNAT address fd00::1 is an address of this host ("),
+        "{e}"
+    );
+    assert!(!xdp_attached(&pair), "nothing was attached");
+    // The same from the command line's flags.
+    let vip = "[fd00::1]:22/TCP";
+    let e = startup_error(
+        &pair,
+        &[],
+        &["--mode", "reflect", "--iface", iface, "--vip", vip],
+    );
+    assert!(
+        e.starts_with(&format!(
+            "rialto: error: --vip: VIP {vip} is on an address of this host ("
+        )),
         "{e}"
     );
     assert!(!xdp_attached(&pair), "nothing was attached");
@@ -249,7 +262,8 @@ backends = [{ cluster = "east", addr = "[fd00:119::10]:8080" }]
 /// The API's `/metrics` of the rialto in namespace `ns`, parsed.
 fn scrape(ns: &str) -> prometheus_parse::Scrape {
     let text = in_netns(ns, || {
-        ureq::get("http://127.0.0.1:9600/metrics")
+        rialto_testbed::http()
+            .get("http://127.0.0.1:9600/metrics")
             .call()
             .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
             .body_mut()
@@ -338,7 +352,8 @@ fn a_worker_that_panics_fails_its_queue_open_and_the_other_serves_on() {
 
 /// The XDP program's packet counters, by reason, from the API.
 fn status_xdp() -> std::collections::BTreeMap<String, u64> {
-    let status: serde_json::Value = ureq::get("http://127.0.0.1:9600/api/v1/status")
+    let status: serde_json::Value = rialto_testbed::http()
+        .get("http://127.0.0.1:9600/api/v1/status")
         .call()
         .unwrap_or_else(|e| panic!("GET /api/v1/status: {e}"))
         .body_mut()

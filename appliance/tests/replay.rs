@@ -12,6 +12,7 @@ use std::{
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
 use rialto_dataplane::Verdict;
 use rialto_fixtures as fixtures;
+use rialto_testbed::Within;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
@@ -72,7 +73,7 @@ fn replay(config: &Path, input: &Path, output: &Path, decap: bool) -> Value {
     if decap {
         cmd.arg("--decap");
     }
-    let out = cmd.output().expect("rialto runs");
+    let out = cmd.output_by(Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "rialto replay failed: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -110,8 +111,7 @@ fn tshark_complaints(pcap: &Path) -> Vec<String> {
             "_ws.col.Info",
         ])
         .args(["-e", "_ws.expert.message", "-E", "separator=|"])
-        .output()
-        .expect("tshark is installed (setup.sh installs it)");
+        .output_by(Duration::from_secs(60));
     assert!(
         out.status.success(),
         "tshark failed: {}",
@@ -129,8 +129,7 @@ fn tshark_stacks(pcap: &Path) -> Vec<String> {
         .args(["-n", "-r"])
         .arg(pcap)
         .args(["-T", "fields", "-e", "frame.protocols"])
-        .output()
-        .expect("tshark runs");
+        .output_by(Duration::from_secs(60));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
@@ -502,8 +501,7 @@ fn a_capture_cut_mid_record_gives_the_summary_of_what_was_read() {
         .arg(dir.path("cut.pcap"))
         .arg("--out")
         .arg(dir.path("out.pcap"))
-        .output()
-        .unwrap();
+        .output_by(Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let summary: Value = serde_json::from_slice(&out.stdout).expect("the summary");
     assert_eq!(summary["truncated"], true);

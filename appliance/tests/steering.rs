@@ -9,9 +9,10 @@ use std::net::IpAddr;
 
 use etherparse::{IpHeaders, Ipv4Header, PacketBuilder};
 use rialto::afxdp::{PortConfig, XskPort};
+use rialto_dataplane::wire::ipv6::{self, MAX_EXTENSION_HEADERS as IPV6_EXT_MAX};
 use rialto_rules::{Proto, Steering as Rules};
 use rialto_testbed::{Pair, in_netns};
-use xdp_redirect::{IPV6_EXT_MAX, Reason, Steering};
+use xdp_redirect::{Reason, Steering};
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
@@ -314,15 +315,24 @@ fn classifies_every_rule_and_near_miss() {
     in_netns(&pair.node_ns, || {
         let mut steering = Steering::load(&rules()).expect("the steering program loads");
         // What the config check holds configs to is what the maps hold.
-        use rialto_tables::steering_capacity::{PEERS, SNAT_ADDRESSES, VIPS};
+        use rialto_tables::steering_capacity::{PEERS, SNAT_ADDRESSES, VIPS, VTEPS};
         assert_eq!(
             steering.capacities().unwrap(),
             [
                 ("rialto_vips", VIPS as u32),
                 ("rialto_peers", PEERS as u32),
                 ("rialto_snat", SNAT_ADDRESSES as u32),
+                ("rialto_vteps", VTEPS as u32),
             ]
         );
+        // Rules beyond a map are refused before anything is written.
+        let mut three_vteps = rules();
+        three_vteps.vteps = ["198.18.9.1", "198.18.9.2", "fd00::9:1"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        let refused = steering.check_fits(&three_vteps).unwrap_err().to_string();
+        assert_eq!(refused, "3 entries for the rialto_vteps map, which holds 2");
+        steering.check_fits(&rules()).expect("the test's rules fit");
         check_all(&steering, false);
 
         let port = XskPort::open(&pair.node_if, 0, &PortConfig::default()).expect("AF_XDP socket");
@@ -332,13 +342,12 @@ fn classifies_every_rule_and_near_miss() {
 }
 
 /// The XDP program and the userspace parser walk IPv6 extension headers
-/// equally far: for chains of every length around the limit, of
+/// equally far (`RIALTO_IPV6_EXT_MAX`, `MAX_EXTENSION_HEADERS`): for
+/// chains of every length around the limit, of
 /// destination options and authentication headers, the program steers the
 /// frame exactly when the parser finds its UDP header.
 #[test]
 fn the_program_and_the_parser_walk_extension_headers_equally_far() {
-    use rialto_dataplane::wire::ipv6;
-    assert_eq!(IPV6_EXT_MAX, ipv6::MAX_EXTENSION_HEADERS);
     let pair = Pair::up(1);
     in_netns(&pair.node_ns, || {
         let mut steering = Steering::load(&rules()).expect("the steering program loads");

@@ -79,7 +79,10 @@ fn report() {
     ] {
         for n in COUNTS {
             let bs = backends(n);
-            let counts = Table::build(hash, size, &bs).unwrap().slot_counts();
+            let counts = Table::build(hash, size, &bs)
+                .unwrap()
+                .slot_counts()
+                .to_vec();
             let ideal = f64::from(size) / f64::from(n);
             let share = |count: u32| {
                 format!(

@@ -1,11 +1,7 @@
 //! The traffic generator and sink (`rialto-traffic gen`, `rialto-traffic
 //! sink`) on a real veth pair, against the real `rialto run`.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use rialto_testbed::{Pair, Rialto, ip, netns_command, workspace_root};
 use serde_json::Value;
@@ -89,21 +85,9 @@ fn the_sink_gets_every_frame_the_generator_sends() {
         .spawn()
         .unwrap();
     // The sink is ready once it says so: its sockets are bound.
-    let (lines, log) = std::sync::mpsc::channel();
-    let stderr = BufReader::new(sink.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    while !seen.last().is_some_and(|l: &String| l.contains("started")) {
-        match log.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) => seen.push(line),
-            Err(_) => panic!("the sink did not start:\n{}", seen.join("\n")),
-        }
+    let log = rialto_testbed::lines_of(sink.stderr.take().unwrap());
+    if let Err(seen) = rialto_testbed::line_within(&log, "started", Duration::from_secs(20)) {
+        panic!("the sink did not start:\n{}", seen.join("\n"));
     }
     let sent = report(
         &pair.peer_ns,
@@ -193,7 +177,8 @@ fn the_generator_checks_rialtos_forwarding_plain_and_from_a_cluster() {
             .concat(),
         ),
     );
-    let (_, summary) = rialto.terminate();
+    let (status, summary) = rialto.terminate();
+    assert!(status.success(), "rialto stopped with {status}: {summary}");
     for (what, r) in [("plain", &plain), ("from west", &tunneled)] {
         assert_eq!(r["expect"], "forward", "{what}: {r}");
         assert_eq!(r["mismatches"], serde_json::json!({}), "{what}: {r}");

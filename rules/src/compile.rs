@@ -20,7 +20,7 @@ use rialto_tables::{
     Backend, BackendState, Cluster, Endpoint, FLOW_BYTES, Limits, MAX_VNI, MaglevHash, Node,
     SNAT_PORT_BYTES, Service, Snapshot, SnatPool, Timeouts,
     maglev::{self, MaglevError, WeightedBackend},
-    steering_capacity, vxlan_overhead,
+    not_a_host, steering_capacity, vxlan_overhead,
 };
 
 use crate::config::{self, Config, Mac, Spanned};
@@ -213,6 +213,9 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
         );
     }
     let (clusters, peers) = compile_clusters(config, &node, &mut p);
+    let snat_addrs: HashSet<IpAddr> = (snat.v4.iter().map(|&a| IpAddr::V4(a)))
+        .chain(snat.v6.iter().map(|&a| IpAddr::V6(a)))
+        .collect();
     let mut plans = Vec::with_capacity(config.services.len());
     let mut vips = HashMap::new();
     for (index, s) in config.services.iter().enumerate() {
@@ -230,7 +233,7 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
                 vips.insert(vip, index as u32);
             }
         }
-        if let Some(plan) = plan_service(s, config, &snat, &mut p) {
+        if let Some(plan) = plan_service(s, config, &snat, &snat_addrs, &mut p) {
             plans.push(plan);
         }
     }
@@ -256,8 +259,7 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
     }
     let vip_addrs: HashSet<IpAddr> = vips.keys().map(|v| v.addr).collect();
     let own_addrs = (vip_addrs.iter().copied())
-        .chain(snat.v4.iter().map(|&a| IpAddr::V4(a)))
-        .chain(snat.v6.iter().map(|&a| IpAddr::V6(a)))
+        .chain(snat_addrs.iter().copied())
         .chain(node.vtep_v4.map(IpAddr::V4))
         .chain(node.vtep_v6.map(IpAddr::V6))
         .collect();
@@ -271,6 +273,7 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
         vips,
         peers,
         vip_addrs,
+        snat_addrs,
         own_addrs,
     })
 }
@@ -460,6 +463,7 @@ fn plan_service(
     s: &config::Service,
     config: &Config,
     snat: &SnatPool,
+    snat_addrs: &HashSet<IpAddr>,
     report: &mut Problems,
 ) -> Option<Plan> {
     let name = s.name.get_ref();
@@ -487,7 +491,7 @@ fn plan_service(
         let field = format!("service {name:?}: vip");
         problem(s.vip.span(), CompileError::ZeroPort { field });
     }
-    if config.snat.addresses.get_ref().contains(&vip.addr) {
+    if snat_addrs.contains(&vip.addr) {
         let addr = vip.addr;
         problem(
             s.vip.span(),
@@ -626,24 +630,6 @@ fn table_size(s: &config::Service) -> u32 {
         .map_or(s.hash.default_table_size(), |m| *m.get_ref())
 }
 
-/// Why `addr` cannot be a host Rialto talks to or is, if it cannot.
-fn not_a_host(addr: IpAddr) -> Option<&'static str> {
-    match addr {
-        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
-        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
-        IpAddr::V4(a) if a.is_multicast() => Some("a multicast address"),
-        IpAddr::V4(a) if a.is_loopback() => Some("a loopback address"),
-        IpAddr::V4(a) if a.octets()[0] == 0 || a.octets()[0] >= 240 => Some("reserved"),
-        IpAddr::V6(a) if a.is_unspecified() => Some("unspecified"),
-        IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
-        IpAddr::V6(a) if a.is_loopback() => Some("the loopback address"),
-        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
-            Some("IPv4-mapped (write the IPv4 address itself)")
-        }
-        _ => None,
-    }
-}
-
 fn check_host(p: &mut Problems, span: Range<usize>, field: &str, addr: IpAddr) {
     if let Some(why) = not_a_host(addr) {
         let field = field.to_owned();
@@ -725,16 +711,23 @@ fn check_roles(config: &Config, p: &mut Problems) {
 /// sends carry MTUs their senders may use.
 fn check_mtu(config: &Config, p: &mut Problems) {
     let mtu = *config.node.mtu.get_ref();
+    // Per cluster, the families of its gateways.
+    let families: HashMap<&str, HashSet<bool>> = (config.clusters.iter())
+        .map(|c| {
+            let families = c.gateways.get_ref().iter().map(IpAddr::is_ipv6).collect();
+            (c.name.get_ref().as_str(), families)
+        })
+        .collect();
     let mut pairs = HashSet::new();
     for s in &config.services {
         let inner = s.vip.get_ref().addr.is_ipv6();
         for b in s.backends.get_ref() {
-            let cluster = config
-                .clusters
-                .iter()
-                .find(|c| c.name.get_ref() == b.cluster.get_ref());
-            for gateway in cluster.iter().flat_map(|c| c.gateways.get_ref()) {
-                pairs.insert((inner, gateway.is_ipv6()));
+            for &outer in families
+                .get(b.cluster.get_ref().as_str())
+                .into_iter()
+                .flatten()
+            {
+                pairs.insert((inner, outer));
             }
         }
     }

@@ -36,7 +36,7 @@ fn each_bad_file_gets_exactly_its_messages() {
         })
         .count();
     assert_eq!(errs, names.len(), "a .err per .toml: {names:?}");
-    assert_eq!(names.len(), 43, "the bad files: {names:?}");
+    assert_eq!(names.len(), 48, "the bad files: {names:?}");
     let mut failures = Vec::new();
     for name in &names {
         let text = std::fs::read_to_string(dir.join(format!("{name}.toml"))).unwrap();
@@ -53,4 +53,51 @@ fn each_bad_file_gets_exactly_its_messages() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// More VIPs, gateways and SNAT addresses than the XDP program's maps hold,
+/// each refused at its field (a generated config: the files would be
+/// large).
+#[test]
+fn more_than_the_xdp_maps_hold_is_refused() {
+    use rialto_rules::steering_capacity::{PEERS, SNAT_ADDRESSES, VIPS};
+    let addr = |base: u8, i: usize| format!("\"198.{base}.{}.{}\"", i / 250, 1 + i % 250);
+    let list = |base, n| (0..n).map(|i| addr(base, i)).collect::<Vec<_>>().join(", ");
+    let mut text = format!(
+        "[node]\nvteps = [\"198.18.255.1\"]\nnext_hop_mac = \"02:00:00:00:00:fe\"\n\
+         [snat]\naddresses = [{}]\n\
+         [[cluster]]\nname = \"east\"\nvni = 100\ngateways = [{}]\n\
+         gateway_mac = \"02:00:00:00:02:01\"\n",
+        list(19, SNAT_ADDRESSES + 1),
+        list(18, PEERS + 1),
+    );
+    for i in 0..=VIPS {
+        let (port, proto) = (1 + i % 65535, if i < 65535 { "TCP" } else { "UDP" });
+        text += &format!(
+            "[[service]]\nname = \"s{i}\"\nvip = \"198.18.254.1:{port}/{proto}\"\n\
+             table_size = 251\nbackends = [{{ cluster = \"east\", addr = \"198.18.253.1:80\" }}]\n"
+        );
+    }
+    let rejected = rialto_rules::load("many.toml", &text)
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        format!(
+            "service: {} VIPs, but the XDP program holds {VIPS} at most",
+            VIPS + 1
+        ),
+        format!(
+            "cluster: gateways: {} gateways, but the XDP program holds {PEERS} at most",
+            PEERS + 1
+        ),
+        format!(
+            "snat.addresses: {} addresses, but the XDP program holds {SNAT_ADDRESSES} at most",
+            SNAT_ADDRESSES + 1
+        ),
+    ] {
+        assert!(
+            rejected.lines().any(|l| l.ends_with(&expected)),
+            "{expected:?} in:\n{rejected}"
+        );
+    }
 }

@@ -7,11 +7,14 @@
 
 use std::{
     fs::File,
-    io::Read,
+    io::{BufRead, BufReader, Read},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -125,6 +128,62 @@ pub fn output_within(cmd: &mut Command, timeout: Duration) -> Result<Output, Str
         )
     })
 }
+
+/// The lines of `pipe` (a child's stderr, say) as they come, read on a
+/// thread of their own.
+pub fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// Waits for a line containing `needle`, within one deadline however many
+/// other lines come: the line, or every line seen before the deadline.
+pub fn line_within(
+    lines: &mpsc::Receiver<String>,
+    needle: &str,
+    timeout: Duration,
+) -> Result<String, Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains(needle) => return Ok(line),
+            Ok(line) => seen.push(line),
+            Err(_) => return Err(seen),
+        }
+    }
+}
+
+/// [`output_within`] for a command built in place: its output, or a panic
+/// that says what it printed if it does not finish in time.
+pub trait Within {
+    fn output_by(&mut self, timeout: Duration) -> Output;
+}
+
+impl Within for Command {
+    fn output_by(&mut self, timeout: Duration) -> Output {
+        output_within(self, timeout).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// An HTTP client for the operator API whose every request has a deadline
+/// (ureq sets none by default); answers of 4xx and 5xx are errors.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(HTTP_TIMEOUT))
+        .build()
+        .into()
+}
+
+/// How long a request to the operator API may take, answer included.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Waits for a child whose stdout and stderr are piped (or taken), within
 /// `timeout`; kills it if it is still running then. Its output either way.

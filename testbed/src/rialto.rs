@@ -1,7 +1,6 @@
 //! A running `rialto` binary inside a namespace, stopped by the test.
 
 use std::{
-    io::{BufRead, BufReader},
     process::{Child, ExitStatus, Stdio},
     sync::{Mutex, mpsc},
     time::Duration,
@@ -14,6 +13,9 @@ use nix::{
 
 use crate::netns_command;
 
+/// How long `rialto run` may take to start (load, attach, bind, learn the
+/// next hop).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopped `rialto run` may take to drain, detach and exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -35,26 +37,14 @@ impl Rialto {
             .stderr(Stdio::piped())
             .spawn()
             .expect("rialto starts");
-        let (tx, stderr) = mpsc::channel();
-        let pipe = BufReader::new(child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in pipe.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut log = Vec::new();
-        loop {
-            match stderr.recv_timeout(Duration::from_secs(10)) {
-                Ok(line) if line.contains("rialto ready") => break,
-                Ok(line) => log.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("rialto did not become ready:\n{}", log.join("\n"));
-                }
-            }
+        let stderr = crate::lines_of(child.stderr.take().unwrap());
+        if let Err(log) = crate::line_within(&stderr, "rialto ready", READY_TIMEOUT) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "rialto did not become ready within {READY_TIMEOUT:?}:\n{}",
+                log.join("\n")
+            );
         }
         Self {
             child: Some(child),
@@ -70,24 +60,13 @@ impl Rialto {
     /// Waits for a log line containing `needle` and returns it; panics
     /// with the lines seen meanwhile if none comes within `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let next = self
-                .stderr
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .recv_timeout(left);
-            match next {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!(
-                    "rialto never logged {needle:?}; it logged:\n{}",
-                    seen.join("\n")
-                ),
-            }
-        }
+        let lines = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        crate::line_within(&lines, needle, timeout).unwrap_or_else(|seen| {
+            panic!(
+                "rialto never logged {needle:?}; it logged:\n{}",
+                seen.join("\n")
+            )
+        })
     }
 
     pub fn signal(&self, signal: Signal) {

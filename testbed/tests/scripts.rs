@@ -1,16 +1,19 @@
 //! The testbed scripts are idempotent: `up` twice builds one testbed, `down`
 //! twice (or after a half-built one) leaves nothing behind.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
-use rialto_testbed::{Teardown, ip, require_root, script as run};
+use rialto_testbed::{Teardown, Within, ip, require_root, script as run};
+
+/// How long a quick command (`ip`, `pgrep`) may take.
+const QUICK: Duration = Duration::from_secs(10);
 
 fn pair_sh(args: &[&str]) {
     run("pair.sh", args);
 }
 
 fn namespaces() -> String {
-    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let out = Command::new("ip").args(["netns", "list"]).output_by(QUICK);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -47,8 +50,8 @@ fn down_cleans_up_a_half_built_testbed() {
     assert!(
         Command::new("ip")
             .args(["netns", "add", &node])
-            .status()
-            .unwrap()
+            .output_by(QUICK)
+            .status
             .success()
     );
     pair_sh(&["down", &name]);
@@ -64,8 +67,7 @@ fn processes_in(name: &str) -> usize {
         .map(|ns| {
             let out = Command::new("ip")
                 .args(["netns", "pids", ns])
-                .output()
-                .unwrap();
+                .output_by(QUICK);
             String::from_utf8_lossy(&out.stdout).lines().count()
         })
         .sum()
@@ -84,8 +86,7 @@ fn topology_up_twice_then_down_leaves_no_namespace_and_no_server() {
     assert_eq!(processes_in(&name), 8);
     let servers = Command::new("pgrep")
         .args(["-f", &format!("rialto-testbed-{name}/")])
-        .output()
-        .unwrap();
+        .output_by(QUICK);
     assert_eq!(
         String::from_utf8_lossy(&servers.stdout).lines().count(),
         4,
@@ -96,7 +97,6 @@ fn topology_up_twice_then_down_leaves_no_namespace_and_no_server() {
     assert_eq!(ours(&name), 0, "{}", namespaces());
     let servers = Command::new("pgrep")
         .args(["-f", &format!("rialto-testbed-{name}/")])
-        .output()
-        .unwrap();
+        .output_by(QUICK);
     assert!(servers.stdout.is_empty(), "the pods' servers are stopped");
 }

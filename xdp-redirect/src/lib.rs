@@ -8,7 +8,7 @@
 
 mod maps;
 
-pub use maps::{Counter, Counters, IPV6_EXT_MAX, Reason};
+pub use maps::{Counter, Counters, Reason};
 
 use std::{io, os::fd::AsRawFd, sync::Arc};
 
@@ -62,6 +62,12 @@ pub enum SteeringError {
     },
     #[error("the steering program's test run failed: {0}")]
     TestRun(#[source] ProgramError),
+    #[error("{count} entries for the {map} map, which holds {max}")]
+    TooMany {
+        map: &'static str,
+        count: usize,
+        max: u32,
+    },
 }
 
 fn io_error(e: &ProgramError) -> Option<&io::Error> {
@@ -149,6 +155,7 @@ impl Steering {
                 }
                 _ => SteeringError::Load(EbpfError::ProgramError(e)),
             })?;
+        steering.check_fits(rules)?;
         steering.apply(rules)?;
         Ok(steering)
     }
@@ -251,8 +258,9 @@ impl Steering {
     }
 
     /// How many entries each address or VIP map holds at most, as the
-    /// kernel created it: `rialto_vips`, `rialto_peers`, `rialto_snat`.
-    pub fn capacities(&self) -> Result<[(&'static str, u32); 3], SteeringError> {
+    /// kernel created it: `rialto_vips`, `rialto_peers`, `rialto_snat`,
+    /// `rialto_vteps`.
+    pub fn capacities(&self) -> Result<[(&'static str, u32); 4], SteeringError> {
         let capacity = |name: &'static str| {
             let map = self
                 .ebpf
@@ -268,7 +276,23 @@ impl Steering {
             capacity("rialto_vips")?,
             capacity("rialto_peers")?,
             capacity("rialto_snat")?,
+            capacity("rialto_vteps")?,
         ])
+    }
+
+    /// Whether the maps hold all of `rules`, whatever they came from (the
+    /// config, whose check counts the same, or the command line's flags):
+    /// checked before anything is written, so nothing goes in half.
+    pub fn check_fits(&self, rules: &rialto_tables::Steering) -> Result<(), SteeringError> {
+        let counts = [rules.vips.len()]
+            .into_iter()
+            .chain(address_sets(rules).map(|(_, addrs)| addrs.len()));
+        for ((map, max), count) in self.capacities()?.into_iter().zip(counts) {
+            if count > max as usize {
+                return Err(SteeringError::TooMany { map, count, max });
+            }
+        }
+        Ok(())
     }
 
     /// Runs the program once over `frame` in the kernel (`BPF_PROG_TEST_RUN`)

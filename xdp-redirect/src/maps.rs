@@ -59,9 +59,6 @@ impl Config {
     }
 }
 
-/// `RIALTO_IPV6_EXT_MAX`: IPv6 extension headers the program walks at most.
-pub const IPV6_EXT_MAX: usize = 8;
-
 /// `struct rialto_counter`, as aya reads it: packets, then bytes.
 pub(crate) type CounterValue = [u64; 2];
 

@@ -70,9 +70,11 @@ pub enum DropReason {
     NoBackend,
     /// The worker's SNAT ports for the family and protocol are all in use.
     SnatExhausted,
-    /// Too big once encapsulated, and IPv4 without DF: no ICMP is asked for.
+    /// Too big once encapsulated, and no ICMP error sent: IPv4 without DF
+    /// (none is asked for), or beyond the ICMP error rate.
     TooBig,
-    /// TTL ran out on a packet that may not get an ICMP error back.
+    /// TTL ran out, and no ICMP error sent: the packet may not get one
+    /// back, or beyond the ICMP error rate.
     TtlExceeded,
     /// No room in front of the frame for the headers to push.
     NoHeadroom,

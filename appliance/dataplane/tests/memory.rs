@@ -7,12 +7,12 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     sync::{
-        Mutex,
+        Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering::Relaxed},
     },
 };
 
-use proptest::prelude::*;
+use proptest::{prelude::*, test_runner::TestRunner};
 use rialto_dataplane::{
     Pipeline,
     pipeline::{conntrack::Conntrack, snat::SnatPorts},
@@ -48,13 +48,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// One measurement at a time: the counters are the whole process's.
-static MEASURING: Mutex<()> = Mutex::new(());
+/// One test at a time: the counters are the whole process's, so whatever
+/// another test allocates meanwhile would count in a measure. Every test
+/// holds it throughout.
+fn alone() -> MutexGuard<'static, ()> {
+    static ALONE: Mutex<()> = Mutex::new(());
+    ALONE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The peak of the bytes `f` allocated beyond what was live before it,
-/// and what it returned.
+/// and what it returned (under [`alone`]).
 fn peak_of<T>(f: impl FnOnce() -> T) -> (usize, T) {
-    let _alone = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let before = LIVE.load(Relaxed);
     PEAK.store(before, Relaxed);
     let value = f();
@@ -63,6 +67,7 @@ fn peak_of<T>(f: impl FnOnce() -> T) -> (usize, T) {
 
 #[test]
 fn a_flow_table_takes_at_most_flow_bytes_per_flow() {
+    let _alone = alone();
     let pool = SnatPool {
         v4: vec!["198.18.200.1".parse().unwrap()],
         v6: vec![],
@@ -120,6 +125,7 @@ gateway_mac = "02:00:00:00:02:01"
 /// reason, under one it does not.
 #[test]
 fn the_cap_decides() {
+    let _alone = alone();
     let fits = config(100_000, 64, &[65537], 1, 1000);
     assert!(rialto_rules::load("memory.toml", &fits).is_ok());
     let tight = config(100_000, 8, &[65537], 1, 1000);
@@ -130,32 +136,47 @@ fn the_cap_decides() {
     assert!(e.ends_with("above limits.memory_mib = 8"), "{e}");
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
-
-    /// Whatever the sizes asked for, a config the check accepts builds its
-    /// tables within its cap; and the check refuses some.
-    #[test]
-    fn every_accepted_config_builds_within_its_cap(
-        flows in prop_oneof![1u32..10_000, 10_000u32..2_000_000, Just(u32::MAX)],
-        mib in 1u64..=96,
-        sizes in proptest::collection::vec(
+/// Whatever the sizes asked for, a config the check accepts builds its
+/// tables within its cap; and the check refuses some of them.
+#[test]
+fn every_accepted_config_builds_within_its_cap() {
+    let _alone = alone();
+    let strategy = (
+        prop_oneof![1u32..10_000, 10_000u32..2_000_000, Just(u32::MAX)],
+        1u64..=96,
+        proptest::collection::vec(
             prop_oneof![Just(251u32), Just(65537), Just(1_000_003), Just(16_777_213)],
             0..6,
         ),
-        addresses in 1u8..=4,
-        ports in 1u16..=64_000,
-    ) {
+        1u8..=4,
+        1u16..=64_000,
+    );
+    let (built, refused) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(48));
+    let outcome = runner.run(&strategy, |(flows, mib, sizes, addresses, ports)| {
         let text = config(flows, mib, &sizes, addresses, ports);
-        let (bytes, built) = peak_of(|| {
+        let (bytes, pipeline) = peak_of(|| {
             let tables = std::sync::Arc::new(rialto_rules::load("memory.toml", &text).ok()?);
             Some(Pipeline::balance(tables, 0, 1, [2, 0, 0, 0, 1, 1]))
         });
-        if built.is_some() {
-            prop_assert!(
-                bytes as u64 <= mib << 20,
-                "{bytes} B built, above the cap of {mib} MiB:\n{text}"
-            );
-        }
+        let Some(pipeline) = pipeline else {
+            refused.fetch_add(1, Relaxed);
+            return Ok(());
+        };
+        drop(pipeline);
+        built.fetch_add(1, Relaxed);
+        prop_assert!(
+            bytes as u64 <= mib << 20,
+            "{bytes} B built, above the cap of {mib} MiB:\n{text}"
+        );
+        Ok(())
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
     }
+    let (built, refused) = (built.into_inner(), refused.into_inner());
+    assert!(
+        built > 0 && refused > 0,
+        "{built} configs built and {refused} refused: the property needs both"
+    );
 }

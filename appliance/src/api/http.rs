@@ -3,11 +3,13 @@
 //!
 //! Each connection gets a thread of its own (at most [`MAX_CONNECTIONS`] at
 //! once; beyond, `503`), carries one request (`Connection: close`), and
-//! must send it within [`IO_TIMEOUT`]. The request line and headers take at
-//! most [`MAX_HEAD`] bytes (beyond, `431`), the body at most [`MAX_BODY`]
-//! (beyond, `413`, unread), and a body needs a `Content-Length` (`411`).
-//! Headers are parsed by `httparse`. A slow request, a reload that waits
-//! for the workers say, holds up its own connection only.
+//! must send it whole within [`IO_TIMEOUT`] of connecting; the answer gets
+//! as long again. The request line and headers take at most [`MAX_HEAD`]
+//! bytes (beyond, `431`), the body at most [`MAX_BODY`] (beyond, `413`; what
+//! the client still sends is read and dropped until the deadline, so that it
+//! sees the answer), and a body needs a `Content-Length` (`411`). Headers are
+//! parsed by `httparse`. A slow request, a reload that waits for the workers
+//! say, holds up its own connection only.
 
 use std::{
     io::{self, Read, Write},
@@ -17,7 +19,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tracing::debug;
@@ -30,8 +32,12 @@ const MAX_HEADERS: usize = 64;
 pub const MAX_BODY: usize = 16 << 20;
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
-/// How long a client may take to send its request, or to read the answer.
+/// How long a client may take to send its whole request, and again to read
+/// the answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the accepting thread rests after `accept` fails (out of file
+/// descriptors, say), rather than spinning on the error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A request, read whole.
 #[derive(Debug)]
@@ -133,8 +139,13 @@ fn accept(listener: &TcpListener, stop: &AtomicBool, handler: &Arc<Handler>) {
         if stop.load(Ordering::Acquire) {
             return;
         }
-        let Ok(mut stream) = stream else {
-            continue;
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                debug!("API accept failed: {e}");
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
         };
         if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
             busy.fetch_sub(1, Ordering::AcqRel);
@@ -142,40 +153,71 @@ fn accept(listener: &TcpListener, stop: &AtomicBool, handler: &Arc<Handler>) {
             let _ = respond(&mut stream, &Response::error(503, "too many connections"));
             continue;
         }
-        let (handler, busy) = (Arc::clone(handler), Arc::clone(&busy));
+        let (handler, done) = (Arc::clone(handler), Arc::clone(&busy));
         let spawned = std::thread::Builder::new()
             .name("rialto-api-conn".into())
             .spawn(move || {
                 serve(stream, &*handler);
-                busy.fetch_sub(1, Ordering::AcqRel);
+                done.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
+            // The closure, and the stream in it, are gone: the slot is freed
+            // here, and the client sees its connection closed.
+            busy.fetch_sub(1, Ordering::AcqRel);
             debug!("cannot serve an API connection: {e}");
         }
     }
 }
 
 /// Reads one request, answers it, closes.
-fn serve(mut stream: TcpStream, handler: &Handler) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let (response, refused) = match read(&mut stream) {
+fn serve(stream: TcpStream, handler: &Handler) {
+    let mut request = Deadline::new(&stream, IO_TIMEOUT);
+    let (response, refused) = match read(&mut request) {
         Ok(request) => (handler(&request), false),
         Err(refused) => (refused, true),
     };
-    if let Err(e) = respond(&mut stream, &response) {
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    if let Err(e) = respond(&mut &stream, &response) {
         debug!("API response not sent: {e}");
     }
     let _ = stream.shutdown(Shutdown::Write);
     if refused {
         // What the client still sends (a body too large, say) is read and
-        // dropped, so that it sees the answer rather than a reset.
-        let _ = io::copy(&mut (&stream).take(2 * MAX_BODY as u64), &mut io::sink());
+        // dropped until the request's deadline, so that it sees the answer
+        // rather than a reset.
+        let _ = io::copy(&mut request, &mut io::sink());
+    }
+}
+
+/// A stream read against one deadline for the whole request: a client that
+/// sends a byte every few seconds is cut off all the same.
+struct Deadline<'a> {
+    stream: &'a TcpStream,
+    until: Instant,
+}
+
+impl<'a> Deadline<'a> {
+    fn new(stream: &'a TcpStream, within: Duration) -> Self {
+        Self {
+            stream,
+            until: Instant::now() + within,
+        }
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
     }
 }
 
 /// The request on `stream`, or the answer that refuses it.
-fn read(stream: &mut TcpStream) -> Result<Request, Response> {
+fn read(stream: &mut Deadline<'_>) -> Result<Request, Response> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let (head_len, method, path, content_type, length) = loop {
@@ -232,8 +274,8 @@ fn read(stream: &mut TcpStream) -> Result<Request, Response> {
     if body.len() > length {
         return Err(Response::error(400, "more body than its Content-Length"));
     }
+    // The buffer grows with what arrives, not with what the client declared.
     let missing = length - body.len();
-    body.reserve_exact(missing);
     if let Err(e) = stream.take(missing as u64).read_to_end(&mut body) {
         return Err(Response::error(408, &format!("body not read: {e}")));
     }
@@ -248,18 +290,20 @@ fn read(stream: &mut TcpStream) -> Result<Request, Response> {
     })
 }
 
-fn respond(stream: &mut TcpStream, r: &Response) -> io::Result<()> {
+fn respond(stream: &mut impl Write, r: &Response) -> io::Result<()> {
     let reason = match r.status {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
         422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
     };

@@ -275,12 +275,13 @@ pub fn metrics(status: &Status) -> String {
 
     let mut generation = Family::gauge(
         "config_generation",
-        "Generation of the published config tables (Maglev included): one more per reload.",
+        "Generation of the published config tables (Maglev included): higher after each reload that published tables.",
     );
     generation.add(&[], status.generation);
     let mut reloads = Family::counter("reloads_total", "Config reloads, by result.");
     reloads.add(&[("result", "ok")], status.reloads.ok);
     reloads.add(&[("result", "rejected")], status.reloads.rejected);
+    reloads.add(&[("result", "failed")], status.reloads.failed);
     reloads.add(&[("result", "rolled_back")], status.reloads.rolled_back);
     let mut last = Family::gauge(
         "last_reload_ok",

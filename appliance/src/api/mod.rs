@@ -9,11 +9,15 @@
 //!   does; with a TOML body (`Content-Type: application/toml`), check it,
 //!   put it in force, and make it the config file. `422` with the located
 //!   problems if it is invalid (nothing changes), `503` if it was valid but
-//!   rolled back, `415` for a body of another type.
+//!   rolled back, `409` while another reload runs (or with no config file),
+//!   `500` if the file cannot be read or written, `415` for a body of
+//!   another type.
 //!
 //! Reading never waits for a reload: the reads go to a [`View`] of
 //! atomics and shared tables, and only a reload takes the control plane's
-//! lock. The server ([`http`]) bounds what a client can make it hold.
+//! lock; a second reload is refused rather than queued, so reloads hold one
+//! connection at most. The server ([`http`]) bounds what a client can make
+//! it hold.
 
 mod http;
 mod metrics;
@@ -27,7 +31,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tracing::{error, info};
 
-use crate::control::{Control, RolledBack, Source, View};
+use crate::control::{Control, ReloadError, Source, View};
 
 /// The operator API's default address: loopback only.
 pub const DEFAULT_API: &str = "127.0.0.1:9600";
@@ -46,69 +50,89 @@ pub struct Api {
 
 impl Api {
     pub fn start(addr: SocketAddr, view: View, control: Arc<Mutex<Control>>) -> Result<Self> {
-        let server = http::Server::start(addr, move |request| handle(request, &view, &control))
+        let api = Handler {
+            view,
+            control,
+            reloading: Mutex::new(()),
+        };
+        let server = http::Server::start(addr, move |request| api.handle(request))
             .with_context(|| format!("cannot serve the API on {addr}"))?;
         info!(addr = %server.addr(), "API listening");
         Ok(Self { _server: server })
     }
 }
 
-fn handle(request: &http::Request, view: &View, control: &Mutex<Control>) -> http::Response {
-    let ok = |kind, body| http::Response::new(200, kind, body);
-    match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/metrics") => ok(TEXT, metrics::metrics(&view.status())),
-        ("GET", "/api/v1/status") => ok(JSON, json(&view.status())),
-        ("GET", "/api/v1/services") => ok(JSON, json(&view.services())),
-        ("POST", "/api/v1/reload") => reload(request, control),
-        (_, "/metrics" | "/api/v1/status" | "/api/v1/services" | "/api/v1/reload") => {
-            http::Response::error(405, "method not allowed")
-        }
-        _ => http::Response::error(404, "no such endpoint"),
-    }
+struct Handler {
+    view: View,
+    control: Arc<Mutex<Control>>,
+    /// Held by the API's reload in progress.
+    reloading: Mutex<()>,
 }
 
-/// `POST /api/v1/reload`: the file again, or the config in the body.
-fn reload(request: &http::Request, control: &Mutex<Control>) -> http::Response {
-    let text;
-    let source = if request.body.is_empty() {
-        Source::File
-    } else {
-        let kind = request.content_type.as_deref().unwrap_or("");
-        let kind = kind.split(';').next().unwrap_or("").trim();
-        if !TOML.iter().any(|t| kind.eq_ignore_ascii_case(t)) {
-            return http::Response::error(
-                415,
-                "a reload's body is a config: send it as application/toml, or send no body to reload the file",
-            );
+impl Handler {
+    fn handle(&self, request: &http::Request) -> http::Response {
+        let ok = |kind, body| http::Response::new(200, kind, body);
+        match (request.method.as_str(), request.path.as_str()) {
+            ("GET", "/metrics") => ok(TEXT, metrics::metrics(&self.view.status())),
+            ("GET", "/api/v1/status") => ok(JSON, json(&self.view.status())),
+            ("GET", "/api/v1/services") => ok(JSON, json(&self.view.services())),
+            ("POST", "/api/v1/reload") => self.reload(request),
+            (_, "/metrics" | "/api/v1/status" | "/api/v1/services" | "/api/v1/reload") => {
+                http::Response::error(405, "method not allowed")
+            }
+            _ => http::Response::error(404, "no such endpoint"),
         }
-        let Ok(body) = std::str::from_utf8(&request.body) else {
-            return http::Response::error(422, "the config is not UTF-8");
-        };
-        text = body;
-        Source::Text(text)
-    };
-    let outcome = control
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .reload(source);
-    match outcome {
-        Ok(generation) => {
-            info!(generation, "config reloaded through the API");
-            http::Response::new(
-                200,
-                JSON,
-                json(&serde_json::json!({ "generation": generation })),
-            )
-        }
-        Err(e) => {
-            error!("reload rejected, the running config stays: {e:#}");
-            let problems: Vec<String> = match e.downcast_ref::<rialto_rules::Rejected>() {
-                Some(rejected) => rejected.to_string().lines().map(str::to_owned).collect(),
-                None => vec![format!("{e:#}")],
+    }
+
+    /// `POST /api/v1/reload`: the file again, or the config in the body.
+    fn reload(&self, request: &http::Request) -> http::Response {
+        let text;
+        let source = if request.body.is_empty() {
+            Source::File
+        } else {
+            let kind = request.content_type.as_deref().unwrap_or("");
+            let kind = kind.split(';').next().unwrap_or("").trim();
+            if !TOML.iter().any(|t| kind.eq_ignore_ascii_case(t)) {
+                return http::Response::error(
+                    415,
+                    "a reload's body is a config: send it as application/toml, or send no body to reload the file",
+                );
+            }
+            let Ok(body) = std::str::from_utf8(&request.body) else {
+                return http::Response::error(422, "the config is not UTF-8");
             };
-            let status = if e.is::<RolledBack>() { 503 } else { 422 };
-            let body = serde_json::json!({ "error": format!("{e:#}"), "problems": problems });
-            http::Response::new(status, JSON, json(&body))
+            text = body;
+            Source::Text(text)
+        };
+        let Ok(_reloading) = self.reloading.try_lock() else {
+            return http::Response::error(409, "another reload is in progress; try again");
+        };
+        let outcome = self
+            .control
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reload(source);
+        match outcome {
+            Ok(generation) => {
+                info!(generation, "config reloaded through the API");
+                http::Response::new(
+                    200,
+                    JSON,
+                    json(&serde_json::json!({ "generation": generation })),
+                )
+            }
+            Err(e) => {
+                error!("reload rejected, the running config stays: {e}");
+                let problems: Vec<String> = match &e {
+                    ReloadError::Invalid(e) => match e.downcast_ref::<rialto_rules::Rejected>() {
+                        Some(rejected) => rejected.to_string().lines().map(str::to_owned).collect(),
+                        None => vec![format!("{e:#}")],
+                    },
+                    _ => vec![e.to_string()],
+                };
+                let body = serde_json::json!({ "error": e.to_string(), "problems": problems });
+                http::Response::new(e.status(), JSON, json(&body))
+            }
         }
     }
 }

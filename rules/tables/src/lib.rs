@@ -34,13 +34,33 @@ pub const FLOW_BYTES: u64 = 160;
 pub const SNAT_PORT_BYTES: u64 = 2;
 
 /// What VXLAN adds to a packet against the uplink's MTU: the inner
-/// Ethernet header, outer IP, UDP and VXLAN (the dataplane's
-/// `encap::overhead`, which its tests hold to this).
+/// Ethernet header, outer IP, UDP and VXLAN (the dataplane's encapsulation,
+/// whose tests hold it to this).
 pub const fn vxlan_overhead(v6_underlay: bool) -> usize {
     if v6_underlay {
         14 + 40 + 8 + 8
     } else {
         14 + 20 + 8 + 8
+    }
+}
+
+/// Why `addr` cannot be a host Rialto talks to or is, if it cannot: what
+/// the config check refuses, and the sources the dataplane drops as
+/// martians.
+pub fn not_a_host(addr: IpAddr) -> Option<&'static str> {
+    match addr {
+        IpAddr::V4(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_loopback() => Some("a loopback address"),
+        IpAddr::V4(a) if a.octets()[0] == 0 || a.octets()[0] >= 240 => Some("reserved"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("unspecified"),
+        IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(a) if a.is_loopback() => Some("the loopback address"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("IPv4-mapped (write the IPv4 address itself)")
+        }
+        _ => None,
     }
 }
 
@@ -52,6 +72,8 @@ pub mod steering_capacity {
     pub const PEERS: usize = 4096;
     /// `rialto_snat`.
     pub const SNAT_ADDRESSES: usize = 4096;
+    /// `rialto_vteps`: one per family.
+    pub const VTEPS: usize = 2;
 }
 
 /// The dataplane's view of one config.
@@ -69,6 +91,8 @@ pub struct Snapshot {
     pub peers: HashMap<IpAddr, u16>,
     /// The addresses of the VIPs (a VIP is an address, a port and a protocol).
     pub vip_addrs: HashSet<IpAddr>,
+    /// `snat`'s addresses, to be looked up per packet.
+    pub snat_addrs: HashSet<IpAddr>,
     /// Rialto's own addresses: VIPs, SNAT addresses, VTEPs. No packet from
     /// outside comes from one of them.
     pub own_addrs: HashSet<IpAddr>,
@@ -84,6 +108,16 @@ pub struct Node {
     pub vtep_v6: Option<Ipv6Addr>,
     pub mtu: u16,
     pub vxlan_port: u16,
+}
+
+impl Node {
+    /// Rialto's VTEP of `addr`'s family, if it has one.
+    pub fn vtep_for(&self, addr: IpAddr) -> Option<IpAddr> {
+        match addr {
+            IpAddr::V4(_) => self.vtep_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.vtep_v6.map(IpAddr::V6),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

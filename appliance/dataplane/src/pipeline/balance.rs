@@ -13,7 +13,7 @@ use rialto_tables::{Endpoint, Proto, Snapshot};
 use super::{
     conntrack::{Conntrack, Direction, Flow, FlowKey, InsertError, Side, TcpState, UPLINK},
     encap::{self, Link, Tunnel},
-    icmp::{self, ErrorKind, Quoted},
+    icmp::{self, ErrorKind, Quoted, RateLimit},
     nat::{self, Headers},
     packet::{Addr, Ip, Ports, TCP, UDP, from_ip, is_icmp_error, is_martian, to_ip},
     snat::SnatPorts,
@@ -25,11 +25,13 @@ use crate::{
 
 /// Slots of the flow table the sweep visits per batch.
 const SWEEP_BUDGET: usize = 64;
-/// Slots it visits when the worker wakes without traffic (at most ten
-/// times a second): a quarter of a million slots, the default table, in
-/// under two seconds, so an idle worker's expired flows give their SNAT
-/// ports back soon after they expire.
+/// Slots it visits when the worker is idle (no frame came), at most every
+/// [`IDLE_SWEEP_EVERY_NS`]: a quarter of a million slots, the default
+/// table, in under two seconds, so an idle worker's expired flows give
+/// their SNAT ports back soon after they expire; a trickle of traffic does
+/// not pay for a big sweep per packet.
 const IDLE_SWEEP_BUDGET: usize = 16_384;
+const IDLE_SWEEP_EVERY_NS: u64 = 100_000_000;
 
 /// Events of the balancer that are not drops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -60,6 +62,11 @@ pub struct Balancer {
     worker: u32,
     workers: u32,
     counters: Counters,
+    /// The time of the batch, in nanoseconds.
+    now_ns: u64,
+    /// When the next idle sweep may run.
+    idle_sweep_at: u64,
+    icmp_errors: RateLimit,
 }
 
 impl Balancer {
@@ -82,6 +89,9 @@ impl Balancer {
             worker,
             workers,
             counters: Counters::default(),
+            now_ns: 0,
+            idle_sweep_at: 0,
+            icmp_errors: RateLimit::default(),
         };
         balancer.set_macs();
         balancer.flows.recount(&layout(&balancer.tables));
@@ -177,7 +187,8 @@ impl Balancer {
     /// Once per batch: expire a few idle flows; many more when `idle` (no
     /// frame came).
     pub fn tick(&mut self, now_ns: u64, idle: bool) {
-        let budget = if idle {
+        let budget = if idle && now_ns >= self.idle_sweep_at {
+            self.idle_sweep_at = now_ns + IDLE_SWEEP_EVERY_NS;
             IDLE_SWEEP_BUDGET
         } else {
             SWEEP_BUDGET
@@ -186,6 +197,7 @@ impl Balancer {
     }
 
     pub fn process(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Verdict {
+        self.now_ns = now_ns;
         match self.run(frame, seconds(now_ns)) {
             Ok(verdict) | Err(verdict) => verdict,
         }
@@ -234,7 +246,6 @@ impl Balancer {
         if ip.ttl <= 1 {
             return self.send_error(frame, &ip, ErrorKind::TimeExceeded, side, &link);
         }
-        self.flows.touch(id, direction, ports.tcp_flags, now);
         // Only what the rewrite needs is read out of the flow, not the flow.
         let flow = self.flows.flow(id);
         let hash = flow.hash;
@@ -256,6 +267,8 @@ impl Balancer {
             }
             return self.send_error(frame, &ip, ErrorKind::TooBig { mtu }, side, &link);
         }
+        // Only a packet that goes on moves its flow along.
+        self.flows.touch(id, direction, ports.tcp_flags, now);
         let buf = frame.buffer_mut();
         let headers = Headers::from(&ip);
         nat::rewrite(buf, &headers, (&src, src_port), (&dst, dst_port));
@@ -298,15 +311,16 @@ impl Balancer {
         if datagram.dst_port() != self.tables.node.vxlan_port {
             return Ok(None);
         }
-        let remote = to_ip(&outer.src);
+        let (remote, local) = (to_ip(&outer.src), to_ip(&outer.dst));
+        let to_vtep = self.tables.node.vtep_for(local) == Some(local);
+        if !to_vtep && self.serves_udp(local, datagram.dst_port()) {
+            // A UDP service on the VXLAN port, which is not a tunnel.
+            return Ok(None);
+        }
         let Some(&cluster) = self.tables.peers.get(&remote) else {
             return Err(Verdict::Drop(DropReason::UnknownPeer));
         };
-        let local = match remote {
-            IpAddr::V4(_) => self.tables.node.vtep_v4.map(IpAddr::V4),
-            IpAddr::V6(_) => self.tables.node.vtep_v6.map(IpAddr::V6),
-        };
-        if !any_vtep && local != Some(to_ip(&outer.dst)) {
+        if !any_vtep && !to_vtep {
             return Err(Verdict::Drop(DropReason::NotOurVtep));
         }
         let header = vxlan::Packet::new_checked(datagram.payload())?;
@@ -508,6 +522,12 @@ impl Balancer {
         if ip.at < icmp::headers_len(ip.v6) {
             return Err(Verdict::Drop(DropReason::NoHeadroom));
         }
+        if !self.icmp_errors.allow(self.now_ns) {
+            return Err(Verdict::Drop(match kind {
+                ErrorKind::TimeExceeded => DropReason::TtlExceeded,
+                ErrorKind::TooBig { .. } => DropReason::TooBig,
+            }));
+        }
         let (at, end) = icmp::make_error(frame.buffer_mut(), ip, kind, &ip.dst);
         let hash = super::packet::flow_hash(&ip.dst, &ip.src, 0, 0, ip.proto);
         let sent = self.output(frame, at, end, ip.ethertype(), 0, hash, side, link)?;
@@ -552,10 +572,7 @@ impl Balancer {
         let c = self.tables.clusters.get(usize::from(cluster))?;
         let remote = *c.gateways.get(usize::from(gateway))?;
         let node = &self.tables.node;
-        let local = match remote {
-            IpAddr::V4(_) => node.vtep_v4.map(IpAddr::V4),
-            IpAddr::V6(_) => node.vtep_v6.map(IpAddr::V6),
-        }?;
+        let local = node.vtep_for(remote)?;
         Some(Tunnel {
             vni: c.vni,
             v6: remote.is_ipv6(),
@@ -578,7 +595,7 @@ impl Balancer {
             .is_ipv6();
         // The outer Ethernet header does not count against the MTU and the
         // inner one does: the same 14 bytes.
-        let overhead = encap::overhead(v6);
+        let overhead = rialto_tables::vxlan_overhead(v6);
         let mtu = usize::from(self.tables.node.mtu);
         (ip.len + overhead > mtu).then(|| mtu.saturating_sub(overhead) as u16)
     }
@@ -611,10 +628,17 @@ impl Balancer {
     }
 
     fn is_snat(&self, addr: &Addr) -> bool {
-        match to_ip(addr) {
-            IpAddr::V4(a) => self.tables.snat.v4.contains(&a),
-            IpAddr::V6(a) => self.tables.snat.v6.contains(&a),
-        }
+        self.tables.snat_addrs.contains(&to_ip(addr))
+    }
+
+    /// Whether a UDP service listens on `addr`, `port`.
+    fn serves_udp(&self, addr: IpAddr, port: u16) -> bool {
+        let vip = Endpoint {
+            addr,
+            port,
+            proto: Proto::Udp,
+        };
+        self.tables.vips.contains_key(&vip)
     }
 }
 

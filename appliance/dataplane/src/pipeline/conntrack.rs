@@ -236,7 +236,8 @@ impl Conntrack {
     /// Creates a flow: takes a SNAT port of the backend's family, inserts
     /// the forward and reverse entries. `make` builds the flow from the SNAT
     /// address and port. When the table is full, the flow closest to expiry
-    /// among a few sampled makes room.
+    /// among a few sampled makes room: only once a port was found, so no
+    /// flow is evicted for one that cannot be made.
     pub fn insert(
         &mut self,
         v6: bool,
@@ -245,13 +246,13 @@ impl Conntrack {
         now: u32,
         make: impl FnOnce(Addr, u16) -> Flow,
     ) -> Result<u32, InsertError> {
-        if self.free.is_empty() {
-            self.evict();
-        }
         let (addr, port) = self
             .snat
             .take(v6, proto, hash)
             .ok_or(InsertError::SnatExhausted)?;
+        if self.free.is_empty() {
+            self.evict();
+        }
         let mut flow = make(addr, port);
         flow.expires = now.saturating_add(self.timeout(flow.forward.proto, flow.state));
         let id = self.free.pop().expect("a slot was freed above");

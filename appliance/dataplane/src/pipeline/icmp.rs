@@ -20,6 +20,49 @@ pub enum ErrorKind {
     TooBig { mtu: u16 },
 }
 
+/// ICMP errors a worker makes per second, at most, after a burst of
+/// [`ERROR_BURST`]: Linux's defaults (`net.ipv4.icmp_msgs_per_sec`,
+/// `icmp_msgs_burst`). A flood of TTL-1 or too-big packets, spoofed or not,
+/// is not reflected one for one (RFC 4443 §2.4 (f), RFC 1812 §4.3.2.8).
+pub const ERRORS_PER_SEC: u64 = 1000;
+/// ICMP errors a worker makes back to back before the rate applies.
+pub const ERROR_BURST: u64 = 50;
+
+/// A token bucket for the ICMP errors a worker makes.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit {
+    /// Tokens, in thousandths of an error (so the rate needs no division
+    /// per packet beyond nanoseconds to microseconds).
+    millis: u64,
+    last_ns: u64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            millis: ERROR_BURST * 1000,
+            last_ns: 0,
+        }
+    }
+}
+
+impl RateLimit {
+    /// Whether an error may be sent at `now_ns`; takes its token if so.
+    pub fn allow(&mut self, now_ns: u64) -> bool {
+        let elapsed_us = now_ns.saturating_sub(self.last_ns) / 1000;
+        self.last_ns = self.last_ns.max(now_ns);
+        // ERRORS_PER_SEC tokens a second: as many thousandths per ms, so
+        // ERRORS_PER_SEC / 1000 thousandths per microsecond.
+        let refill = elapsed_us.saturating_mul(ERRORS_PER_SEC) / 1000;
+        self.millis = (self.millis + refill).min(ERROR_BURST * 1000);
+        if self.millis < 1000 {
+            return false;
+        }
+        self.millis -= 1000;
+        true
+    }
+}
+
 /// The length of the IP and ICMP headers of an error of the family.
 pub const fn headers_len(v6: bool) -> usize {
     if v6 {

@@ -109,11 +109,6 @@ impl Ip {
         self.at + self.len
     }
 
-    /// The header length up to the transport header.
-    pub fn header_len(&self) -> usize {
-        self.l4 - self.at
-    }
-
     pub fn ethertype(&self) -> u16 {
         if self.v6 {
             ethernet::ethertype::IPV6
@@ -174,17 +169,10 @@ impl Ports {
 /// unspecified, loopback, multicast, limited broadcast, reserved (240/4,
 /// 0/8), or an IPv4-mapped address in an IPv6 header (`v6`).
 pub fn is_martian(addr: &Addr, v6: bool) -> bool {
-    match (to_ip(addr), v6) {
-        (IpAddr::V4(_), true) => true,
-        (IpAddr::V4(a), false) => {
-            a.is_unspecified()
-                || a.is_loopback()
-                || a.is_multicast()
-                || a.is_broadcast()
-                || a.octets()[0] >= 240
-                || a.octets()[0] == 0
-        }
-        (IpAddr::V6(a), _) => a.is_unspecified() || a.is_loopback() || a.is_multicast(),
+    match to_ip(addr) {
+        // IPv4-mapped, in an IPv6 header.
+        IpAddr::V4(_) if v6 => true,
+        ip => rialto_tables::not_a_host(ip).is_some(),
     }
 }
 

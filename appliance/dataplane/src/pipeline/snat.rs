@@ -3,9 +3,12 @@
 //! The pool's port range is cut into one contiguous slice per worker, so
 //! workers never share a port and the owner of a reply can be read from its
 //! destination port ([`SnatPorts::owner`]). Within its slice a worker keeps
-//! a stack of free ports per SNAT address and protocol: taking and giving
-//! back are O(1), and a port is never handed out while a flow holds it.
+//! a stack of free ports per SNAT address and protocol, found by address
+//! and protocol through an index: giving back is O(1) however many
+//! addresses the pool has, and a port is never handed out while a flow
+//! holds it.
 
+use hashbrown::HashMap;
 use rialto_tables::SnatPool;
 
 use super::packet::{Addr, TCP, UDP, from_ip};
@@ -22,6 +25,8 @@ struct Ports {
 #[derive(Debug)]
 pub struct SnatPorts {
     pools: Vec<Ports>,
+    /// (address, protocol) -> index into `pools`.
+    index: HashMap<(Addr, u8), usize>,
     first: u16,
     span: u32,
     worker: u32,
@@ -60,9 +65,13 @@ impl SnatPorts {
                     free: slice.clone(),
                 })
             })
+            .collect::<Vec<_>>();
+        let index = (pools.iter().enumerate())
+            .map(|(i, p)| ((p.addr, p.proto), i))
             .collect();
         Self {
             pools,
+            index,
             first: pool.ports.0,
             span,
             worker,
@@ -90,12 +99,8 @@ impl SnatPorts {
 
     /// Returns a port taken with [`Self::take`].
     pub fn give_back(&mut self, addr: &Addr, proto: u8, port: u16) {
-        if let Some(p) = self
-            .pools
-            .iter_mut()
-            .find(|p| p.addr == *addr && p.proto == proto)
-        {
-            p.free.push(port);
+        if let Some(&i) = self.index.get(&(*addr, proto)) {
+            self.pools[i].free.push(port);
         }
     }
 
@@ -106,11 +111,7 @@ impl SnatPorts {
 
     /// Whether `port` of `addr` for `proto` is in this slice (taken or not).
     pub fn holds(&self, addr: &Addr, proto: u8, port: u16) -> bool {
-        self.slice.contains(&u32::from(port))
-            && self
-                .pools
-                .iter()
-                .any(|p| p.addr == *addr && p.proto == proto)
+        self.slice.contains(&u32::from(port)) && self.index.contains_key(&(*addr, proto))
     }
 
     /// Takes out of the free ports every one `in_use` says a flow holds

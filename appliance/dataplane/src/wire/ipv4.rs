@@ -116,11 +116,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
         word(self.buffer.as_ref(), field::FLAGS_FRAG) & (MORE_FRAGMENTS | FRAGMENT_OFFSET) != 0
     }
 
-    /// A fragment other than the first: no transport header in it.
-    pub fn is_later_fragment(&self) -> bool {
-        word(self.buffer.as_ref(), field::FLAGS_FRAG) & FRAGMENT_OFFSET != 0
-    }
-
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }

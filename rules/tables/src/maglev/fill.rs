@@ -151,10 +151,7 @@ impl Fill {
 
     pub(super) fn finish(self) -> Table {
         debug_assert!(self.left == 0 && self.free.is_empty());
-        Table {
-            slots: self.slots.into_boxed_slice(),
-            backends: self.backends,
-        }
+        Table::new(self.slots.into_boxed_slice(), self.backends)
     }
 }
 

@@ -14,12 +14,12 @@ pub fn render(table: &Table, backends: &[WeightedBackend]) -> String {
     use fmt::Write as _;
 
     assert_eq!(
-        table.backends,
+        table.backends(),
         backends.len(),
         "render needs the backends the table was built from"
     );
-    let mut out = String::with_capacity(table.slots.len() * 24);
-    for (slot, &index) in table.slots.iter().enumerate() {
+    let mut out = String::with_capacity(table.slots().len() * 24);
+    for (slot, &index) in table.slots().iter().enumerate() {
         // Writing to a String cannot fail.
         let _ = writeln!(out, "{slot}\t{}", backends[index as usize].endpoint);
     }

@@ -5,21 +5,39 @@ use std::fmt;
 /// A service's Maglev lookup table.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Table {
-    pub(super) slots: Box<[u32]>,
-    /// How many backends the table was built from (the slice's length).
-    pub(super) backends: usize,
+    slots: Box<[u32]>,
+    /// How many slots each backend owns, indexed like the `backends` slice
+    /// the table was built from (whose length it has).
+    counts: Box<[u32]>,
 }
 
 impl fmt::Debug for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Table")
             .field("size", &self.size())
-            .field("backends", &self.backends)
+            .field("backends", &self.counts.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Table {
+    /// The table of `slots` (each an index below `backends`).
+    pub(super) fn new(slots: Box<[u32]>, backends: usize) -> Self {
+        let mut counts = vec![0; backends];
+        for &index in &*slots {
+            counts[index as usize] += 1;
+        }
+        Self {
+            slots,
+            counts: counts.into_boxed_slice(),
+        }
+    }
+
+    /// How many backends the table was built from.
+    pub fn backends(&self) -> usize {
+        self.counts.len()
+    }
+
     /// M.
     pub fn size(&self) -> u32 {
         self.slots.len() as u32
@@ -36,12 +54,9 @@ impl Table {
         self.slots[(flow_hash % self.slots.len() as u64) as usize]
     }
 
-    /// How many slots each backend owns, indexed like the `backends` slice.
-    pub fn slot_counts(&self) -> Vec<u32> {
-        let mut counts = vec![0; self.backends];
-        for &index in &*self.slots {
-            counts[index as usize] += 1;
-        }
-        counts
+    /// How many slots each backend owns, indexed like the `backends` slice
+    /// (counted once, when the table was built).
+    pub fn slot_counts(&self) -> &[u32] {
+        &self.counts
     }
 }
