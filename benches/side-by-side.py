@@ -154,6 +154,11 @@ class Device:
             args = ["run", "--iface", bed.dut_if, "--cores", cores]
             args += ["--config", self.config] if name == "rialto" else ["--mode", "reflect", "--vip", VIP + "/UDP"]
             args += ["--api", "127.0.0.1:9600"] if self.api else ["--no-api"]
+            # Each run starts with no flow left by the one before (testbed/lib.sh's
+            # state_dir, removed with the namespace).
+            state = Path("/dev/shm/rialto-testbed") / bed.dut_ns
+            shutil.rmtree(state, ignore_errors=True)
+            args += ["--state-dir", state]
             self.out = open(self.workdir / f"{name}.json", "w+")
             self.proc = subprocess.Popen(bed.dut(RIALTO, *args), stdout=self.out, stderr=open(self.log, "w"))
             wait_for(self.proc, self.log, "rialto ready")

@@ -32,7 +32,10 @@ bash "$here/topology.sh" up "$name" 2
 bash "$here/topology.sh" config "$name" >"$work/border.toml"
 "$bin" check "$work/border.toml"
 
-ip netns exec "$name-border" "$bin" run --iface up0 --config "$work/border.toml" >"$work/summary.json" 2>"$work/rialto.log" &
+# shellcheck source=testbed/lib.sh
+. "$here/lib.sh"
+ip netns exec "$name-border" "$bin" run --iface up0 --config "$work/border.toml" \
+	--state-dir "$(state_dir "$name-border")" >"$work/summary.json" 2>"$work/rialto.log" &
 pid=$!
 for _ in $(seq 100); do
 	in_ns border curl -sf -o /dev/null http://127.0.0.1:9600/api/v1/status && break

@@ -9,8 +9,14 @@ ns_add() {
 	ip -n "$1" link set lo up
 }
 
+# state_dir NS: where the Rialto in namespace NS keeps its flow tables
+# (rialto run --state-dir), removed with the namespace.
+state_dir() {
+	echo "/dev/shm/rialto-testbed/$1"
+}
+
 # ns_del NS: stop every process inside the namespace, then remove it and,
-# with it, every interface inside it.
+# with it, every interface inside it, and its Rialto's state directory.
 ns_del() {
 	local pids
 	pids=$(ip netns pids "$1" 2>/dev/null || true)
@@ -25,6 +31,7 @@ ns_del() {
 		kill -9 $(ip netns pids "$1" 2>/dev/null) 2>/dev/null || true
 	fi
 	ip netns del "$1" 2>/dev/null || true
+	rm -rf "$(state_dir "$1")"
 }
 
 # veth_tune NS DEV: what a veth needs to carry XDP and AF_XDP traffic.

@@ -11,11 +11,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 use rialto::{
     afxdp::Ledger,
+    state::{Resumed, StateDir},
     stats::{StatsSnapshot, WorkerStats},
-    worker::SharedTables,
+    worker::{Published, SharedTables},
 };
 use rialto_dataplane::pipeline::SnatUse;
-use rialto_rules::{Snapshot, Steering as SteeringRules, config::BackendState};
+use rialto_rules::{FlowContext, Snapshot, Steering as SteeringRules, config::BackendState};
 use serde::Serialize;
 use tracing::{error, warn};
 use xdp_redirect::{Counter, CounterReader, Steering};
@@ -52,6 +53,8 @@ pub struct View {
     pub workers: Vec<(u32, Arc<WorkerStats>)>,
     pub reloads: Arc<Mutex<Reloads>>,
     pub xdp: CounterReader,
+    /// What became of the flows a previous Rialto left (balance mode).
+    pub resumed: Option<Resumed>,
 }
 
 /// The running appliance, as the control plane changes it: one reload at
@@ -71,6 +74,9 @@ pub struct Control {
     pub failed_open: Vec<u32>,
     /// What a reloaded config's tables may take.
     pub budget: rialto_rules::Budget,
+    /// Where the flows and their contexts outlive the process (balance
+    /// mode).
+    pub state: Option<Arc<StateDir>>,
 }
 
 /// Why a reload did not happen. In every case the running config stays in
@@ -143,6 +149,8 @@ pub struct Status {
     pub generation: u64,
     pub reloads: Reloads,
     pub xdp: BTreeMap<&'static str, Counter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Resumed>,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -245,28 +253,38 @@ impl Control {
             Source::File => None,
             Source::Text(text) => Some(Pending::write(&path, text).map_err(ReloadError::Io)?),
         };
+        // What the flows' indices will mean, saved before any flow refers
+        // to it, so that a restart at any point finds it.
+        let context = match &self.state {
+            Some(state) => state
+                .save_context(&FlowContext::of(&tables))
+                .map_err(ReloadError::Io)?,
+            None => 0,
+        };
         let (added, removed) = self.rules.diff(&rules);
-        let running = shared.current();
+        let running = shared.published();
         // All or nothing: each step undoes the ones before it if it fails.
         if let Err(e) = self.steering.remove(&removed) {
             self.restore_steering(&removed, None);
+            self.keep_context(running.context);
             return Err(ReloadError::RolledBack(format!(
                 "the XDP maps refused a removal: {e}"
             )));
         }
-        let generation = shared.publish(Arc::new(tables));
+        let generation = shared.publish(Arc::new(tables), context);
         if let Err(e) = self.await_workers(generation) {
-            self.restore_tables(&shared, running);
+            self.restore_tables(&shared, &running);
             self.restore_steering(&removed, None);
             return Err(ReloadError::RolledBack(e));
         }
         if let Err(e) = self.add_steering(&added) {
-            self.restore_tables(&shared, running);
+            self.restore_tables(&shared, &running);
             self.restore_steering(&removed, Some(&added));
             return Err(ReloadError::RolledBack(format!(
                 "the XDP maps refused an entry: {e:#}"
             )));
         }
+        self.keep_context(context);
         self.rules = rules;
         if let Some(pending) = pending
             && let Err(e) = pending.replace(&path)
@@ -314,10 +332,18 @@ impl Control {
     }
 
     /// Puts the running tables back in force after a failed reload.
-    fn restore_tables(&self, shared: &SharedTables, running: Arc<Snapshot>) {
-        let generation = shared.publish(running);
+    fn restore_tables(&self, shared: &SharedTables, running: &Published) {
+        let generation = shared.publish(Arc::clone(&running.tables), running.context);
         if let Err(e) = self.await_workers(generation) {
             warn!("rolling a reload back: {e}");
+        }
+        self.keep_context(running.context);
+    }
+
+    /// Only the saved context `id` is referred to from now on.
+    fn keep_context(&self, id: u32) {
+        if let Some(state) = &self.state {
+            state.retain_contexts(&[id]);
         }
     }
 
@@ -399,6 +425,7 @@ impl View {
             generation: self.tables.as_ref().map_or(0, |t| t.generation()),
             reloads: self.reloads().clone(),
             xdp,
+            resumed: self.resumed,
             workers: self
                 .workers
                 .iter()

@@ -19,11 +19,12 @@ use rialto::{
     afxdp::{BindMode, Ledger, PortConfig, XskPort},
     host::{self, XdpMode, iface_mac, load_config, rx_queue_count},
     nexthop::NextHop,
+    state::{MappedSlots, Resumed, StateDir, longest, resume},
     stats::{StatsSnapshot, WorkerStats},
-    worker::{SharedTables, Worker},
+    worker::{SharedTables, Worker, monotonic_ns},
 };
-use rialto_dataplane::Pipeline;
-use rialto_rules::{Endpoint, Steering as SteeringRules, VXLAN_PORT};
+use rialto_dataplane::{Pipeline, pipeline::balance::slots_for};
+use rialto_rules::{Endpoint, FlowContext, Steering as SteeringRules, VXLAN_PORT};
 use serde::Serialize;
 use tracing::{error, info, warn};
 use xdp_redirect::{Counter, Steering};
@@ -144,6 +145,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     stats_interval: u64,
 
+    /// Where the flow tables live, so that a restart (after a crash too)
+    /// resumes the flows: a directory on tmpfs [default:
+    /// /dev/shm/rialto/IF.NETNS]. One Rialto at a time holds it.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
     /// For the tests only: make a fault happen (worker-panic:Q,
     /// reload-stall, map-update).
     #[arg(long, value_name = "FAULT", hide = true)]
@@ -154,6 +161,9 @@ pub struct RunArgs {
 #[derive(Debug, Serialize)]
 struct Summary {
     xdp: BTreeMap<&'static str, Counter>,
+    /// What became of the flows a previous Rialto left (balance mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resumed: Option<Resumed>,
     workers: Vec<WorkerSummary>,
 }
 
@@ -208,10 +218,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
 
     let budget = host::budget(queues.len() as u32);
-    let tables = match &args.config {
-        Some(path) => Some(Arc::new(SharedTables::new(Arc::new(load_config(
-            path, &budget,
-        )?)))),
+    let config = match &args.config {
+        Some(path) => Some(Arc::new(load_config(path, &budget)?)),
         None if args.mode == Mode::Balance => {
             bail!("--mode balance needs --config FILE (or use --mode reflect)")
         }
@@ -224,10 +232,54 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         snat_addrs: args.snat_addrs.clone(),
         vxlan_port: args.vxlan_port,
     };
-    let running = tables.as_ref().map(|t| t.current());
-    let rules = steering_rules(&flags, running.as_deref());
-    host::check_own_addresses(&rules, running.as_deref())?;
+    let rules = steering_rules(&flags, config.as_deref());
+    host::check_own_addresses(&rules, config.as_deref())?;
+    // Balance mode keeps its flows where they outlive the process.
+    let state = match args.mode {
+        Mode::Balance => {
+            let path =
+                (args.state_dir.clone()).unwrap_or_else(|| StateDir::default_for(&args.iface));
+            Some(Arc::new(StateDir::open(&path)?))
+        }
+        Mode::Reflect => None,
+    };
+    let context = match (&state, &config) {
+        (Some(state), Some(config)) => state.save_context(&FlowContext::of(config))?,
+        _ => 0,
+    };
+    let tables = config.map(|config| Arc::new(SharedTables::new(config, context)));
     let mac = iface_mac(&args.iface)?;
+    let mut pipelines = Vec::with_capacity(queues.len());
+    for (i, &queue) in queues.iter().enumerate() {
+        let pipeline = match (&tables, &state) {
+            (Some(tables), Some(state)) => {
+                let tables = tables.current();
+                let slots = state.create_flows(queue, slots_for(&tables), context)?;
+                Pipeline::balance_in(slots, tables, i as u32, queues.len() as u32, mac)
+            }
+            _ => Pipeline::Reflect,
+        };
+        if pipeline.snat_use().first().is_some_and(|s| s.slice == 0) {
+            let (first, last) = tables.as_ref().map_or((0, 0), |t| t.current().snat.ports);
+            warn!(
+                queue,
+                "no SNAT port for this worker: snat.ports {first}-{last} split over {} workers \
+                 leaves it none, so it creates no flow",
+                queues.len()
+            );
+        }
+        pipelines.push(pipeline);
+    }
+    let resumed = match (&state, &tables) {
+        (Some(state), Some(tables)) => Some(resume_flows(
+            state,
+            &tables.current(),
+            &mut pipelines,
+            &queues,
+            context,
+        )?),
+        _ => None,
+    };
     let following = Arc::new(AtomicBool::new(false));
     let follower = match &tables {
         Some(tables)
@@ -250,25 +302,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let ports = XskPort::open_shared(&args.iface, &queues, &port_config)?;
     let mut workers = Vec::with_capacity(queues.len());
-    for (i, (&queue, port)) in queues.iter().zip(ports).enumerate() {
+    for (i, ((&queue, port), pipeline)) in queues.iter().zip(ports).zip(pipelines).enumerate() {
         steering.register_socket(queue, port.raw_fd())?;
         let core = core_for(i);
         info!(queue, core = core.map(|c| c.id), bind = ?port.mode(), "AF_XDP socket bound");
-        let pipeline = match (&tables, args.mode) {
-            (Some(tables), Mode::Balance) => {
-                Pipeline::balance(tables.current(), i as u32, queues.len() as u32, mac)
-            }
-            _ => Pipeline::Reflect,
-        };
-        if pipeline.snat_use().first().is_some_and(|s| s.slice == 0) {
-            let (first, last) = tables.as_ref().map_or((0, 0), |t| t.current().snat.ports);
-            warn!(
-                queue,
-                "no SNAT port for this worker: snat.ports {first}-{last} split over {} workers \
-                 leaves it none, so it creates no flow",
-                queues.len()
-            );
-        }
         workers.push(Worker {
             queue,
             core,
@@ -309,6 +346,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         workers: stats.clone(),
         reloads: Arc::default(),
         xdp: steering.counter_reader(),
+        resumed,
     };
     let control = Arc::new(Mutex::new(Control {
         view: view.clone(),
@@ -318,6 +356,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         faults: args.inject_fault.clone(),
         failed_open: Vec::new(),
         budget,
+        state,
     }));
     let api = match args.no_api {
         true => None,
@@ -339,6 +378,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
 
     let mut summary = Summary {
         xdp: BTreeMap::new(),
+        resumed,
         workers: Vec::new(),
     };
     let mut balanced = true;
@@ -375,6 +415,43 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Reads back the flows a previous Rialto left in `state`, restores them
+/// into the workers' new tables (`pipelines`, of `queues`) under `tables`,
+/// and puts the new tables in place of the old; says what became of them.
+fn resume_flows(
+    state: &StateDir,
+    tables: &rialto_rules::Snapshot,
+    pipelines: &mut [Pipeline<MappedSlots>],
+    queues: &[u32],
+    context: u32,
+) -> Result<Resumed> {
+    let started = Instant::now();
+    let now = monotonic_ns();
+    let saved = state.read_saved(longest(&tables.timeouts), (now / 1_000_000_000) as u32);
+    for line in &saved.discarded {
+        warn!("saved flows not trusted: {line}");
+    }
+    let mut pipelines: Vec<&mut Pipeline<MappedSlots>> = pipelines.iter_mut().collect();
+    let mut resumed = resume(saved, tables, &mut pipelines, now);
+    state.commit(queues)?;
+    state.retain_contexts(&[context]);
+    resumed.millis = started.elapsed().as_millis() as u64;
+    info!(
+        recovered = resumed.recovered,
+        expired = resumed.expired,
+        gone = resumed.gone,
+        no_port = resumed.no_port,
+        duplicate = resumed.duplicate,
+        full = resumed.full,
+        torn = resumed.torn,
+        discarded = resumed.discarded,
+        millis = resumed.millis,
+        state = %state.path().display(),
+        "flows resumed from the state directory"
+    );
+    Ok(resumed)
 }
 
 /// Learns the next hop's MAC from the kernel (the config names none),

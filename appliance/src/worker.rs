@@ -18,7 +18,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -29,6 +29,7 @@ use tracing::{error, warn};
 
 use crate::{
     afxdp::{Ledger, XskPort},
+    state::MappedSlots,
     stats::WorkerStats,
     tally::Tally,
 };
@@ -61,16 +62,20 @@ pub struct SharedTables {
 pub struct Published {
     pub generation: u64,
     pub tables: Arc<Snapshot>,
+    /// The id of their saved context (`StateDir::save_context`), which the
+    /// workers' flow tables record once they run on them.
+    pub context: u32,
 }
 
 const NOT_LEARNED: u64 = u64::MAX;
 
 impl SharedTables {
-    pub fn new(tables: Arc<Snapshot>) -> Self {
+    pub fn new(tables: Arc<Snapshot>, context: u32) -> Self {
         Self {
             current: ArcSwap::from_pointee(Published {
                 generation: 0,
                 tables,
+                context,
             }),
             generation: AtomicU64::new(0),
             next_hop: AtomicU64::new(NOT_LEARNED),
@@ -93,11 +98,13 @@ impl SharedTables {
         })
     }
 
-    /// Publishes new tables; returns their generation.
-    pub fn publish(&self, tables: Arc<Snapshot>) -> u64 {
+    /// Publishes new tables, whose context is saved as `context`; returns
+    /// their generation.
+    pub fn publish(&self, tables: Arc<Snapshot>, context: u32) -> u64 {
         let previous = self.current.rcu(|p| Published {
             generation: p.generation + 1,
             tables: Arc::clone(&tables),
+            context,
         });
         let generation = previous.generation + 1;
         self.generation.fetch_max(generation, Ordering::AcqRel);
@@ -118,13 +125,22 @@ impl SharedTables {
     }
 }
 
+/// The system's monotonic clock, in nanoseconds: what flows expire by. It
+/// runs on across a restart of Rialto (not of the machine), so the flows
+/// a previous Rialto left expire when they would have.
+pub fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always there");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
 /// A worker, ready to be started on its own thread.
 #[derive(Debug)]
 pub struct Worker {
     pub queue: u32,
     pub core: Option<CoreId>,
     pub port: XskPort,
-    pub pipeline: Pipeline,
+    pub pipeline: Pipeline<MappedSlots>,
     pub stats: Arc<WorkerStats>,
     /// Where reloads publish new tables (balance mode).
     pub tables: Option<Arc<SharedTables>>,
@@ -185,7 +201,6 @@ impl Worker {
 
     /// The loop, until `stop`; `generation` is the tables' it runs on.
     fn serve(&mut self, stop: &AtomicBool, generation: &mut u64) {
-        let clock = Instant::now();
         let mut next_slow = 0;
         let mut next_hop = None;
         while !stop.load(Ordering::Relaxed) {
@@ -195,6 +210,9 @@ impl Worker {
                 let published = tables.published();
                 *generation = published.generation;
                 self.pipeline.reload(Arc::clone(&published.tables));
+                if let Some(slots) = self.pipeline.storage_mut() {
+                    slots.set_context(published.context);
+                }
                 self.stats.set_generation(*generation);
                 next_slow = 0;
                 next_hop = None;
@@ -207,7 +225,7 @@ impl Worker {
                 self.pipeline.set_next_hop(mac);
             }
             let mut tally = Tally::default();
-            let now = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let now = monotonic_ns();
             let (pipeline, fault) = (&mut self.pipeline, self.panic_at_first_frame);
             let processed = self.port.step(&mut tally, |frames, verdicts| {
                 assert!(!fault, "fault injected: worker panic at its first frame");

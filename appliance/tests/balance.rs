@@ -387,6 +387,16 @@ fn named_echo(ns: &str, at: &str, name: &'static str) {
     });
 }
 
+/// The gateways, and pods a (198.19.1.10:8080) and b (.11) behind east's,
+/// each answering with its name; the MAC of the peer's uplink.
+fn two_pods(pair: &Pair) -> String {
+    gateways(pair);
+    ip(&pair.peer_ns, "addr add 198.19.1.11/24 dev vx100");
+    named_echo(&pair.peer_ns, "198.19.1.10:8080", "a");
+    named_echo(&pair.peer_ns, "198.19.1.11:8080", "b");
+    mac_of(&pair.peer_ns, &pair.peer_if)
+}
+
 /// A connection to the web VIP and the pod that answered it.
 struct Connection {
     stream: TcpStream,
@@ -471,11 +481,7 @@ const POD_B_DRAINING: &str =
 #[test]
 fn reloads_keep_live_flows_on_their_backends() {
     let pair = Pair::up(2);
-    gateways(&pair);
-    ip(&pair.peer_ns, "addr add 198.19.1.11/24 dev vx100");
-    let mac = mac_of(&pair.peer_ns, &pair.peer_if);
-    named_echo(&pair.peer_ns, "198.19.1.10:8080", "a");
-    named_echo(&pair.peer_ns, "198.19.1.11:8080", "b");
+    let mac = two_pods(&pair);
     udp_echo(&pair.peer_ns, "198.19.1.10:7007");
     let path = std::env::temp_dir().join(format!("rialto-reload-{}.toml", std::process::id()));
     let write = |services: &str| std::fs::write(&path, config(&mac, services)).unwrap();
@@ -1283,4 +1289,109 @@ fn an_overflowing_handoff_inbox_drops_and_counts_and_loses_no_frame() {
             "{w}"
         );
     }
+}
+
+/// Flips a byte of the first live flow in a saved flow table of the state
+/// directory `dir`; returns how many live flows that table holds.
+fn corrupt_a_flow(dir: &std::path::Path) -> u64 {
+    const HEADER: usize = 4096;
+    const SLOT: usize = 128;
+    for queue in 0..8 {
+        let path = dir.join(format!("flows-q{queue}.bin"));
+        let Ok(mut bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let live: Vec<usize> = (HEADER..bytes.len())
+            .step_by(SLOT)
+            .filter(|&at| bytes[at..at + 4] == 2u32.to_ne_bytes())
+            .collect();
+        if let Some(&at) = live.first() {
+            bytes[at + 8] ^= 0x40; // the first byte of the flow's client address
+            std::fs::write(&path, bytes).unwrap();
+            return live.len() as u64;
+        }
+    }
+    panic!("no live flow in {}", dir.display());
+}
+
+/// A crash (kill -9) and a restart break no connection: the flows are read
+/// back from the state directory and every connection goes on. A restart
+/// after a clean stop, with a config that removed a backend, keeps what a
+/// reload would keep. A table with a byte flipped is refused with a clear
+/// message, the others are resumed, and new connections are served.
+#[test]
+fn a_restart_after_a_crash_resumes_every_flow() {
+    let pair = Pair::up(2);
+    let mac = two_pods(&pair);
+    let path = std::env::temp_dir().join(format!("rialto-restart-{}.toml", std::process::id()));
+    std::fs::write(&path, config(&mac, &web(&format!("{POD_A}, {POD_B}")))).unwrap();
+    let args = ["--iface", &pair.node_if, "--config", path.to_str().unwrap()];
+    let resumed = |what: &str| -> serde_json::Value {
+        let status = in_netns(&pair.node_ns, status);
+        let resumed = status["resumed"].clone();
+        assert!(resumed.is_object(), "{what}: {status}");
+        resumed
+    };
+    let ping_all = |live: &[Connection], what: &str| {
+        in_netns(&pair.peer_ns, || {
+            for c in live {
+                c.ping()
+                    .unwrap_or_else(|e| panic!("{what}: a connection to {}: {e}", c.pod));
+            }
+        });
+    };
+
+    let rialto = Rialto::start(BIN, &pair.node_ns, &args);
+    assert_eq!(resumed("a fresh start")["recovered"], 0);
+    let live: Vec<Connection> = in_netns(&pair.peer_ns, || {
+        (0..16).map(|_| Connection::open()).collect()
+    });
+    let on = |pod: &str| live.iter().filter(|c| c.pod == pod).count() as u64;
+    let (on_a, on_b) = (on("a"), on("b"));
+    assert!(on_a > 0 && on_b > 0, "both pods get connections");
+    ping_all(&live, "before the crash");
+    rialto.kill();
+
+    let rialto = Rialto::start(BIN, &pair.node_ns, &args);
+    let after_crash = resumed("after kill -9");
+    assert_eq!(after_crash["recovered"], 16, "{after_crash}");
+    assert_eq!(after_crash["torn"], 0, "{after_crash}");
+    ping_all(&live, "after kill -9 and a restart");
+
+    // A clean stop, then a config without b: what a reload would keep.
+    let (status, summary) = rialto.terminate();
+    assert!(status.success(), "{summary}");
+    assert_eq!(summary["resumed"]["recovered"], 16, "{summary}");
+    std::fs::write(&path, config(&mac, &web(POD_A))).unwrap();
+    let rialto = Rialto::start(BIN, &pair.node_ns, &args);
+    let without_b = resumed("after a restart without b");
+    assert_eq!(
+        (without_b["recovered"].as_u64(), without_b["gone"].as_u64()),
+        (Some(on_a), Some(on_b)),
+        "{without_b}"
+    );
+    let kept: Vec<Connection> = live.into_iter().filter(|c| c.pod == "a").collect();
+    ping_all(&kept, "a's connections after a restart without b");
+
+    // A table with a flipped byte is not trusted; the rest is.
+    rialto.kill();
+    let lost = corrupt_a_flow(&rialto_testbed::state_dir(&pair.node_ns));
+    let rialto = Rialto::start(BIN, &pair.node_ns, &args);
+    let line = rialto.wait_for_log("saved flows not trusted", Duration::from_secs(5));
+    assert!(
+        line.contains("does not check out") && line.contains(&format!("{lost} flows discarded")),
+        "{line}"
+    );
+    let corrupt = resumed("after a corrupt table");
+    assert_eq!(
+        (corrupt["discarded"].as_u64(), corrupt["recovered"].as_u64()),
+        (Some(lost), Some(on_a - lost)),
+        "{corrupt}"
+    );
+    in_netns(&pair.peer_ns, || {
+        assert_eq!(Connection::open().pod, "a", "new connections are served");
+    });
+    let (status, summary) = rialto.terminate();
+    assert!(status.success(), "{summary}");
+    std::fs::remove_file(&path).unwrap();
 }

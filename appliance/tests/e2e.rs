@@ -158,7 +158,11 @@ fn startup_error(pair: &Pair, wrapper: &[&str], args: &[&str]) -> String {
         cmd.args(&wrapper[1..]).arg(BIN);
     }
     // Should it not fail, it would serve until killed: 30 s is plenty.
-    let out = rialto_testbed::output_within(cmd.arg("run").args(args), Duration::from_secs(30))
+    cmd.arg("run")
+        .args(args)
+        .arg("--state-dir")
+        .arg(rialto_testbed::state_dir(&pair.node_ns));
+    let out = rialto_testbed::output_within(&mut cmd, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("rialto {args:?} should fail at once: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(

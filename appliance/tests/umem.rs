@@ -65,7 +65,7 @@ fn every_frame_is_accounted_for_after_drain() {
         let mut port = XskPort::open(&pair.node_if, 0, &config).unwrap();
         steering.register_socket(0, port.raw_fd()).unwrap();
 
-        let mut pipeline = Pipeline::Reflect;
+        let mut pipeline: Pipeline = Pipeline::Reflect;
         let mut tally = Tally::default();
         let received = std::thread::scope(|s| {
             let sender = s.spawn(|| in_netns(&pair.peer_ns, send_and_receive));

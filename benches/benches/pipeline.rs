@@ -80,6 +80,7 @@ fn flow(i: usize, snat: [u8; 16], port: u16) -> Flow {
         dst_port: 53,
         proto: UDP,
         tunnel: rialto_dataplane::pipeline::conntrack::UPLINK,
+        pad: [0; 3],
     };
     Flow {
         forward,
@@ -90,16 +91,14 @@ fn flow(i: usize, snat: [u8; 16], port: u16) -> Flow {
             dst_port: port,
             proto: UDP,
             tunnel: fixtures::EAST_VNI,
+            pad: [0; 3],
         },
-        client: Side::Uplink,
-        backend: Side::Tunnel {
-            cluster: 0,
-            gateway: 0,
-        },
+        client: Side::UPLINK,
+        backend: Side::tunnel(0, 0),
         service: 0,
         backend_index: 0,
         hash: i as u64,
-        state: TcpState::Established,
+        state: TcpState::ESTABLISHED,
         expires: 0,
     }
 }

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use rialto_dataplane::{OwnedFrame, Pipeline, Verdict};
+use rialto_dataplane::{OwnedFrame, Pipeline, Verdict, pipeline::conntrack::Slot};
 use rialto_fixtures::{self as fixtures, Ip, L4};
 use rialto_rules::Snapshot;
 
@@ -61,10 +61,10 @@ pub fn reflect_frame() -> Vec<u8> {
     ))
 }
 
-/// Client `i`'s address and port: distinct for every `i` below 2^27, all
-/// inside 198.18.0.0/15.
+/// Client `i`'s address and port: distinct for every `i` below 2^24, all
+/// inside 198.18.0.0/15 and none of them Rialto's own (from 198.19.64.0 on).
 pub fn client(i: usize) -> ([u8; 4], u16) {
-    let host = 0xc612_0000 + (i >> 10) as u32;
+    let host = 0xc613_4000 + (i >> 10) as u32;
     (host.to_be_bytes(), 1024 + (i & 0x3ff) as u16)
 }
 
@@ -135,7 +135,12 @@ pub fn reply_to(sent: &[u8]) -> Vec<u8> {
 
 /// Runs `frame` through `pipeline`, which must transmit it.
 #[inline]
-pub fn forward(pipeline: &mut Pipeline, buf: &mut OwnedFrame, frame: &[u8], now: u64) {
+pub fn forward<S: std::ops::DerefMut<Target = [Slot]>>(
+    pipeline: &mut Pipeline<S>,
+    buf: &mut OwnedFrame,
+    frame: &[u8],
+    now: u64,
+) {
     buf.load(frame);
     let verdict = buf.with(|f| pipeline.process_frame(std::hint::black_box(f), now));
     assert_eq!(verdict, Verdict::Tx);

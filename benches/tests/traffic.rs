@@ -86,7 +86,8 @@ fn the_sink_gets_every_frame_the_generator_sends() {
         .unwrap();
     // The sink is ready once it says so: its sockets are bound.
     let log = rialto_testbed::lines_of(sink.stderr.take().unwrap());
-    if let Err(seen) = rialto_testbed::line_within(&log, "started", Duration::from_secs(20)) {
+    let mut seen = Vec::new();
+    if rialto_testbed::line_within(&log, "started", Duration::from_secs(20), &mut seen).is_none() {
         panic!("the sink did not start:\n{}", seen.join("\n"));
     }
     let sent = report(

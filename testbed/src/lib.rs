@@ -21,7 +21,7 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 
 mod rialto;
-pub use rialto::{Rialto, workers_total};
+pub use rialto::{Rialto, state_dir, workers_total};
 
 /// The node's address on the pair's link.
 pub const NODE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -144,19 +144,20 @@ pub fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 }
 
 /// Waits for a line containing `needle`, within one deadline however many
-/// other lines come: the line, or every line seen before the deadline.
+/// other lines come: the line, if it came; every other line seen
+/// meanwhile goes to `seen`.
 pub fn line_within(
     lines: &mpsc::Receiver<String>,
     needle: &str,
     timeout: Duration,
-) -> Result<String, Vec<String>> {
+    seen: &mut Vec<String>,
+) -> Option<String> {
     let deadline = Instant::now() + timeout;
-    let mut seen = Vec::new();
     loop {
         match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) if line.contains(needle) => return Ok(line),
+            Ok(line) if line.contains(needle) => return Some(line),
             Ok(line) => seen.push(line),
-            Err(_) => return Err(seen),
+            Err(_) => return None,
         }
     }
 }

@@ -13,6 +13,12 @@ use nix::{
 
 use crate::netns_command;
 
+/// Where the Rialto in namespace `ns` keeps its flow tables (as
+/// `testbed/lib.sh` says): removed with the namespace.
+pub fn state_dir(ns: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/dev/shm/rialto-testbed/{ns}"))
+}
+
 /// How long `rialto run` may take to start (load, attach, bind, learn the
 /// next hop).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,6 +29,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct Rialto {
     child: Option<Child>,
+    /// What Rialto logged before it was ready, not yet waited for.
+    early: Mutex<Vec<String>>,
     /// Rialto's log lines (behind a mutex so a test's threads can share it).
     stderr: Mutex<mpsc::Receiver<String>>,
 }
@@ -30,24 +38,29 @@ pub struct Rialto {
 impl Rialto {
     /// Starts `bin run ARGS` in namespace `ns` and waits until it is ready.
     pub fn start(bin: &str, ns: &str, args: &[&str]) -> Self {
-        let mut child = netns_command(ns, bin)
-            .arg("run")
-            .args(args)
+        let mut cmd = netns_command(ns, bin);
+        cmd.arg("run").args(args);
+        if !args.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(state_dir(ns));
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("rialto starts");
         let stderr = crate::lines_of(child.stderr.take().unwrap());
-        if let Err(log) = crate::line_within(&stderr, "rialto ready", READY_TIMEOUT) {
+        let mut early = Vec::new();
+        if crate::line_within(&stderr, "rialto ready", READY_TIMEOUT, &mut early).is_none() {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
                 "rialto did not become ready within {READY_TIMEOUT:?}:\n{}",
-                log.join("\n")
+                early.join("\n")
             );
         }
         Self {
             child: Some(child),
+            early: Mutex::new(early),
             stderr: Mutex::new(stderr),
         }
     }
@@ -59,9 +72,15 @@ impl Rialto {
 
     /// Waits for a log line containing `needle` and returns it; panics
     /// with the lines seen meanwhile if none comes within `timeout`.
+    /// What it logged before it was ready counts too.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = early.iter().position(|l| l.contains(needle)) {
+            return early.drain(..=i).next_back().expect("the line found");
+        }
         let lines = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
-        crate::line_within(&lines, needle, timeout).unwrap_or_else(|seen| {
+        let mut seen = std::mem::take(&mut *early);
+        crate::line_within(&lines, needle, timeout, &mut seen).unwrap_or_else(|| {
             panic!(
                 "rialto never logged {needle:?}; it logged:\n{}",
                 seen.join("\n")
@@ -101,6 +120,16 @@ impl Rialto {
             )
         });
         (status, summary)
+    }
+}
+
+impl Rialto {
+    /// Kills rialto with SIGKILL, as a crash would end it, and reaps it.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("rialto can be killed");
+            child.wait().expect("rialto can be reaped");
+        }
     }
 }
 

@@ -114,34 +114,39 @@ fn forward(port: u16) -> FlowKey {
         dst_port: 80,
         proto: TCP,
         tunnel: UPLINK,
+        pad: [0; 3],
     }
 }
 
 /// The model's own reading of the timeouts and of TCP's states (RFC 9293,
 /// closing per direction).
 fn next(state: TcpState, reply: bool, bits: u8) -> TcpState {
-    use TcpState::*;
+    const SYN_SENT: TcpState = TcpState::SYN_SENT;
+    const ESTABLISHED: TcpState = TcpState::ESTABLISHED;
+    const CLIENT_CLOSED: TcpState = TcpState::CLIENT_CLOSED;
+    const BACKEND_CLOSED: TcpState = TcpState::BACKEND_CLOSED;
+    const CLOSING: TcpState = TcpState::CLOSING;
     if bits & flags::RST != 0 {
-        return Closing;
+        return CLOSING;
     }
     if bits & flags::FIN != 0 {
         return match (state, reply) {
-            (ClientClosed, true) | (BackendClosed, false) | (Closing, _) => Closing,
-            (_, false) => ClientClosed,
-            (_, true) => BackendClosed,
+            (CLIENT_CLOSED, true) | (BACKEND_CLOSED, false) | (CLOSING, _) => CLOSING,
+            (_, false) => CLIENT_CLOSED,
+            (_, true) => BACKEND_CLOSED,
         };
     }
     match (state, reply, bits & flags::SYN != 0) {
-        (Closing, false, true) => SynSent,
-        (SynSent, true, _) => Established,
+        (CLOSING, false, true) => SYN_SENT,
+        (SYN_SENT, true, _) => ESTABLISHED,
         (state, _, _) => state,
     }
 }
 
 fn timeout(state: TcpState) -> u32 {
     match state {
-        TcpState::SynSent => TIMEOUTS.tcp_syn,
-        TcpState::Closing => TIMEOUTS.tcp_closing,
+        TcpState::SYN_SENT => TIMEOUTS.tcp_syn,
+        TcpState::CLOSING => TIMEOUTS.tcp_closing,
         _ => TIMEOUTS.tcp_established,
     }
 }
@@ -283,13 +288,14 @@ proptest! {
                                     dst_port: snat_port,
                                     proto: TCP,
                                     tunnel: 100,
+                                    pad: [0; 3],
                                 },
-                                client: Side::Uplink,
-                                backend: Side::Tunnel { cluster: 0, gateway: 0 },
+                                client: Side::UPLINK,
+                                backend: Side::tunnel(0, 0),
                                 service,
                                 backend_index: backend,
                                 hash: u64::from(port),
-                                state: TcpState::SynSent,
+                                state: TcpState::SYN_SENT,
                                 expires: 0,
                             });
                             evicted = full.then_some(1);
@@ -301,7 +307,7 @@ proptest! {
                                         reverse: flow.reverse,
                                         service,
                                         backend,
-                                        state: TcpState::SynSent,
+                                        state: TcpState::SYN_SENT,
                                         expires: now + TIMEOUTS.tcp_syn,
                                     });
                                     id

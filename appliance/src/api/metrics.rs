@@ -29,6 +29,10 @@ impl Family {
     }
 
     fn add(&mut self, labels: &[(&str, &str)], value: u64) -> &mut Self {
+        self.add_f64(labels, value as f64)
+    }
+
+    fn add_f64(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
         let mut m = Metric::default();
         m.set_label(
             labels
@@ -43,11 +47,11 @@ impl Family {
         );
         if self.0.get_field_type() == MetricType::COUNTER {
             let mut c = PromCounter::default();
-            c.set_value(value as f64);
+            c.set_value(value);
             m.set_counter(c);
         } else {
             let mut g = Gauge::default();
-            g.set_value(value as f64);
+            g.set_value(value);
             m.set_gauge(g);
         }
         self.0.mut_metric().push(m);
@@ -291,6 +295,30 @@ pub fn metrics(status: &Status) -> String {
         last.add(&[], u64::from(l.ok));
     }
     families.extend([generation, reloads, last]);
+    if let Some(r) = &status.resumed {
+        let mut resumed = Family::gauge(
+            "flows_resumed",
+            "Flows a previous Rialto left, at start: recovered, or not and why.",
+        );
+        for (outcome, n) in [
+            ("recovered", r.recovered),
+            ("expired", r.expired),
+            ("gone", r.gone),
+            ("no_port", r.no_port),
+            ("duplicate", r.duplicate),
+            ("full", r.full),
+            ("torn", r.torn),
+            ("discarded", r.discarded),
+        ] {
+            resumed.add(&[("outcome", outcome)], n);
+        }
+        let mut millis = Family::gauge(
+            "flows_resume_seconds",
+            "How long reading and restoring them took.",
+        );
+        millis.add_f64(&[], r.millis as f64 / 1000.0);
+        families.extend([resumed, millis]);
+    }
 
     let families: Vec<MetricFamily> = families
         .into_iter()

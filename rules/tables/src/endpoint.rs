@@ -85,6 +85,13 @@ impl<'de> serde::Deserialize<'de> for Endpoint {
     }
 }
 
+/// Written as [`fmt::Display`] writes it, which [`FromStr`] reads.
+impl serde::Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

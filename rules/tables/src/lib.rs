@@ -7,6 +7,7 @@
 //! here whole (building a table is pure computation) so that a node, a
 //! test and a benchmark build the same tables from the same backends.
 
+pub mod context;
 mod endpoint;
 pub mod maglev;
 
@@ -15,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use hashbrown::{HashMap, HashSet};
 use serde::Deserialize;
 
+pub use context::FlowContext;
 pub use endpoint::{Endpoint, ParseEndpointError, Proto};
 pub use maglev::{MaglevError, MaglevHash, WeightedBackend};
 

@@ -6,12 +6,15 @@
 //! backend's cluster. Return: out of the tunnel, reverse NAT, and out to the
 //! client the way it came. ICMP errors about a flow go the same ways.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, ops::DerefMut, sync::Arc};
 
-use rialto_tables::{Endpoint, Proto, Snapshot};
+use bytemuck::Zeroable;
+use rialto_tables::{Endpoint, FlowContext, Proto, Snapshot};
 
 use super::{
-    conntrack::{Conntrack, Direction, Flow, FlowKey, InsertError, Side, TcpState, UPLINK},
+    conntrack::{
+        Conntrack, Direction, Flow, FlowKey, InsertError, Restored, Side, Slot, TcpState, UPLINK,
+    },
     encap::{self, Link, Tunnel},
     icmp::{self, ErrorKind, Quoted, RateLimit},
     nat::{self, Headers},
@@ -48,11 +51,12 @@ pub struct Counters {
     pub icmp_translated: u64,
 }
 
-/// One worker's balancer: the tables it indexes and the flows it owns.
+/// One worker's balancer: the tables it indexes and the flows it owns, in
+/// slots of storage `S` (the heap by default).
 #[derive(Debug)]
-pub struct Balancer {
+pub struct Balancer<S = Box<[Slot]>> {
     tables: Arc<Snapshot>,
-    flows: Conntrack,
+    flows: Conntrack<S>,
     /// The uplink's own MAC, and the MACs frames are sent from.
     iface_mac: [u8; 6],
     mac: [u8; 6],
@@ -71,14 +75,29 @@ pub struct Balancer {
 
 impl Balancer {
     /// Worker `worker` of `workers`, sending from `mac` (the uplink's MAC,
-    /// unless the config names one).
+    /// unless the config names one), its flows on the heap.
     pub fn new(tables: Arc<Snapshot>, worker: u32, workers: u32, mac: [u8; 6]) -> Self {
+        let slots = vec![Slot::zeroed(); slots_for(&tables)].into_boxed_slice();
+        Self::with_slots(slots, tables, worker, workers, mac)
+    }
+}
+
+/// The slots a worker's flow table has under `tables`.
+pub fn slots_for(tables: &Snapshot) -> usize {
+    (tables.limits.flows_per_worker as usize).max(1)
+}
+
+impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
+    /// [`Balancer::new`], its flows in `slots` (emptied first).
+    pub fn with_slots(
+        slots: S,
+        tables: Arc<Snapshot>,
+        worker: u32,
+        workers: u32,
+        mac: [u8; 6],
+    ) -> Self {
         let snat = SnatPorts::new(&tables.snat, worker, workers);
-        let flows = Conntrack::new(
-            tables.limits.flows_per_worker as usize,
-            snat,
-            tables.timeouts,
-        );
+        let flows = Conntrack::with_slots(slots, snat, tables.timeouts);
         let mut balancer = Self {
             iface_mac: mac,
             mac,
@@ -112,76 +131,45 @@ impl Balancer {
     }
 
     /// Switches to a new config's tables, keeping every live flow whose
-    /// service, backend and clusters are still there: established flows
-    /// keep their backend (draining ones included). A flow whose backend,
-    /// service or cluster is gone (or whose cluster changed VNI) is removed,
-    /// so only the removed backend's flows move. The flow table's size is
-    /// fixed at start: `limits` take effect on restart.
+    /// service, backend and clusters are still there ([`Carry`]): flows
+    /// keep their backend (draining ones included), so only a removed
+    /// backend's flows move. The flow table's size is fixed at start:
+    /// `limits` take effect on restart.
     pub fn reload(&mut self, tables: Arc<Snapshot>) {
         let old = std::mem::replace(&mut self.tables, tables);
         self.set_macs();
         if let Some(mac) = self.tables.node.next_hop_mac {
             self.next_hop = mac;
         }
-        let new = &self.tables;
-        // Old cluster index -> new, for clusters kept with their VNI.
-        let clusters: Vec<Option<usize>> = old
-            .clusters
-            .iter()
-            .map(|c| {
-                new.clusters
-                    .iter()
-                    .position(|n| n.name == c.name && n.vni == c.vni)
-            })
-            .collect();
-        let side = |side: Side, hash: u64| -> Option<Side> {
-            let Side::Tunnel { cluster, gateway } = side else {
-                return Some(side);
-            };
-            let index = clusters[usize::from(cluster)]?;
-            let gateways = &new.clusters[index].gateways;
-            let was = old.clusters[usize::from(cluster)].gateways[usize::from(gateway)];
-            // The same gateway if it is still there, else another of the
-            // cluster's: the pod behind it is the same.
-            let gateway = gateways
-                .iter()
-                .position(|&g| g == was)
-                .unwrap_or((hash % gateways.len() as u64) as usize);
-            Some(Side::Tunnel {
-                cluster: index as u16,
-                gateway: gateway as u16,
-            })
-        };
+        let new = Arc::clone(&self.tables);
         let snat =
             (new.snat != old.snat).then(|| SnatPorts::new(&new.snat, self.worker, self.workers));
-        self.flows.reload(new.timeouts, snat, |flow| {
-            let service = &old.services[flow.service as usize];
-            let backend = &service.backends[flow.backend_index as usize];
-            let cluster = &old.clusters[usize::from(backend.cluster)].name;
-            let new_service = *new.vips.get(&service.vip)?;
-            let backend_index = new.services[new_service as usize]
-                .backends
-                .iter()
-                .position(|b| {
-                    b.addr == backend.addr && new.clusters[usize::from(b.cluster)].name == *cluster
-                })?;
-            Some(Flow {
-                client: side(flow.client, flow.hash)?,
-                backend: side(flow.backend, flow.hash)?,
-                service: new_service,
-                backend_index: backend_index as u32,
-                ..*flow
-            })
-        });
-        self.flows.recount(&layout(new));
+        let context = FlowContext::of(&old);
+        let carry = Carry::new(&context, &new);
+        self.flows
+            .reload(new.timeouts, snat, |flow| carry.flow(flow));
+        self.flows.recount(&layout(&new));
+    }
+
+    /// Puts flows kept from before a restart, already carried over to the
+    /// tables in force ([`Carry`]), into this worker's empty table.
+    pub fn restore(&mut self, flows: impl IntoIterator<Item = Flow>, now_ns: u64) -> Restored {
+        let restored = self.flows.restore(flows, seconds(now_ns));
+        self.flows.recount(&layout(&self.tables));
+        restored
     }
 
     pub fn counters(&self) -> Counters {
         self.counters
     }
 
-    pub fn flows(&self) -> &Conntrack {
+    pub fn flows(&self) -> &Conntrack<S> {
         &self.flows
+    }
+
+    /// See [`Conntrack::storage_mut`].
+    pub fn storage_mut(&mut self) -> &mut S {
+        self.flows.storage_mut()
     }
 
     /// Once per batch: expire a few idle flows; many more when `idle` (no
@@ -235,6 +223,7 @@ impl Balancer {
             dst_port: ports.dst,
             proto: ip.proto,
             tunnel: self.vni(side),
+            pad: [0; 3],
         };
         let (id, direction) = match self.flows.lookup(&key, now) {
             Some(found) => found,
@@ -285,7 +274,7 @@ impl Balancer {
     /// inner packet and the cluster it came from; otherwise `outer` itself.
     fn decapsulate(&self, buf: &[u8], outer: Ip) -> Result<(Side, Ip), Verdict> {
         match self.tunnel_payload(buf, &outer, false)? {
-            None => Ok((Side::Uplink, outer)),
+            None => Ok((Side::UPLINK, outer)),
             Some((side, at, end)) => {
                 let inner = ethernet::Frame::new_checked(&buf[at..end])?;
                 let ip = Ip::parse(&buf[..end], at + inner.header_len(), inner.ethertype())?;
@@ -334,7 +323,7 @@ impl Balancer {
         let gateway = c.gateways.iter().position(|&g| g == remote).unwrap_or(0) as u16;
         let at = outer.l4 + udp::HEADER_LEN + vxlan::HEADER_LEN;
         Ok(Some((
-            Side::Tunnel { cluster, gateway },
+            Side::tunnel(cluster, gateway),
             at,
             outer.l4 + datagram.length(),
         )))
@@ -421,16 +410,14 @@ impl Balancer {
                     dst_port: snat_port,
                     proto: key.proto,
                     tunnel: cluster.vni,
+                    pad: [0; 3],
                 },
                 client: side,
-                backend: Side::Tunnel {
-                    cluster: backend.cluster,
-                    gateway,
-                },
+                backend: Side::tunnel(backend.cluster, gateway),
                 service,
                 backend_index,
                 hash,
-                state: TcpState::SynSent,
+                state: TcpState::SYN_SENT,
                 expires: 0,
             })
             .map_err(|e| match e {
@@ -459,6 +446,7 @@ impl Balancer {
             dst_port: quoted.src_port,
             proto: quoted.headers.proto,
             tunnel: self.vni(side),
+            pad: [0; 3],
         };
         let Some((id, direction)) = self.flows.lookup(&key, now) else {
             return Err(Verdict::Drop(DropReason::NoFlow));
@@ -552,9 +540,9 @@ impl Balancer {
         to: Side,
         link: &Link,
     ) -> Result<Verdict, Verdict> {
-        let sent = match to {
-            Side::Uplink => encap::ethernet_out(frame, at, end, ethertype, link),
-            Side::Tunnel { cluster, gateway } => {
+        let sent = match to.tunnel_of() {
+            None => encap::ethernet_out(frame, at, end, ethertype, link),
+            Some((cluster, gateway)) => {
                 let tunnel = self
                     .tunnel(cluster, gateway)
                     .ok_or(Verdict::Drop(DropReason::NoBackend))?;
@@ -586,9 +574,7 @@ impl Balancer {
 
     /// The MTU to report if `ip`, sent to `to`, would not fit the uplink.
     fn too_big(&self, ip: &Ip, to: Side) -> Option<u16> {
-        let Side::Tunnel { cluster, gateway } = to else {
-            return None;
-        };
+        let (cluster, gateway) = to.tunnel_of()?;
         let v6 = self.tables.clusters[usize::from(cluster)]
             .gateways
             .get(usize::from(gateway))?
@@ -601,9 +587,9 @@ impl Balancer {
     }
 
     fn vni(&self, side: Side) -> u32 {
-        match side {
-            Side::Uplink => UPLINK,
-            Side::Tunnel { cluster, .. } => self.tables.clusters[usize::from(cluster)].vni,
+        match side.tunnel_of() {
+            None => UPLINK,
+            Some((cluster, _)) => self.tables.clusters[usize::from(cluster)].vni,
         }
     }
 
@@ -639,6 +625,90 @@ impl Balancer {
             proto: Proto::Udp,
         };
         self.tables.vips.contains_key(&vip)
+    }
+}
+
+/// Carries flows from the tables they were made with (their context) to
+/// other tables: a reload's, or after a restart the new process's. A flow
+/// keeps its backend while that backend (its address, in a cluster of the
+/// same name) is in the same service (by VIP), draining or not; its
+/// clusters must keep their name and VNI, and it keeps its gateway if the
+/// cluster still has it (else another of the cluster's: the pod behind it
+/// is the same). Anything else, or an index the context does not have,
+/// and the flow is dropped.
+#[derive(Debug)]
+pub struct Carry<'a> {
+    old: &'a FlowContext,
+    new: &'a Snapshot,
+    /// Old cluster index -> new, for clusters kept with their VNI.
+    clusters: Vec<Option<u16>>,
+    /// Old service and backend index -> new, for backends kept.
+    backends: Vec<Vec<Option<(u32, u32)>>>,
+}
+
+impl<'a> Carry<'a> {
+    /// Works out, once, where each old cluster and backend went.
+    pub fn new(old: &'a FlowContext, new: &'a Snapshot) -> Self {
+        let clusters = (old.clusters.iter())
+            .map(|c| {
+                (new.clusters.iter())
+                    .position(|n| n.name == c.name && n.vni == c.vni)
+                    .map(|i| i as u16)
+            })
+            .collect();
+        let backends = (old.services.iter())
+            .map(|service| {
+                let new_service = new.vips.get(&service.vip).copied();
+                (service.backends.iter())
+                    .map(|&(addr, cluster)| {
+                        let cluster = &old.clusters.get(usize::from(cluster))?.name;
+                        let new_service = new_service?;
+                        let index =
+                            (new.services[new_service as usize].backends.iter()).position(|b| {
+                                b.addr == addr
+                                    && new.clusters[usize::from(b.cluster)].name == *cluster
+                            })?;
+                        Some((new_service, index as u32))
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            old,
+            new,
+            clusters,
+            backends,
+        }
+    }
+
+    /// What `flow` becomes in the new tables, or `None` if it cannot stay.
+    #[inline]
+    pub fn flow(&self, flow: &Flow) -> Option<Flow> {
+        let (service, backend_index) = (self.backends.get(flow.service as usize)?)
+            .get(flow.backend_index as usize)
+            .copied()??;
+        Some(Flow {
+            client: self.side(flow.client, flow.hash)?,
+            backend: self.side(flow.backend, flow.hash)?,
+            service,
+            backend_index,
+            ..*flow
+        })
+    }
+
+    fn side(&self, side: Side, hash: u64) -> Option<Side> {
+        let Some((cluster, gateway)) = side.tunnel_of() else {
+            return Some(side);
+        };
+        let index = (*self.clusters.get(usize::from(cluster))?)?;
+        let gateways = &self.new.clusters[usize::from(index)].gateways;
+        let was = self.old.clusters[usize::from(cluster)]
+            .gateways
+            .get(usize::from(gateway))?;
+        let gateway = (gateways.iter())
+            .position(|g| g == was)
+            .unwrap_or((hash % gateways.len() as u64) as usize);
+        Some(Side::tunnel(index, gateway as u16))
     }
 }
 

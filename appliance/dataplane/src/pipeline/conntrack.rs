@@ -7,17 +7,28 @@
 //!   exactly one SNAT port; a SNAT port is held by at most one live flow;
 //! - an expired flow is never returned: a lookup that finds one removes it.
 //!
-//! The flows live in a slab of fixed size; two indexes find a flow's slot
-//! by its forward or its reverse key. An index entry is the slot number
-//! alone (4 bytes and hashbrown's control byte): the keys are stored once,
-//! in the slot, and compared there.
+//! The flows live in a slab of fixed size, [`Slot`]s of plain bytes: on the
+//! heap, or in memory the caller maps (a file under `/dev/shm` that outlives
+//! the process, so a restarted Rialto finds its flows). A slot says whether
+//! it is empty, being written or live ([`Slot::mark`]), and carries a
+//! checksum of the flow's fields that only a reload changes, so what is
+//! read back after a crash is checked, not trusted. Two indexes, on the
+//! heap, find a flow's slot by its forward or its reverse key. An index
+//! entry is the slot number alone (4 bytes and hashbrown's control byte):
+//! the keys are stored once, in the slot, and compared there.
 //!
 //! Expiry does not scan the table per packet: a lookup drops an expired
 //! entry it meets, and [`Conntrack::sweep`] visits a bounded number of slots
-//! per call, once per batch, like a clock hand.
+//! per call, once per batch, like a clock hand. Expiry times are seconds
+//! of the system's monotonic clock, which a restart does not reset.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::{
+    hash::{BuildHasher, Hash, Hasher},
+    ops::DerefMut,
+    sync::atomic::{Ordering, compiler_fence},
+};
 
+use bytemuck::{Pod, Zeroable};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use rialto_tables::Timeouts;
 
@@ -33,14 +44,17 @@ pub const UPLINK: u32 = u32::MAX;
 /// One direction of a flow as it arrives at Rialto. `tunnel` is the VNI it
 /// came in on (or [`UPLINK`]): two clusters may use the same pod addresses,
 /// and their flows never meet in the table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowKey {
     pub src: Addr,
     pub dst: Addr,
     pub src_port: u16,
     pub dst_port: u16,
-    pub proto: u8,
     pub tunnel: u32,
+    pub proto: u8,
+    /// Zero: the key's layout has no hidden padding.
+    pub pad: [u8; 3],
 }
 
 /// Four words, not field by field (and the addresses byte by byte) as the
@@ -56,11 +70,48 @@ impl Hash for FlowKey {
     }
 }
 
-/// Where a flow's client is: the uplink, or a pod behind a cluster's gateway.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    Uplink,
-    Tunnel { cluster: u16, gateway: u16 },
+/// Where a flow's client or backend is: the uplink, or a pod behind a
+/// cluster's gateway (indices into the tables').
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct Side {
+    cluster: u16,
+    gateway: u16,
+}
+
+impl Side {
+    pub const UPLINK: Self = Self {
+        cluster: u16::MAX,
+        gateway: u16::MAX,
+    };
+
+    /// Behind gateway `gateway` of cluster `cluster` (below `u16::MAX`).
+    pub const fn tunnel(cluster: u16, gateway: u16) -> Self {
+        Self { cluster, gateway }
+    }
+
+    /// The cluster and gateway, or `None` for the uplink.
+    #[inline]
+    pub const fn tunnel_of(self) -> Option<(u16, u16)> {
+        if self.cluster == u16::MAX {
+            None
+        } else {
+            Some((self.cluster, self.gateway))
+        }
+    }
+}
+
+impl std::fmt::Debug for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.tunnel_of() {
+            None => f.write_str("Uplink"),
+            Some((cluster, gateway)) => f
+                .debug_struct("Tunnel")
+                .field("cluster", &cluster)
+                .field("gateway", &gateway)
+                .finish(),
+        }
+    }
 }
 
 /// A TCP connection's state, as far as the timeouts care. Closing is
@@ -68,21 +119,44 @@ pub enum Side {
 /// `rx_closing`): a connection half closed by one side may go on sending
 /// the other way for as long as it likes (RFC 9293 §3.6), so it keeps the
 /// established timeout until both sides have sent their FIN (or one an RST).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TcpState {
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct TcpState(u32);
+
+impl TcpState {
     /// The client's SYN seen, no answer yet.
-    SynSent,
-    Established,
+    pub const SYN_SENT: Self = Self(0);
+    pub const ESTABLISHED: Self = Self(1);
     /// The client has sent its FIN; the backend may still send.
-    ClientClosed,
+    pub const CLIENT_CLOSED: Self = Self(2);
     /// The backend has sent its FIN; the client may still send.
-    BackendClosed,
+    pub const BACKEND_CLOSED: Self = Self(3);
     /// Both FINs seen, or an RST: the closing timeout runs.
-    Closing,
+    pub const CLOSING: Self = Self(4);
+
+    /// One of the states above (a slot read back may hold anything).
+    pub const fn is_valid(self) -> bool {
+        self.0 <= Self::CLOSING.0
+    }
 }
 
-/// What Rialto remembers of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+impl std::fmt::Debug for TcpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::SYN_SENT => f.write_str("SynSent"),
+            Self::ESTABLISHED => f.write_str("Established"),
+            Self::CLIENT_CLOSED => f.write_str("ClientClosed"),
+            Self::BACKEND_CLOSED => f.write_str("BackendClosed"),
+            Self::CLOSING => f.write_str("Closing"),
+            Self(other) => write!(f, "TcpState({other})"),
+        }
+    }
+}
+
+/// What Rialto remembers of a flow: plain bytes, with no padding, as it
+/// lies in a [`Slot`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Flow {
     /// Client -> VIP, as received.
     pub forward: FlowKey,
@@ -94,9 +168,74 @@ pub struct Flow {
     pub service: u32,
     pub backend_index: u32,
     pub hash: u64,
-    pub state: TcpState,
-    /// Second (of the worker's clock) after which the flow is gone.
+    /// Second (of the monotonic clock) after which the flow is gone.
     pub expires: u32,
+    pub state: TcpState,
+}
+
+/// The bytes of a flow its checksum covers: all but what each packet
+/// changes (`expires`, `state`).
+const CHECKED: usize = std::mem::offset_of!(Flow, expires);
+
+/// A slot of the flow table, as it lies in memory (and in a state file).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct Slot {
+    /// [`Slot::EMPTY`], [`Slot::WRITING`] or [`Slot::LIVE`].
+    pub mark: u32,
+    /// CRC-32 of the flow's fields that only a reload changes.
+    pub check: u32,
+    pub flow: Flow,
+}
+
+/// What a slot read back holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    Empty,
+    /// Being written when the writer stopped: its flow is incomplete.
+    Torn,
+    Live,
+    /// Neither of the above, or a checksum that does not match.
+    Corrupt,
+}
+
+impl Slot {
+    pub const EMPTY: u32 = 0;
+    pub const WRITING: u32 = 1;
+    pub const LIVE: u32 = 2;
+
+    /// The checksum of `flow`.
+    pub fn check_of(flow: &Flow) -> u32 {
+        crc32fast::hash(&bytemuck::bytes_of(flow)[..CHECKED])
+    }
+
+    /// Whether the slot holds a flow, and a whole one.
+    pub fn state(&self) -> SlotState {
+        match self.mark {
+            Self::EMPTY => SlotState::Empty,
+            Self::WRITING => SlotState::Torn,
+            Self::LIVE
+                if self.check == Self::check_of(&self.flow)
+                    && self.flow.state.is_valid()
+                    && self.flow.forward.pad == [0; 3]
+                    && self.flow.reverse.pad == [0; 3] =>
+            {
+                SlotState::Live
+            }
+            _ => SlotState::Corrupt,
+        }
+    }
+
+    /// Writes `flow` so that a writer stopped at any point leaves the slot
+    /// empty, marked torn, or whole: the mark goes last.
+    fn write(&mut self, flow: Flow) {
+        self.mark = Self::WRITING;
+        compiler_fence(Ordering::Release);
+        self.flow = flow;
+        self.check = Self::check_of(&flow);
+        compiler_fence(Ordering::Release);
+        self.mark = Self::LIVE;
+    }
 }
 
 /// Which entry a packet matched.
@@ -127,13 +266,28 @@ pub struct ConntrackStats {
     pub live: u64,
 }
 
+/// What [`Conntrack::restore`] made of the flows it was given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Restored {
+    pub restored: u64,
+    /// Expired meanwhile.
+    pub expired: u64,
+    /// Whose SNAT port is not in this worker's slice of the pool (an
+    /// address gone, a port range changed).
+    pub no_port: u64,
+    /// A flow with the same key or SNAT port came first.
+    pub duplicate: u64,
+    /// The table was full.
+    pub full: u64,
+}
+
 /// Slots sampled for the flow to evict when the table is full.
 const EVICTION_SAMPLE: usize = 8;
 
-/// A worker's flows.
+/// A worker's flows, in slots of storage `S` (the heap by default).
 #[derive(Debug)]
-pub struct Conntrack {
-    slots: Vec<Option<Flow>>,
+pub struct Conntrack<S = Box<[Slot]>> {
+    slots: S,
     free: Vec<u32>,
     forward: Index,
     reverse: Index,
@@ -147,12 +301,26 @@ pub struct Conntrack {
 }
 
 impl Conntrack {
-    /// A table of at most `capacity` flows. Everything is allocated here:
-    /// the hot path never allocates.
+    /// A table of at most `capacity` flows, on the heap.
     pub fn new(capacity: usize, snat: SnatPorts, timeouts: Timeouts) -> Self {
-        let capacity = capacity.max(1);
+        let slots = vec![Slot::zeroed(); capacity.max(1)].into_boxed_slice();
+        Self::with_slots(slots, snat, timeouts)
+    }
+}
+
+impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
+    /// A table over `slots` (at least one), emptied of whatever they held.
+    /// Everything is allocated here: the hot path never allocates.
+    pub fn with_slots(mut slots: S, snat: SnatPorts, timeouts: Timeouts) -> Self {
+        assert!(!slots.is_empty(), "a flow table has a slot at least");
+        // Only what is not empty is written: the untouched pages of a new
+        // mapping stay unallocated.
+        for slot in slots.iter_mut().filter(|s| s.mark != Slot::EMPTY) {
+            slot.mark = Slot::EMPTY;
+        }
+        let capacity = slots.len();
         Self {
-            slots: vec![None; capacity],
+            slots,
             free: (0..capacity as u32).rev().collect(),
             forward: Index::new(capacity, By::Forward),
             reverse: Index::new(capacity, By::Reverse),
@@ -165,6 +333,12 @@ impl Conntrack {
         }
     }
 
+    /// The storage, for its own bookkeeping (a file's header, say): the
+    /// slots are the table's, and writing them through it breaks the table.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.slots
+    }
+
     /// Live flows per service and backend.
     pub fn per_backend(&self) -> &[Vec<u32>] {
         &self.per_backend
@@ -173,12 +347,13 @@ impl Conntrack {
     /// Counts the live flows per backend again, for tables with `layout[s]`
     /// backends in service `s` (at start and after a reload).
     pub fn recount(&mut self, layout: &[usize]) {
-        self.per_backend = layout.iter().map(|&n| vec![0; n]).collect();
-        for flow in self.slots.iter().flatten() {
-            if let Some(n) = backend_count(&mut self.per_backend, flow) {
+        let mut per_backend: Vec<Vec<u32>> = layout.iter().map(|&n| vec![0; n]).collect();
+        for (_, flow) in self.iter() {
+            if let Some(n) = backend_count(&mut per_backend, flow) {
                 *n += 1;
             }
         }
+        self.per_backend = per_backend;
     }
 
     fn count(&mut self, flow: &Flow, up: bool) {
@@ -225,12 +400,67 @@ impl Conntrack {
     /// slot.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Flow)> + '_ {
         (0u32..)
-            .zip(&self.slots)
-            .filter_map(|(id, slot)| slot.as_ref().map(|f| (id, f)))
+            .zip(self.slots.iter())
+            .filter(|(_, slot)| slot.mark == Slot::LIVE)
+            .map(|(id, slot)| (id, &slot.flow))
     }
 
     pub fn flow(&self, id: u32) -> &Flow {
-        self.slots[id as usize].as_ref().expect("live flow id")
+        let slot = &self.slots[id as usize];
+        debug_assert_eq!(slot.mark, Slot::LIVE, "live flow id");
+        &slot.flow
+    }
+
+    /// Puts flows kept from before (another process's table, read back
+    /// and carried over to the tables in force) into this empty table as
+    /// they were, their SNAT ports, state and expiry included; the ports
+    /// they hold leave the free lists. What cannot be restored is counted
+    /// by reason. Allocates, as a start does.
+    pub fn restore(&mut self, flows: impl IntoIterator<Item = Flow>, now: u32) -> Restored {
+        let mut done = Restored::default();
+        let mut claims = self.snat.claims();
+        for flow in flows {
+            let (addr, proto, port) = (flow.reverse.dst, flow.reverse.proto, flow.reverse.dst_port);
+            let hash = self.hasher.hash_one(flow.forward);
+            let reason = if flow.expires < now {
+                &mut done.expired
+            } else if !self.snat.holds(&addr, proto, port) {
+                &mut done.no_port
+            } else if self.free.is_empty() {
+                &mut done.full
+            } else if !self.snat.claim(&mut claims, &addr, proto, port) {
+                &mut done.duplicate
+            } else {
+                // A reverse key holds its SNAT port, so only the forward key
+                // can be taken yet: looked for and indexed in one probe.
+                let id = *self.free.last().expect("checked above");
+                let (slots, hasher) = (&self.slots, &self.hasher);
+                if self
+                    .forward
+                    .insert_new(hash, id, &flow.forward, slots, hasher)
+                {
+                    self.free.pop();
+                    self.count(&flow, true);
+                    self.slots[id as usize].write(flow);
+                    let hash = self.hasher.hash_one(flow.reverse);
+                    self.reverse.insert(hash, id, &self.slots, &self.hasher);
+                    &mut done.restored
+                } else {
+                    &mut done.duplicate
+                }
+            };
+            *reason += 1;
+        }
+        self.snat.settle(&claims);
+        done
+    }
+
+    /// Writes `flow` into free slot `id` and indexes it.
+    fn put(&mut self, id: u32, flow: Flow, hashes: (u64, u64)) {
+        self.count(&flow, true);
+        self.slots[id as usize].write(flow);
+        self.forward.insert(hashes.0, id, &self.slots, &self.hasher);
+        self.reverse.insert(hashes.1, id, &self.slots, &self.hasher);
     }
 
     /// Creates a flow: takes a SNAT port of the backend's family, inserts
@@ -260,19 +490,17 @@ impl Conntrack {
             self.hasher.hash_one(flow.forward),
             self.hasher.hash_one(flow.reverse),
         );
-        self.count(&flow, true);
-        self.slots[id as usize] = Some(flow);
-        self.forward.insert(hashes.0, id, &self.slots, &self.hasher);
-        self.reverse.insert(hashes.1, id, &self.slots, &self.hasher);
+        self.put(id, flow, hashes);
         self.stats.created += 1;
         Ok(id)
     }
 
-    /// Notes a packet of flow `id`: advances the TCP state and the expiry.
+    /// Notes a packet of flow `id`: advances the TCP state and the expiry
+    /// (each one store, which the slot's checksum does not cover).
     #[inline]
     pub fn touch(&mut self, id: u32, direction: Direction, tcp_flags: u8, now: u32) {
         let timeouts = self.timeouts;
-        let flow = self.slots[id as usize].as_mut().expect("live flow id");
+        let flow = &mut self.slots[id as usize].flow;
         if flow.forward.proto == TCP {
             flow.state = next_state(flow.state, direction, tcp_flags);
         }
@@ -284,9 +512,8 @@ impl Conntrack {
     pub fn sweep(&mut self, now: u32, budget: usize) {
         for _ in 0..budget.min(self.slots.len()) {
             self.hand = (self.hand + 1) % self.slots.len();
-            if let Some(flow) = &self.slots[self.hand]
-                && flow.expires < now
-            {
+            let slot = &self.slots[self.hand];
+            if slot.mark == Slot::LIVE && slot.flow.expires < now {
                 self.remove(self.hand as u32);
                 self.stats.expired += 1;
             }
@@ -309,29 +536,36 @@ impl Conntrack {
         let before = self.forward.len();
         if let Some(mut snat) = snat {
             for id in 0..self.slots.len() {
-                if let Some(f) = &self.slots[id]
+                let slot = &self.slots[id];
+                let f = &slot.flow;
+                if slot.mark == Slot::LIVE
                     && !snat.holds(&f.reverse.dst, f.reverse.proto, f.reverse.dst_port)
                 {
                     self.remove(id as u32);
                 }
             }
-            let held: hashbrown::HashSet<(Addr, u8, u16)> = self
-                .slots
-                .iter()
-                .flatten()
-                .map(|f| (f.reverse.dst, f.reverse.proto, f.reverse.dst_port))
-                .collect();
-            snat.retain_free(|addr, proto, port| held.contains(&(*addr, proto, port)));
+            let mut claims = snat.claims();
+            for (_, f) in self.iter() {
+                snat.claim(
+                    &mut claims,
+                    &f.reverse.dst,
+                    f.reverse.proto,
+                    f.reverse.dst_port,
+                );
+            }
+            snat.settle(&claims);
             self.snat = snat;
         }
         for id in 0..self.slots.len() {
-            let Some(flow) = &self.slots[id] else {
+            let slot = &self.slots[id];
+            if slot.mark != Slot::LIVE {
                 continue;
-            };
-            match remap(flow) {
+            }
+            let flow = slot.flow;
+            match remap(&flow) {
                 Some(new) => {
                     debug_assert_eq!((new.forward, new.reverse), (flow.forward, flow.reverse));
-                    self.slots[id] = Some(new);
+                    self.slots[id].write(new);
                 }
                 None => self.remove(id as u32),
             }
@@ -343,7 +577,8 @@ impl Conntrack {
         let len = self.slots.len();
         let victim = (1..=EVICTION_SAMPLE.min(len))
             .map(|i| (self.hand + i) % len)
-            .filter_map(|i| self.slots[i].as_ref().map(|f| (f.expires, i)))
+            .filter(|&i| self.slots[i].mark == Slot::LIVE)
+            .map(|i| (self.slots[i].flow.expires, i))
             .min();
         self.hand = (self.hand + EVICTION_SAMPLE) % len;
         if let Some((_, i)) = victim {
@@ -353,7 +588,10 @@ impl Conntrack {
     }
 
     fn remove(&mut self, id: u32) {
-        let flow = self.slots[id as usize].take().expect("live flow id");
+        let slot = &mut self.slots[id as usize];
+        debug_assert_eq!(slot.mark, Slot::LIVE, "live flow id");
+        let flow = slot.flow;
+        slot.mark = Slot::EMPTY;
         self.count(&flow, false);
         self.forward.remove(self.hasher.hash_one(flow.forward), id);
         self.reverse.remove(self.hasher.hash_one(flow.reverse), id);
@@ -403,26 +641,48 @@ impl Index {
     }
 
     /// The slot of the live flow whose key is `key` (of hash `hash`).
+    /// Indexed slots are live: only the key is compared.
     #[inline]
-    fn get(&self, hash: u64, key: &FlowKey, slots: &[Option<Flow>]) -> Option<u32> {
+    fn get(&self, hash: u64, key: &FlowKey, slots: &[Slot]) -> Option<u32> {
         let by = self.by;
         self.ids
-            .find(hash, |&id| {
-                slots[id as usize]
-                    .as_ref()
-                    .is_some_and(|f| by.key(f) == key)
-            })
+            .find(hash, |&id| by.key(&slots[id as usize].flow) == key)
             .copied()
     }
 
     /// Indexes slot `id`, which holds its flow already (`hash` is its key's).
-    fn insert(&mut self, hash: u64, id: u32, slots: &[Option<Flow>], hasher: &DefaultHashBuilder) {
+    fn insert(&mut self, hash: u64, id: u32, slots: &[Slot], hasher: &DefaultHashBuilder) {
         let by = self.by;
         // The table never grows (it was made for every slot), but it may
         // rehash in place to clear the tombstones removals leave.
         self.ids.insert_unique(hash, id, |&i| {
-            hasher.hash_one(by.key(slots[i as usize].as_ref().expect("indexed slots are live")))
+            hasher.hash_one(by.key(&slots[i as usize].flow))
         });
+    }
+
+    /// Indexes slot `id` under `key` (of hash `hash`) unless a live flow
+    /// has that key already: whether it did. The slot is written after.
+    fn insert_new(
+        &mut self,
+        hash: u64,
+        id: u32,
+        key: &FlowKey,
+        slots: &[Slot],
+        hasher: &DefaultHashBuilder,
+    ) -> bool {
+        let by = self.by;
+        let entry = self.ids.entry(
+            hash,
+            |&i| by.key(&slots[i as usize].flow) == key,
+            |&i| hasher.hash_one(by.key(&slots[i as usize].flow)),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(id);
+                true
+            }
+        }
     }
 
     fn remove(&mut self, hash: u64, id: u32) {
@@ -441,11 +701,11 @@ fn backend_count<'a>(per_backend: &'a mut [Vec<u32>], flow: &Flow) -> Option<&'a
 
 fn timeout(t: &Timeouts, proto: u8, state: TcpState) -> u32 {
     match (proto, state) {
-        (TCP, TcpState::SynSent) => t.tcp_syn,
-        (TCP, TcpState::Established | TcpState::ClientClosed | TcpState::BackendClosed) => {
+        (TCP, TcpState::SYN_SENT) => t.tcp_syn,
+        (TCP, TcpState::ESTABLISHED | TcpState::CLIENT_CLOSED | TcpState::BACKEND_CLOSED) => {
             t.tcp_established
         }
-        (TCP, TcpState::Closing) => t.tcp_closing,
+        (TCP, _) => t.tcp_closing,
         (UDP, _) => t.udp,
         _ => t.icmp,
     }
@@ -457,21 +717,23 @@ fn timeout(t: &Timeouts, proto: u8, state: TcpState) -> u32 {
 /// it, and so does the second side's FIN; a client's new SYN on a closing
 /// connection (the port reused) starts it over.
 fn next_state(state: TcpState, direction: Direction, tcp_flags: u8) -> TcpState {
-    use TcpState::{BackendClosed, ClientClosed, Closing, Established, SynSent};
+    const BACKEND_CLOSED: TcpState = TcpState::BACKEND_CLOSED;
+    const CLIENT_CLOSED: TcpState = TcpState::CLIENT_CLOSED;
+    const CLOSING: TcpState = TcpState::CLOSING;
     if tcp_flags & flags::RST != 0 {
-        return Closing;
+        return CLOSING;
     }
     if tcp_flags & flags::FIN != 0 {
         return match (state, direction) {
-            (BackendClosed | Closing, Direction::Forward) => Closing,
-            (ClientClosed | Closing, Direction::Reply) => Closing,
-            (_, Direction::Forward) => ClientClosed,
-            (_, Direction::Reply) => BackendClosed,
+            (BACKEND_CLOSED | CLOSING, Direction::Forward) => CLOSING,
+            (CLIENT_CLOSED | CLOSING, Direction::Reply) => CLOSING,
+            (_, Direction::Forward) => CLIENT_CLOSED,
+            (_, Direction::Reply) => BACKEND_CLOSED,
         };
     }
     match (state, direction) {
-        (Closing, Direction::Forward) if tcp_flags & flags::SYN != 0 => SynSent,
-        (SynSent, Direction::Reply) => Established,
+        (CLOSING, Direction::Forward) if tcp_flags & flags::SYN != 0 => TcpState::SYN_SENT,
+        (TcpState::SYN_SENT, Direction::Reply) => TcpState::ESTABLISHED,
         (state, _) => state,
     }
 }
@@ -500,6 +762,7 @@ mod tests {
             dst_port: 80,
             proto: TCP,
             tunnel: UPLINK,
+            pad: [0; 3],
         }
     }
 
@@ -515,16 +778,14 @@ mod tests {
                     dst_port: snat_port,
                     proto: TCP,
                     tunnel: 100,
+                    pad: [0; 3],
                 },
-                client: Side::Uplink,
-                backend: Side::Tunnel {
-                    cluster: 0,
-                    gateway: 0,
-                },
+                client: Side::UPLINK,
+                backend: Side::tunnel(0, 0),
                 service: 0,
                 backend_index: 0,
                 hash: 0,
-                state: TcpState::SynSent,
+                state: TcpState::SYN_SENT,
                 expires: 0,
             }
         })
@@ -548,18 +809,18 @@ mod tests {
         t.touch(id, Direction::Reply, flags::SYN | flags::ACK, 101);
         assert_eq!(
             (t.flow(id).state, t.flow(id).expires),
-            (TcpState::Established, 101 + 3600)
+            (TcpState::ESTABLISHED, 101 + 3600)
         );
         t.touch(id, Direction::Forward, flags::FIN | flags::ACK, 102);
         assert_eq!(
             (t.flow(id).state, t.flow(id).expires),
-            (TcpState::ClientClosed, 102 + 3600),
+            (TcpState::CLIENT_CLOSED, 102 + 3600),
             "half closed: the backend may still send"
         );
         t.touch(id, Direction::Reply, flags::FIN | flags::ACK, 102);
         assert_eq!(
             (t.flow(id).state, t.flow(id).expires),
-            (TcpState::Closing, 102 + 30)
+            (TcpState::CLOSING, 102 + 30)
         );
         assert_eq!(t.lookup(&key(40000), 132), Some((id, Direction::Forward)));
         assert_eq!(t.lookup(&key(40000), 133), None, "expired on lookup");
@@ -575,7 +836,7 @@ mod tests {
         let id = add(&mut t, 40000, 0).unwrap();
         t.touch(id, Direction::Reply, flags::SYN | flags::ACK, 0);
         t.touch(id, Direction::Reply, flags::FIN | flags::ACK, 10);
-        assert_eq!(t.flow(id).state, TcpState::BackendClosed);
+        assert_eq!(t.flow(id).state, TcpState::BACKEND_CLOSED);
         // The client goes on uploading for longer than the closing timeout.
         for now in (20..200).step_by(20) {
             t.touch(id, Direction::Forward, flags::ACK, now);
@@ -589,17 +850,17 @@ mod tests {
         t.touch(id, Direction::Forward, flags::FIN | flags::ACK, 200);
         assert_eq!(
             (t.flow(id).state, t.flow(id).expires),
-            (TcpState::Closing, 230)
+            (TcpState::CLOSING, 230)
         );
         let other = add(&mut t, 40001, 0).unwrap();
         t.touch(other, Direction::Forward, flags::RST, 5);
         assert_eq!(
             (t.flow(other).state, t.flow(other).expires),
-            (TcpState::Closing, 35)
+            (TcpState::CLOSING, 35)
         );
         // A new SYN on the closed port starts the connection over.
         t.touch(other, Direction::Forward, flags::SYN, 6);
-        assert_eq!(t.flow(other).state, TcpState::SynSent);
+        assert_eq!(t.flow(other).state, TcpState::SYN_SENT);
     }
 
     #[test]
@@ -623,5 +884,83 @@ mod tests {
         assert_eq!(t.stats().live, 2);
         assert_eq!(t.lookup(&key(1), 20), None);
         assert_ne!(t.lookup(&key(3), 20), None);
+    }
+
+    /// A slot is plain bytes of a fixed size: what a state file holds.
+    #[test]
+    fn a_slot_is_128_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 128);
+        assert_eq!(std::mem::align_of::<Slot>(), 8);
+    }
+
+    /// What a writer stopped part way leaves is seen for what it is.
+    #[test]
+    fn slots_read_back_are_checked() {
+        let mut t = table(4, (1024, 1030));
+        let id = add(&mut t, 40000, 0).unwrap();
+        let live = t.slots[id as usize];
+        assert_eq!(live.state(), SlotState::Live);
+        assert_eq!(Slot::zeroed().state(), SlotState::Empty);
+        let torn = Slot {
+            mark: Slot::WRITING,
+            ..live
+        };
+        assert_eq!(torn.state(), SlotState::Torn);
+        let mut flipped = live;
+        flipped.flow.backend_index ^= 1;
+        assert_eq!(flipped.state(), SlotState::Corrupt, "a checked field");
+        let mut state = live;
+        state.flow.state = TcpState(9);
+        assert_eq!(state.state(), SlotState::Corrupt, "no such TCP state");
+        let mut touched = live;
+        touched.flow.expires += 100;
+        assert_eq!(touched.state(), SlotState::Live, "expiry is not checked");
+        let mark = Slot { mark: 7, ..live };
+        assert_eq!(mark.state(), SlotState::Corrupt);
+    }
+
+    /// Flows kept from before go back as they were, their ports held; what
+    /// cannot is counted by reason.
+    #[test]
+    fn restore_puts_flows_back_with_their_ports() {
+        let mut before = table(8, (1024, 1027));
+        for port in [1, 2, 3] {
+            add(&mut before, port, 0).unwrap();
+        }
+        let id = before.lookup(&key(2), 0).unwrap().0;
+        before.touch(id, Direction::Reply, flags::SYN | flags::ACK, 10);
+        let flows: Vec<Flow> = before.iter().map(|(_, f)| *f).collect();
+        let mut outside = flows[0];
+        outside.reverse.dst_port = 2000;
+        outside.forward.src_port = 9;
+        outside.expires = 100;
+        let mut after = table(3, (1024, 1027));
+        // Flow 1 and 3 (SYN sent, 30 s) have expired at 35; flow 2 has not.
+        let mut kept = flows.clone();
+        kept.push(flows[1]);
+        kept.push(outside);
+        let done = after.restore(kept, 35);
+        assert_eq!(
+            done,
+            Restored {
+                restored: 1,
+                expired: 2,
+                no_port: 1,
+                duplicate: 1,
+                full: 0,
+            }
+        );
+        let (id, _) = after.lookup(&key(2), 35).expect("flow 2 is back");
+        assert_eq!(*after.flow(id), flows[1], "as it was");
+        let (_, proto, free) = after.snat().free().find(|(_, p, _)| *p == TCP).unwrap();
+        assert_eq!((proto, free), (TCP, 3), "its port is held");
+        let fresh = add(&mut after, 50, 35).unwrap();
+        assert_ne!(
+            after.flow(fresh).reverse.dst_port,
+            flows[1].reverse.dst_port
+        );
+        let mut full = table(1, (1024, 1027));
+        let done = full.restore(flows.iter().map(|f| Flow { expires: 100, ..*f }), 35);
+        assert_eq!((done.restored, done.full), (1, 2));
     }
 }

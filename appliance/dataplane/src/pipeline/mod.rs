@@ -18,19 +18,21 @@ pub mod packet;
 pub mod reflect;
 pub mod snat;
 
-use std::sync::Arc;
+use std::{ops::DerefMut, sync::Arc};
 
+use conntrack::{Restored, Slot};
 use rialto_tables::Snapshot;
 use serde::Serialize;
 
 use crate::{FrameBuf, Verdict};
 
-/// A worker's pipeline.
+/// A worker's pipeline; a balancer keeps its flows in slots of storage
+/// `S` (the heap by default; `rialto run` maps them from a file).
 #[derive(Debug)]
-pub enum Pipeline {
+pub enum Pipeline<S = Box<[Slot]>> {
     /// The border node's job (DESIGN.md): balance VIP traffic over backends
     /// in remote clusters, through VXLAN, with NAT and connection tracking.
-    Balance(Box<balance::Balancer>),
+    Balance(Box<balance::Balancer<S>>),
     /// Swap Ethernet, IP and UDP/TCP source and destination, and send the
     /// frame back: the bare AF_XDP baseline the benchmarks compare against.
     Reflect,
@@ -63,6 +65,43 @@ impl Pipeline {
         Self::Balance(Box::new(balance::Balancer::new(
             tables, worker, workers, mac,
         )))
+    }
+}
+
+impl<S: DerefMut<Target = [Slot]>> Pipeline<S> {
+    /// [`Pipeline::balance`], the flows in `slots` (emptied first; as many
+    /// as [`balance::slots_for`] the tables).
+    pub fn balance_in(
+        slots: S,
+        tables: Arc<Snapshot>,
+        worker: u32,
+        workers: u32,
+        mac: [u8; 6],
+    ) -> Self {
+        Self::Balance(Box::new(balance::Balancer::with_slots(
+            slots, tables, worker, workers, mac,
+        )))
+    }
+
+    /// A balancer's flow storage (see [`conntrack::Conntrack::storage_mut`]).
+    pub fn storage_mut(&mut self) -> Option<&mut S> {
+        match self {
+            Self::Balance(b) => Some(b.storage_mut()),
+            Self::Reflect => None,
+        }
+    }
+
+    /// Puts flows kept from before a restart (carried over to the tables in
+    /// force) into a balancer's empty table; `None` in reflect mode.
+    pub fn restore(
+        &mut self,
+        flows: impl IntoIterator<Item = conntrack::Flow>,
+        now: u64,
+    ) -> Option<Restored> {
+        match self {
+            Self::Balance(b) => Some(b.restore(flows, now)),
+            Self::Reflect => None,
+        }
     }
 
     /// Processes a batch in place: `verdicts[i]` says what to do with

@@ -21,6 +21,10 @@ struct Ports {
     free: Vec<u16>,
 }
 
+/// Ports of a slice that flows kept from before hold ([`SnatPorts::claim`]).
+#[derive(Debug)]
+pub struct Claims(Vec<Vec<u64>>);
+
 /// One worker's SNAT ports.
 #[derive(Debug)]
 pub struct SnatPorts {
@@ -114,11 +118,39 @@ impl SnatPorts {
         self.slice.contains(&u32::from(port)) && self.index.contains_key(&(*addr, proto))
     }
 
-    /// Takes out of the free ports every one `in_use` says a flow holds
-    /// (after a reload, for the flows kept from the previous pool).
-    pub fn retain_free(&mut self, in_use: impl Fn(&Addr, u8, u16) -> bool) {
-        for p in &mut self.pools {
-            p.free.retain(|&port| !in_use(&p.addr, p.proto, port));
+    /// An empty record of the ports flows kept from before hold (after a
+    /// reload with a new pool, or a restart), one bit per port of each
+    /// address and protocol of the slice.
+    pub fn claims(&self) -> Claims {
+        let words = self.slice.len().div_ceil(64);
+        Claims(vec![vec![0; words]; self.pools.len()])
+    }
+
+    /// Records that a flow holds `port` of `addr` for `proto`: false if the
+    /// port is not this slice's, or another flow holds it already.
+    pub fn claim(&self, claims: &mut Claims, addr: &Addr, proto: u8, port: u16) -> bool {
+        let Some(&pool) = self.index.get(&(*addr, proto)) else {
+            return false;
+        };
+        if !self.slice.contains(&u32::from(port)) {
+            return false;
+        }
+        let bit = (u32::from(port) - self.slice.start) as usize;
+        let word = &mut claims.0[pool][bit / 64];
+        let mask = 1 << (bit % 64);
+        let free = *word & mask == 0;
+        *word |= mask;
+        free
+    }
+
+    /// Takes every claimed port out of the free lists.
+    pub fn settle(&mut self, claims: &Claims) {
+        let start = self.slice.start;
+        for (p, bits) in self.pools.iter_mut().zip(&claims.0) {
+            p.free.retain(|&port| {
+                let bit = (u32::from(port) - start) as usize;
+                bits[bit / 64] & 1 << (bit % 64) == 0
+            });
         }
     }
 

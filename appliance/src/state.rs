@@ -1,0 +1,494 @@
+//! What outlives the process: each worker's flow table, and what its flows'
+//! indices mean.
+//!
+//! A state directory (by default under `/dev/shm`, memory that outlives
+//! the process but not the machine) holds, per worker, `flows-qN.bin`: a
+//! header page, then the worker's flow table itself ([`Slot`]s), mapped
+//! shared, so the worker writes its flows there as it goes and nothing is
+//! saved at exit; and `context-ID.json`, the [`FlowContext`] the flows'
+//! table indices refer to (one per config in force, written before the
+//! workers take it). A `lock` file, held while Rialto runs, keeps a second
+//! one off the same directory.
+//!
+//! After a crash or a stop, the next `rialto run` reads the tables back
+//! ([`StateDir::read_saved`]): a file of another state version, layout or
+//! boot is left aside; a slot marked torn (being written when the process
+//! died) is skipped; a slot whose checksum does not match, or any other
+//! inconsistency, means the file is corrupt and none of it is trusted. The
+//! flows are carried over to the new tables as a reload would, restored
+//! into new files (`.new`), which then replace the old ones.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{Read, Write},
+    ops::{Deref, DerefMut},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use bytemuck::{Pod, Zeroable};
+use nix::fcntl::{Flock, FlockArg};
+use rialto_dataplane::pipeline::conntrack::{Flow, Slot, SlotState};
+use rialto_tables::{FlowContext, Timeouts};
+
+use crate::shm::SharedMap;
+
+/// The layout of what this Rialto writes; a state directory of another
+/// version is not read.
+pub const STATE_VERSION: u32 = 1;
+
+const MAGIC: [u8; 8] = *b"RIALTOFT";
+/// The header takes a page: the slots that follow are page-aligned.
+const HEADER_LEN: usize = 4096;
+
+/// A flow table file's header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Header {
+    magic: [u8; 8],
+    version: u32,
+    slot_size: u32,
+    capacity: u32,
+    queue: u32,
+    /// The context the flows' indices refer to.
+    context: u32,
+    /// CRC-32 of the header with this field zero.
+    check: u32,
+    /// The boot the monotonic clock of the flows' expiry is of.
+    boot_id: [u8; 16],
+}
+
+impl Header {
+    fn checksum(&self) -> u32 {
+        crc32fast::hash(bytemuck::bytes_of(&Self { check: 0, ..*self }))
+    }
+}
+
+/// A worker's flow table, mapped shared from its file.
+#[derive(Debug)]
+pub struct MappedSlots {
+    map: SharedMap,
+}
+
+impl MappedSlots {
+    fn header(&mut self) -> &mut Header {
+        bytemuck::from_bytes_mut(&mut self.map[..size_of::<Header>()])
+    }
+
+    /// Records that the flows' indices now refer to context `id` (a reload
+    /// carried them over).
+    pub fn set_context(&mut self, id: u32) {
+        let header = self.header();
+        header.context = id;
+        header.check = header.checksum();
+    }
+}
+
+impl Deref for MappedSlots {
+    type Target = [Slot];
+
+    fn deref(&self) -> &[Slot] {
+        bytemuck::cast_slice(&self.map[HEADER_LEN..])
+    }
+}
+
+impl DerefMut for MappedSlots {
+    fn deref_mut(&mut self) -> &mut [Slot] {
+        bytemuck::cast_slice_mut(&mut self.map[HEADER_LEN..])
+    }
+}
+
+/// What a state directory held of a previous Rialto's flows.
+#[derive(Debug, Default)]
+pub struct Saved {
+    /// Whole flows read back, with the context their indices refer to.
+    pub flows: Vec<(FlowContext, Vec<Flow>)>,
+    /// Slots being written when the writer stopped: skipped.
+    pub torn: u64,
+    /// Flows of files that were not read, and why (one line each).
+    pub discarded: Vec<String>,
+    /// Flows in those files (live slots, at most).
+    pub lost: u64,
+}
+
+/// A saved table read back: its context, its whole flows, its torn slots.
+type Table = (FlowContext, Vec<Flow>, u64);
+
+/// A state directory, locked while this process has it.
+#[derive(Debug)]
+pub struct StateDir {
+    path: PathBuf,
+    _lock: Flock<File>,
+    boot_id: [u8; 16],
+}
+
+impl StateDir {
+    /// Where the state of the Rialto on `iface` lives by default: one
+    /// directory per network namespace and interface.
+    pub fn default_for(iface: &str) -> PathBuf {
+        use std::os::unix::fs::MetadataExt;
+        let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+        PathBuf::from(format!("/dev/shm/rialto/{iface}.{netns}"))
+    }
+
+    /// Opens (creating it if need be) and locks `path`; fails if another
+    /// Rialto holds it.
+    pub fn open(path: &Path) -> Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .with_context(|| format!("cannot create the state directory {}", path.display()))?;
+        let lock_path = path.join("lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(mut file, _)| {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::anyhow!(
+                "another rialto (pid {}) runs with the state directory {}: stop it, or take over from it \
+                 (rialto run --take-over)",
+                holder.trim(),
+                path.display()
+            )
+        })?;
+        lock.set_len(0)?;
+        write!(lock, "{}", std::process::id())?;
+        Ok(Self {
+            path: path.to_owned(),
+            _lock: lock,
+            boot_id: boot_id()?,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Saves the context of `tables` (if not saved already); its id goes in
+    /// the flow tables' headers.
+    pub fn save_context(&self, context: &FlowContext) -> Result<u32> {
+        let text = serde_json::to_vec(context)?;
+        let id = crc32fast::hash(&text);
+        let path = self.context_path(id);
+        if !path.exists() {
+            let staged = path.with_extension("json.new");
+            std::fs::write(&staged, &text)
+                .and_then(|()| std::fs::rename(&staged, &path))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(id)
+    }
+
+    /// Removes every saved context but `keep`.
+    pub fn retain_contexts(&self, keep: &[u32]) {
+        for (path, id) in self.files("context-", ".json") {
+            if !keep.contains(&id) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    fn context_path(&self, id: u32) -> PathBuf {
+        self.path.join(format!("context-{id:08x}.json"))
+    }
+
+    /// A new, empty flow table of `capacity` slots for `queue`, whose flows
+    /// will refer to context `context`: written beside the saved one until
+    /// [`StateDir::commit`].
+    pub fn create_flows(&self, queue: u32, capacity: usize, context: u32) -> Result<MappedSlots> {
+        let path = self.flows_path(queue).with_extension("bin.new");
+        let len = HEADER_LEN + capacity * size_of::<Slot>();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|f| f.set_len(len as u64).map(|()| f))
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let map = SharedMap::new(&file, len)
+            .with_context(|| format!("cannot map {} ({len} bytes)", path.display()))?;
+        let mut slots = MappedSlots { map };
+        *slots.header() = Header {
+            magic: MAGIC,
+            version: STATE_VERSION,
+            slot_size: size_of::<Slot>() as u32,
+            capacity: capacity as u32,
+            queue,
+            context,
+            check: 0,
+            boot_id: self.boot_id,
+        };
+        slots.set_context(context);
+        Ok(slots)
+    }
+
+    /// Puts the new flow tables of `queues` in place of the saved ones,
+    /// and removes the tables of queues no longer served.
+    pub fn commit(&self, queues: &[u32]) -> Result<()> {
+        for &queue in queues {
+            let path = self.flows_path(queue);
+            std::fs::rename(path.with_extension("bin.new"), &path)
+                .with_context(|| format!("cannot put {} in place", path.display()))?;
+        }
+        for (path, queue) in self.files("flows-q", ".bin") {
+            if !queues.contains(&queue) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        Ok(())
+    }
+
+    fn flows_path(&self, queue: u32) -> PathBuf {
+        self.path.join(format!("flows-q{queue}.bin"))
+    }
+
+    /// The files named `PREFIX<number>SUFFIX` (a hexadecimal number for
+    /// contexts, decimal for queues), with their number.
+    fn files(&self, prefix: &str, suffix: &str) -> Vec<(PathBuf, u32)> {
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return Vec::new();
+        };
+        let radix = if prefix == "context-" { 16 } else { 10 };
+        entries
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let name = path.file_name()?.to_str()?;
+                let number = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+                let number = u32::from_str_radix(number, radix).ok()?;
+                Some((path, number))
+            })
+            .collect()
+    }
+
+    /// Reads back every saved flow table: whole flows, with their context,
+    /// and what could not be read and why. Nothing is trusted that does
+    /// not check out.
+    /// A flow's expiry is held to `timeouts_bound` seconds after `now`.
+    pub fn read_saved(&self, timeouts_bound: u32, now: u32) -> Saved {
+        let mut saved = Saved::default();
+        let mut files = self.files("flows-q", ".bin");
+        files.sort();
+        // A thread per table: each is read and checked on its own.
+        let tables: Vec<_> = std::thread::scope(|scope| {
+            let reading: Vec<_> = (files.iter())
+                .map(|(path, _)| scope.spawn(|| self.read_table(path, timeouts_bound, now)))
+                .collect();
+            reading
+                .into_iter()
+                .map(|r| r.join().unwrap_or_else(|_| Err(("unreadable".into(), 0))))
+                .collect()
+        });
+        for ((path, _), table) in files.iter().zip(tables) {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            match table {
+                Ok(Some((context, flows, torn))) => {
+                    saved.torn += torn;
+                    saved.flows.push((context, flows));
+                }
+                Ok(None) => {}
+                Err((why, live)) => {
+                    saved
+                        .discarded
+                        .push(format!("{name}: {why}: {live} flows discarded"));
+                    saved.lost += live;
+                }
+            }
+        }
+        saved
+    }
+
+    /// One table: its context, flows and torn slots; `None` if it is of
+    /// another boot (its clock is gone); else why it is not trusted and
+    /// how many flows it held.
+    fn read_table(
+        &self,
+        path: &Path,
+        timeouts_bound: u32,
+        now: u32,
+    ) -> std::result::Result<Option<Table>, (String, u64)> {
+        let mut file = File::open(path).map_err(|e| (format!("cannot open: {e}"), 0))?;
+        let mut header = Header::zeroed();
+        file.read_exact(bytemuck::bytes_of_mut(&mut header))
+            .map_err(|e| (format!("no header: {e}"), 0))?;
+        if header.magic != MAGIC {
+            return Err(("not a flow table".into(), 0));
+        }
+        if header.version != STATE_VERSION || header.slot_size != size_of::<Slot>() as u32 {
+            return Err((
+                format!(
+                    "state version {} (slots of {} bytes); this rialto reads version {STATE_VERSION} \
+                     ({} bytes)",
+                    header.version,
+                    header.slot_size,
+                    size_of::<Slot>()
+                ),
+                0,
+            ));
+        }
+        if header.check != header.checksum() {
+            return Err(("its header's checksum does not match".into(), 0));
+        }
+        if header.boot_id != self.boot_id {
+            return Ok(None);
+        }
+        let mut slots = vec![Slot::zeroed(); header.capacity as usize];
+        let mut skip = vec![0; HEADER_LEN - size_of::<Header>()];
+        file.read_exact(&mut skip)
+            .and_then(|()| file.read_exact(bytemuck::cast_slice_mut(&mut slots)))
+            .map_err(|e| {
+                (
+                    format!("shorter than its {} slots: {e}", header.capacity),
+                    0,
+                )
+            })?;
+        let live = slots.iter().filter(|s| s.mark == Slot::LIVE).count() as u64;
+        let context = std::fs::read(self.context_path(header.context))
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_slice(&text).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                (
+                    format!("its context {:08x} cannot be read ({e})", header.context),
+                    live,
+                )
+            })?;
+        let (mut flows, mut torn) = (Vec::with_capacity(live as usize), 0);
+        for (i, slot) in slots.iter().enumerate() {
+            match slot.state() {
+                SlotState::Empty => {}
+                SlotState::Torn => torn += 1,
+                // Expiry is not checksummed (every packet moves it): it is
+                // held to what the timeouts in force allow.
+                SlotState::Live => flows.push(Flow {
+                    expires: slot.flow.expires.min(now.saturating_add(timeouts_bound)),
+                    ..slot.flow
+                }),
+                SlotState::Corrupt => {
+                    return Err((format!("slot {i} does not check out"), live));
+                }
+            }
+        }
+        Ok(Some((context, flows, torn)))
+    }
+}
+
+/// The longest a flow may be remembered without traffic under `timeouts`.
+pub fn longest(timeouts: &Timeouts) -> u32 {
+    [
+        timeouts.tcp_syn,
+        timeouts.tcp_established,
+        timeouts.tcp_closing,
+        timeouts.udp,
+        timeouts.icmp,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0)
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`).
+fn boot_id() -> Result<[u8; 16]> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .context("cannot read this boot's id")?;
+    let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+    let mut id = [0; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = hex
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    if id == [0; 16] {
+        bail!("this boot's id is unreadable: {text:?}");
+    }
+    Ok(id)
+}
+
+/// What became of the flows a previous Rialto left.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Resumed {
+    /// Flows back in a worker's table, as they were.
+    pub recovered: u64,
+    /// Expired meanwhile.
+    pub expired: u64,
+    /// Whose backend, service or cluster the config in force no longer has
+    /// (as a reload would have removed them).
+    pub gone: u64,
+    /// Whose SNAT address or port the config in force no longer has.
+    pub no_port: u64,
+    /// A flow with the same key or SNAT port came first.
+    pub duplicate: u64,
+    /// Beyond the new flow tables' size.
+    pub full: u64,
+    /// Slots being written when the previous Rialto stopped.
+    pub torn: u64,
+    /// In files that could not be trusted (see the log).
+    pub discarded: u64,
+    /// How long reading and restoring them took, in milliseconds.
+    pub millis: u64,
+}
+
+/// Restores `saved` into the workers' empty tables (`pipelines[i]` is
+/// worker `i` of them all) under `tables`: each flow is carried over as a
+/// reload would carry it, and goes to the worker whose slice of the SNAT
+/// ports holds its port.
+pub fn resume(
+    saved: Saved,
+    tables: &rialto_tables::Snapshot,
+    pipelines: &mut [&mut rialto_dataplane::Pipeline<MappedSlots>],
+    now_ns: u64,
+) -> Resumed {
+    use rialto_dataplane::pipeline::{balance::Carry, snat::SnatPorts};
+    let mut resumed = Resumed {
+        torn: saved.torn,
+        discarded: saved.lost,
+        ..Resumed::default()
+    };
+    let workers = pipelines.len();
+    let owner = SnatPorts::new(&tables.snat, 0, workers as u32);
+    let total = saved.flows.iter().map(|(_, flows)| flows.len()).sum();
+    let mut per_worker: Vec<Vec<Flow>> = (0..workers).map(|_| Vec::with_capacity(total)).collect();
+    for (context, flows) in &saved.flows {
+        let carry = Carry::new(context, tables);
+        for flow in flows {
+            match carry.flow(flow) {
+                Some(flow) => {
+                    let worker = owner.owner(flow.reverse.dst_port) as usize;
+                    per_worker[worker.min(workers - 1)].push(flow);
+                }
+                None => resumed.gone += 1,
+            }
+        }
+    }
+    // Each worker's table on a thread of its own, as the workers run.
+    let restored: Vec<_> = std::thread::scope(|scope| {
+        let restoring: Vec<_> = (pipelines.iter_mut().zip(per_worker))
+            .map(|(pipeline, flows)| scope.spawn(move || pipeline.restore(flows, now_ns)))
+            .collect();
+        restoring
+            .into_iter()
+            .map(|r| r.join().expect("a restore does not panic"))
+            .collect()
+    });
+    for done in restored.into_iter().flatten() {
+        resumed.recovered += done.restored;
+        resumed.expired += done.expired;
+        resumed.no_port += done.no_port;
+        resumed.duplicate += done.duplicate;
+        resumed.full += done.full;
+    }
+    resumed
+}
