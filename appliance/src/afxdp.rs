@@ -85,6 +85,47 @@ impl Default for PortConfig {
     }
 }
 
+/// A UMEM allocated and registered for the ports of `queues`, not bound
+/// yet ([`XskPort::prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    iface: String,
+    queues: Vec<u32>,
+    cfg: PortConfig,
+    ring: QueueSize,
+    umem: Umem,
+    descs: Vec<FrameDesc>,
+}
+
+impl Prepared {
+    /// Binds in copy mode without trying zero-copy.
+    pub fn copy_only(self) -> Self {
+        Self {
+            cfg: PortConfig {
+                zero_copy: false,
+                ..self.cfg
+            },
+            ..self
+        }
+    }
+
+    /// Binds a socket to each queue: zero-copy if asked and the driver can
+    /// (on a UMEM of its own, prepared again), copy mode otherwise.
+    pub fn bind(self) -> Result<Vec<XskPort>, PortError> {
+        if !self.cfg.zero_copy {
+            return XskPort::open_with(self, BindMode::Copy);
+        }
+        let (iface, queues, cfg) = (self.iface.clone(), self.queues.clone(), self.cfg);
+        match XskPort::open_with(self, BindMode::ZeroCopy) {
+            Ok(ports) => Ok(ports),
+            Err(e) => {
+                debug!(iface, "zero-copy bind failed, trying copy mode: {e}");
+                XskPort::open_with(XskPort::prepare(&iface, &queues, &cfg)?, BindMode::Copy)
+            }
+        }
+    }
+}
+
 /// How the socket is bound to the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,6 +181,18 @@ impl Ledger {
 /// as many again may come from the inbox.
 pub const MAX_BATCH: usize = 256;
 
+/// Wakes every port of a UMEM from its `wait` ([`XskPort::alarm`]).
+#[derive(Clone, Debug)]
+pub struct Alarm(Arc<Exchange>);
+
+impl Alarm {
+    pub fn ring(&self) {
+        for mailbox in &self.0.mailboxes {
+            let _ = mailbox.wake.write(1);
+        }
+    }
+}
+
 /// Where the ports of one UMEM pass each other frames.
 #[derive(Debug)]
 struct Exchange {
@@ -152,7 +205,7 @@ struct Exchange {
 #[derive(Debug)]
 struct Mailbox {
     /// Frames handed to this port to process (any port's frames).
-    inbox: ArrayQueue<FrameDesc>,
+    inbox: ArrayQueue<Handed>,
     /// This port's own frames, coming back from other ports.
     home: ArrayQueue<FrameDesc>,
     /// Set while the port sleeps in `poll`: a sender then writes `wake`.
@@ -161,6 +214,14 @@ struct Mailbox {
     /// Set when the port's worker stopped processing (it panicked): frames
     /// are no longer handed to it.
     down: AtomicBool,
+}
+
+/// A frame handed to another port to process, and how many ports handed
+/// it on before (this one included).
+#[derive(Clone, Copy, Debug)]
+struct Handed {
+    desc: FrameDesc,
+    hops: u8,
 }
 
 impl Exchange {
@@ -192,6 +253,9 @@ pub struct XskPort {
     /// Frames of the current step: received (the first `batch` slots at
     /// most), then taken from the inbox; and the pipeline's verdicts on them.
     rx_batch: Vec<FrameDesc>,
+    /// Per frame of `rx_batch`: the ports it was handed through (0: off
+    /// the RX ring).
+    rx_hops: Vec<u8>,
     verdicts: Vec<Verdict>,
     batch: usize,
     /// Frames of `rx_batch` the current step is processing: in no ledger
@@ -209,6 +273,15 @@ pub struct XskPort {
 
 /// At most one warning of a kind per port in this interval.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether a socket could not be bound because its queue is taken.
+fn is_busy(e: &xsk_rs::socket::SocketCreateError) -> bool {
+    let io = std::error::Error::source(e).and_then(|e| e.downcast_ref::<std::io::Error>());
+    io.and_then(std::io::Error::raw_os_error) == Some(libc::EBUSY)
+}
+
+/// How long a bind refused as busy is tried again.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most ports one UMEM is shared by (a bit each in `XskPort::handed_to`).
 pub const MAX_PORTS: usize = 64;
@@ -229,21 +302,14 @@ impl XskPort {
         queues: &[u32],
         cfg: &PortConfig,
     ) -> Result<Vec<Self>, PortError> {
-        if cfg.zero_copy {
-            match Self::open_with(iface, queues, cfg, BindMode::ZeroCopy) {
-                Ok(ports) => return Ok(ports),
-                Err(e) => debug!(iface, "zero-copy bind failed, trying copy mode: {e}"),
-            }
-        }
-        Self::open_with(iface, queues, cfg, BindMode::Copy)
+        Self::prepare(iface, queues, cfg)?.bind()
     }
 
-    fn open_with(
-        iface: &str,
-        queues: &[u32],
-        cfg: &PortConfig,
-        mode: BindMode,
-    ) -> Result<Vec<Self>, PortError> {
+    /// The first half of [`Self::open_shared`]: the UMEM, allocated and
+    /// registered with the kernel, which takes most of the time; nothing
+    /// is bound to the queues yet (a Rialto taking over prepares while its
+    /// predecessor still holds them).
+    pub fn prepare(iface: &str, queues: &[u32], cfg: &PortConfig) -> Result<Prepared, PortError> {
         let bad = |what: &str| PortError::Config(what.to_owned());
         let ring = QueueSize::new(cfg.ring_size).map_err(|_| bad("ring size"))?;
         if cfg.frames < 2 * cfg.ring_size || cfg.batch == 0 || cfg.batch > MAX_BATCH {
@@ -270,6 +336,27 @@ impl XskPort {
                 iface: iface.to_owned(),
                 source,
             })?;
+        Ok(Prepared {
+            iface: iface.to_owned(),
+            queues: queues.to_vec(),
+            cfg: *cfg,
+            ring,
+            umem,
+            descs,
+        })
+    }
+
+    fn open_with(prepared: Prepared, mode: BindMode) -> Result<Vec<Self>, PortError> {
+        let Prepared {
+            iface,
+            queues,
+            cfg,
+            ring,
+            umem,
+            descs,
+        } = prepared;
+        let (iface, queues, cfg) = (iface.as_str(), &queues[..], &cfg);
+        let bad = |what: &str| PortError::Config(what.to_owned());
         let frames = cfg.frames as usize;
         let frame_size = cfg.frame_size as usize;
         let mailboxes = queues
@@ -307,15 +394,28 @@ impl XskPort {
         let name = CString::new(iface).map_err(|_| bad("interface name has a NUL byte"))?;
         let mut ports = Vec::with_capacity(queues.len());
         for (index, (&queue, share)) in queues.iter().zip(descs.chunks(frames)).enumerate() {
-            // SAFETY: the UMEM was created just above for these sockets only;
-            // every descriptor later given to their rings comes from its frames.
-            let (tx, rx, fill_comp) =
-                unsafe { Socket::new(socket_config, &umem, &Interface::new(name.clone()), queue) }
-                    .map_err(|source| PortError::Socket {
-                        iface: iface.to_owned(),
-                        queue,
-                        source,
-                    })?;
+            // A queue whose last socket was just closed (by a Rialto handing
+            // over) is freed by the kernel a moment later: until then, a
+            // bind is refused as busy, and tried again.
+            let busy_until = Instant::now() + BUSY_TIMEOUT;
+            let (tx, rx, fill_comp) = loop {
+                // SAFETY: the UMEM was created for these sockets only; every
+                // descriptor later given to their rings comes from its frames.
+                match unsafe {
+                    Socket::new(socket_config, &umem, &Interface::new(name.clone()), queue)
+                } {
+                    Err(e) if is_busy(&e) && Instant::now() < busy_until => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    other => {
+                        break other.map_err(|source| PortError::Socket {
+                            iface: iface.to_owned(),
+                            queue,
+                            source,
+                        })?;
+                    }
+                }
+            };
             // A second socket on the same queue would share the first one's rings.
             let (fill, comp) = fill_comp.ok_or_else(|| bad("a queue is listed twice"))?;
             let mut port = Self {
@@ -330,6 +430,7 @@ impl XskPort {
                 frames,
                 frame_size,
                 rx_batch: vec![FrameDesc::default(); 2 * cfg.batch],
+                rx_hops: vec![0; 2 * cfg.batch],
                 verdicts: vec![Verdict::Tx; 2 * cfg.batch],
                 batch: cfg.batch,
                 processing: 0,
@@ -414,10 +515,12 @@ impl XskPort {
         self.welcome_home();
         let received = self.take_received(tally);
         let mut count = received;
+        self.rx_hops[..received].fill(0);
         while count < 2 * self.batch
-            && let Some(desc) = self.mailbox().inbox.pop()
+            && let Some(handed) = self.mailbox().inbox.pop()
         {
-            self.rx_batch[count] = desc;
+            self.rx_batch[count] = handed.desc;
+            self.rx_hops[count] = handed.hops;
             count += 1;
         }
         tally.handoff_in += (count - received) as u64;
@@ -463,13 +566,14 @@ impl XskPort {
             .collect();
         let mut frames: ArrayVec<FrameBuf<'_>, { 2 * MAX_BATCH }> = data
             .iter_mut()
-            .zip(&self.rx_batch[..count])
-            .map(|(d, desc)| {
+            .zip(self.rx_batch[..count].iter().zip(&self.rx_hops))
+            .map(|(d, (desc, &hops))| {
                 FrameBuf::new(
                     d.contents_mut(),
                     desc.addr() - start(desc),
                     desc.lengths().data(),
                 )
+                .handed(hops)
             })
             .collect();
         process(&mut frames, &mut self.verdicts[..count]);
@@ -495,7 +599,13 @@ impl XskPort {
                     tally.drop(reason);
                     self.release(desc);
                 }
-                Verdict::Handoff(worker) => self.hand_off(desc, worker as usize, tally),
+                Verdict::Handoff(worker) => {
+                    let handed = Handed {
+                        desc,
+                        hops: self.rx_hops[i].saturating_add(1),
+                    };
+                    self.hand_off(handed, worker as usize, tally);
+                }
             }
         }
     }
@@ -559,8 +669,10 @@ impl XskPort {
         received
     }
 
-    /// Passes an unprocessed frame to port `to`, which owns its flow.
-    fn hand_off(&mut self, desc: FrameDesc, to: usize, tally: &mut Tally) {
+    /// Passes an unprocessed frame to port `to`, which owns its flow (or
+    /// may have it).
+    fn hand_off(&mut self, handed: Handed, to: usize, tally: &mut Tally) {
+        let desc = handed.desc;
         let own = self.owns(&desc);
         debug_assert!(
             to != self.index && to < self.exchange.mailboxes.len(),
@@ -568,7 +680,7 @@ impl XskPort {
         );
         let pushed = match self.exchange.mailboxes.get(to) {
             Some(mailbox) if mailbox.down.load(Ordering::Acquire) => Err(IoDrop::WorkerDown),
-            Some(mailbox) => mailbox.inbox.push(desc).map_err(|_| IoDrop::HandoffFull),
+            Some(mailbox) => mailbox.inbox.push(handed).map_err(|_| IoDrop::HandoffFull),
             None => Err(IoDrop::HandoffFull),
         };
         match pushed {
@@ -744,6 +856,12 @@ impl XskPort {
         let _ = mailbox.wake.read();
     }
 
+    /// What wakes every port of this UMEM from its `wait`: for a stop that
+    /// should not wait for the idle ones' poll to time out.
+    pub fn alarm(&self) -> Alarm {
+        Alarm(Arc::clone(&self.exchange))
+    }
+
     /// Whether frames are still out for transmission or handed to us.
     pub fn busy(&self) -> bool {
         self.kernel_tx + self.borrowed > 0 || !self.mailbox().inbox.is_empty()
@@ -765,8 +883,8 @@ impl XskPort {
     /// A turn that processes nothing: what was handed over goes home
     /// unprocessed, and what is out on the TX ring is kicked and taken back.
     fn idle_turn(&mut self, tally: &mut Tally) {
-        while let Some(desc) = self.mailbox().inbox.pop() {
-            self.release(desc);
+        while let Some(handed) = self.mailbox().inbox.pop() {
+            self.release(handed.desc);
         }
         self.transmit(tally);
         self.recycle();

@@ -11,6 +11,9 @@ pub enum Fault {
     ReloadStall,
     /// `map-update`: the XDP maps refuse a reload's second new entry.
     MapUpdate,
+    /// `take-over-protocol`: `--take-over` says hello with another
+    /// handover protocol than this Rialto's.
+    TakeOverProtocol,
 }
 
 impl std::str::FromStr for Fault {
@@ -24,8 +27,9 @@ impl std::str::FromStr for Fault {
                 .map_err(|_| format!("{q:?} is not a queue number")),
             None if s == "reload-stall" => Ok(Self::ReloadStall),
             None if s == "map-update" => Ok(Self::MapUpdate),
+            None if s == "take-over-protocol" => Ok(Self::TakeOverProtocol),
             _ => Err(format!(
-                "unknown fault {s:?}: worker-panic:Q, reload-stall or map-update"
+                "unknown fault {s:?}: worker-panic:Q, reload-stall, map-update or take-over-protocol"
             )),
         }
     }

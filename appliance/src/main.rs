@@ -4,6 +4,7 @@ mod api;
 mod control;
 mod fault;
 mod run;
+mod takeover;
 mod tools;
 
 use std::{io::IsTerminal, process::ExitCode};

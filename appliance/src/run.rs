@@ -9,6 +9,7 @@ use std::{
     sync::{
         Arc, Barrier, Mutex,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
     time::{Duration, Instant},
 };
@@ -19,20 +20,21 @@ use rialto::{
     afxdp::{BindMode, Ledger, PortConfig, XskPort},
     host::{self, XdpMode, iface_mac, load_config, rx_queue_count},
     nexthop::NextHop,
-    state::{MappedSlots, Resumed, StateDir, longest, resume},
+    state::{MappedSlots, Resumed, STATE_VERSION, StateDir, longest, resume},
     stats::{StatsSnapshot, WorkerStats},
     worker::{SharedTables, Worker, monotonic_ns},
 };
 use rialto_dataplane::{Pipeline, pipeline::balance::slots_for};
 use rialto_rules::{Endpoint, FlowContext, Steering as SteeringRules, VXLAN_PORT};
 use serde::Serialize;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use xdp_redirect::{Counter, Steering};
 
 use crate::{
     api::{Api, DEFAULT_API},
     control::{Control, Source, View, steering_rules},
     fault::Fault,
+    takeover::{self, Predecessor, Release},
 };
 
 /// The job a worker does on each frame.
@@ -151,8 +153,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
+    /// Take over from the Rialto serving IF with this state directory (a
+    /// planned upgrade: possibly a newer binary, the same arguments): once
+    /// this one is ready, the running one lets go of the interface and
+    /// exits, and this one resumes its flows. If the running one refuses,
+    /// it serves on untouched and this one exits saying why.
+    #[arg(long)]
+    take_over: bool,
+
     /// For the tests only: make a fault happen (worker-panic:Q,
-    /// reload-stall, map-update).
+    /// reload-stall, map-update, take-over-protocol).
     #[arg(long, value_name = "FAULT", hide = true)]
     inject_fault: Vec<Fault>,
 }
@@ -235,20 +245,52 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let rules = steering_rules(&flags, config.as_deref());
     host::check_own_addresses(&rules, config.as_deref())?;
     // Balance mode keeps its flows where they outlive the process.
-    let state = match args.mode {
-        Mode::Balance => {
-            let path =
-                (args.state_dir.clone()).unwrap_or_else(|| StateDir::default_for(&args.iface));
-            Some(Arc::new(StateDir::open(&path)?))
+    let state_path = (args.state_dir.clone()).unwrap_or_else(|| StateDir::default_for(&args.iface));
+    let predecessor = match (args.take_over, args.mode) {
+        (false, _) => None,
+        (true, Mode::Reflect) => {
+            bail!("--take-over needs balance mode: the two Rialtos meet in the state directory")
         }
-        Mode::Reflect => None,
+        (true, Mode::Balance) => {
+            let protocol = match args.inject_fault.contains(&Fault::TakeOverProtocol) {
+                true => takeover::PROTOCOL + 1000,
+                false => takeover::PROTOCOL,
+            };
+            let predecessor = Predecessor::greet(&state_path, STATE_VERSION, protocol)?;
+            info!(
+                pid = predecessor.pid,
+                "taking over: the running rialto agreed"
+            );
+            Some(predecessor)
+        }
     };
-    let context = match (&state, &config) {
-        (Some(state), Some(config)) => state.save_context(&FlowContext::of(config))?,
-        _ => 0,
-    };
+    // Everything that needs neither the interface nor the state directory
+    // is made ready first: a take-over asks for the release only then.
+    let mut steering = Steering::load(&rules)?;
+    // What the flows' table indices mean, and its id, known before it is
+    // saved.
+    let flow_context = config.as_deref().map(FlowContext::of);
+    let context = flow_context.as_ref().map_or(0, StateDir::context_id);
     let tables = config.map(|config| Arc::new(SharedTables::new(config, context)));
     let mac = iface_mac(&args.iface)?;
+    let following = Arc::new(AtomicBool::new(false));
+    let follower = match &tables {
+        Some(tables)
+            if args.mode == Mode::Balance && tables.current().node.next_hop_mac.is_none() =>
+        {
+            Some(learn_next_hop(&args.iface, tables, &following)?)
+        }
+        _ => None,
+    };
+    // A take-over stages the new flow tables while the running Rialto
+    // still holds the state directory; otherwise it is locked first.
+    let mut state = match args.mode {
+        Mode::Balance => Some(StateDir::open(&state_path)?),
+        Mode::Reflect => None,
+    };
+    if let (None, Some(state)) = (&predecessor, &mut state) {
+        state.lock()?;
+    }
     let mut pipelines = Vec::with_capacity(queues.len());
     for (i, &queue) in queues.iter().enumerate() {
         let pipeline = match (&tables, &state) {
@@ -270,28 +312,6 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         pipelines.push(pipeline);
     }
-    let resumed = match (&state, &tables) {
-        (Some(state), Some(tables)) => Some(resume_flows(
-            state,
-            &tables.current(),
-            &mut pipelines,
-            &queues,
-            context,
-        )?),
-        _ => None,
-    };
-    let following = Arc::new(AtomicBool::new(false));
-    let follower = match &tables {
-        Some(tables)
-            if args.mode == Mode::Balance && tables.current().node.next_hop_mac.is_none() =>
-        {
-            Some(learn_next_hop(&args.iface, tables, &following)?)
-        }
-        _ => None,
-    };
-    let mut steering = Steering::load(&rules)?;
-    steering.attach(&args.iface, args.xdp_mode.into())?;
-
     let port_config = PortConfig {
         frames: args.frames,
         ring_size: args.ring_size,
@@ -300,7 +320,50 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         zero_copy: !args.copy,
         ..PortConfig::default()
     };
-    let ports = XskPort::open_shared(&args.iface, &queues, &port_config)?;
+    let umem = XskPort::prepare(&args.iface, &queues, &port_config)?;
+    // From here until the workers serve, traffic goes to the kernel.
+    let release = match predecessor {
+        Some(predecessor) => {
+            let released = predecessor.release()?;
+            info!(
+                pid = released.pid,
+                flows = released.flows,
+                millis = millis(released.asked),
+                "the running rialto let go"
+            );
+            if let Some(state) = &mut state {
+                state.lock()?;
+            }
+            Some(released)
+        }
+        None => None,
+    };
+    if let (Some(state), Some(flow_context)) = (&state, &flow_context) {
+        state.save_context(flow_context)?;
+    }
+    let state = state.map(Arc::new);
+    // Where the predecessor had to bind in copy mode, so will this one.
+    let umem = match release {
+        Some(r) if !r.zero_copy => umem.copy_only(),
+        _ => umem,
+    };
+    // The flows are resumed while the sockets are bound.
+    let (resumed, ports) = std::thread::scope(|scope| -> Result<_> {
+        let resuming = state.as_ref().zip(tables.as_ref()).map(|(state, tables)| {
+            let (pipelines, queues) = (&mut pipelines, &queues);
+            scope.spawn(move || resume_flows(state, &tables.current(), pipelines, queues, context))
+        });
+        let ports = umem.bind();
+        let resumed = (resuming.map(|r| r.join().expect("resuming does not panic"))).transpose()?;
+        Ok((resumed, ports?))
+    })?;
+    if let Some(r) = &release {
+        debug!(
+            millis = millis(r.asked),
+            "take-over: flows resumed, AF_XDP sockets bound"
+        );
+    }
+    let alarm = ports[0].alarm();
     let mut workers = Vec::with_capacity(queues.len());
     for (i, ((&queue, port), pipeline)) in queues.iter().zip(ports).zip(pipelines).enumerate() {
         steering.register_socket(queue, port.raw_fd())?;
@@ -316,6 +379,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             panic_at_first_frame: args.inject_fault.contains(&Fault::WorkerPanic(queue)),
         });
     }
+
+    // Every socket is in the XSKMAP: the traffic comes to Rialto from now on.
+    steering.attach(&args.iface, args.xdp_mode.into())?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -335,6 +401,18 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         running.push((queue, bind, stats, handle));
     }
     info!(iface = %args.iface, ?queues, mode = ?args.mode, xdp = ?args.xdp_mode, "rialto ready");
+    if let Some(r) = &release {
+        info!(
+            pid = r.pid,
+            millis = millis(r.asked),
+            "took over: serving, this long after asking for the release"
+        );
+    }
+    // Ready: a successor may now take over from this one.
+    let (releases_to, releases) = mpsc::channel();
+    if let Some(state) = &state {
+        takeover::listen(state.path(), STATE_VERSION, releases_to)?;
+    }
 
     let stats: Vec<_> = running
         .iter()
@@ -368,13 +446,25 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             }
         },
     };
-    serve(&stop, &hangup, &control, args.stats_interval, &stats);
-    info!("stopping");
-    drop(api);
-    following.store(true, Ordering::Relaxed);
-    if let Some(follower) = follower {
-        let _ = follower.join();
+    let release = serve(
+        &stop,
+        &hangup,
+        &control,
+        args.stats_interval,
+        &stats,
+        &releases,
+    );
+    stop.store(true, Ordering::Relaxed);
+    alarm.ring();
+    info!(take_over = release.is_some(), "stopping");
+    let stopping = Instant::now();
+    // While the workers drain and close their sockets, everything goes
+    // to the kernel.
+    match lock(&control).steering.detach() {
+        Ok(()) => info!(iface = %args.iface, millis = millis(stopping), "XDP program detached"),
+        Err(e) => error!("{e}"),
     }
+    drop(api);
 
     let mut summary = Summary {
         xdp: BTreeMap::new(),
@@ -402,12 +492,23 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             umem_balanced: umem.balanced(),
         });
     }
-    let control = lock(&control);
+    let control = sole(control);
     for (reason, counter) in control.steering.counters()?.iter() {
         summary.xdp.insert(reason.name(), counter);
     }
-    drop(control); // the last reference: detaches the XDP program
-    info!(iface = %args.iface, "XDP program detached");
+    drop(control); // unloads the XDP program, unlocks the state directory
+    debug!(millis = millis(stopping), "stopped");
+    if let Some(release) = release {
+        let flows = (summary.workers.iter())
+            .filter_map(|w| w.stats.balance.map(|b| b.flows.live))
+            .sum();
+        let zero_copy = (summary.workers.iter()).all(|w| w.bind == BindMode::ZeroCopy);
+        release.done(flows, zero_copy);
+    }
+    following.store(true, Ordering::Relaxed);
+    if let Some(follower) = follower {
+        let _ = follower.join();
+    }
     println!("{}", serde_json::to_string(&summary)?);
     let all_up = summary.workers.iter().all(|w| w.stats.up);
     Ok(if balanced && all_up {
@@ -473,22 +574,31 @@ fn learn_next_hop(
         .context("cannot follow the neighbour table")
 }
 
+/// Milliseconds since `since`.
+fn millis(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
 /// How long start-up waits for the next hop to answer ARP.
 const NEXT_HOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves until `stop` is set: reloads on SIGHUP (`hangup`), and logs
 /// per-worker rates every `interval` seconds (0: never).
+/// A take-over's release (`releases`) ends it at once; it is returned.
 fn serve(
     stop: &AtomicBool,
     hangup: &AtomicBool,
     control: &Mutex<Control>,
     interval: u64,
     stats: &[(u32, Arc<WorkerStats>)],
-) {
+    releases: &mpsc::Receiver<Release>,
+) -> Option<Release> {
     let mut last: Vec<_> = stats.iter().map(|(_, s)| s.snapshot()).collect();
     let mut since = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(release) = releases.recv_timeout(Duration::from_millis(100)) {
+            return Some(release);
+        }
         lock(control).fail_open_stopped_workers();
         if hangup.swap(false, Ordering::Relaxed) {
             match lock(control).reload(Source::File) {
@@ -511,6 +621,24 @@ fn serve(
             *prev = now;
         }
         since = Instant::now();
+    }
+    None
+}
+
+/// The control plane, once nothing else holds it (the API's last
+/// requests end within their deadline), so that dropping it detaches the
+/// XDP program and unlocks the state directory there and then.
+fn sole(mut control: Arc<Mutex<Control>>) -> Control {
+    loop {
+        match Arc::try_unwrap(control) {
+            Ok(control) => {
+                return control
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            Err(shared) => control = shared,
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -22,7 +22,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{Read, Write},
     ops::{Deref, DerefMut},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -115,11 +115,14 @@ pub struct Saved {
 /// A saved table read back: its context, its whole flows, its torn slots.
 type Table = (FlowContext, Vec<Flow>, u64);
 
-/// A state directory, locked while this process has it.
+/// A state directory: new flow tables may be staged in it (`.new` files,
+/// which nobody else writes) before it is locked; everything else needs
+/// the lock ([`StateDir::lock`]), which this process then holds until it
+/// drops this.
 #[derive(Debug)]
 pub struct StateDir {
     path: PathBuf,
-    _lock: Flock<File>,
+    lock: Option<Flock<File>>,
     boot_id: [u8; 16],
 }
 
@@ -132,14 +135,23 @@ impl StateDir {
         PathBuf::from(format!("/dev/shm/rialto/{iface}.{netns}"))
     }
 
-    /// Opens (creating it if need be) and locks `path`; fails if another
-    /// Rialto holds it.
+    /// Opens `path`, creating it if need be; not locked yet.
     pub fn open(path: &Path) -> Result<Self> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(path)
             .with_context(|| format!("cannot create the state directory {}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            lock: None,
+            boot_id: boot_id()?,
+        })
+    }
+
+    /// Locks it; fails, naming the holder, if another Rialto holds it.
+    pub fn lock(&mut self) -> Result<()> {
+        let path = &self.path;
         let lock_path = path.join("lock");
         let file = OpenOptions::new()
             .read(true)
@@ -161,21 +173,28 @@ impl StateDir {
         })?;
         lock.set_len(0)?;
         write!(lock, "{}", std::process::id())?;
-        Ok(Self {
-            path: path.to_owned(),
-            _lock: lock,
-            boot_id: boot_id()?,
-        })
+        self.lock = Some(lock);
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The id a context is saved under: a checksum of its text, so the
+    /// same context always has the same id (known before it is saved).
+    pub fn context_id(context: &FlowContext) -> u32 {
+        crc32fast::hash(&Self::context_text(context))
+    }
+
+    fn context_text(context: &FlowContext) -> Vec<u8> {
+        serde_json::to_vec(context).expect("a context serializes")
+    }
+
     /// Saves the context of `tables` (if not saved already); its id goes in
     /// the flow tables' headers.
     pub fn save_context(&self, context: &FlowContext) -> Result<u32> {
-        let text = serde_json::to_vec(context)?;
+        let text = Self::context_text(context);
         let id = crc32fast::hash(&text);
         let path = self.context_path(id);
         if !path.exists() {
@@ -313,7 +332,8 @@ impl StateDir {
 
     /// One table: its context, flows and torn slots; `None` if it is of
     /// another boot (its clock is gone); else why it is not trusted and
-    /// how many flows it held.
+    /// how many flows it held. Only the parts of the file that hold data
+    /// are read: the pages no flow ever touched are holes.
     fn read_table(
         &self,
         path: &Path,
@@ -345,17 +365,48 @@ impl StateDir {
         if header.boot_id != self.boot_id {
             return Ok(None);
         }
-        let mut slots = vec![Slot::zeroed(); header.capacity as usize];
-        let mut skip = vec![0; HEADER_LEN - size_of::<Header>()];
-        file.read_exact(&mut skip)
-            .and_then(|()| file.read_exact(bytemuck::cast_slice_mut(&mut slots)))
-            .map_err(|e| {
-                (
-                    format!("shorter than its {} slots: {e}", header.capacity),
-                    0,
-                )
-            })?;
-        let live = slots.iter().filter(|s| s.mark == Slot::LIVE).count() as u64;
+        let end = (HEADER_LEN + header.capacity as usize * size_of::<Slot>()) as u64;
+        let short = |e: &dyn std::fmt::Display| {
+            (
+                format!("shorter than its {} slots: {e}", header.capacity),
+                0,
+            )
+        };
+        let len = file.metadata().map_err(|e| short(&e))?.len();
+        if len < end {
+            return Err(short(&format!("{len} bytes")));
+        }
+        let (mut flows, mut torn, mut live, mut corrupt) = (Vec::new(), 0, 0, None);
+        let mut chunk = vec![Slot::zeroed(); READ_CHUNK / size_of::<Slot>()];
+        for (from, to) in data_extents(&file, HEADER_LEN as u64, end) {
+            let mut at = from;
+            while at < to {
+                let n = ((to - at) as usize).min(READ_CHUNK) / size_of::<Slot>();
+                let bytes = bytemuck::cast_slice_mut(&mut chunk[..n]);
+                file.read_exact_at(bytes, at).map_err(|e| short(&e))?;
+                let first = (at - HEADER_LEN as u64) as usize / size_of::<Slot>();
+                for (i, slot) in chunk[..n].iter().enumerate() {
+                    live += u64::from(slot.mark == Slot::LIVE);
+                    match slot.state() {
+                        SlotState::Empty => {}
+                        SlotState::Torn => torn += 1,
+                        // Expiry is not checksummed (every packet moves it):
+                        // it is held to what the timeouts in force allow.
+                        SlotState::Live => flows.push(Flow {
+                            expires: slot.flow.expires.min(now.saturating_add(timeouts_bound)),
+                            ..slot.flow
+                        }),
+                        SlotState::Corrupt => {
+                            corrupt = corrupt.or(Some(first + i));
+                        }
+                    }
+                }
+                at += (n * size_of::<Slot>()) as u64;
+            }
+        }
+        if let Some(i) = corrupt {
+            return Err((format!("slot {i} does not check out"), live));
+        }
         let context = std::fs::read(self.context_path(header.context))
             .map_err(|e| e.to_string())
             .and_then(|text| serde_json::from_slice(&text).map_err(|e| e.to_string()))
@@ -365,24 +416,37 @@ impl StateDir {
                     live,
                 )
             })?;
-        let (mut flows, mut torn) = (Vec::with_capacity(live as usize), 0);
-        for (i, slot) in slots.iter().enumerate() {
-            match slot.state() {
-                SlotState::Empty => {}
-                SlotState::Torn => torn += 1,
-                // Expiry is not checksummed (every packet moves it): it is
-                // held to what the timeouts in force allow.
-                SlotState::Live => flows.push(Flow {
-                    expires: slot.flow.expires.min(now.saturating_add(timeouts_bound)),
-                    ..slot.flow
-                }),
-                SlotState::Corrupt => {
-                    return Err((format!("slot {i} does not check out"), live));
-                }
-            }
-        }
         Ok(Some((context, flows, torn)))
     }
+}
+
+/// How much of a flow table is read at a time (a whole number of slots).
+const READ_CHUNK: usize = 1 << 20;
+
+/// The ranges of `file` between `from` and `to` that hold data (tmpfs and
+/// most file systems answer `SEEK_DATA` and `SEEK_HOLE`; one that does not
+/// makes it all one range), page-aligned.
+fn data_extents(file: &File, from: u64, to: u64) -> Vec<(u64, u64)> {
+    use nix::unistd::{Whence, lseek};
+    let seek = |at: u64, whence| lseek(file, at as i64, whence).ok().map(|at| at as u64);
+    let mut extents = Vec::new();
+    let mut at = from;
+    while at < to {
+        // No more data (ENXIO), or no answer: what is left.
+        let Some(data) = seek(at, Whence::SeekData) else {
+            if extents.is_empty() && seek(at, Whence::SeekHole).is_none() {
+                extents.push((at, to));
+            }
+            break;
+        };
+        if data >= to {
+            break;
+        }
+        let hole = seek(data, Whence::SeekHole).unwrap_or(to).min(to);
+        extents.push((data, hole));
+        at = hole;
+    }
+    extents
 }
 
 /// The longest a flow may be remembered without traffic under `timeouts`.

@@ -48,7 +48,7 @@ pub struct WorkerStats {
     umem: Mutex<Option<Ledger>>,
 }
 
-const BALANCE_FIELDS: usize = 11;
+const BALANCE_FIELDS: usize = 12;
 
 fn balance_to_array(b: BalanceStats) -> [u64; BALANCE_FIELDS] {
     let (c, f) = (b.counters, b.flows);
@@ -64,6 +64,7 @@ fn balance_to_array(b: BalanceStats) -> [u64; BALANCE_FIELDS] {
         f.reload_removed,
         f.live,
         b.capacity,
+        c.handed_on,
     ]
 }
 
@@ -75,6 +76,7 @@ fn balance_from_array(a: [u64; BALANCE_FIELDS]) -> BalanceStats {
             icmp_time_exceeded: a[2],
             icmp_too_big: a[3],
             icmp_translated: a[4],
+            handed_on: a[11],
         },
         flows: ConntrackStats {
             created: a[5],

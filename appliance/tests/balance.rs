@@ -1395,3 +1395,86 @@ fn a_restart_after_a_crash_resumes_every_flow() {
     assert!(status.success(), "{summary}");
     std::fs::remove_file(&path).unwrap();
 }
+
+/// `rialto run --take-over` started while a Rialto serves: a refused one
+/// (another handover protocol; no Rialto at the state directory named)
+/// exits with its reason and the running one serves on untouched; an
+/// accepted one takes over, the old one exits with its UMEM ledger
+/// balanced, and every connection goes on with the new one.
+#[test]
+fn a_take_over_keeps_every_connection_and_a_refused_one_changes_nothing() {
+    let pair = Pair::up(2);
+    let mac = two_pods(&pair);
+    let path = std::env::temp_dir().join(format!("rialto-takeover-{}.toml", std::process::id()));
+    std::fs::write(&path, config(&mac, &web(&format!("{POD_A}, {POD_B}")))).unwrap();
+    let args = ["--iface", &pair.node_if, "--config", path.to_str().unwrap()];
+    let ping_all = |live: &[Connection], what: &str| {
+        in_netns(&pair.peer_ns, || {
+            for c in live {
+                c.ping()
+                    .unwrap_or_else(|e| panic!("{what}: a connection to {}: {e}", c.pod));
+            }
+        });
+    };
+    let take_over_error = |extra: &[&str]| -> String {
+        let mut cmd = rialto_testbed::netns_command(&pair.node_ns, BIN);
+        cmd.arg("run").args(args).arg("--take-over").args(extra);
+        if !extra.contains(&"--state-dir") {
+            cmd.arg("--state-dir")
+                .arg(rialto_testbed::state_dir(&pair.node_ns));
+        }
+        let out = rialto_testbed::output_within(&mut cmd, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("a refused take-over ends at once: {e}"));
+        assert!(!out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let old = Rialto::start(BIN, &pair.node_ns, &args);
+    let live: Vec<Connection> = in_netns(&pair.peer_ns, || {
+        (0..16).map(|_| Connection::open()).collect()
+    });
+    ping_all(&live, "before");
+
+    let refused = take_over_error(&["--inject-fault", "take-over-protocol"]);
+    assert!(
+        refused.starts_with("rialto: error: take-over refused: this rialto (pid ")
+            && refused.contains("hands over with protocol 1 and state version 1")
+            && refused.contains("asked with protocol 1001"),
+        "{refused}"
+    );
+    let elsewhere = format!("/dev/shm/rialto-testbed/{}-elsewhere", pair.node_ns);
+    let nobody = take_over_error(&["--state-dir", &elsewhere]);
+    let _ = std::fs::remove_dir_all(&elsewhere);
+    assert!(
+        nobody.starts_with("rialto: error: nothing to take over: no rialto listens at "),
+        "{nobody}"
+    );
+    ping_all(&live, "after two refused take-overs");
+    assert_eq!(
+        in_netns(&pair.node_ns, status)["reloads"]["ok"],
+        0,
+        "the running rialto is as it was"
+    );
+
+    let new = Rialto::start(BIN, &pair.node_ns, &[&args[..], &["--take-over"]].concat());
+    let line = new.wait_for_log("took over", Duration::from_secs(5));
+    assert!(line.contains("millis="), "{line}");
+    let (status_old, summary) = old.wait_exit();
+    assert!(status_old.success(), "{summary}");
+    for w in summary["workers"].as_array().unwrap() {
+        assert_eq!(w["umem_balanced"], true, "the old one's frames: {w}");
+    }
+    ping_all(&live, "after the take-over");
+    let resumed = in_netns(&pair.node_ns, status)["resumed"].clone();
+    assert_eq!(resumed["recovered"], 16, "{resumed}");
+    let (status_new, summary) = new.terminate();
+    assert!(status_new.success(), "{summary}");
+    for w in summary["workers"].as_array().unwrap() {
+        assert_eq!(w["umem_balanced"], true, "the new one's frames: {w}");
+    }
+    std::fs::remove_file(&path).unwrap();
+}

@@ -4,7 +4,9 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use rialto_testbed::{Rialto, Topology, Within, ip, netns_command, workers_total};
+use rialto_testbed::{
+    Load, LoadSpec, Rialto, Topology, Within, echo_servers, ip, netns_command, workers_total,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const REQUESTS: usize = 400;
@@ -45,6 +47,50 @@ impl Border {
         self.rialto.signal(nix::sys::signal::Signal::SIGHUP);
         self.rialto
             .wait_for_log("config reloaded", Duration::from_secs(5));
+    }
+
+    /// A planned upgrade: a new Rialto takes over (`--take-over`, the same
+    /// arguments) and the old one exits, its UMEM ledger balanced.
+    fn take_over(self, topology: &Topology) -> Self {
+        let new = Rialto::start(
+            BIN,
+            &topology.ns("border"),
+            &[
+                "--iface",
+                "up0",
+                "--config",
+                self.config.0.to_str().unwrap(),
+                "--take-over",
+            ],
+        );
+        let (status, summary) = self.rialto.wait_exit();
+        assert!(status.success(), "the old rialto: {summary}");
+        for w in summary["workers"].as_array().unwrap() {
+            assert_eq!(w["umem_balanced"], true, "the old rialto's frames: {w}");
+        }
+        Self {
+            rialto: new,
+            config: self.config,
+        }
+    }
+
+    /// A crash (`kill -9`), and a new Rialto with the same arguments.
+    fn crash_and_restart(self, topology: &Topology) -> Self {
+        self.rialto.kill();
+        let rialto = Rialto::start(
+            BIN,
+            &topology.ns("border"),
+            &[
+                "--iface",
+                "up0",
+                "--config",
+                self.config.0.to_str().unwrap(),
+            ],
+        );
+        Self {
+            rialto,
+            config: self.config,
+        }
     }
 
     /// Stops Rialto; its exit summary.
@@ -385,4 +431,106 @@ fn when_a_gateway_goes_down_the_config_sends_new_connections_to_the_other_cluste
     );
     assert_eq!(clusters(&answers), ["west"], "{answers:?}");
     border.stop();
+}
+
+/// TCP and UDP echo on every pod, behind one VIP.
+const ECHO_SERVICES: &str = r#"
+[[service]]
+name = "echo"
+vip = "198.18.100.4:7/TCP"
+backends = [
+    { cluster = "east", addr = "198.19.0.10:7" },
+    { cluster = "east", addr = "198.19.0.11:7" },
+    { cluster = "west", addr = "198.19.0.10:7" },
+    { cluster = "west", addr = "198.19.0.11:7" },
+]
+
+[[service]]
+name = "echo-udp"
+vip = "198.18.100.4:7/UDP"
+backends = [
+    { cluster = "east", addr = "198.19.0.10:7" },
+    { cluster = "east", addr = "198.19.0.11:7" },
+    { cluster = "west", addr = "198.19.0.10:7" },
+    { cluster = "west", addr = "198.19.0.11:7" },
+]
+"#;
+
+/// Echo servers in every pod of the testbed (TCP and UDP, port 7).
+fn echo_in_pods(topology: &Topology) {
+    for cluster in ["east", "west"] {
+        for (pod, addr) in [("p1", "198.19.0.10"), ("p2", "198.19.0.11")] {
+            let ns = topology.ns(&format!("{cluster}-{pod}"));
+            echo_servers(&ns, format!("{addr}:7").parse().unwrap());
+        }
+    }
+}
+
+/// A planned upgrade (`--take-over`) and a crash (`kill -9`, then a
+/// restart) under load: 20 TCP connections each echoing every 10 ms, a
+/// UDP stream of a datagram a millisecond, and an iperf3 transfer, all
+/// through the VIPs. No connection breaks or stalls for more than 1 s,
+/// iperf3 finishes cleanly; the stream's gaps at each event are printed
+/// (they are the README's figures, not asserted: no test times anything).
+#[test]
+fn an_upgrade_and_a_crash_break_no_connection() {
+    const STALL_BOUND: Duration = Duration::from_secs(1);
+    let topology = Topology::up(2);
+    echo_in_pods(&topology);
+    let border = Border::start(&topology, &(topology.config() + ECHO_SERVICES));
+    let load = Load::start(&LoadSpec {
+        ns: topology.ns("client"),
+        tcp: "198.18.100.4:7".parse().unwrap(),
+        connections: 20,
+        udp: Some("198.18.100.4:7".parse().unwrap()),
+        sources: Vec::new(),
+    });
+    let iperf = netns_command(&topology.ns("client"), "iperf3")
+        .args(["-c", "198.18.100.2", "-t", "8", "-b", "20M", "-J"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let upgraded_at = load.elapsed();
+    let border = border.take_over(&topology);
+    let line = border
+        .rialto
+        .wait_for_log("took over", Duration::from_secs(5));
+    println!("take-over: {line}");
+    std::thread::sleep(Duration::from_secs(2));
+    let crashed_at = load.elapsed();
+    let border = border.crash_and_restart(&topology);
+    std::thread::sleep(Duration::from_secs(2));
+    let report = load.stop();
+    let out = rialto_testbed::wait_within(iperf, Duration::from_secs(60))
+        .unwrap_or_else(|(what, _)| panic!("iperf3 {what}"));
+    let summary = border.stop();
+    println!("{report}");
+    println!("after the restart: {}", summary["resumed"]);
+    let stream = report.stream.as_ref().unwrap();
+    for (event, at) in [
+        ("take-over", upgraded_at),
+        ("crash and restart", crashed_at),
+    ] {
+        let gap = (stream.gaps.iter())
+            .filter(|(from, _)| *from + Duration::from_millis(100) >= at)
+            .filter(|(from, _)| *from < at + Duration::from_secs(2))
+            .map(|g| g.1)
+            .max()
+            .unwrap_or_default();
+        println!("UDP gap at the {event}: {gap:?}");
+    }
+    assert!(report.broken().is_empty(), "{report}\n{summary}");
+    assert!(
+        report.stalled(STALL_BOUND).is_empty(),
+        "{report}\n{summary}"
+    );
+    assert!(stream.answered > 0, "{report}");
+    let iperf: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "iperf3 failed: {iperf}");
+    assert_eq!(
+        summary["resumed"]["recovered"].as_u64(),
+        Some(20 + 2 + 1),
+        "the restart resumed the 20 connections, iperf3's two and the stream: {summary}"
+    );
 }

@@ -51,7 +51,8 @@ fn main() {
             .collect()
     };
     {
-        let state = StateDir::open(&dir).unwrap();
+        let mut state = StateDir::open(&dir).unwrap();
+        state.lock().unwrap();
         let mut pipelines = balancers(&state);
         let mut buf = OwnedFrame::new(&[]);
         for i in 0..FLOWS {
@@ -63,7 +64,8 @@ fn main() {
     let mut runs: Vec<(f64, f64)> = (0..RUNS)
         .map(|_| {
             let start = Instant::now();
-            let state = StateDir::open(&dir).unwrap();
+            let mut state = StateDir::open(&dir).unwrap();
+            state.lock().unwrap();
             let saved = state.read_saved(longest(&tables.timeouts), (NOW / 1_000_000_000) as u32);
             let read = start.elapsed().as_secs_f64();
             let mut pipelines = balancers(&state);

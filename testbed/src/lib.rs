@@ -20,7 +20,9 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
+mod load;
 mod rialto;
+pub use load::{Connection, Load, LoadSpec, Report, Stream, echo_servers};
 pub use rialto::{Rialto, state_dir, workers_total};
 
 /// The node's address on the pair's link.

@@ -94,8 +94,19 @@ impl Rialto {
 
     /// Stops rialto with SIGTERM; returns its exit status and parsed summary.
     /// Panics, with what it logged, if it is not gone within 20 s.
-    pub fn terminate(mut self) -> (ExitStatus, serde_json::Value) {
+    pub fn terminate(self) -> (ExitStatus, serde_json::Value) {
         self.signal(Signal::SIGTERM);
+        self.exit("sent SIGTERM")
+    }
+
+    /// Waits for rialto to exit on its own (it was taken over from, say);
+    /// its exit status and parsed summary. Panics, with what it logged, if
+    /// it is not gone within 20 s.
+    pub fn wait_exit(self) -> (ExitStatus, serde_json::Value) {
+        self.exit("left to exit")
+    }
+
+    fn exit(mut self, how: &str) -> (ExitStatus, serde_json::Value) {
         let child = self.child.take().expect("running");
         let waited = crate::wait_within(child, STOP_TIMEOUT);
         let log: Vec<_> = self
@@ -106,10 +117,7 @@ impl Rialto {
             .collect();
         let out = match waited {
             Ok(out) => out,
-            Err((what, _)) => panic!(
-                "rialto, sent SIGTERM, {what}; it logged:\n{}",
-                log.join("\n")
-            ),
+            Err((what, _)) => panic!("rialto, {how}, {what}; it logged:\n{}", log.join("\n")),
         };
         let (status, stdout) = (out.status, out.stdout);
         let summary = serde_json::from_slice(&stdout).unwrap_or_else(|e| {

@@ -15,7 +15,7 @@ use std::{io, os::fd::AsRawFd, sync::Arc};
 use aya::{
     Ebpf, EbpfError, include_bytes_aligned,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 
 use maps::{AddrKey, Config, CounterValue, VipKey, addr_key};
@@ -54,6 +54,8 @@ pub enum SteeringError {
         #[source]
         source: ProgramError,
     },
+    #[error("cannot detach the steering program: {0}")]
+    Detach(#[source] ProgramError),
     #[error("cannot update the {map} map: {source}")]
     Map {
         map: &'static str,
@@ -95,6 +97,8 @@ fn address_sets(rules: &rialto_tables::Steering) -> [(&'static str, &Vec<std::ne
 pub struct Steering {
     ebpf: Ebpf,
     counters: CounterReader,
+    /// While attached.
+    link: Option<XdpLinkId>,
 }
 
 /// Reads the steering program's counters, from any thread, without the
@@ -145,7 +149,11 @@ impl Steering {
         let counters = CounterReader(Arc::new(
             PerCpuArray::try_from(map).expect("rialto_counters is a per-CPU array"),
         ));
-        let mut steering = Self { ebpf, counters };
+        let mut steering = Self {
+            ebpf,
+            counters,
+            link: None,
+        };
         steering
             .program_mut()
             .load()
@@ -206,14 +214,15 @@ impl Steering {
         Ok(())
     }
 
-    /// Attaches the program to `iface`. It stays attached until `self` is dropped.
+    /// Attaches the program to `iface`. It stays attached until
+    /// [`Steering::detach`], or until `self` is dropped.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), SteeringError> {
         let program = self.program_mut();
         let xdp_mode = match mode {
             AttachMode::Driver => XdpMode::Driver,
             AttachMode::Skb => XdpMode::Skb,
         };
-        program.attach(iface, xdp_mode).map(drop).map_err(|e| {
+        let link = program.attach(iface, xdp_mode).map_err(|e| {
             let iface = iface.to_owned();
             if matches!(e, ProgramError::UnknownInterface { .. }) {
                 return SteeringError::NoSuchInterface(iface);
@@ -224,7 +233,21 @@ impl Steering {
                 Some(libc::EPERM) => SteeringError::PermissionDenied,
                 _ => SteeringError::Attach { iface, source: e },
             }
-        })
+        })?;
+        self.link = Some(link);
+        Ok(())
+    }
+
+    /// Detaches the program: everything goes to the kernel again. The maps
+    /// stay, the counters readable.
+    pub fn detach(&mut self) -> Result<(), SteeringError> {
+        match self.link.take() {
+            Some(link) => self
+                .program_mut()
+                .detach(link)
+                .map_err(SteeringError::Detach),
+            None => Ok(()),
+        }
     }
 
     /// Steers frames received on `queue` into the AF_XDP socket `socket`.

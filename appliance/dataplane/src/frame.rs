@@ -8,6 +8,8 @@ pub struct FrameBuf<'a> {
     buf: &'a mut [u8],
     start: usize,
     end: usize,
+    /// Workers the frame was handed to before this one, unprocessed.
+    hops: u8,
 }
 
 /// Headroom Rialto's own buffers give a frame (AF_XDP gives 256 bytes:
@@ -26,7 +28,20 @@ impl<'a> FrameBuf<'a> {
             buf,
             start,
             end: start + len,
+            hops: 0,
         }
+    }
+
+    /// The frame, handed over unprocessed `hops` times already (by workers
+    /// that did not have its flow).
+    pub fn handed(self, hops: u8) -> Self {
+        Self { hops, ..self }
+    }
+
+    /// How many workers handed the frame on before this one: 0 if it
+    /// comes straight from the NIC.
+    pub fn hops(&self) -> u8 {
+        self.hops
     }
 
     /// Where the frame starts in its buffer.
@@ -80,6 +95,7 @@ pub struct OwnedFrame {
     buf: Vec<u8>,
     start: usize,
     len: usize,
+    hops: u8,
 }
 
 impl OwnedFrame {
@@ -99,7 +115,13 @@ impl OwnedFrame {
             buf,
             start: headroom,
             len: frame.len(),
+            hops: 0,
         }
+    }
+
+    /// The frame, as handed on by `hops` workers before ([`FrameBuf::hops`]).
+    pub fn handed(self, hops: u8) -> Self {
+        Self { hops, ..self }
     }
 
     /// Resets the contents to `frame`, reusing the buffer.
@@ -115,7 +137,7 @@ impl OwnedFrame {
 
     /// Lends the frame to the pipeline; whatever it makes of it is kept.
     pub fn with<R>(&mut self, f: impl FnOnce(&mut FrameBuf<'_>) -> R) -> R {
-        let mut frame = FrameBuf::new(&mut self.buf, self.start, self.len);
+        let mut frame = FrameBuf::new(&mut self.buf, self.start, self.len).handed(self.hops);
         let result = f(&mut frame);
         self.start = frame.start;
         self.len = frame.len();

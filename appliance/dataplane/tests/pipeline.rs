@@ -18,7 +18,7 @@ fn run(suite: &Suite) -> (Vec<(Verdict, Vec<u8>)>, BalanceStats) {
         .steps
         .iter()
         .map(|f| {
-            let mut frame = OwnedFrame::with_headroom(&f.input, f.headroom);
+            let mut frame = OwnedFrame::with_headroom(&f.input, f.headroom).handed(f.hops);
             let verdict = frame.with(|buf| pipeline.process_frame(buf, f.now()));
             pipeline.tick(f.now(), false);
             (verdict, frame.data().to_vec())

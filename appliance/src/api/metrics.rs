@@ -126,7 +126,7 @@ type BalanceMetric = (
     fn(&BalanceStats) -> u64,
 );
 
-const BALANCE_METRICS: [BalanceMetric; 11] = [
+const BALANCE_METRICS: [BalanceMetric; 12] = [
     (
         "forward_packets_total",
         "Packets sent toward a backend.",
@@ -156,6 +156,13 @@ const BALANCE_METRICS: [BalanceMetric; 11] = [
         "ICMP errors about a flow, translated and passed on.",
         COUNTER,
         |b| b.counters.icmp_translated,
+    ),
+    (
+        "handed_on_packets_total",
+        "Packets of a connection whose flow the worker did not have, handed on to the next \
+         worker to look for it (they came in on another queue than their flow's).",
+        COUNTER,
+        |b| b.counters.handed_on,
     ),
     ("flows_created_total", "Flows created.", COUNTER, |b| {
         b.flows.created

@@ -49,6 +49,10 @@ pub struct Counters {
     pub icmp_too_big: u64,
     /// ICMP errors about a flow, translated and passed on.
     pub icmp_translated: u64,
+    /// Packets of a connection whose flow this worker did not have, handed
+    /// on to the next worker to look for it (they came in on another queue
+    /// than their flow's).
+    pub handed_on: u64,
 }
 
 /// One worker's balancer: the tables it indexes and the flows it owns, in
@@ -88,7 +92,8 @@ pub fn slots_for(tables: &Snapshot) -> usize {
 }
 
 impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
-    /// [`Balancer::new`], its flows in `slots` (emptied first).
+    /// [`Balancer::new`], its flows in `slots` (all empty: see
+    /// [`Conntrack::with_slots`]).
     pub fn with_slots(
         slots: S,
         tables: Arc<Snapshot>,
@@ -383,7 +388,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         };
         if ip.proto == TCP && ports.tcp_flags & (flags::SYN | flags::ACK | flags::RST) != flags::SYN
         {
-            return Err(Verdict::Drop(DropReason::NoFlow));
+            return Err(self.look_elsewhere(frame));
         }
         if ip.ttl <= 1 {
             return Err(self
@@ -423,6 +428,21 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             .map_err(|e| match e {
                 InsertError::SnatExhausted => Verdict::Drop(DropReason::SnatExhausted),
             })
+    }
+
+    /// A packet of a connection this worker has no flow for, to a VIP: its
+    /// flow may be another worker's, made while the packets of the
+    /// connection came in on another queue (a sender that rehashed it
+    /// after a timeout, the NIC's RSS changed, a restart with another
+    /// worker count). It goes round the workers, each looking once, and
+    /// is dropped when it comes round to where it came in.
+    fn look_elsewhere(&mut self, frame: &FrameBuf<'_>) -> Verdict {
+        if u32::from(frame.hops()) + 1 < self.workers {
+            self.counters.handed_on += 1;
+            Verdict::Handoff((self.worker + 1) % self.workers)
+        } else {
+            Verdict::Drop(DropReason::NoFlow)
+        }
     }
 
     /// An ICMP error from one side about a packet of a flow Rialto sent to

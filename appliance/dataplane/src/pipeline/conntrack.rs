@@ -295,6 +295,11 @@ pub struct Conntrack<S = Box<[Slot]>> {
     snat: SnatPorts,
     timeouts: Timeouts,
     hand: usize,
+    /// Slots `0..used` have held a flow at some point; the others were
+    /// never touched (the free list hands out the lowest first), so the
+    /// sweep and a reload stay off their pages, which a table in a file
+    /// then never allocates.
+    used: usize,
     stats: ConntrackStats,
     /// Live flows per service and backend (indices of the tables in force).
     per_backend: Vec<Vec<u32>>,
@@ -309,15 +314,13 @@ impl Conntrack {
 }
 
 impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
-    /// A table over `slots` (at least one), emptied of whatever they held.
-    /// Everything is allocated here: the hot path never allocates.
-    pub fn with_slots(mut slots: S, snat: SnatPorts, timeouts: Timeouts) -> Self {
+    /// A table over `slots` (at least one), which must all be empty (zero:
+    /// fresh memory, a new file). They are not read here: a page of a new
+    /// mapping that is not touched is not allocated (reading it would
+    /// allocate it). Everything else is allocated here: the hot path
+    /// never allocates.
+    pub fn with_slots(slots: S, snat: SnatPorts, timeouts: Timeouts) -> Self {
         assert!(!slots.is_empty(), "a flow table has a slot at least");
-        // Only what is not empty is written: the untouched pages of a new
-        // mapping stay unallocated.
-        for slot in slots.iter_mut().filter(|s| s.mark != Slot::EMPTY) {
-            slot.mark = Slot::EMPTY;
-        }
         let capacity = slots.len();
         Self {
             slots,
@@ -328,6 +331,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             snat,
             timeouts,
             hand: 0,
+            used: 0,
             stats: ConntrackStats::default(),
             per_backend: Vec::new(),
         }
@@ -400,7 +404,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     /// slot.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Flow)> + '_ {
         (0u32..)
-            .zip(self.slots.iter())
+            .zip(self.slots[..self.used].iter())
             .filter(|(_, slot)| slot.mark == Slot::LIVE)
             .map(|(id, slot)| (id, &slot.flow))
     }
@@ -441,7 +445,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
                 {
                     self.free.pop();
                     self.count(&flow, true);
-                    self.slots[id as usize].write(flow);
+                    self.write(id, flow);
                     let hash = self.hasher.hash_one(flow.reverse);
                     self.reverse.insert(hash, id, &self.slots, &self.hasher);
                     &mut done.restored
@@ -458,7 +462,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     /// Writes `flow` into free slot `id` and indexes it.
     fn put(&mut self, id: u32, flow: Flow, hashes: (u64, u64)) {
         self.count(&flow, true);
-        self.slots[id as usize].write(flow);
+        self.write(id, flow);
         self.forward.insert(hashes.0, id, &self.slots, &self.hasher);
         self.reverse.insert(hashes.1, id, &self.slots, &self.hasher);
     }
@@ -510,8 +514,9 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     /// Visits up to `budget` slots from where the last sweep stopped and
     /// removes the expired flows there.
     pub fn sweep(&mut self, now: u32, budget: usize) {
-        for _ in 0..budget.min(self.slots.len()) {
-            self.hand = (self.hand + 1) % self.slots.len();
+        let used = self.used.max(1);
+        for _ in 0..budget.min(used) {
+            self.hand = (self.hand + 1) % used;
             let slot = &self.slots[self.hand];
             if slot.mark == Slot::LIVE && slot.flow.expires < now {
                 self.remove(self.hand as u32);
@@ -535,7 +540,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         self.timeouts = timeouts;
         let before = self.forward.len();
         if let Some(mut snat) = snat {
-            for id in 0..self.slots.len() {
+            for id in 0..self.used {
                 let slot = &self.slots[id];
                 let f = &slot.flow;
                 if slot.mark == Slot::LIVE
@@ -556,7 +561,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             snat.settle(&claims);
             self.snat = snat;
         }
-        for id in 0..self.slots.len() {
+        for id in 0..self.used {
             let slot = &self.slots[id];
             if slot.mark != Slot::LIVE {
                 continue;
@@ -585,6 +590,12 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             self.remove(i as u32);
             self.stats.evicted += 1;
         }
+    }
+
+    /// Writes a new flow into free slot `id`.
+    fn write(&mut self, id: u32, flow: Flow) {
+        self.slots[id as usize].write(flow);
+        self.used = self.used.max(id as usize + 1);
     }
 
     fn remove(&mut self, id: u32) {

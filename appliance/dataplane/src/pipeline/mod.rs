@@ -69,7 +69,7 @@ impl Pipeline {
 }
 
 impl<S: DerefMut<Target = [Slot]>> Pipeline<S> {
-    /// [`Pipeline::balance`], the flows in `slots` (emptied first; as many
+    /// [`Pipeline::balance`], the flows in `slots` (all empty; as many
     /// as [`balance::slots_for`] the tables).
     pub fn balance_in(
         slots: S,

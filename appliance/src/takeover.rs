@@ -1,0 +1,236 @@
+//! A planned upgrade: `rialto run --take-over` takes over from the Rialto
+//! that serves the interface, which then exits.
+//!
+//! The running Rialto listens on `control.sock` in its state directory.
+//! The new one connects and says hello: its handover protocol and state
+//! version. If the running one cannot hand over to it (another protocol,
+//! another state version), it says why and goes on serving untouched; the
+//! new one exits with that reason. Otherwise the new one gets ready (its
+//! config compiled and checked, its XDP program loaded, the next hop
+//! resolved) and asks for the release: the running one stops its workers,
+//! drains what it was transmitting, detaches its XDP program, closes its
+//! sockets and unlocks the state directory, says how many flows it leaves,
+//! and exits. The new one then locks the directory, resumes the flows from
+//! it (as after any restart), attaches, binds and serves. Between the
+//! release and the new workers serving, traffic goes to the kernel.
+//!
+//! One JSON message per line, each way.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::{UnixListener, UnixStream},
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// The handover's own protocol; a peer of another is refused.
+pub const PROTOCOL: u32 = 1;
+
+/// How long the new Rialto waits for the old one to answer or let go.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the old Rialto waits for a hello or a release.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Message {
+    /// New -> old: who is asking.
+    Hello {
+        protocol: u32,
+        state_version: u32,
+        pid: u32,
+        version: String,
+    },
+    /// Old -> new: ready to hand over.
+    Welcome { pid: u32 },
+    /// Old -> new: it will not hand over, and why; it serves on.
+    Refused { why: String },
+    /// New -> old: let go now.
+    Release,
+    /// Old -> new: let go; the flows it leaves in the state directory, and
+    /// whether its sockets were bound zero-copy.
+    Released { flows: u64, zero_copy: bool },
+}
+
+/// The state directory's control socket.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("control.sock")
+}
+
+/// A release the old Rialto was asked for: once it has let go, it says so
+/// with [`Release::done`].
+#[derive(Debug)]
+pub struct Release {
+    stream: UnixStream,
+}
+
+impl Release {
+    /// Tells the new Rialto that everything is let go, with how many flows
+    /// left in the state directory, and whether the sockets were bound
+    /// zero-copy (if not, the new one does not try).
+    pub fn done(mut self, flows: u64, zero_copy: bool) {
+        if let Err(e) = send(&mut self.stream, &Message::Released { flows, zero_copy }) {
+            warn!("the new rialto did not hear that this one let go: {e}");
+        }
+    }
+}
+
+/// Listens for a new Rialto on `state_dir`'s control socket (this process
+/// holds the directory's lock): a release asked for is sent to `releases`.
+/// `state_version` is what this Rialto's state directory holds.
+pub fn listen(state_dir: &Path, state_version: u32, releases: mpsc::Sender<Release>) -> Result<()> {
+    let path = socket_path(state_dir);
+    // A socket left by a Rialto that died; the lock says it is gone.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("rialto-takeover".into())
+        .spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                match answer(stream, state_version) {
+                    Ok(Some(release)) => {
+                        // Only one release: the listener is done.
+                        let _ = releases.send(release);
+                        return;
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!("a take-over did not go through: {e:#}"),
+                }
+            }
+        })
+        .context("cannot start the take-over listener")?;
+    Ok(())
+}
+
+/// One new Rialto's requests: its hello answered, then its release.
+fn answer(stream: UnixStream, state_version: u32) -> Result<Option<Release>> {
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut stream = stream;
+    let Message::Hello {
+        protocol,
+        state_version: theirs,
+        pid,
+        version,
+    } = receive(&mut reader)?
+    else {
+        bail!("a take-over began with something else than a hello");
+    };
+    if protocol != PROTOCOL || theirs != state_version {
+        let why = format!(
+            "this rialto (pid {}) hands over with protocol {PROTOCOL} and state version \
+             {state_version}; rialto {version} (pid {pid}) asked with protocol {protocol} and \
+             state version {theirs}",
+            std::process::id()
+        );
+        warn!("take-over refused, serving on: {why}");
+        send(&mut stream, &Message::Refused { why })?;
+        return Ok(None);
+    }
+    info!(pid, version, "a new rialto asks to take over");
+    send(
+        &mut stream,
+        &Message::Welcome {
+            pid: std::process::id(),
+        },
+    )?;
+    match receive(&mut reader) {
+        Ok(Message::Release) => Ok(Some(Release { stream })),
+        Ok(other) => bail!("expected a release, got {other:?}"),
+        Err(e) => {
+            info!("the new rialto went away before the release, serving on: {e:#}");
+            Ok(None)
+        }
+    }
+}
+
+/// The new Rialto's side: a running Rialto that agreed to hand over.
+#[derive(Debug)]
+pub struct Predecessor {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+    pub pid: u32,
+}
+
+impl Predecessor {
+    /// Says hello to the Rialto serving with `state_dir`: fails, with its
+    /// reason, if there is none or it refuses.
+    pub fn greet(state_dir: &Path, state_version: u32, protocol: u32) -> Result<Self> {
+        let path = socket_path(state_dir);
+        let mut stream = UnixStream::connect(&path).with_context(|| {
+            format!(
+                "nothing to take over: no rialto listens at {} (is one running with this \
+                 --iface and --state-dir?)",
+                path.display()
+            )
+        })?;
+        stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        send(
+            &mut stream,
+            &Message::Hello {
+                protocol,
+                state_version,
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        )?;
+        match receive(&mut reader)? {
+            Message::Welcome { pid } => Ok(Self {
+                stream,
+                reader,
+                pid,
+            }),
+            Message::Refused { why } => bail!("take-over refused: {why}"),
+            other => bail!("take-over: unexpected answer {other:?}"),
+        }
+    }
+
+    /// Asks it to let go; returns once it has.
+    pub fn release(mut self) -> Result<Released> {
+        let asked = Instant::now();
+        send(&mut self.stream, &Message::Release)?;
+        match receive(&mut self.reader).context("the running rialto did not let go")? {
+            Message::Released { flows, zero_copy } => Ok(Released {
+                pid: self.pid,
+                asked,
+                flows,
+                zero_copy,
+            }),
+            other => bail!("take-over: unexpected answer {other:?}"),
+        }
+    }
+}
+
+/// What the Rialto taken over from said when it let go.
+#[derive(Clone, Copy, Debug)]
+pub struct Released {
+    pub pid: u32,
+    /// When the release was asked for: traffic has gone to the kernel
+    /// since about then.
+    pub asked: Instant,
+    /// Flows it left in the state directory.
+    pub flows: u64,
+    /// Whether its sockets were bound zero-copy.
+    pub zero_copy: bool,
+}
+
+fn send(stream: &mut UnixStream, message: &Message) -> Result<()> {
+    let mut line = serde_json::to_vec(message)?;
+    line.push(b'\n');
+    stream.write_all(&line).context("cannot send")
+}
+
+fn receive(reader: &mut BufReader<UnixStream>) -> Result<Message> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).context("cannot receive")? == 0 {
+        bail!("the other side closed the connection");
+    }
+    serde_json::from_str(&line).with_context(|| format!("not a take-over message: {line:?}"))
+}
