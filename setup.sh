@@ -18,6 +18,8 @@ packages=(
 	iproute2 iputils-ping arping ethtool tcpdump iperf3 nftables util-linux procps python3 curl
 	# independent decoders for the tests
 	tshark python3-scapy
+	# the systemd unit's check (systemd-analyze)
+	systemd
 	# the side-by-side benchmark: dpdk-testpmd (net_af_xdp, net_af_packet), its plot, callgrind
 	python3-matplotlib valgrind
 	dpdk dpdk-dev

@@ -59,12 +59,33 @@ in_ns border "$bin" stats --count 2 --interval 1 | sed 's/^/  /'
 wait "$iperf"
 grep -E "sender|receiver" "$work/iperf3.txt" | sed 's/^/  /'
 
+echo
+echo "== an upgrade under traffic: a new Rialto takes over (rialto run --take-over, as"
+echo "== systemctl kill -s USR2 would start it) while iperf3 sends 1,000 datagrams a second"
+in_ns client iperf3 -c 198.18.100.2 -u -b 1M -l 125 -t 3 -J >"$work/udp.json" &
+iperf=$!
+sleep 1
+ip netns exec "$name-border" "$bin" run --iface up0 --config "$work/border.toml" \
+	--state-dir "$(state_dir "$name-border")" --take-over >"$work/summary-new.json" \
+	2>"$work/rialto-new.log" &
+new=$!
+wait "$pid" || true
+pid=$new
+grep -E "let go|took over" "$work/rialto-new.log" | sed -E 's/^[^ ]+ +INFO [^ ]+ /  /'
+wait "$iperf"
+python3 - "$work/udp.json" <<'PY'
+import json, sys
+end = json.load(open(sys.argv[1]))["end"]["sum"]
+lost, sent = end["lost_packets"], end["packets"]
+print(f"  iperf3 UDP: {sent} datagrams, {lost} lost: a gap of about {lost} ms at 1,000 a second")
+PY
+
 kill -TERM "$pid"
 wait "$pid" || true
 pid=
 echo
-echo "== Rialto's exit summary"
-python3 - "$work/summary.json" <<'PY'
+echo "== Rialto's exit summary (the one that took over)"
+python3 - "$work/summary-new.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 xdp = {k: v["packets"] for k, v in s["xdp"].items() if v["packets"]}

@@ -179,6 +179,12 @@ backends = [
 name = "iperf"
 vip = "198.18.100.2:5201/TCP"
 backends = [{ cluster = "west", addr = "198.19.0.10:5201" }]
+
+# iperf3 -u: its control connection above, its datagrams here.
+[[service]]
+name = "iperf-udp"
+vip = "198.18.100.2:5201/UDP"
+backends = [{ cluster = "west", addr = "198.19.0.10:5201" }]
 EOF
 }
 

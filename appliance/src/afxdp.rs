@@ -149,6 +149,8 @@ pub enum PortError {
     },
     #[error("cannot create a wakeup eventfd: {0}")]
     EventFd(#[source] nix::Error),
+    #[error("cannot make an AF_XDP socket close-on-exec: {0}")]
+    CloseOnExec(#[source] nix::Error),
     #[error("cannot open an AF_XDP socket on {iface} queue {queue}: {source}")]
     Socket {
         iface: String,
@@ -369,8 +371,11 @@ impl XskPort {
                     }),
                     home: ArrayQueue::new(frames),
                     sleeping: AtomicBool::new(false),
-                    wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK)
-                        .map_err(PortError::EventFd)?,
+                    wake: EventFd::from_value_and_flags(
+                        0,
+                        EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+                    )
+                    .map_err(PortError::EventFd)?,
                     down: AtomicBool::new(false),
                 })
             })
@@ -416,6 +421,16 @@ impl XskPort {
                     }
                 }
             };
+            // libxdp opens the socket without close-on-exec: a process this
+            // one starts (an upgrade) must not keep the queue bound.
+            // SAFETY: the socket's descriptor stays open while `tx` lives,
+            // which outlives this borrow.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(tx.fd().as_raw_fd()) };
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(PortError::CloseOnExec)?;
             // A second socket on the same queue would share the first one's rings.
             let (fill, comp) = fill_comp.ok_or_else(|| bad("a queue is listed twice"))?;
             let mut port = Self {

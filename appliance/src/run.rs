@@ -26,6 +26,7 @@ use rialto::{
 };
 use rialto_dataplane::{Pipeline, pipeline::balance::slots_for};
 use rialto_rules::{Endpoint, FlowContext, Steering as SteeringRules, VXLAN_PORT};
+use sd_notify::NotifyState;
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
 use xdp_redirect::{Counter, Steering};
@@ -54,6 +55,10 @@ pub enum Mode {
 /// live flows (each keeps its backend while that backend is in the config,
 /// draining or not); an invalid one is logged with its file, line and
 /// reason, and the running config stays.
+///
+/// SIGUSR2 upgrades in place: the binary this Rialto was started from (a
+/// newer one, once installed over it) is started with the same arguments
+/// and --take-over, and takes over without breaking a connection.
 ///
 /// On exit Rialto detaches its XDP program, leaving the interface as it was,
 /// and prints a JSON summary on stdout: the XDP program's counters, and per
@@ -188,6 +193,7 @@ struct WorkerSummary {
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    takeover::note_exe();
     if nix::net::if_::if_nametoindex(args.iface.as_str()).is_err() {
         bail!("no such interface: {}", args.iface);
     }
@@ -347,6 +353,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         Some(r) if !r.zero_copy => umem.copy_only(),
         _ => umem,
     };
+    // Attached first: another XDP program on the interface (another Rialto)
+    // is refused in so many words, not found out by a busy queue. Until the
+    // sockets are in the XSKMAP, the traffic still goes to the kernel.
+    steering.attach(&args.iface, args.xdp_mode.into())?;
     // The flows are resumed while the sockets are bound.
     let (resumed, ports) = std::thread::scope(|scope| -> Result<_> {
         let resuming = state.as_ref().zip(tables.as_ref()).map(|(state, tables)| {
@@ -380,16 +390,19 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         });
     }
 
-    // Every socket is in the XSKMAP: the traffic comes to Rialto from now on.
-    steering.attach(&args.iface, args.xdp_mode.into())?;
-
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install a signal handler")?;
     }
-    let hangup = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
+    let signals = Signals {
+        stop: Arc::clone(&stop),
+        hangup: Arc::new(AtomicBool::new(false)),
+        upgrade: Arc::new(AtomicBool::new(false)),
+    };
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&signals.hangup))
+        .context("cannot install a signal handler")?;
+    signal_hook::flag::register(signal_hook::consts::SIGUSR2, Arc::clone(&signals.upgrade))
         .context("cannot install a signal handler")?;
     let stopped = Arc::new(Barrier::new(workers.len()));
     let mut running = Vec::with_capacity(workers.len());
@@ -401,10 +414,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         running.push((queue, bind, stats, handle));
     }
     info!(iface = %args.iface, ?queues, mode = ?args.mode, xdp = ?args.xdp_mode, "rialto ready");
-    if let Some(r) = &release {
+    let mut resumed = resumed;
+    if let (Some(r), Some(resumed)) = (&release, &mut resumed) {
+        let gap = millis(r.asked);
+        resumed.take_over_millis = Some(gap);
         info!(
             pid = r.pid,
-            millis = millis(r.asked),
+            millis = gap,
             "took over: serving, this long after asking for the release"
         );
     }
@@ -446,17 +462,20 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             }
         },
     };
-    let release = serve(
-        &stop,
-        &hangup,
-        &control,
-        args.stats_interval,
-        &stats,
-        &releases,
-    );
+    // Under systemd (Type=notify), this process is the service from now on:
+    // also when it took over from another, which exits.
+    notify(&[
+        NotifyState::MainPid(std::process::id()),
+        NotifyState::Ready,
+        NotifyState::Status("serving"),
+    ]);
+    let release = serve(&signals, &control, args.stats_interval, &stats, &releases);
     stop.store(true, Ordering::Relaxed);
     alarm.ring();
     info!(take_over = release.is_some(), "stopping");
+    if release.is_none() {
+        notify(&[NotifyState::Stopping]);
+    }
     let stopping = Instant::now();
     // While the workers drain and close their sockets, everything goes
     // to the kernel.
@@ -582,12 +601,22 @@ fn millis(since: Instant) -> u64 {
 /// How long start-up waits for the next hop to answer ARP.
 const NEXT_HOP_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Serves until `stop` is set: reloads on SIGHUP (`hangup`), and logs
-/// per-worker rates every `interval` seconds (0: never).
+/// The signals `rialto run` acts on.
+struct Signals {
+    /// SIGINT, SIGTERM: stop.
+    stop: Arc<AtomicBool>,
+    /// SIGHUP: reload the config file.
+    hangup: Arc<AtomicBool>,
+    /// SIGUSR2: start the binary this Rialto was started from (a newer one,
+    /// once installed over it), with the same arguments, to take over.
+    upgrade: Arc<AtomicBool>,
+}
+
+/// Serves until `stop` is set: reloads on SIGHUP, starts an upgrade on
+/// SIGUSR2, and logs per-worker rates every `interval` seconds (0: never).
 /// A take-over's release (`releases`) ends it at once; it is returned.
 fn serve(
-    stop: &AtomicBool,
-    hangup: &AtomicBool,
+    signals: &Signals,
     control: &Mutex<Control>,
     interval: u64,
     stats: &[(u32, Arc<WorkerStats>)],
@@ -595,16 +624,23 @@ fn serve(
 ) -> Option<Release> {
     let mut last: Vec<_> = stats.iter().map(|(_, s)| s.snapshot()).collect();
     let mut since = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !signals.stop.load(Ordering::Relaxed) {
         if let Ok(release) = releases.recv_timeout(Duration::from_millis(100)) {
             return Some(release);
         }
         lock(control).fail_open_stopped_workers();
-        if hangup.swap(false, Ordering::Relaxed) {
+        if signals.hangup.swap(false, Ordering::Relaxed) {
+            notify(&[NotifyState::Reloading]);
             match lock(control).reload(Source::File) {
                 Ok(generation) => info!(generation, "config reloaded"),
                 Err(e) => error!("reload rejected, the running config stays: {e:#}"),
             }
+            notify(&[NotifyState::Ready]);
+        }
+        if signals.upgrade.swap(false, Ordering::Relaxed)
+            && let Err(e) = takeover::upgrade()
+        {
+            error!("cannot start the upgrade, serving on: {e:#}");
         }
         if interval == 0 || since.elapsed() < Duration::from_secs(interval) {
             continue;
@@ -623,6 +659,14 @@ fn serve(
         since = Instant::now();
     }
     None
+}
+
+/// Tells the service manager (systemd, `Type=notify`), if one started this
+/// process, what state it is in.
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        warn!("cannot notify the service manager: {e}");
+    }
 }
 
 /// The control plane, once nothing else holds it (the API's last

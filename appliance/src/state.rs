@@ -503,6 +503,11 @@ pub struct Resumed {
     pub discarded: u64,
     /// How long reading and restoring them took, in milliseconds.
     pub millis: u64,
+    /// After a take-over: how long from asking the running Rialto to let
+    /// go to serving, in milliseconds (the traffic went to the kernel
+    /// meanwhile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub take_over_millis: Option<u64>,
 }
 
 /// Restores `saved` into the workers' empty tables (`pipelines[i]` is

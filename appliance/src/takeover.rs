@@ -17,10 +17,12 @@
 //! One JSON message per line, each way.
 
 use std::{
+    ffi::OsString,
     io::{BufRead, BufReader, Write},
     os::unix::net::{UnixListener, UnixStream},
     path::{Path, PathBuf},
-    sync::mpsc,
+    process::Command,
+    sync::{OnceLock, mpsc},
     time::{Duration, Instant},
 };
 
@@ -55,6 +57,44 @@ enum Message {
     /// Old -> new: let go; the flows it leaves in the state directory, and
     /// whether its sockets were bound zero-copy.
     Released { flows: u64, zero_copy: bool },
+}
+
+/// Starts the binary this process was started from (an upgrade installs
+/// the new one over it) with this process's arguments and `--take-over`;
+/// the new Rialto then takes over as any `--take-over` does. If it fails
+/// (refused, say), its exit is logged and this one serves on.
+pub fn upgrade() -> Result<()> {
+    let exe = EXE
+        .get()
+        .context("the binary's path was not noted at start")?;
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if !args.iter().any(|a| a == "--take-over") {
+        args.push("--take-over".into());
+    }
+    let mut child = Command::new(exe)
+        .args(&args)
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    info!(pid = child.id(), exe = %exe.display(), "upgrade: a new rialto takes over");
+    std::thread::Builder::new()
+        .name("rialto-upgrade".into())
+        .spawn(move || match child.wait() {
+            Ok(status) => warn!("the upgrade did not take over ({status}): serving on"),
+            Err(e) => warn!("the upgrade's process: {e}"),
+        })
+        .context("cannot start the upgrade's waiter")?;
+    Ok(())
+}
+
+/// Where this process's binary was when it started: the path an upgrade
+/// starts, whatever is installed there by then.
+static EXE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Notes where this process's binary is, for [`upgrade`].
+pub fn note_exe() {
+    if let Ok(exe) = std::env::current_exe() {
+        let _ = EXE.set(exe);
+    }
 }
 
 /// The state directory's control socket.

@@ -1291,6 +1291,17 @@ fn an_overflowing_handoff_inbox_drops_and_counts_and_loses_no_frame() {
     }
 }
 
+/// One round trip on each of the `live` connections, from the peer; panics
+/// saying `what` if one fails.
+fn ping_all(pair: &Pair, live: &[Connection], what: &str) {
+    in_netns(&pair.peer_ns, || {
+        for c in live {
+            c.ping()
+                .unwrap_or_else(|e| panic!("{what}: a connection to {}: {e}", c.pod));
+        }
+    });
+}
+
 /// Flips a byte of the first live flow in a saved flow table of the state
 /// directory `dir`; returns how many live flows that table holds.
 fn corrupt_a_flow(dir: &std::path::Path) -> u64 {
@@ -1332,14 +1343,7 @@ fn a_restart_after_a_crash_resumes_every_flow() {
         assert!(resumed.is_object(), "{what}: {status}");
         resumed
     };
-    let ping_all = |live: &[Connection], what: &str| {
-        in_netns(&pair.peer_ns, || {
-            for c in live {
-                c.ping()
-                    .unwrap_or_else(|e| panic!("{what}: a connection to {}: {e}", c.pod));
-            }
-        });
-    };
+    let ping_all = |live: &[Connection], what: &str| ping_all(&pair, live, what);
 
     let rialto = Rialto::start(BIN, &pair.node_ns, &args);
     assert_eq!(resumed("a fresh start")["recovered"], 0);
@@ -1408,14 +1412,7 @@ fn a_take_over_keeps_every_connection_and_a_refused_one_changes_nothing() {
     let path = std::env::temp_dir().join(format!("rialto-takeover-{}.toml", std::process::id()));
     std::fs::write(&path, config(&mac, &web(&format!("{POD_A}, {POD_B}")))).unwrap();
     let args = ["--iface", &pair.node_if, "--config", path.to_str().unwrap()];
-    let ping_all = |live: &[Connection], what: &str| {
-        in_netns(&pair.peer_ns, || {
-            for c in live {
-                c.ping()
-                    .unwrap_or_else(|e| panic!("{what}: a connection to {}: {e}", c.pod));
-            }
-        });
-    };
+    let ping_all = |live: &[Connection], what: &str| ping_all(&pair, live, what);
     let take_over_error = |extra: &[&str]| -> String {
         let mut cmd = rialto_testbed::netns_command(&pair.node_ns, BIN);
         cmd.arg("run").args(args).arg("--take-over").args(extra);
@@ -1471,10 +1468,133 @@ fn a_take_over_keeps_every_connection_and_a_refused_one_changes_nothing() {
     ping_all(&live, "after the take-over");
     let resumed = in_netns(&pair.node_ns, status)["resumed"].clone();
     assert_eq!(resumed["recovered"], 16, "{resumed}");
+    assert!(resumed["take_over_millis"].is_u64(), "{resumed}");
     let (status_new, summary) = new.terminate();
     assert!(status_new.success(), "{summary}");
     for w in summary["workers"].as_array().unwrap() {
         assert_eq!(w["umem_balanced"], true, "the new one's frames: {w}");
     }
     std::fs::remove_file(&path).unwrap();
+}
+
+/// What a service manager hears on its notify socket (`NOTIFY_SOCKET`).
+struct Notifications(std::os::unix::net::UnixDatagram);
+
+impl Notifications {
+    /// Waits (within 30 s) for a message saying `READY=1` with a
+    /// `MAINPID`; returns that PID.
+    fn ready(&self) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut heard = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            let Ok(n) = self.0.recv(&mut buf) else {
+                continue;
+            };
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let pid = message
+                .lines()
+                .find_map(|l| l.strip_prefix("MAINPID="))
+                .and_then(|p| p.parse().ok());
+            if let (Some(pid), true) = (pid, message.lines().any(|l| l == "READY=1")) {
+                return pid;
+            }
+            heard.push(message);
+        }
+        panic!("no READY=1 with a MAINPID within 30 s; heard {heard:?}");
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaps).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+    })
+}
+
+/// An upgrade as the systemd unit makes it (`systemctl kill -s USR2`):
+/// the running Rialto starts its own binary again with `--take-over`;
+/// the new one tells the service manager it is the main process and
+/// ready (`MAINPID`, `READY=1`), the old one exits, and every connection
+/// goes on.
+#[test]
+fn sigusr2_upgrades_in_place_and_tells_the_service_manager() {
+    let pair = Pair::up(2);
+    let mac = two_pods(&pair);
+    let dir = std::env::temp_dir().join(format!("rialto-usr2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("border.toml");
+    std::fs::write(
+        &config_path,
+        config(&mac, &web(&format!("{POD_A}, {POD_B}"))),
+    )
+    .unwrap();
+    let socket = dir.join("notify");
+    let notifications = Notifications(std::os::unix::net::UnixDatagram::bind(&socket).unwrap());
+    notifications
+        .0
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Its output to files: the new process inherits them and outlives it.
+    let old = rialto_testbed::netns_command(&pair.node_ns, BIN)
+        .arg("run")
+        .args([
+            "--iface",
+            &pair.node_if,
+            "--config",
+            config_path.to_str().unwrap(),
+        ])
+        .arg("--state-dir")
+        .arg(rialto_testbed::state_dir(&pair.node_ns))
+        .env("NOTIFY_SOCKET", &socket)
+        .stdout(std::fs::File::create(dir.join("summary.json")).unwrap())
+        .stderr(std::fs::File::create(dir.join("rialto.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.join("rialto.log")).unwrap_or_default();
+    let first = notifications.ready();
+    assert_eq!(first, old.id(), "the first rialto is the main process");
+    let live: Vec<Connection> = in_netns(&pair.peer_ns, || {
+        (0..16).map(|_| Connection::open()).collect()
+    });
+    ping_all(&pair, &live, "before the upgrade");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let second = notifications.ready();
+    assert_ne!(second, first, "the new rialto says it is the main process");
+    let exited = rialto_testbed::wait_within(old, Duration::from_secs(20))
+        .unwrap_or_else(|(what, _)| panic!("the old rialto {what}:\n{}", log()));
+    assert!(exited.status.success(), "{}", log());
+    let summary = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(summary.lines().next().unwrap_or_default()).unwrap();
+    for w in summary["workers"].as_array().unwrap() {
+        assert_eq!(w["umem_balanced"], true, "the old one's frames: {w}");
+    }
+    ping_all(&pair, &live, "after the upgrade");
+    assert_eq!(in_netns(&pair.node_ns, status)["resumed"]["recovered"], 16);
+
+    let pid = nix::unistd::Pid::from_raw(second as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !gone(second) {
+        assert!(
+            Instant::now() < deadline,
+            "the new rialto did not stop:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        log().contains("upgrade: a new rialto takes over"),
+        "{}",
+        log()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -324,7 +324,14 @@ pub fn metrics(status: &Status) -> String {
             "How long reading and restoring them took.",
         );
         millis.add_f64(&[], r.millis as f64 / 1000.0);
-        families.extend([resumed, millis]);
+        let mut take_over = Family::gauge(
+            "take_over_seconds",
+            "After a take-over: from asking the running Rialto to let go to serving (traffic went to the kernel meanwhile).",
+        );
+        if let Some(gap) = r.take_over_millis {
+            take_over.add_f64(&[], gap as f64 / 1000.0);
+        }
+        families.extend([resumed, millis, take_over]);
     }
 
     let families: Vec<MetricFamily> = families
