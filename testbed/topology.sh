@@ -161,7 +161,9 @@ EOF
 	done
 	cat <<EOF
 
-# The same pod addresses in both clusters: four backends.
+# The same pod addresses in both clusters: four backends, each checked
+# through its cluster's tunnel (an HTTP GET every half second: two failures
+# in a row take a pod out of new flows, two passes bring it back).
 [[service]]
 name = "web"
 vip = "198.18.100.1:80/TCP"
@@ -171,6 +173,7 @@ backends = [
     { cluster = "west", addr = "198.19.0.10:80" },
     { cluster = "west", addr = "198.19.0.11:80" },
 ]
+check = { kind = "http", path = "/", interval_ms = 500, timeout_ms = 400, rise = 2, fall = 2 }
 
 # One backend: an iperf3 test's control and data connections must meet the
 # same server, and Rialto has no session affinity (each connection is

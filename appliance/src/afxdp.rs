@@ -195,9 +195,16 @@ impl Alarm {
     }
 }
 
-/// Where the ports of one UMEM pass each other frames.
+/// Where the ports of one UMEM pass each other frames, and the control
+/// plane and the ports pass each other packets.
 #[derive(Debug)]
 struct Exchange {
+    /// Answers to health checks, copied out of the frames they came in.
+    punted: ArrayQueue<Packet>,
+    /// Written once per step that punted: the control plane sleeps on it.
+    punt_wake: EventFd,
+    /// Frames the control plane has the ports send (health checks).
+    injected: ArrayQueue<Packet>,
     /// Bytes of UMEM each port owns: port `i` owns `i * share..(i + 1) * share`.
     share: usize,
     mailboxes: Vec<Mailbox>,
@@ -216,6 +223,83 @@ struct Mailbox {
     /// Set when the port's worker stopped processing (it panicked): frames
     /// are no longer handed to it.
     down: AtomicBool,
+}
+
+/// A packet between the control plane and the workers, copied, so neither
+/// holds the other's memory.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    len: u16,
+    bytes: [u8; PACKET_MAX],
+}
+
+/// The largest packet passed between the control plane and the workers.
+pub const PACKET_MAX: usize = 2048;
+
+/// Packets each way the queues between the control plane and the workers
+/// hold.
+const CONTROL_QUEUE: usize = 256;
+
+impl Packet {
+    fn new(data: &[u8]) -> Option<Self> {
+        let mut packet = Self {
+            len: u16::try_from(data.len()).ok()?,
+            bytes: [0; PACKET_MAX],
+        };
+        packet.bytes.get_mut(..data.len())?.copy_from_slice(data);
+        Some(packet)
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for Packet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packet({} bytes)", self.len)
+    }
+}
+
+/// The control plane's side of the ports of one UMEM: frames it has them
+/// send, and the packets they punt to it.
+#[derive(Clone, Debug)]
+pub struct ControlPath(Arc<Exchange>);
+
+impl ControlPath {
+    /// Has a port send `frame` (a whole Ethernet frame) at its next step;
+    /// false if the queue is full or the frame too large. [`Self::kick`]
+    /// wakes the ports once the frames of a turn are queued.
+    pub fn send(&self, frame: &[u8]) -> bool {
+        Packet::new(frame).is_some_and(|p| self.0.injected.push(p).is_ok())
+    }
+
+    /// Wakes every port, so what was queued goes out now.
+    pub fn kick(&self) {
+        Alarm(Arc::clone(&self.0)).ring();
+    }
+
+    /// The next packet a port punted, if any.
+    pub fn receive(&self) -> Option<Packet> {
+        self.0.punted.pop()
+    }
+
+    /// Waits until a port punted something, or `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        if !self.0.punted.is_empty() {
+            return;
+        }
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let mut fds = [libc::pollfd {
+            fd: self.0.punt_wake.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: poll reads and writes exactly the one pollfd of this live
+        // array; the eventfd is open for the exchange's life.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+        let _ = self.0.punt_wake.read();
+    }
 }
 
 /// A frame handed to another port to process, and how many ports handed
@@ -269,6 +353,8 @@ pub struct XskPort {
     tx_batch: Vec<FrameDesc>,
     /// Ports handed a frame in the current step (bit per port index).
     handed_to: u64,
+    /// Whether the current step punted a packet to the control plane.
+    punted: bool,
     /// For the warnings that could otherwise repeat every step.
     warnings: Throttle,
 }
@@ -383,6 +469,13 @@ impl XskPort {
         let exchange = Arc::new(Exchange {
             share: frames * frame_size,
             mailboxes,
+            punted: ArrayQueue::new(CONTROL_QUEUE),
+            punt_wake: EventFd::from_value_and_flags(
+                0,
+                EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+            )
+            .map_err(PortError::EventFd)?,
+            injected: ArrayQueue::new(CONTROL_QUEUE),
         });
 
         let copy = match mode {
@@ -457,6 +550,7 @@ impl XskPort {
                 lent: 0,
                 borrowed: 0,
                 handed_to: 0,
+                punted: false,
                 warnings: Throttle::new(WARNING_INTERVAL),
             };
             if mode == BindMode::Copy {
@@ -547,6 +641,10 @@ impl XskPort {
             self.processing = 0;
             self.dispatch(count, tally);
         }
+        if std::mem::take(&mut self.punted) {
+            let _ = self.exchange.punt_wake.write(1);
+        }
+        self.inject(tally);
         self.wake_receivers();
         self.transmit(tally);
         self.recycle();
@@ -597,7 +695,7 @@ impl XskPort {
             .zip(&frames)
             .zip(&self.verdicts)
         {
-            if *verdict == Verdict::Tx {
+            if matches!(verdict, Verdict::Tx | Verdict::Punt) {
                 let at = start(desc) + frame.start();
                 desc.set_packet(at, frame.len());
             }
@@ -621,6 +719,7 @@ impl XskPort {
                     };
                     self.hand_off(handed, worker as usize, tally);
                 }
+                Verdict::Punt => self.punt(desc, tally),
             }
         }
     }
@@ -682,6 +781,48 @@ impl XskPort {
         }
         self.refill();
         received
+    }
+
+    /// Copies a punted packet out for the control plane, and frees its frame.
+    fn punt(&mut self, desc: FrameDesc, tally: &mut Tally) {
+        // SAFETY: the frame was processed in this step and is ours until we
+        // release it, below; nobody writes it meanwhile.
+        let packet = Packet::new(unsafe { self.umem.data(&desc) }.contents());
+        let pushed = packet.is_some_and(|p| self.exchange.punted.push(p).is_ok());
+        if pushed {
+            tally.punted += 1;
+            self.punted = true;
+        } else {
+            tally.io_drop(IoDrop::PuntFull);
+        }
+        self.release(desc);
+    }
+
+    /// Sends what the control plane queued, as far as free frames and the
+    /// step's room go.
+    fn inject(&mut self, tally: &mut Tally) {
+        while self.tx_batch.len() < self.tx_batch.capacity()
+            && !self.free.is_empty()
+            && let Some(packet) = self.exchange.injected.pop()
+        {
+            let mut desc = self.free.pop().expect("checked above");
+            let frame_start = desc.addr() - desc.addr() % self.frame_size;
+            desc.set_packet(frame_start, self.frame_size);
+            let data = packet.data();
+            let len = data.len().min(self.frame_size);
+            // SAFETY: a free frame is ours alone (in no ring, inbox or home
+            // queue) and `desc` spans exactly that frame of the UMEM.
+            unsafe { self.umem.data_mut(&mut desc) }.contents_mut()[..len]
+                .copy_from_slice(&data[..len]);
+            desc.set_packet(frame_start, len);
+            self.tx_batch.push(desc);
+            tally.injected += 1;
+        }
+    }
+
+    /// The control plane's side of this port's UMEM.
+    pub fn control_path(&self) -> ControlPath {
+        ControlPath(Arc::clone(&self.exchange))
     }
 
     /// Passes an unprocessed frame to port `to`, which owns its flow (or

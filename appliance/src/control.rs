@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use rialto::{
     afxdp::Ledger,
+    health::{self, BackendHealth, Board},
     state::{Resumed, StateDir},
     stats::{StatsSnapshot, WorkerStats},
     worker::{Published, SharedTables},
@@ -55,6 +56,8 @@ pub struct View {
     pub xdp: CounterReader,
     /// What became of the flows a previous Rialto left (balance mode).
     pub resumed: Option<Resumed>,
+    /// What the health checks say (balance mode).
+    pub health: Option<Arc<Board>>,
 }
 
 /// The running appliance, as the control plane changes it: one reload at
@@ -77,6 +80,9 @@ pub struct Control {
     /// Where the flows and their contexts outlive the process (balance
     /// mode).
     pub state: Option<Arc<StateDir>>,
+    /// What the health checks say, which every published table follows
+    /// (balance mode).
+    pub health: Option<Arc<Board>>,
 }
 
 /// Why a reload did not happen. In every case the running config stays in
@@ -189,6 +195,12 @@ pub struct BackendStatus {
     /// Live flows to it, over all workers (as of their last report, at
     /// most a quarter of a second old).
     pub flows: u64,
+    /// Whether new flows may go to it now: active, healthy, and in a
+    /// preferred cluster while enough of those are healthy.
+    pub selected: bool,
+    /// What its checks say, once checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<BackendHealth>,
 }
 
 /// Where a reload's config comes from.
@@ -242,6 +254,12 @@ impl Control {
         };
         let tables = rialto_rules::load_for(&name, &text, &self.budget)
             .map_err(|e| ReloadError::Invalid(e.into()))?;
+        // The new tables take the backends' health as the checks know it.
+        let tables = match &self.health {
+            Some(board) => (tables.with_health(&board.healthy(&tables)))
+                .map_err(|e| ReloadError::Invalid(e.into()))?,
+            None => tables,
+        };
         let rules = steering_rules(&self.flags, Some(&tables));
         rialto::host::check_own_addresses(&rules, Some(&tables)).map_err(ReloadError::Invalid)?;
         self.steering
@@ -293,6 +311,28 @@ impl Control {
             error!("the new config is in force, but a restart would not run it: {e:#}");
         }
         Ok(generation)
+    }
+
+    /// Puts the backends' health, as the checks now say, in force: the
+    /// services whose choice of backends changed get new Maglev tables
+    /// (built here, off the hot path), published as a reload's are; live
+    /// flows keep their backends. Returns the generation, if anything
+    /// changed.
+    pub fn apply_health(&mut self) -> Result<Option<u64>, String> {
+        let (Some(board), Some(shared)) = (&self.health, &self.view.tables) else {
+            return Ok(None);
+        };
+        let running = shared.published();
+        let healthy = board.healthy(&running.tables);
+        let next = (running.tables.with_health(&healthy)).map_err(|e| e.to_string())?;
+        let changed = (next.services.iter().zip(&running.tables.services))
+            .any(|(n, r)| n.selected != r.selected);
+        if !changed {
+            return Ok(None);
+        }
+        let generation = shared.publish(Arc::new(next), running.context);
+        self.await_workers(generation)?;
+        Ok(Some(generation))
     }
 
     /// Waits for every worker still serving to run on tables `generation`.
@@ -482,6 +522,9 @@ impl View {
                             },
                             slots: counts.get(i).copied().map_or(0, u64::from),
                             flows: flows(service, i),
+                            selected: s.selected.get(i).copied().unwrap_or(false),
+                            health: (self.health.as_ref())
+                                .and_then(|h| h.of(&health::key(tables, &s.name, b))),
                         })
                         .collect(),
                 }

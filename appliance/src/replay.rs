@@ -42,6 +42,8 @@ pub struct Summary {
     pub tx: u64,
     pub dropped: u64,
     pub drops: BTreeMap<&'static str, u64>,
+    /// Answers to health checks (no checker runs offline: not written).
+    pub punted: u64,
     /// Frames whose captured length is shorter than they were on the wire.
     pub cut_short: u64,
     /// Whether the capture itself ends inside a record (a file cut short):
@@ -128,6 +130,8 @@ pub fn replay(
                     .map_err(ReplayError::Write)?;
             }
             Verdict::Handoff(_) => unreachable!("replay runs a single worker"),
+            // No checker runs offline: an answer to a check is not written.
+            Verdict::Punt => summary.punted += 1,
             Verdict::Drop(reason) => {
                 summary.dropped += 1;
                 *summary.drops.entry(reason.name()).or_default() += 1;

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use rialto::{
     afxdp::{BindMode, Ledger, PortConfig, XskPort},
+    health,
     host::{self, XdpMode, iface_mac, load_config, rx_queue_count},
     nexthop::NextHop,
     state::{MappedSlots, Resumed, STATE_VERSION, StateDir, longest, resume},
@@ -374,6 +375,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         );
     }
     let alarm = ports[0].alarm();
+    let control_path = ports[0].control_path();
     let mut workers = Vec::with_capacity(queues.len());
     for (i, ((&queue, port), pipeline)) in queues.iter().zip(ports).zip(pipelines).enumerate() {
         steering.register_socket(queue, port.raw_fd())?;
@@ -414,6 +416,17 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         running.push((queue, bind, stats, handle));
     }
     info!(iface = %args.iface, ?queues, mode = ?args.mode, xdp = ?args.xdp_mode, "rialto ready");
+    // The health checks go out through the workers, which now serve.
+    let checking = Arc::new(AtomicBool::new(false));
+    let (board, checker) = match &tables {
+        Some(tables) if args.mode == Mode::Balance => {
+            let (board, checker) =
+                health::spawn(Arc::clone(tables), control_path, mac, Arc::clone(&checking))
+                    .context("cannot start the health checker")?;
+            (Some(board), Some(checker))
+        }
+        _ => (None, None),
+    };
     let mut resumed = resumed;
     if let (Some(r), Some(resumed)) = (&release, &mut resumed) {
         let gap = millis(r.asked);
@@ -435,6 +448,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         .map(|(q, _, s, _)| (*q, Arc::clone(s)))
         .collect();
     let view = View {
+        health: board.clone(),
         config: args.config.clone().filter(|_| args.mode == Mode::Balance),
         tables,
         workers: stats.clone(),
@@ -451,6 +465,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         failed_open: Vec::new(),
         budget,
         state,
+        health: board,
     }));
     let api = match args.no_api {
         true => None,
@@ -470,6 +485,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         NotifyState::Status("serving"),
     ]);
     let release = serve(&signals, &control, args.stats_interval, &stats, &releases);
+    checking.store(true, Ordering::Relaxed);
+    if let Some(checker) = checker {
+        let _ = checker.join();
+    }
     stop.store(true, Ordering::Relaxed);
     alarm.ring();
     info!(take_over = release.is_some(), "stopping");
@@ -601,6 +620,10 @@ fn millis(since: Instant) -> u64 {
 /// How long start-up waits for the next hop to answer ARP.
 const NEXT_HOP_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How often the control loop looks for a change of a backend's health
+/// (and for a take-over's release).
+const HEALTH_FOLLOW: Duration = Duration::from_millis(20);
+
 /// The signals `rialto run` acts on.
 struct Signals {
     /// SIGINT, SIGTERM: stop.
@@ -624,11 +647,21 @@ fn serve(
 ) -> Option<Release> {
     let mut last: Vec<_> = stats.iter().map(|(_, s)| s.snapshot()).collect();
     let mut since = Instant::now();
+    let mut health = 0;
     while !signals.stop.load(Ordering::Relaxed) {
-        if let Ok(release) = releases.recv_timeout(Duration::from_millis(100)) {
+        if let Ok(release) = releases.recv_timeout(HEALTH_FOLLOW) {
             return Some(release);
         }
         lock(control).fail_open_stopped_workers();
+        let board = lock(control).health.clone();
+        if let Some(board) = board
+            && board.version() != health
+        {
+            health = board.version();
+            if let Err(e) = lock(control).apply_health() {
+                error!("the backends' health could not be put in force: {e}");
+            }
+        }
         if signals.hangup.swap(false, Ordering::Relaxed) {
             notify(&[NotifyState::Reloading]);
             match lock(control).reload(Source::File) {

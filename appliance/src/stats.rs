@@ -31,6 +31,8 @@ pub struct WorkerStats {
     tx_bytes: AtomicU64,
     handoff_out: AtomicU64,
     handoff_in: AtomicU64,
+    check_in: AtomicU64,
+    check_out: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
     io_drops: [AtomicU64; IoDrop::COUNT],
     /// False once the worker has stopped serving (it panicked).
@@ -48,7 +50,7 @@ pub struct WorkerStats {
     umem: Mutex<Option<Ledger>>,
 }
 
-const BALANCE_FIELDS: usize = 12;
+const BALANCE_FIELDS: usize = 13;
 
 fn balance_to_array(b: BalanceStats) -> [u64; BALANCE_FIELDS] {
     let (c, f) = (b.counters, b.flows);
@@ -65,6 +67,7 @@ fn balance_to_array(b: BalanceStats) -> [u64; BALANCE_FIELDS] {
         f.live,
         b.capacity,
         c.handed_on,
+        c.no_backend_refused,
     ]
 }
 
@@ -77,6 +80,7 @@ fn balance_from_array(a: [u64; BALANCE_FIELDS]) -> BalanceStats {
             icmp_too_big: a[3],
             icmp_translated: a[4],
             handed_on: a[11],
+            no_backend_refused: a[12],
         },
         flows: ConntrackStats {
             created: a[5],
@@ -105,6 +109,8 @@ impl WorkerStats {
         add(&self.tx_bytes, t.tx_bytes);
         add(&self.handoff_out, t.handoff_out);
         add(&self.handoff_in, t.handoff_in);
+        add(&self.check_in, t.punted);
+        add(&self.check_out, t.injected);
         for (total, n) in self.drops.iter().zip(t.drops) {
             add(total, n);
         }
@@ -183,6 +189,8 @@ impl WorkerStats {
             tx_bytes: self.tx_bytes.load(Relaxed),
             handoff_out: self.handoff_out.load(Relaxed),
             handoff_in: self.handoff_in.load(Relaxed),
+            check_in: self.check_in.load(Relaxed),
+            check_out: self.check_out.load(Relaxed),
             balance: self
                 .balancing
                 .load(Relaxed)
@@ -208,6 +216,10 @@ pub struct StatsSnapshot {
     pub tx_bytes: u64,
     pub handoff_out: u64,
     pub handoff_in: u64,
+    /// Health checks' packets: answers received and passed to the checker,
+    /// checks sent for it (counted in rx and tx too).
+    pub check_in: u64,
+    pub check_out: u64,
     /// Balance mode only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balance: Option<BalanceStats>,

@@ -17,6 +17,8 @@ pub enum IoDrop {
     HandoffFull,
     /// The frame was handed to a worker that stopped (it panicked).
     WorkerDown,
+    /// The control plane had no room for a health check's answer.
+    PuntFull,
 }
 
 impl IoDrop {
@@ -36,6 +38,10 @@ pub struct Tally {
     /// Frames handed to the worker owning their flow, and taken from others.
     pub handoff_out: u64,
     pub handoff_in: u64,
+    /// Health checks' answers passed to the control plane, and checks sent
+    /// for it: counted apart from client traffic (and in rx and tx too).
+    pub punted: u64,
+    pub injected: u64,
     pub drops: [u64; DropReason::COUNT],
     pub io_drops: [u64; IoDrop::COUNT],
 }

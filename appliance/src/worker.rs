@@ -234,7 +234,7 @@ impl Worker {
             // Before going to sleep, the housekeeping does more.
             let sleeping = processed == 0 && !self.port.busy();
             self.pipeline.tick(now, sleeping);
-            if processed > 0 {
+            if processed > 0 || tally.injected > 0 {
                 self.stats.publish(&tally);
                 self.publish_balance();
             } else if sleeping {

@@ -17,9 +17,9 @@ use std::{
 
 use hashbrown::{HashMap, HashSet};
 use rialto_tables::{
-    Backend, BackendState, Cluster, Endpoint, FLOW_BYTES, Limits, MAX_VNI, MaglevHash, Node,
-    SNAT_PORT_BYTES, Service, Snapshot, SnatPool, Timeouts,
-    maglev::{self, MaglevError, WeightedBackend},
+    Backend, BackendState, Check, CheckKind, Cluster, Endpoint, FLOW_BYTES, Limits, MAX_VNI,
+    MaglevParams, Node, Preference, SNAT_PORT_BYTES, Service, Snapshot, SnatPool, Timeouts, health,
+    maglev::{self, MaglevError},
     not_a_host, steering_capacity, vxlan_overhead,
 };
 
@@ -168,6 +168,33 @@ pub enum CompileError {
         #[source]
         source: MaglevError,
     },
+    #[error("service {name:?}: check: {field}: {why}")]
+    BadCheck {
+        name: String,
+        field: &'static str,
+        why: String,
+    },
+    #[error("service {name:?}: prefer: {cluster:?} is no cluster of the config")]
+    UnknownPreferred { name: String, cluster: String },
+    #[error("service {name:?}: min_healthy: {value} is not a fraction from 0 to 1")]
+    BadFraction { name: String, value: String },
+    #[error("service {name:?}: min_healthy: without prefer, it has nothing to measure")]
+    FractionWithoutPreference { name: String },
+    #[error(
+        "checks.ports: {first}-{last} overlaps snat.ports {snat_first}-{snat_last}: health \
+         checks need ports of their own"
+    )]
+    CheckPortsOverlap {
+        first: u16,
+        last: u16,
+        snat_first: u16,
+        snat_last: u16,
+    },
+    #[error(
+        "checks.ports: {ports} ports for {backends} checked backends: expected one port per \
+         backend at least"
+    )]
+    TooFewCheckPorts { ports: u32, backends: usize },
 }
 
 /// A [`CompileError`] and the part of the config text it is about.
@@ -237,6 +264,7 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
             plans.push(plan);
         }
     }
+    let check_ports = check_check_ports(config, &mut p);
     check_roles(config, &mut p);
     check_mtu(config, &mut p);
     check_capacities(config, &peers, &mut p);
@@ -249,7 +277,7 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
     // Every check passed: the Maglev tables fit what the config may take.
     let mut services = Vec::with_capacity(plans.len());
     for plan in plans {
-        match plan.build() {
+        match plan.build(&clusters) {
             Ok(service) => services.push(service),
             Err(problem) => p.0.push(problem),
         }
@@ -275,7 +303,186 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
         vip_addrs,
         snat_addrs,
         own_addrs,
+        check_ports,
     })
+}
+
+/// The check ports, if any service is checked: outside the SNAT ports, one
+/// per checked backend at least.
+fn check_check_ports(config: &Config, p: &mut Problems) -> Option<(u16, u16)> {
+    let checked: usize = (config.services.iter())
+        .filter(|s| {
+            s.check
+                .as_ref()
+                .is_some_and(|c| c.get_ref().kind != config::CheckKind::None)
+        })
+        .map(|s| s.backends.get_ref().len())
+        .sum();
+    if checked == 0 {
+        return None;
+    }
+    let (ports, mut span) = (config.checks.ports.get_ref(), config.checks.ports.span());
+    if span.is_empty() {
+        // The default, written nowhere: at the first check.
+        span = (config.services.iter())
+            .find_map(|s| s.check.as_ref().map(Spanned::span))
+            .unwrap_or(span);
+    }
+    let snat = config.snat.ports.get_ref();
+    if ports.0 <= snat.1 && snat.0 <= ports.1 {
+        p.report(
+            span.clone(),
+            CompileError::CheckPortsOverlap {
+                first: ports.0,
+                last: ports.1,
+                snat_first: snat.0,
+                snat_last: snat.1,
+            },
+        );
+    }
+    let count = u32::from(ports.1 - ports.0) + 1;
+    if (count as usize) < checked {
+        p.report(
+            span,
+            CompileError::TooFewCheckPorts {
+                ports: count,
+                backends: checked,
+            },
+        );
+    }
+    Some((ports.0, ports.1))
+}
+
+/// The service's check, with its defaults, or why not.
+fn compile_check(name: &str, check: &Spanned<config::Check>, p: &mut Problems) -> Option<Check> {
+    let c = check.get_ref();
+    let mut bad = |span: Range<usize>, field: &'static str, why: String| {
+        let name = name.to_owned();
+        p.report(span, CompileError::BadCheck { name, field, why });
+    };
+    let span_of = |s: Option<Range<usize>>| s.unwrap_or_else(|| check.span());
+    let kind = match c.kind {
+        config::CheckKind::None => return None,
+        config::CheckKind::Tcp => {
+            for (field, given) in [
+                ("path", c.path.as_ref().map(Spanned::span)),
+                ("status", c.status.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = given {
+                    bad(span, field, "only an http check has one".into());
+                }
+            }
+            CheckKind::Tcp
+        }
+        config::CheckKind::Http => {
+            let path = c.path.as_ref().map_or("/", |p| p.get_ref().as_str());
+            if !path.starts_with('/')
+                || path.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+            {
+                let span = span_of(c.path.as_ref().map(Spanned::span));
+                bad(
+                    span,
+                    "path",
+                    format!("{path:?} is not a request path like \"/healthz\""),
+                );
+            }
+            let status = c.status.as_ref().map_or(200, |s| *s.get_ref());
+            if !(100..=599).contains(&status) {
+                let span = span_of(c.status.as_ref().map(Spanned::span));
+                bad(
+                    span,
+                    "status",
+                    format!("{status} is no HTTP status: expected 100 to 599"),
+                );
+            }
+            CheckKind::Http {
+                path: path.to_owned(),
+                status,
+            }
+        }
+    };
+    let get = |v: &Option<Spanned<u32>>, default| v.as_ref().map_or(default, |v| *v.get_ref());
+    let interval_ms = get(&c.interval_ms, Check::DEFAULT_INTERVAL_MS);
+    let timeout_ms = get(&c.timeout_ms, Check::DEFAULT_TIMEOUT_MS);
+    if !(MIN_CHECK_INTERVAL_MS..=MAX_CHECK_INTERVAL_MS).contains(&interval_ms) {
+        let span = span_of(c.interval_ms.as_ref().map(Spanned::span));
+        let why = format!(
+            "{interval_ms} ms: expected {MIN_CHECK_INTERVAL_MS} to {MAX_CHECK_INTERVAL_MS}"
+        );
+        bad(span, "interval_ms", why);
+    }
+    if timeout_ms == 0 || timeout_ms > interval_ms {
+        let span = span_of(c.timeout_ms.as_ref().map(Spanned::span));
+        let why = format!("{timeout_ms} ms: expected 1 up to interval_ms ({interval_ms})");
+        bad(span, "timeout_ms", why);
+    }
+    let mut count = |v: &Option<Spanned<u8>>, field, default| {
+        let n = v.as_ref().map_or(default, |v| *v.get_ref());
+        if n == 0 {
+            let span = span_of(v.as_ref().map(Spanned::span));
+            bad(span, field, "0 checks in a row: expected at least 1".into());
+        }
+        n
+    };
+    let rise = count(&c.rise, "rise", Check::DEFAULT_RISE);
+    let fall = count(&c.fall, "fall", Check::DEFAULT_FALL);
+    if let Some(port) = &c.port
+        && *port.get_ref() == 0
+    {
+        bad(
+            port.span(),
+            "port",
+            "0 is no port: expected 1 to 65535".into(),
+        );
+    }
+    Some(Check {
+        kind,
+        port: c.port.as_ref().map(|p| *p.get_ref()),
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
+    })
+}
+
+/// The most and least time between two checks of a backend.
+const MIN_CHECK_INTERVAL_MS: u32 = 100;
+const MAX_CHECK_INTERVAL_MS: u32 = 3_600_000;
+
+/// The service's preferred clusters, by index, and its fraction.
+fn compile_preference(s: &config::Service, config: &Config, p: &mut Problems) -> Preference {
+    let name = s.name.get_ref();
+    let mut clusters = Vec::new();
+    for cluster in s.prefer.as_ref().map_or(&[][..], |v| v.get_ref()) {
+        match (config.clusters.iter()).position(|c| c.name.get_ref() == cluster.get_ref()) {
+            Some(i) => clusters.push(i as u16),
+            None => p.report(
+                cluster.span(),
+                CompileError::UnknownPreferred {
+                    name: name.clone(),
+                    cluster: cluster.get_ref().clone(),
+                },
+            ),
+        }
+    }
+    let min_healthy = match &s.min_healthy {
+        None => 0.0,
+        Some(f) => {
+            let value = *f.get_ref();
+            if !(0.0..=1.0).contains(&value) {
+                let (name, value) = (name.clone(), value.to_string());
+                p.report(f.span(), CompileError::BadFraction { name, value });
+            } else if s.prefer.is_none() {
+                let name = name.clone();
+                p.report(f.span(), CompileError::FractionWithoutPreference { name });
+            }
+            value
+        }
+    };
+    Preference {
+        clusters,
+        min_healthy,
+    }
 }
 
 fn compile_node(n: &config::Node, p: &mut Problems) -> Node {
@@ -423,37 +630,26 @@ fn compile_clusters(
 
 /// A service checked and ready to get its Maglev table.
 struct Plan {
-    name: String,
-    vip: Endpoint,
-    backends: Vec<Backend>,
-    weighted: Vec<WeightedBackend>,
-    hash: MaglevHash,
-    size: u32,
+    service: Service,
     /// Where a problem building the table is reported.
     span: Range<usize>,
 }
 
 impl Plan {
-    /// The service with its table (none when no backend takes new flows).
-    fn build(self) -> Result<Service, Problem> {
-        let table = if self.weighted.iter().all(|b| b.weight == 0) {
-            None
-        } else {
-            let table = maglev::Table::build(self.hash, self.size, &self.weighted);
-            Some(table.map_err(|source| Problem {
+    /// The service with its table over every active backend, all healthy
+    /// until checks say otherwise (none when no backend takes new flows).
+    fn build(mut self, clusters: &[Cluster]) -> Result<Service, Problem> {
+        let service = &mut self.service;
+        service.selected = health::select(&service.backends, &service.preference, |_| true);
+        service.table =
+            (service.build_table(clusters, &service.selected)).map_err(|source| Problem {
                 span: self.span,
                 error: CompileError::Maglev {
-                    name: self.name.clone(),
+                    name: service.name.clone(),
                     source,
                 },
-            })?)
-        };
-        Ok(Service {
-            name: self.name,
-            vip: self.vip,
-            backends: self.backends,
-            table,
-        })
+            })?;
+        Ok(self.service)
     }
 }
 
@@ -588,37 +784,32 @@ fn plan_service(
             CompileError::ZeroWeight { name: name.clone() },
         );
     }
-    if !ok {
+    let problems = report.0.len();
+    let check = s
+        .check
+        .as_ref()
+        .and_then(|c| compile_check(name, c, report));
+    let preference = compile_preference(s, config, report);
+    if !ok || report.0.len() > problems {
         return None;
     }
     // A draining backend keeps its live flows (the connection table holds
-    // them) but takes no slot, so no new flow.
-    let weighted = backends
-        .iter()
-        .map(|b| WeightedBackend {
-            endpoint: Endpoint {
-                addr: b.addr.ip(),
-                port: b.addr.port(),
-                proto: vip.proto,
-            },
-            weight: if b.state == BackendState::Active {
-                b.weight
-            } else {
-                0
-            },
-            // Two clusters may use the same pod address: each backend is
-            // known by its cluster's VNI as well.
-            scope: Some(config_vni(config, b.cluster)),
-        })
-        .collect();
+    // them) but is not selected, so it takes no slot and no new flow.
     let size = s.table_size.as_ref();
     Some(Plan {
-        name: name.clone(),
-        vip,
-        backends,
-        weighted,
-        hash: s.hash,
-        size: table_size(s),
+        service: Service {
+            name: name.clone(),
+            vip,
+            backends,
+            table: None,
+            selected: Vec::new(),
+            maglev: MaglevParams {
+                hash: s.hash,
+                size: table_size(s),
+            },
+            preference,
+            check,
+        },
         span: size.map_or(s.name.span(), Spanned::span),
     })
 }
@@ -838,11 +1029,6 @@ fn check_memory(config: &Config, budget: &Budget, p: &mut Problems) {
             limit,
         },
     );
-}
-
-/// The VNI of the config's cluster `index`.
-fn config_vni(config: &Config, index: u16) -> u32 {
-    *config.clusters[usize::from(index)].vni.get_ref()
 }
 
 fn family(addr: IpAddr) -> u8 {

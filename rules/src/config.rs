@@ -49,6 +49,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub checks: Checks,
     #[serde(default, rename = "cluster")]
     pub clusters: Vec<Cluster>,
     #[serde(default, rename = "service")]
@@ -281,6 +283,94 @@ pub struct Service {
     #[serde(default, deserialize_with = "from_str")]
     pub hash: MaglevHash,
     pub backends: Spanned<Vec<Backend>>,
+    /// How the backends are checked [default: they are not].
+    #[serde(default)]
+    pub check: Option<Spanned<Check>>,
+    /// Clusters new flows go to while at least `min_healthy` of their
+    /// backends are healthy; while fewer are, new flows go to every
+    /// cluster's healthy backends, by weight.
+    #[serde(default)]
+    pub prefer: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A fraction, 0 to 1, of the preferred clusters' active backends
+    /// [default: 0, any one].
+    #[serde(default)]
+    pub min_healthy: Option<Spanned<f64>>,
+}
+
+/// Health checks of a service's backends: through the tunnel, from one of
+/// Rialto's SNAT addresses (a port of `checks.ports`), so a check that
+/// passes proves the gateway, the tunnel, the pod and its server.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// `tcp` (a connection accepted), `http` (`GET path` answered with
+    /// `status`) or `none`.
+    #[serde(deserialize_with = "from_str")]
+    pub kind: CheckKind,
+    /// http: the request's path [default: `/`].
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// http: the status expected [default: 200].
+    #[serde(default)]
+    pub status: Option<Spanned<u16>>,
+    /// The port checked [default: the backend's].
+    #[serde(default)]
+    pub port: Option<Spanned<u16>>,
+    /// Between two checks of a backend, in milliseconds [default: 2000].
+    #[serde(default)]
+    pub interval_ms: Option<Spanned<u32>>,
+    /// How long a check may take, in milliseconds [default: 1000].
+    #[serde(default)]
+    pub timeout_ms: Option<Spanned<u32>>,
+    /// Checks passed in a row that bring a backend back [default: 3].
+    #[serde(default)]
+    pub rise: Option<Spanned<u8>>,
+    /// Checks failed in a row that take a backend out [default: 3].
+    #[serde(default)]
+    pub fall: Option<Spanned<u8>>,
+}
+
+/// What a check does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    Tcp,
+    Http,
+    None,
+}
+
+impl FromStr for CheckKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp" => Ok(Self::Tcp),
+            "http" => Ok(Self::Http),
+            "none" => Ok(Self::None),
+            _ => Err(format!("{s:?} is not a check: expected tcp, http or none")),
+        }
+    }
+}
+
+/// What all health checks share.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Checks {
+    /// The source ports of checks, on the SNAT addresses: outside
+    /// `snat.ports`, one per checked backend at least.
+    #[serde(default = "default_check_ports")]
+    pub ports: Spanned<PortRange>,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Self {
+            ports: default_check_ports(),
+        }
+    }
+}
+
+fn default_check_ports() -> Spanned<PortRange> {
+    Spanned::new(0..0, PortRange(61000, 61999))
 }
 
 /// One backend of a service: a pod in a remote cluster.

@@ -226,6 +226,9 @@ pub fn import(text: &str, span: std::ops::Range<usize>) -> Result<Vec<Service>, 
                 table_size: None,
                 hash: Default::default(),
                 backends: at(&span, family),
+                check: None,
+                prefer: None,
+                min_healthy: None,
             });
         }
     }

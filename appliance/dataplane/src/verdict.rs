@@ -11,6 +11,9 @@ pub enum Verdict {
     Drop(DropReason),
     /// Untouched: hand it to this worker, which owns its flow.
     Handoff(u32),
+    /// To the control plane: an answer to a health check, the frame now
+    /// the IP packet out of its tunnel.
+    Punt,
 }
 
 /// Why the pipeline dropped a frame. The names (snake case) are the metric

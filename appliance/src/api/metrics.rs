@@ -67,7 +67,7 @@ type WorkerMetric = (
     fn(&WorkerStatus) -> u64,
 );
 
-const WORKER_METRICS: [WorkerMetric; 8] = [
+const WORKER_METRICS: [WorkerMetric; 10] = [
     (
         "worker_up",
         "1 while the worker serves its queue; 0 once it has panicked (its queue then goes to the kernel).",
@@ -111,6 +111,18 @@ const WORKER_METRICS: [WorkerMetric; 8] = [
         |w| w.stats.handoff_in,
     ),
     (
+        "check_packets_in_total",
+        "Health checks' answers the worker received and passed to the checker (counted in rx too).",
+        COUNTER,
+        |w| w.stats.check_in,
+    ),
+    (
+        "check_packets_out_total",
+        "Health checks the worker sent for the checker (counted in tx too).",
+        COUNTER,
+        |w| w.stats.check_out,
+    ),
+    (
         "tables_generation",
         "Generation of the config tables the worker runs on.",
         GAUGE,
@@ -126,7 +138,7 @@ type BalanceMetric = (
     fn(&BalanceStats) -> u64,
 );
 
-const BALANCE_METRICS: [BalanceMetric; 12] = [
+const BALANCE_METRICS: [BalanceMetric; 13] = [
     (
         "forward_packets_total",
         "Packets sent toward a backend.",
@@ -163,6 +175,12 @@ const BALANCE_METRICS: [BalanceMetric; 12] = [
          worker to look for it (they came in on another queue than their flow's).",
         COUNTER,
         |b| b.counters.handed_on,
+    ),
+    (
+        "no_backend_refused_total",
+        "Connection attempts to a service with no backend to take them, refused (TCP reset, ICMP port unreachable).",
+        COUNTER,
+        |b| b.counters.no_backend_refused,
     ),
     ("flows_created_total", "Flows created.", COUNTER, |b| {
         b.flows.created

@@ -9,6 +9,7 @@
 
 pub mod context;
 mod endpoint;
+pub mod health;
 pub mod maglev;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,6 +19,7 @@ use serde::Deserialize;
 
 pub use context::FlowContext;
 pub use endpoint::{Endpoint, ParseEndpointError, Proto};
+pub use health::{Check, CheckKind, MaglevParams, Preference};
 pub use maglev::{MaglevError, MaglevHash, WeightedBackend};
 
 /// The IANA-assigned VXLAN port (RFC 7348 §5).
@@ -78,8 +80,9 @@ pub mod steering_capacity {
     pub const VTEPS: usize = 2;
 }
 
-/// The dataplane's view of one config.
-#[derive(Debug)]
+/// The dataplane's view of one config (and of the backends' health: see
+/// [`Snapshot::with_health`]). A clone shares the Maglev tables.
+#[derive(Clone, Debug)]
 pub struct Snapshot {
     pub node: Node,
     pub snat: SnatPool,
@@ -98,6 +101,10 @@ pub struct Snapshot {
     /// Rialto's own addresses: VIPs, SNAT addresses, VTEPs. No packet from
     /// outside comes from one of them.
     pub own_addrs: HashSet<IpAddr>,
+    /// The source ports of health checks (first, last), on the SNAT
+    /// addresses: what comes back to them goes to the checker. `None`
+    /// when no service is checked.
+    pub check_ports: Option<(u16, u16)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,13 +145,18 @@ pub struct Cluster {
     pub gateway_mac: [u8; 6],
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Service {
     pub name: String,
     pub vip: Endpoint,
     pub backends: Vec<Backend>,
     /// Slot -> index into `backends`; `None` when no backend takes new flows.
-    pub table: Option<maglev::Table>,
+    pub table: Option<std::sync::Arc<maglev::Table>>,
+    /// Per backend, whether `table` gives it new flows ([`health::select`]).
+    pub selected: Vec<bool>,
+    pub maglev: MaglevParams,
+    pub preference: Preference,
+    pub check: Option<Check>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,6 +19,7 @@ use super::{
     icmp::{self, ErrorKind, Quoted, RateLimit},
     nat::{self, Headers},
     packet::{Addr, Ip, Ports, TCP, UDP, from_ip, is_icmp_error, is_martian, to_ip},
+    refuse,
     snat::SnatPorts,
 };
 use crate::{
@@ -53,6 +54,9 @@ pub struct Counters {
     /// on to the next worker to look for it (they came in on another queue
     /// than their flow's).
     pub handed_on: u64,
+    /// Connection attempts to a service with no backend to take them,
+    /// refused: a TCP reset, an ICMP port unreachable.
+    pub no_backend_refused: u64,
 }
 
 /// One worker's balancer: the tables it indexes and the flows it owns, in
@@ -220,6 +224,13 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             return self.translate_error(frame, &ip, side, &link, now);
         }
         let ports = Ports::parse(buf, &ip)?;
+        if self.is_check_answer(&ip, side, ports.dst) {
+            // The checker reads the packet itself, out of its tunnel.
+            return match frame.set_bounds(ip.at, ip.end()) {
+                true => Ok(Verdict::Punt),
+                false => Err(Verdict::Drop(DropReason::MalformedVxlan)),
+            };
+        }
         self.owned_here(&ip.dst, ports.dst)?;
         let key = FlowKey {
             src: ip.src,
@@ -397,7 +408,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         }
         let svc = &self.tables.services[service as usize];
         let Some(table) = &svc.table else {
-            return Err(Verdict::Drop(DropReason::NoBackend));
+            return Err(self.refuse(frame, ip, side, link));
         };
         let hash = super::packet::flow_hash(&ip.src, &ip.dst, ports.src, ports.dst, ip.proto);
         let backend_index = table.lookup(hash);
@@ -443,6 +454,41 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         } else {
             Verdict::Drop(DropReason::NoFlow)
         }
+    }
+
+    /// A connection to a service with no backend to take it (none healthy,
+    /// say) is refused at once, from the VIP, the way it came: a SYN with a
+    /// TCP reset, a datagram with an ICMP port unreachable; counted as
+    /// `no_backend_refused`. Refusals share the ICMP errors' rate; beyond
+    /// it, the packet is dropped as `no_backend`.
+    fn refuse(&mut self, frame: &mut FrameBuf<'_>, ip: &Ip, side: Side, link: &Link) -> Verdict {
+        if ip.proto != TCP {
+            return (self.send_error(frame, ip, ErrorKind::PortUnreachable, side, link))
+                .unwrap_or_else(|v| v);
+        }
+        if !self.icmp_errors.allow(self.now_ns) {
+            return Verdict::Drop(DropReason::NoBackend);
+        }
+        let (at, end) = refuse::reset(frame.buffer_mut(), ip);
+        let hash = super::packet::flow_hash(&ip.dst, &ip.src, 0, 0, ip.proto);
+        match self.output(frame, at, end, ip.ethertype(), 0, hash, side, link) {
+            Ok(sent) => {
+                self.counters.no_backend_refused += 1;
+                sent
+            }
+            Err(dropped) => dropped,
+        }
+    }
+
+    /// Whether a packet is the answer to a health check: out of a tunnel,
+    /// to a SNAT address, on a check port. (The port first: it is the
+    /// cheapest test, and it fails for every other packet.)
+    fn is_check_answer(&self, ip: &Ip, side: Side, port: u16) -> bool {
+        self.tables
+            .check_ports
+            .is_some_and(|(first, last)| (first..=last).contains(&port))
+            && side.tunnel_of().is_some()
+            && self.is_snat(&ip.dst)
     }
 
     /// An ICMP error from one side about a packet of a flow Rialto sent to
@@ -534,6 +580,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             return Err(Verdict::Drop(match kind {
                 ErrorKind::TimeExceeded => DropReason::TtlExceeded,
                 ErrorKind::TooBig { .. } => DropReason::TooBig,
+                ErrorKind::PortUnreachable => DropReason::NoBackend,
             }));
         }
         let (at, end) = icmp::make_error(frame.buffer_mut(), ip, kind, &ip.dst);
@@ -542,6 +589,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         match kind {
             ErrorKind::TimeExceeded => self.counters.icmp_time_exceeded += 1,
             ErrorKind::TooBig { .. } => self.counters.icmp_too_big += 1,
+            ErrorKind::PortUnreachable => self.counters.no_backend_refused += 1,
         }
         Ok(sent)
     }
@@ -577,19 +625,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     }
 
     fn tunnel(&self, cluster: u16, gateway: u16) -> Option<Tunnel> {
-        let c = self.tables.clusters.get(usize::from(cluster))?;
-        let remote = *c.gateways.get(usize::from(gateway))?;
-        let node = &self.tables.node;
-        let local = node.vtep_for(remote)?;
-        Some(Tunnel {
-            vni: c.vni,
-            v6: remote.is_ipv6(),
-            local: from_ip(local),
-            remote: from_ip(remote),
-            inner_dst: c.gateway_mac,
-            inner_src: self.vtep_mac,
-            port: node.vxlan_port,
-        })
+        tunnel(&self.tables, cluster, gateway, self.vtep_mac)
     }
 
     /// The MTU to report if `ip`, sent to `to`, would not fit the uplink.
@@ -646,6 +682,65 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         };
         self.tables.vips.contains_key(&vip)
     }
+}
+
+/// The tunnel to `cluster`'s gateway `gateway`, from Rialto's VTEP of its
+/// family, inner frames from `vtep_mac`.
+fn tunnel(tables: &Snapshot, cluster: u16, gateway: u16, vtep_mac: [u8; 6]) -> Option<Tunnel> {
+    let c = tables.clusters.get(usize::from(cluster))?;
+    let remote = *c.gateways.get(usize::from(gateway))?;
+    let node = &tables.node;
+    let local = node.vtep_for(remote)?;
+    Some(Tunnel {
+        vni: c.vni,
+        v6: remote.is_ipv6(),
+        local: from_ip(local),
+        remote: from_ip(remote),
+        inner_dst: c.gateway_mac,
+        inner_src: vtep_mac,
+        port: node.vxlan_port,
+    })
+}
+
+/// The frame the balancer sends to carry `packet`, an IP packet from one
+/// of Rialto's SNAT addresses, to a pod of `cluster`: through the gateway
+/// `hash` picks, from `iface_mac` (unless the config names a MAC) to
+/// `next_hop`, exactly as a flow's packets go. The health checks' way to
+/// the pods. `None` if the cluster has no gateway of a family Rialto has a
+/// VTEP for, or the packet is not IP.
+pub fn to_cluster(
+    tables: &Snapshot,
+    iface_mac: [u8; 6],
+    next_hop: [u8; 6],
+    cluster: u16,
+    hash: u64,
+    packet: &[u8],
+) -> Option<crate::OwnedFrame> {
+    let gateways = tables.clusters.get(usize::from(cluster))?.gateways.len();
+    let gateway = (hash % gateways.max(1) as u64) as u16;
+    let mac = tables.node.mac.unwrap_or(iface_mac);
+    let tunnel = tunnel(
+        tables,
+        cluster,
+        gateway,
+        tables.node.vtep_mac.unwrap_or(mac),
+    )?;
+    let ethertype = match packet.first()? >> 4 {
+        4 => ethernet::ethertype::IPV4,
+        6 => ethernet::ethertype::IPV6,
+        _ => return None,
+    };
+    let link = Link {
+        src: mac,
+        dst: next_hop,
+        tag: None,
+    };
+    let mut frame = crate::OwnedFrame::new(packet);
+    let sent = frame.with(|f| {
+        let (at, end) = (f.start(), f.end());
+        encap::encapsulate(f, at, end, ethertype, 0, hash, &tunnel, &link)
+    });
+    sent.then_some(frame)
 }
 
 /// Carries flows from the tables they were made with (their context) to

@@ -18,6 +18,9 @@ pub enum ErrorKind {
     /// The packet does not fit the path once encapsulated; `mtu` is what
     /// does (the next-hop MTU of RFC 1191, the MTU of RFC 8201).
     TooBig { mtu: u16 },
+    /// Nothing serves the datagram's destination (a service without a
+    /// backend to take it).
+    PortUnreachable,
 }
 
 /// ICMP errors a worker makes per second, at most, after a burst of
@@ -109,6 +112,16 @@ pub fn make_error(buf: &mut [u8], ip: &Ip, kind: ErrorKind, src: &Addr) -> (usiz
         (ErrorKind::TooBig { mtu }, true) => {
             (icmp::v6::PACKET_TOO_BIG, 0, u32::from(mtu).to_be_bytes())
         }
+        (ErrorKind::PortUnreachable, false) => (
+            icmp::v4::DEST_UNREACHABLE,
+            icmp::v4::PORT_UNREACHABLE,
+            [0; 4],
+        ),
+        (ErrorKind::PortUnreachable, true) => (
+            icmp::v6::DEST_UNREACHABLE,
+            icmp::v6::PORT_UNREACHABLE,
+            [0; 4],
+        ),
     };
     icmp::Repr {
         message_type,

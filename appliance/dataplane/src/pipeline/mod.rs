@@ -16,6 +16,7 @@ pub mod icmp;
 pub mod nat;
 pub mod packet;
 pub mod reflect;
+pub mod refuse;
 pub mod snat;
 
 use std::{ops::DerefMut, sync::Arc};
