@@ -50,6 +50,22 @@ for _ in $(seq "$requests"); do
 done | sort | uniq -c | sed 's/^/  /'
 
 echo
+echo "== a pod's server stops (east p1): its health checks fail, new requests go elsewhere"
+bash "$here/topology.sh" http "$name" east-p1 stop
+sleep 2
+in_ns border "$bin" stats --count 1 --interval 0.5 | sed -n '/backends down/,$p' | sed 's/^/  /'
+for _ in $(seq "$requests"); do
+	in_ns client curl -s --max-time 3 http://198.18.100.1/ || echo "(no answer)"
+done | sort | uniq -c | sed 's/^/  /'
+echo "== and starts again: it serves again"
+bash "$here/topology.sh" http "$name" east-p1 start
+sleep 2
+grep -E "backend (down|up)" "$work/rialto.log" | sed -E 's/^[^ ]+ +[A-Z]+ [^ ]+ /  /'
+for _ in $(seq "$requests"); do
+	in_ns client curl -s --max-time 3 http://198.18.100.1/ || echo "(no answer)"
+done | sort | uniq -c | sed 's/^/  /'
+
+echo
 echo "== iperf3 from the client through the VIP 198.18.100.2:5201 (4 seconds), and"
 echo "== Rialto's live view meanwhile (rialto stats, two one-second views)"
 in_ns client iperf3 -c 198.18.100.2 -t 4 -f m >"$work/iperf3.txt" &

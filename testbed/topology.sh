@@ -4,6 +4,7 @@
 #   testbed/topology.sh up NAME [QUEUES]   build it (idempotent); QUEUES on the border's uplink
 #   testbed/topology.sh down NAME          remove it, servers included; fine if absent
 #   testbed/topology.sh config NAME        print a Rialto config for it (the next hop is learned)
+#   testbed/topology.sh http NAME POD stop|start   stop or start the HTTP server of POD (east-p1, ...)
 #
 #                      NAME-router: bridge br0, 198.18.0.254 198.18.1.254 198.18.2.254
 #                      (the top of rack; routes the VIPs to the border node)
@@ -27,7 +28,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 usage() {
-	echo "usage: $0 up NAME [QUEUES] | down NAME | config NAME" >&2
+	echo "usage: $0 up NAME [QUEUES] | down NAME | config NAME | http NAME POD stop|start" >&2
 	exit 2
 }
 
@@ -119,22 +120,60 @@ up() {
 			ip -n "$pod" route add default via 198.19.0.1
 			mkdir -p "$files/$c-$p"
 			echo "$p in cluster $c (${podip[$p]})" >"$files/$c-$p/index.html"
-			ip netns exec "$pod" python3 -m http.server 80 --bind "${podip[$p]}" \
-				--directory "$files/$c-$p" >/dev/null 2>&1 &
+			http_start "$c" "$p"
 			ip netns exec "$pod" iperf3 -s -D -B "${podip[$p]}" >/dev/null
 		done
 	done
 	# Until the servers listen, a request would be refused.
 	for c in "${clusters[@]}"; do
-		for p in "${pods[@]}"; do
-			local tries=200
-			until ip netns exec "$n-$c-$p" bash -c "exec 3<>/dev/tcp/${podip[$p]}/80" 2>/dev/null; do
-				tries=$((tries - 1))
-				[ $tries -gt 0 ] || { echo "error: the HTTP server of $c-$p did not start" >&2; exit 1; }
-				sleep 0.1
-			done
-		done
+		for p in "${pods[@]}"; do http_wait "$c" "$p"; done
 	done
+}
+
+# http_start CLUSTER POD: the pod's HTTP server, in the background.
+http_start() {
+	local ip=${podip[$2]}
+	ip netns exec "$n-$1-$2" python3 -m http.server 80 --bind "$ip" \
+		--directory "$files/$1-$2" >/dev/null 2>&1 &
+}
+
+# http_wait CLUSTER POD: until the pod's HTTP server listens.
+http_wait() {
+	local tries=200
+	until ip netns exec "$n-$1-$2" bash -c "exec 3<>/dev/tcp/${podip[$2]}/80" 2>/dev/null; do
+		tries=$((tries - 1))
+		[ $tries -gt 0 ] || { echo "error: the HTTP server of $1-$2 did not start" >&2; exit 1; }
+		sleep 0.1
+	done
+}
+
+# http POD stop|start: a pod's HTTP server stopped (its port then refuses
+# connections), or started again and listening.
+http() {
+	local c=${1%-*} p=${1#*-}
+	[ -n "${podip[$p]:-}" ] && [ -n "${vni[$c]:-}" ] || usage
+	case $2 in
+	stop)
+		local pid
+		for pid in $(ip netns pids "$n-$c-$p"); do
+			if tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null | grep -q "http.server"; then
+				kill "$pid"
+			fi
+		done
+		# Until nothing listens on port 80.
+		local tries=100
+		while ip netns exec "$n-$c-$p" bash -c "exec 3<>/dev/tcp/${podip[$p]}/80" 2>/dev/null; do
+			tries=$((tries - 1))
+			[ $tries -gt 0 ] || { echo "error: the HTTP server of $1 did not stop" >&2; exit 1; }
+			sleep 0.1
+		done
+		;;
+	start)
+		http_start "$c" "$p"
+		http_wait "$c" "$p"
+		;;
+	*) usage ;;
+	esac
 }
 
 config() {
@@ -195,5 +234,6 @@ case $cmd in
 up) require_root; up ;;
 down) require_root; down ;;
 config) config ;;
+http) require_root; [ $# -eq 4 ] || usage; http "$3" "$4" ;;
 *) usage ;;
 esac

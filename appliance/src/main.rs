@@ -3,6 +3,7 @@
 mod api;
 mod control;
 mod fault;
+mod imports;
 mod run;
 mod takeover;
 mod tools;

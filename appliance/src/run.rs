@@ -36,6 +36,7 @@ use crate::{
     api::{Api, DEFAULT_API},
     control::{Control, Source, View, steering_rules},
     fault::Fault,
+    imports::Imports,
     takeover::{self, Predecessor, Release},
 };
 
@@ -484,7 +485,23 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         NotifyState::Ready,
         NotifyState::Status("serving"),
     ]);
-    let release = serve(&signals, &control, args.stats_interval, &stats, &releases);
+    // A change to a file the config imports reloads it.
+    let mut imports = match (&args.config, args.mode) {
+        (Some(config), Mode::Balance) => {
+            let mut imports = Imports::new()?;
+            imports.follow(config);
+            Some(imports)
+        }
+        _ => None,
+    };
+    let release = serve(
+        &signals,
+        &control,
+        args.stats_interval,
+        &stats,
+        &releases,
+        imports.as_mut(),
+    );
     checking.store(true, Ordering::Relaxed);
     if let Some(checker) = checker {
         let _ = checker.join();
@@ -644,10 +661,12 @@ fn serve(
     interval: u64,
     stats: &[(u32, Arc<WorkerStats>)],
     releases: &mpsc::Receiver<Release>,
+    mut imports: Option<&mut Imports>,
 ) -> Option<Release> {
     let mut last: Vec<_> = stats.iter().map(|(_, s)| s.snapshot()).collect();
     let mut since = Instant::now();
     let mut health = 0;
+    let mut reloaded = 0;
     while !signals.stop.load(Ordering::Relaxed) {
         if let Ok(release) = releases.recv_timeout(HEALTH_FOLLOW) {
             return Some(release);
@@ -669,6 +688,25 @@ fn serve(
                 Err(e) => error!("reload rejected, the running config stays: {e:#}"),
             }
             notify(&[NotifyState::Ready]);
+        }
+        if let Some(imports) = imports.as_deref_mut() {
+            if imports.settled_change() {
+                match lock(control).reload(Source::File) {
+                    Ok(generation) => info!(generation, "an imported file changed: reloaded"),
+                    Err(e) => error!(
+                        "an imported file changed, reload rejected, the running config stays: {e:#}"
+                    ),
+                }
+            }
+            // Whatever reloaded (a signal, the API, the files), the files
+            // to follow are the config's now.
+            let ok = lock(control).view.reloads().ok;
+            if ok != reloaded {
+                reloaded = ok;
+                if let Some(config) = lock(control).view.config.clone() {
+                    imports.follow(&config);
+                }
+            }
         }
         if signals.upgrade.swap(false, Ordering::Relaxed)
             && let Err(e) = takeover::upgrade()

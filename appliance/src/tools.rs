@@ -82,32 +82,59 @@ pub struct StatsArgs {
 }
 
 pub fn stats(args: &StatsArgs) -> Result<ExitCode> {
-    let url = format!("http://{}/api/v1/status", args.api);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(5)))
         .build()
         .into();
-    let fetch = || -> Result<serde_json::Value> {
-        let status = agent
+    let fetch = |what: &str| -> Result<serde_json::Value> {
+        let url = format!("http://{}/api/v1/{what}", args.api);
+        let document = agent
             .get(&url)
             .call()
             .with_context(|| format!("cannot reach rialto's API at {}", args.api))?
             .body_mut()
             .read_json()
-            .with_context(|| format!("{url}: not the status JSON"))?;
-        Ok(status)
+            .with_context(|| format!("{url}: not the {what} JSON"))?;
+        Ok(document)
     };
     let interval = std::time::Duration::from_secs_f64(args.interval.max(0.1));
-    let mut before = fetch()?;
+    let mut before = fetch("status")?;
     let mut shown = 0;
     while args.count.is_none_or(|n| shown < n) {
         std::thread::sleep(interval);
-        let now = fetch()?;
+        let now = fetch("status")?;
         print!("{}", render_rates(&before, &now, interval.as_secs_f64()));
+        print!("{}", render_down(&fetch("services")?));
         before = now;
         shown += 1;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The backends that take no new flow because their checks fail, one a
+/// line, or that there is none.
+fn render_down(services: &serde_json::Value) -> String {
+    let empty = Vec::new();
+    let down: Vec<String> = (services.as_array().unwrap_or(&empty).iter())
+        .flat_map(|s| {
+            (s["backends"].as_array().unwrap_or(&empty).iter())
+                .filter(|b| b["health"]["up"] == false)
+                .map(move |b| {
+                    format!(
+                        "  {} {} {}: {} ({} ms)",
+                        s["name"].as_str().unwrap_or_default(),
+                        b["cluster"].as_str().unwrap_or_default(),
+                        b["addr"].as_str().unwrap_or_default(),
+                        b["health"]["last"].as_str().unwrap_or_default(),
+                        b["health"]["latency_ms"].as_f64().unwrap_or(0.0).round()
+                    )
+                })
+        })
+        .collect();
+    match down.is_empty() {
+        true => "backends down: none\n\n".to_owned(),
+        false => format!("backends down:\n{}\n\n", down.join("\n")),
+    }
 }
 
 /// One view of `rialto stats`: the rates between two status documents
@@ -168,7 +195,7 @@ fn render_rates(before: &serde_json::Value, now: &serde_json::Value, secs: f64) 
         .collect();
     let _ = writeln!(
         out,
-        "drops/s by reason: {}\n",
+        "drops/s by reason: {}",
         if dropping.is_empty() {
             "none".to_owned()
         } else {

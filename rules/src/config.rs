@@ -66,6 +66,10 @@ pub struct Config {
 pub struct Import {
     /// Relative to the config file's directory.
     pub file: Spanned<String>,
+    /// How the imported services' backends are checked [default: they are
+    /// not]; endpoints the file says are not ready take no new flow either.
+    #[serde(default)]
+    pub check: Option<Spanned<Check>>,
 }
 
 /// Why a config file could not be read: the TOML parser's first complaint.

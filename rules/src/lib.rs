@@ -55,7 +55,12 @@ pub fn load_for(file: &str, text: &str, budget: &Budget) -> Result<Snapshot, Rej
         let path = dir.join(import.file.get_ref());
         let imported = read_import(&path).and_then(|yaml| k8s::import(&yaml, import.file.span()));
         match imported {
-            Ok(services) => config.services.extend(services),
+            Ok(services) => config
+                .services
+                .extend(services.into_iter().map(|s| config::Service {
+                    check: import.check.clone(),
+                    ..s
+                })),
             // At the config's `file =`, naming the place in the imported file.
             Err(e) => {
                 let place = match e.line {

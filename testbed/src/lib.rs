@@ -8,7 +8,7 @@
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -314,6 +314,14 @@ impl Topology {
         format!("{}-{role}", self.name)
     }
 
+    /// Stops (`false`) or starts (`true`) the HTTP server of `pod`
+    /// (`east-p1`, ...), and waits until its port refuses connections, or
+    /// accepts them.
+    pub fn http(&self, pod: &str, serve: bool) {
+        let action = if serve { "start" } else { "stop" };
+        script("topology.sh", &["http", &self.name, pod, action]);
+    }
+
     /// The Rialto config `topology.sh config` writes for it.
     pub fn config(&self) -> String {
         let mut cmd = Command::new("bash");
@@ -366,6 +374,22 @@ pub fn ip(ns: &str, args: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One HTTP/1.0 GET of `/` from inside `ns` to `to`, within `timeout`:
+/// the response's body, or why there is none (refused, reset, timed out).
+pub fn http_get(ns: &str, to: SocketAddr, timeout: Duration) -> Result<String, std::io::Error> {
+    use std::io::{Read, Write};
+    in_netns(ns, || {
+        let mut stream = std::net::TcpStream::connect_timeout(&to, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok(body.trim().to_owned())
+    })
 }
 
 /// Whether `addr` answers three pings from inside `ns`.

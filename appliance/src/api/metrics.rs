@@ -6,7 +6,47 @@ use prometheus::proto::{
 };
 use rialto_dataplane::pipeline::BalanceStats;
 
-use crate::control::{Status, WorkerStatus};
+use crate::control::{ServiceStatus, Status, WorkerStatus};
+
+/// Per backend, labelled by service, cluster and address: whether it takes
+/// new flows, and what its health checks say.
+fn backend_families(services: &[ServiceStatus]) -> [Family; 5] {
+    let mut selected = Family::gauge(
+        "backend_selected",
+        "1 if new flows may go to the backend (active, healthy, in a preferred cluster while enough are healthy).",
+    );
+    let mut up = Family::gauge(
+        "backend_up",
+        "1 if the backend's health checks pass (as rise and fall count them), 0 if not; checked backends only.",
+    );
+    let mut latency = Family::gauge(
+        "backend_check_latency_seconds",
+        "How long the backend's last health check took.",
+    );
+    let mut checks = Family::counter("backend_checks_total", "Health checks of the backend.");
+    let mut transitions = Family::counter(
+        "backend_transitions_total",
+        "Times the backend went down or came back, by its health checks.",
+    );
+    for s in services {
+        for b in &s.backends {
+            let addr = b.addr.to_string();
+            let labels = [
+                ("service", s.name.as_str()),
+                ("cluster", b.cluster.as_str()),
+                ("addr", addr.as_str()),
+            ];
+            selected.add(&labels, u64::from(b.selected));
+            if let Some(h) = &b.health {
+                up.add(&labels, u64::from(h.up));
+                latency.add_f64(&labels, h.latency_ms / 1000.0);
+                checks.add(&labels, h.checks);
+                transitions.add(&labels, h.transitions);
+            }
+        }
+    }
+    [selected, up, latency, checks, transitions]
+}
 
 /// One metric family under construction.
 struct Family(MetricFamily);
@@ -216,7 +256,7 @@ const GAUGE: MetricType = MetricType::GAUGE;
 
 /// The Prometheus text of a status: every family `rialto_*`, per worker
 /// labelled by `queue`.
-pub fn metrics(status: &Status) -> String {
+pub fn metrics(status: &Status, services: &[ServiceStatus]) -> String {
     let mut families = Vec::new();
     for (name, help, kind, value) in WORKER_METRICS {
         let mut f = Family::new(name, help, kind);
@@ -351,6 +391,8 @@ pub fn metrics(status: &Status) -> String {
         }
         families.extend([resumed, millis, take_over]);
     }
+
+    families.extend(backend_families(services));
 
     let families: Vec<MetricFamily> = families
         .into_iter()

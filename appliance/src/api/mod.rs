@@ -73,7 +73,10 @@ impl Handler {
     fn handle(&self, request: &http::Request) -> http::Response {
         let ok = |kind, body| http::Response::new(200, kind, body);
         match (request.method.as_str(), request.path.as_str()) {
-            ("GET", "/metrics") => ok(TEXT, metrics::metrics(&self.view.status())),
+            ("GET", "/metrics") => ok(
+                TEXT,
+                metrics::metrics(&self.view.status(), &self.view.services()),
+            ),
             ("GET", "/api/v1/status") => ok(JSON, json(&self.view.status())),
             ("GET", "/api/v1/services") => ok(JSON, json(&self.view.services())),
             ("POST", "/api/v1/reload") => self.reload(request),
