@@ -201,8 +201,6 @@ impl Alarm {
 struct Exchange {
     /// Answers to health checks, copied out of the frames they came in.
     punted: ArrayQueue<Packet>,
-    /// Written once per step that punted: the control plane sleeps on it.
-    punt_wake: EventFd,
     /// Frames the control plane has the ports send (health checks).
     injected: ArrayQueue<Packet>,
     /// Bytes of UMEM each port owns: port `i` owns `i * share..(i + 1) * share`.
@@ -274,31 +272,24 @@ impl ControlPath {
         Packet::new(frame).is_some_and(|p| self.0.injected.push(p).is_ok())
     }
 
-    /// Wakes every port, so what was queued goes out now.
+    /// Makes sure a port sends what was queued soon: if every port that
+    /// serves sleeps in `wait`, one is woken (a port awake sends at its
+    /// next step).
     pub fn kick(&self) {
-        Alarm(Arc::clone(&self.0)).ring();
+        // Pairs with the fence in `wait`: either the port sees the frames
+        // before it sleeps, or we see it sleeping.
+        fence(Ordering::SeqCst);
+        let serving = || (self.0.mailboxes.iter()).filter(|m| !m.down.load(Ordering::Acquire));
+        if serving().all(|m| m.sleeping.load(Ordering::Relaxed))
+            && let Some(mailbox) = serving().next()
+        {
+            let _ = mailbox.wake.write(1);
+        }
     }
 
     /// The next packet a port punted, if any.
     pub fn receive(&self) -> Option<Packet> {
         self.0.punted.pop()
-    }
-
-    /// Waits until a port punted something, or `timeout`.
-    pub fn wait(&self, timeout: Duration) {
-        if !self.0.punted.is_empty() {
-            return;
-        }
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        let mut fds = [libc::pollfd {
-            fd: self.0.punt_wake.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: poll reads and writes exactly the one pollfd of this live
-        // array; the eventfd is open for the exchange's life.
-        unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
-        let _ = self.0.punt_wake.read();
     }
 }
 
@@ -353,8 +344,6 @@ pub struct XskPort {
     tx_batch: Vec<FrameDesc>,
     /// Ports handed a frame in the current step (bit per port index).
     handed_to: u64,
-    /// Whether the current step punted a packet to the control plane.
-    punted: bool,
     /// For the warnings that could otherwise repeat every step.
     warnings: Throttle,
 }
@@ -470,11 +459,6 @@ impl XskPort {
             share: frames * frame_size,
             mailboxes,
             punted: ArrayQueue::new(CONTROL_QUEUE),
-            punt_wake: EventFd::from_value_and_flags(
-                0,
-                EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
-            )
-            .map_err(PortError::EventFd)?,
             injected: ArrayQueue::new(CONTROL_QUEUE),
         });
 
@@ -550,7 +534,6 @@ impl XskPort {
                 lent: 0,
                 borrowed: 0,
                 handed_to: 0,
-                punted: false,
                 warnings: Throttle::new(WARNING_INTERVAL),
             };
             if mode == BindMode::Copy {
@@ -640,9 +623,6 @@ impl XskPort {
             self.run(count, process);
             self.processing = 0;
             self.dispatch(count, tally);
-        }
-        if std::mem::take(&mut self.punted) {
-            let _ = self.exchange.punt_wake.write(1);
         }
         self.inject(tally);
         self.wake_receivers();
@@ -791,7 +771,6 @@ impl XskPort {
         let pushed = packet.is_some_and(|p| self.exchange.punted.push(p).is_ok());
         if pushed {
             tally.punted += 1;
-            self.punted = true;
         } else {
             tally.io_drop(IoDrop::PuntFull);
         }
@@ -984,7 +963,7 @@ impl XskPort {
         mailbox.sleeping.store(true, Ordering::Relaxed);
         // Pairs with the fence in `wake_receivers`.
         fence(Ordering::SeqCst);
-        if mailbox.inbox.is_empty() {
+        if mailbox.inbox.is_empty() && self.exchange.injected.is_empty() {
             let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
             let mut fds = [
                 libc::pollfd {

@@ -24,7 +24,8 @@
 //! changed (`Control::apply_health`).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
@@ -144,6 +145,9 @@ pub fn spawn(
 
 /// How long the checker sleeps at most, so that it sees a reload or a stop.
 const IDLE: Duration = Duration::from_millis(100);
+/// How often it reads the answers while checks are in progress (what a
+/// check's latency may be off by, per round trip).
+const TICK: Duration = Duration::from_millis(5);
 /// Each socket's buffers: a check sends a request line and reads a status
 /// line.
 const RX_BUFFER: usize = 4096;
@@ -207,6 +211,10 @@ struct Checker {
     generation: Option<u64>,
     current: Arc<Snapshot>,
     targets: Vec<Target>,
+    /// When each target is due (target index), soonest first.
+    due: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// The targets with a check in progress.
+    active: Vec<usize>,
     /// Check ports not in use, the longest free first.
     ports: VecDeque<u16>,
     /// Sockets aborted, removed (and their ports freed) once their reset
@@ -242,6 +250,8 @@ impl Checker {
             generation: None,
             current,
             targets: Vec::new(),
+            due: BinaryHeap::new(),
+            active: Vec::new(),
             ports: VecDeque::new(),
             closing: Vec::new(),
             port_cluster: HashMap::new(),
@@ -264,15 +274,20 @@ impl Checker {
             self.progress(now);
             self.poll(now);
             self.send();
-            let wake = (self.targets.iter())
-                .map(|t| t.probe.as_ref().map_or(t.next, |p| p.deadline))
+            let deadlines = (self.active.iter())
+                .filter_map(|&i| self.targets[i].probe.as_ref().map(|p| p.deadline));
+            let wake = (self.due.peek().map(|Reverse((at, _))| *at).into_iter())
+                .chain(deadlines)
                 .min()
                 .map_or(IDLE, |at| at.saturating_duration_since(Instant::now()));
             let stack = self
                 .stack
                 .poll_delay(self.smol_now(Instant::now()), &self.sockets)
                 .map_or(IDLE, |d| Duration::from_micros(d.total_micros()));
-            self.path.wait(wake.min(stack).min(IDLE));
+            // While checks are in progress, their answers are read a tick
+            // at a time, in batches: the workers only queue them.
+            let tick = if self.active.is_empty() { IDLE } else { TICK };
+            std::thread::sleep(wake.min(stack).min(tick).max(TICK));
         }
     }
 
@@ -360,18 +375,25 @@ impl Checker {
             });
         }
         self.current = tables;
+        self.due = (self.targets.iter().enumerate())
+            .filter(|(_, t)| t.probe.is_none())
+            .map(|(i, t)| Reverse((t.next, i)))
+            .collect();
+        self.active = (self.targets.iter().enumerate())
+            .filter(|(_, t)| t.probe.is_some())
+            .map(|(i, _)| i)
+            .collect();
     }
 
     /// Starts the checks that are due, each on a port of its own.
     fn start_due(&mut self, now: Instant) {
-        for i in 0..self.targets.len() {
-            let target = &self.targets[i];
-            if target.probe.is_some() || target.next > now {
-                continue;
-            }
-            let Some(port) = self.ports.pop_front() else {
+        while let Some(&Reverse((at, i))) = self.due.peek() {
+            if at > now || self.ports.is_empty() {
                 break;
-            };
+            }
+            self.due.pop();
+            let target = &self.targets[i];
+            let port = self.ports.pop_front().expect("checked above");
             let local = match target.to.ip() {
                 IpAddr::V4(_) => self.current.snat.v4.first().map(|&a| IpAddr::V4(a)),
                 IpAddr::V6(_) => self.current.snat.v6.first().map(|&a| IpAddr::V6(a)),
@@ -406,6 +428,7 @@ impl Checker {
                 asked: false,
                 answer: Vec::new(),
             });
+            self.active.push(i);
         }
     }
 
@@ -432,7 +455,9 @@ impl Checker {
     /// Moves each check in progress along: asks its question, reads its
     /// answer, or ends it.
     fn progress(&mut self, now: Instant) {
-        for i in 0..self.targets.len() {
+        let mut k = 0;
+        while k < self.active.len() {
+            let i = self.active[k];
             let target = &mut self.targets[i];
             let Some(probe) = &mut target.probe else {
                 continue;
@@ -473,7 +498,10 @@ impl Checker {
                 socket.abort();
                 self.closing.push((probe.socket, probe.port));
                 target.probe = None;
+                self.active.swap_remove(k);
                 self.finish(i, outcome, took);
+            } else {
+                k += 1;
             }
         }
     }
@@ -484,6 +512,7 @@ impl Checker {
         let next = self.jitter(self.targets[i].check.interval_ms, 0.2);
         let target = &mut self.targets[i];
         target.next = Instant::now() + next;
+        self.due.push(Reverse((target.next, i)));
         if outcome == Outcome::Ok {
             target.passes += 1;
             target.fails = 0;
