@@ -20,6 +20,9 @@ packages=(
 	tshark python3-scapy
 	# the systemd unit's check (systemd-analyze)
 	systemd
+	# BGP: each node's speaker and the fleet testbed's router (BIRD 2; setpriv ties a
+	# node's speaker to its Rialto)
+	bird2 util-linux
 	# the side-by-side benchmark: dpdk-testpmd (net_af_xdp, net_af_packet), its plot, callgrind
 	python3-matplotlib valgrind
 	dpdk dpdk-dev

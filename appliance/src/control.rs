@@ -58,6 +58,10 @@ pub struct View {
     pub resumed: Option<Resumed>,
     /// What the health checks say (balance mode).
     pub health: Option<Arc<Board>>,
+    /// Whether this node is announced, and why (not).
+    pub announcement: crate::announce::Shared,
+    /// Set to drain: withdraw, serve what still arrives, then stop.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The running appliance, as the control plane changes it: one reload at
@@ -157,6 +161,10 @@ pub struct Status {
     pub xdp: BTreeMap<&'static str, Counter>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumed: Option<Resumed>,
+    /// Whether this node is announced (its VIPs exported over BGP, or
+    /// what `/api/v1/announce` says), and why (not).
+    pub announce: crate::announce::Announcement,
+    pub draining: bool,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -181,6 +189,10 @@ pub struct ServiceStatus {
     pub vip: String,
     /// Backends taking new flows (a Maglev table exists).
     pub serving: bool,
+    /// A checksum (CRC-32) of the Maglev table: every node of a fleet
+    /// with the same config and health has the same one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maglev_digest: Option<String>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -466,6 +478,8 @@ impl View {
             reloads: self.reloads().clone(),
             xdp,
             resumed: self.resumed,
+            announce: self.announcement(),
+            draining: self.draining.load(std::sync::atomic::Ordering::Relaxed),
             workers: self
                 .workers
                 .iter()
@@ -478,6 +492,13 @@ impl View {
                 })
                 .collect(),
         }
+    }
+
+    pub fn announcement(&self) -> crate::announce::Announcement {
+        self.announcement
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn services(&self) -> Vec<ServiceStatus> {
@@ -508,6 +529,11 @@ impl View {
                     name: s.name.clone(),
                     vip: s.vip.to_string(),
                     serving: s.table.is_some(),
+                    maglev_digest: s.table.as_ref().map(|t| {
+                        let bytes: Vec<u8> =
+                            t.slots().iter().flat_map(|v| v.to_le_bytes()).collect();
+                        format!("{:08x}", crc32fast::hash(&bytes))
+                    }),
                     backends: s
                         .backends
                         .iter()

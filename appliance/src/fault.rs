@@ -7,6 +7,9 @@
 pub enum Fault {
     /// `worker-panic:Q`: the worker of queue Q panics at its first frame.
     WorkerPanic(u32),
+    /// `worker-stall:Q`: the worker of queue Q stops making progress at its
+    /// first frame (until Rialto stops).
+    WorkerStall(u32),
     /// `reload-stall`: workers do not take a reload's tables in time.
     ReloadStall,
     /// `map-update`: the XDP maps refuse a reload's second new entry.
@@ -25,11 +28,16 @@ impl std::str::FromStr for Fault {
                 .parse()
                 .map(Self::WorkerPanic)
                 .map_err(|_| format!("{q:?} is not a queue number")),
+            Some(("worker-stall", q)) => q
+                .parse()
+                .map(Self::WorkerStall)
+                .map_err(|_| format!("{q:?} is not a queue number")),
             None if s == "reload-stall" => Ok(Self::ReloadStall),
             None if s == "map-update" => Ok(Self::MapUpdate),
             None if s == "take-over-protocol" => Ok(Self::TakeOverProtocol),
             _ => Err(format!(
-                "unknown fault {s:?}: worker-panic:Q, reload-stall, map-update or take-over-protocol"
+                "unknown fault {s:?}: worker-panic:Q, worker-stall:Q, reload-stall, map-update or \
+                 take-over-protocol"
             )),
         }
     }

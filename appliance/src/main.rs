@@ -1,5 +1,6 @@
 //! `rialto`: the command line.
 
+mod announce;
 mod api;
 mod control;
 mod fault;
@@ -35,6 +36,7 @@ enum Command {
     Run(Box<run::RunArgs>),
     Check(tools::CheckArgs),
     Stats(tools::StatsArgs),
+    Drain(tools::DrainArgs),
     Replay(tools::ReplayArgs),
     Maglev(tools::MaglevArgs),
 }
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Check(args) => tools::check(&args),
         Command::Stats(args) => tools::stats(&args),
+        Command::Drain(args) => tools::drain(&args),
         Command::Replay(args) => tools::replay(&args),
         Command::Maglev(args) => tools::maglev(&args),
     };

@@ -23,7 +23,7 @@ use rialto::{
     nexthop::NextHop,
     state::{MappedSlots, Resumed, STATE_VERSION, StateDir, longest, resume},
     stats::{StatsSnapshot, WorkerStats},
-    worker::{SharedTables, Worker, monotonic_ns},
+    worker::{SharedTables, Worker, WorkerFault, monotonic_ns},
 };
 use rialto_dataplane::{Pipeline, pipeline::balance::slots_for};
 use rialto_rules::{Endpoint, FlowContext, Steering as SteeringRules, VXLAN_PORT};
@@ -33,6 +33,7 @@ use tracing::{debug, error, info, warn};
 use xdp_redirect::{Counter, Steering};
 
 use crate::{
+    announce::Announcer,
     api::{Api, DEFAULT_API},
     control::{Control, Source, View, steering_rules},
     fault::Fault,
@@ -160,6 +161,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
+    /// On SIGTERM, withdraw the VIPs first (BGP, or what /api/v1/announce
+    /// says), serve what still arrives, and stop once no flow is left or
+    /// after SECONDS; a second SIGTERM stops at once. Without it, SIGTERM
+    /// stops at once. A drain asked through the API (`rialto drain`) lasts
+    /// SECONDS at most too [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    drain_seconds: Option<u64>,
+
     /// Take over from the Rialto serving IF with this state directory (a
     /// planned upgrade: possibly a newer binary, the same arguments): once
     /// this one is ready, the running one lets go of the interface and
@@ -169,7 +178,7 @@ pub struct RunArgs {
     take_over: bool,
 
     /// For the tests only: make a fault happen (worker-panic:Q,
-    /// reload-stall, map-update, take-over-protocol).
+    /// worker-stall:Q, reload-stall, map-update, take-over-protocol).
     #[arg(long, value_name = "FAULT", hide = true)]
     inject_fault: Vec<Fault>,
 }
@@ -389,24 +398,17 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             pipeline,
             stats: Arc::default(),
             tables: tables.clone().filter(|_| args.mode == Mode::Balance),
-            panic_at_first_frame: args.inject_fault.contains(&Fault::WorkerPanic(queue)),
+            fault: (args.inject_fault.iter()).find_map(|f| match *f {
+                Fault::WorkerPanic(q) if q == queue => Some(WorkerFault::Panic),
+                Fault::WorkerStall(q) if q == queue => Some(WorkerFault::Stall),
+                _ => None,
+            }),
         });
     }
 
+    // Set by the control loop alone, once it decides to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install a signal handler")?;
-    }
-    let signals = Signals {
-        stop: Arc::clone(&stop),
-        hangup: Arc::new(AtomicBool::new(false)),
-        upgrade: Arc::new(AtomicBool::new(false)),
-    };
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&signals.hangup))
-        .context("cannot install a signal handler")?;
-    signal_hook::flag::register(signal_hook::consts::SIGUSR2, Arc::clone(&signals.upgrade))
-        .context("cannot install a signal handler")?;
+    let signals = Signals::install()?;
     let stopped = Arc::new(Barrier::new(workers.len()));
     let mut running = Vec::with_capacity(workers.len());
     for worker in workers {
@@ -448,8 +450,15 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         .iter()
         .map(|(q, _, s, _)| (*q, Arc::clone(s)))
         .collect();
+    // The VIPs are announced once the control loop sees the workers turn.
+    let bgp = tables.as_ref().and_then(|t| t.current().bgp.clone());
+    let announcer = Announcer::new(bgp.as_ref(), &state_path)?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let current_tables = tables.clone();
     let view = View {
         health: board.clone(),
+        announcement: announcer.shared(),
+        draining: Arc::clone(&draining),
         config: args.config.clone().filter(|_| args.mode == Mode::Balance),
         tables,
         workers: stats.clone(),
@@ -486,7 +495,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         NotifyState::Status("serving"),
     ]);
     // A change to a file the config imports reloads it.
-    let mut imports = match (&args.config, args.mode) {
+    let imports = match (&args.config, args.mode) {
         (Some(config), Mode::Balance) => {
             let mut imports = Imports::new()?;
             imports.follow(config);
@@ -494,14 +503,26 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         _ => None,
     };
-    let release = serve(
-        &signals,
-        &control,
-        args.stats_interval,
-        &stats,
-        &releases,
-        imports.as_mut(),
-    );
+    let mut serving = Serve {
+        signals: &signals,
+        control: &control,
+        interval: args.stats_interval,
+        stats: &stats,
+        releases: &releases,
+        imports,
+        announcer,
+        draining,
+        drain_for: Duration::from_secs(args.drain_seconds.unwrap_or(DRAIN_SECONDS)),
+        term_drains: args.drain_seconds.is_some(),
+    };
+    let ended = serving.run();
+    if let Some(tables) = &current_tables {
+        serving.announcer.stop(&tables.current());
+    }
+    let release = match ended {
+        Ended::Released(release) => Some(release),
+        Ended::Stopped | Ended::Drained => None,
+    };
     checking.store(true, Ordering::Relaxed);
     if let Some(checker) = checker {
         let _ = checker.join();
@@ -634,6 +655,9 @@ fn millis(since: Instant) -> u64 {
     since.elapsed().as_millis() as u64
 }
 
+/// How long a drain asked through the API lasts at most, by default.
+const DRAIN_SECONDS: u64 = 30;
+
 /// How long start-up waits for the next hop to answer ARP.
 const NEXT_HOP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -643,8 +667,10 @@ const HEALTH_FOLLOW: Duration = Duration::from_millis(20);
 
 /// The signals `rialto run` acts on.
 struct Signals {
-    /// SIGINT, SIGTERM: stop.
+    /// SIGINT: stop.
     stop: Arc<AtomicBool>,
+    /// SIGTERM: stop, or drain first (`--drain-seconds`).
+    terminate: Arc<AtomicBool>,
     /// SIGHUP: reload the config file.
     hangup: Arc<AtomicBool>,
     /// SIGUSR2: start the binary this Rialto was started from (a newer one,
@@ -652,84 +678,165 @@ struct Signals {
     upgrade: Arc<AtomicBool>,
 }
 
-/// Serves until `stop` is set: reloads on SIGHUP, starts an upgrade on
-/// SIGUSR2, and logs per-worker rates every `interval` seconds (0: never).
-/// A take-over's release (`releases`) ends it at once; it is returned.
-fn serve(
-    signals: &Signals,
-    control: &Mutex<Control>,
-    interval: u64,
-    stats: &[(u32, Arc<WorkerStats>)],
-    releases: &mpsc::Receiver<Release>,
-    mut imports: Option<&mut Imports>,
-) -> Option<Release> {
-    let mut last: Vec<_> = stats.iter().map(|(_, s)| s.snapshot()).collect();
-    let mut since = Instant::now();
-    let mut health = 0;
-    let mut reloaded = 0;
-    while !signals.stop.load(Ordering::Relaxed) {
-        if let Ok(release) = releases.recv_timeout(HEALTH_FOLLOW) {
-            return Some(release);
+impl Signals {
+    fn install() -> Result<Self> {
+        let signals = Self {
+            stop: Arc::default(),
+            terminate: Arc::default(),
+            hangup: Arc::default(),
+            upgrade: Arc::default(),
+        };
+        for (signal, flag) in [
+            (signal_hook::consts::SIGINT, &signals.stop),
+            (signal_hook::consts::SIGTERM, &signals.terminate),
+            (signal_hook::consts::SIGHUP, &signals.hangup),
+            (signal_hook::consts::SIGUSR2, &signals.upgrade),
+        ] {
+            signal_hook::flag::register(signal, Arc::clone(flag))
+                .context("cannot install a signal handler")?;
         }
-        lock(control).fail_open_stopped_workers();
-        let board = lock(control).health.clone();
-        if let Some(board) = board
-            && board.version() != health
-        {
-            health = board.version();
-            if let Err(e) = lock(control).apply_health() {
-                error!("the backends' health could not be put in force: {e}");
-            }
-        }
-        if signals.hangup.swap(false, Ordering::Relaxed) {
-            notify(&[NotifyState::Reloading]);
-            match lock(control).reload(Source::File) {
-                Ok(generation) => info!(generation, "config reloaded"),
-                Err(e) => error!("reload rejected, the running config stays: {e:#}"),
-            }
-            notify(&[NotifyState::Ready]);
-        }
-        if let Some(imports) = imports.as_deref_mut() {
-            if imports.settled_change() {
-                match lock(control).reload(Source::File) {
-                    Ok(generation) => info!(generation, "an imported file changed: reloaded"),
-                    Err(e) => error!(
-                        "an imported file changed, reload rejected, the running config stays: {e:#}"
-                    ),
-                }
-            }
-            // Whatever reloaded (a signal, the API, the files), the files
-            // to follow are the config's now.
-            let ok = lock(control).view.reloads().ok;
-            if ok != reloaded {
-                reloaded = ok;
-                if let Some(config) = lock(control).view.config.clone() {
-                    imports.follow(&config);
-                }
-            }
-        }
-        if signals.upgrade.swap(false, Ordering::Relaxed)
-            && let Err(e) = takeover::upgrade()
-        {
-            error!("cannot start the upgrade, serving on: {e:#}");
-        }
-        if interval == 0 || since.elapsed() < Duration::from_secs(interval) {
-            continue;
-        }
-        let secs = since.elapsed().as_secs_f64();
-        for ((queue, s), prev) in stats.iter().zip(&mut last) {
-            let now = s.snapshot();
-            info!(
-                queue,
-                rx_pps = ((now.rx_packets - prev.rx_packets) as f64 / secs) as u64,
-                tx_pps = ((now.tx_packets - prev.tx_packets) as f64 / secs) as u64,
-                "rates"
-            );
-            *prev = now;
-        }
-        since = Instant::now();
+        Ok(signals)
     }
-    None
+}
+
+/// How `serve` ended.
+enum Ended {
+    /// SIGINT or SIGTERM.
+    Stopped,
+    /// A drain that ran its course: no flow left, or its time up.
+    Drained,
+    /// A take-over's release.
+    Released(Release),
+}
+
+/// The control loop, until Rialto stops.
+struct Serve<'a> {
+    signals: &'a Signals,
+    control: &'a Mutex<Control>,
+    /// Per-worker rates every this many seconds (0: never).
+    interval: u64,
+    stats: &'a [(u32, Arc<WorkerStats>)],
+    releases: &'a mpsc::Receiver<Release>,
+    imports: Option<Imports>,
+    announcer: Announcer,
+    /// Set by the API (`POST /api/v1/drain`) or by SIGTERM with
+    /// `--drain-seconds`.
+    draining: Arc<AtomicBool>,
+    /// How long a drain may last.
+    drain_for: Duration,
+    /// Whether SIGTERM drains first (`--drain-seconds`) or stops at once.
+    term_drains: bool,
+}
+
+impl Serve<'_> {
+    /// Serves until `stop` is set, a drain has run its course, or a
+    /// take-over asks for the release: reloads on SIGHUP and when an
+    /// imported file changes, follows the backends' health, starts an
+    /// upgrade on SIGUSR2, announces the VIPs while the workers make
+    /// progress, and logs the rates.
+    fn run(&mut self) -> Ended {
+        let mut last: Vec<_> = self.stats.iter().map(|(_, s)| s.snapshot()).collect();
+        let mut since = Instant::now();
+        let mut health = 0;
+        let mut reloaded = 0;
+        let mut drain_since: Option<Instant> = None;
+        let workers: Vec<_> = self.stats.iter().map(|(_, s)| Arc::clone(s)).collect();
+        loop {
+            if self.signals.stop.load(Ordering::Relaxed) {
+                return Ended::Stopped;
+            }
+            if self.signals.terminate.swap(false, Ordering::Relaxed) {
+                match self.term_drains && !self.draining.swap(true, Ordering::Relaxed) {
+                    true => info!("SIGTERM: draining (a second SIGTERM stops at once)"),
+                    false => return Ended::Stopped,
+                }
+            }
+            if let Ok(release) = self.releases.recv_timeout(HEALTH_FOLLOW) {
+                return Ended::Released(release);
+            }
+            lock(self.control).fail_open_stopped_workers();
+            let board = lock(self.control).health.clone();
+            if let Some(board) = board
+                && board.version() != health
+            {
+                health = board.version();
+                if let Err(e) = lock(self.control).apply_health() {
+                    error!("the backends' health could not be put in force: {e}");
+                }
+            }
+            if self.signals.hangup.swap(false, Ordering::Relaxed) {
+                notify(&[NotifyState::Reloading]);
+                match lock(self.control).reload(Source::File) {
+                    Ok(generation) => info!(generation, "config reloaded"),
+                    Err(e) => error!("reload rejected, the running config stays: {e:#}"),
+                }
+                notify(&[NotifyState::Ready]);
+            }
+            self.follow_imports(&mut reloaded);
+            if self.signals.upgrade.swap(false, Ordering::Relaxed)
+                && let Err(e) = takeover::upgrade()
+            {
+                error!("cannot start the upgrade, serving on: {e:#}");
+            }
+            let draining = self.draining.load(Ordering::Relaxed);
+            if let Some(tables) = lock(self.control).view.tables.as_ref().map(|t| t.current()) {
+                self.announcer.follow(&tables, &workers, draining);
+            }
+            if draining {
+                let since = *drain_since.get_or_insert_with(Instant::now);
+                let live: u64 = (workers.iter())
+                    .filter_map(|w| w.snapshot().balance.map(|b| b.flows.live))
+                    .sum();
+                if live == 0 || since.elapsed() >= self.drain_for {
+                    info!(
+                        flows_left = live,
+                        seconds = since.elapsed().as_secs_f64(),
+                        "drained"
+                    );
+                    return Ended::Drained;
+                }
+            }
+            if self.interval > 0 && since.elapsed() >= Duration::from_secs(self.interval) {
+                let secs = since.elapsed().as_secs_f64();
+                for ((queue, s), prev) in self.stats.iter().zip(&mut last) {
+                    let now = s.snapshot();
+                    info!(
+                        queue,
+                        rx_pps = ((now.rx_packets - prev.rx_packets) as f64 / secs) as u64,
+                        tx_pps = ((now.tx_packets - prev.tx_packets) as f64 / secs) as u64,
+                        "rates"
+                    );
+                    *prev = now;
+                }
+                since = Instant::now();
+            }
+        }
+    }
+
+    /// Reloads when an imported file changed; follows the files the config
+    /// in force imports (`reloaded`: the reloads seen so far).
+    fn follow_imports(&mut self, reloaded: &mut u64) {
+        let Some(imports) = self.imports.as_mut() else {
+            return;
+        };
+        if imports.settled_change() {
+            match lock(self.control).reload(Source::File) {
+                Ok(generation) => info!(generation, "an imported file changed: reloaded"),
+                Err(e) => error!(
+                    "an imported file changed, reload rejected, the running config stays: {e:#}"
+                ),
+            }
+        }
+        // Whatever reloaded (a signal, the API, the files), the files to
+        // follow are the config's now.
+        let ok = lock(self.control).view.reloads().ok;
+        if ok != *reloaded {
+            *reloaded = ok;
+            if let Some(config) = lock(self.control).view.config.clone() {
+                imports.follow(&config);
+            }
+        }
+    }
 }
 
 /// Tells the service manager (systemd, `Type=notify`), if one started this

@@ -39,6 +39,9 @@ pub struct WorkerStats {
     down: AtomicBool,
     /// The generation of the config tables the worker runs on.
     generation: AtomicU64,
+    /// One more per turn of the worker's loop (at least every 100 ms, idle
+    /// or not): a worker whose count stops has stopped making progress.
+    turns: AtomicU64,
     balancing: AtomicBool,
     balance: [AtomicU64; BALANCE_FIELDS],
     /// Refreshed four times a second, never waited for by the worker.
@@ -175,6 +178,15 @@ impl WorkerStats {
     /// Called by the owning worker once it runs on tables `generation`.
     pub fn set_generation(&self, generation: u64) {
         self.generation.store(generation, Release);
+    }
+
+    /// Notes one more turn of the worker's loop.
+    pub fn turn(&self) {
+        self.turns.store(self.turns.load(Relaxed) + 1, Relaxed);
+    }
+
+    pub fn turns(&self) -> u64 {
+        self.turns.load(Relaxed)
     }
 
     pub fn generation(&self) -> u64 {

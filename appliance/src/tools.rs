@@ -81,11 +81,39 @@ pub struct StatsArgs {
     count: Option<u64>,
 }
 
-pub fn stats(args: &StatsArgs) -> Result<ExitCode> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+/// Drain this node: withdraw its VIPs (BGP, or what /api/v1/announce
+/// says), serve what still arrives, and stop once no flow is left or after
+/// `rialto run --drain-seconds` (30 by default).
+///
+/// Reads the operator API of `rialto run` (its --api address); run it in
+/// the same network namespace.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The API of the running rialto.
+    #[arg(long, value_name = "ADDR:PORT", default_value = crate::api::DEFAULT_API)]
+    api: std::net::SocketAddr,
+}
+
+pub fn drain(args: &DrainArgs) -> Result<ExitCode> {
+    let url = format!("http://{}/api/v1/drain", args.api);
+    agent()
+        .post(&url)
+        .send_empty()
+        .with_context(|| format!("cannot reach rialto's API at {}", args.api))?;
+    println!("draining: withdrawn, serving what still arrives until no flow is left");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A client of the operator API, whose every request has a deadline.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(5)))
         .build()
-        .into();
+        .into()
+}
+
+pub fn stats(args: &StatsArgs) -> Result<ExitCode> {
+    let agent = agent();
     let fetch = |what: &str| -> Result<serde_json::Value> {
         let url = format!("http://{}/api/v1/{what}", args.api);
         let document = agent
@@ -103,8 +131,12 @@ pub fn stats(args: &StatsArgs) -> Result<ExitCode> {
     while args.count.is_none_or(|n| shown < n) {
         std::thread::sleep(interval);
         let now = fetch("status")?;
-        print!("{}", render_rates(&before, &now, interval.as_secs_f64()));
-        print!("{}", render_down(&fetch("services")?));
+        let view =
+            render_rates(&before, &now, interval.as_secs_f64()) + &render_down(&fetch("services")?);
+        // A reader that went away (`| head`) ends the views, not in a panic.
+        if std::io::Write::write_all(&mut std::io::stdout(), view.as_bytes()).is_err() {
+            break;
+        }
         before = now;
         shown += 1;
     }
@@ -145,8 +177,9 @@ fn render_rates(before: &serde_json::Value, now: &serde_json::Value, secs: f64) 
     let rate =
         |a: &serde_json::Value, b: &serde_json::Value| (n(b).saturating_sub(n(a))) as f64 / secs;
     let reloads = &now["reloads"];
+    let announce = &now["announce"];
     let mut out = format!(
-        "config generation {} · reloads: {} ok, {} rejected{}\n",
+        "config generation {} · reloads: {} ok, {} rejected{} · {}\n",
         n(&now["generation"]),
         n(&reloads["ok"]),
         n(&reloads["rejected"]),
@@ -154,6 +187,10 @@ fn render_rates(before: &serde_json::Value, now: &serde_json::Value, secs: f64) 
             .as_str()
             .map(|m| format!(" (last: {m})"))
             .unwrap_or_default(),
+        match announce["announced"].as_bool() {
+            Some(true) => "announced".to_owned(),
+            _ => format!("withdrawn ({})", announce["why"].as_str().unwrap_or("?")),
+        },
     );
     let _ = writeln!(
         out,

@@ -144,9 +144,17 @@ pub struct Worker {
     pub stats: Arc<WorkerStats>,
     /// Where reloads publish new tables (balance mode).
     pub tables: Option<Arc<SharedTables>>,
-    /// Test only (`rialto run --inject-fault worker-panic:Q`): panic at the
-    /// first frame.
-    pub panic_at_first_frame: bool,
+    /// Test only (`rialto run --inject-fault worker-panic:Q`,
+    /// `worker-stall:Q`): what goes wrong at the first frame.
+    pub fault: Option<WorkerFault>,
+}
+
+/// What `--inject-fault` makes a worker do at its first frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerFault {
+    Panic,
+    /// Stop making progress until told to stop.
+    Stall,
 }
 
 impl Worker {
@@ -224,11 +232,22 @@ impl Worker {
                 next_hop = Some(mac);
                 self.pipeline.set_next_hop(mac);
             }
+            self.stats.turn();
             let mut tally = Tally::default();
             let now = monotonic_ns();
-            let (pipeline, fault) = (&mut self.pipeline, self.panic_at_first_frame);
+            let (pipeline, fault) = (&mut self.pipeline, self.fault);
             let processed = self.port.step(&mut tally, |frames, verdicts| {
-                assert!(!fault, "fault injected: worker panic at its first frame");
+                match fault {
+                    Some(WorkerFault::Panic) => {
+                        panic!("fault injected: worker panic at its first frame")
+                    }
+                    Some(WorkerFault::Stall) => {
+                        while !stop.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                    None => {}
+                }
                 pipeline.process(frames, verdicts, now);
             });
             // Before going to sleep, the housekeeping does more.

@@ -17,7 +17,7 @@ use std::{
 
 use hashbrown::{HashMap, HashSet};
 use rialto_tables::{
-    Backend, BackendState, Check, CheckKind, Cluster, Endpoint, FLOW_BYTES, Limits, MAX_VNI,
+    Backend, BackendState, Bgp, Check, CheckKind, Cluster, Endpoint, FLOW_BYTES, Limits, MAX_VNI,
     MaglevParams, Node, Preference, SNAT_PORT_BYTES, Service, Snapshot, SnatPool, Timeouts, health,
     maglev::{self, MaglevError},
     not_a_host, steering_capacity, vxlan_overhead,
@@ -195,6 +195,12 @@ pub enum CompileError {
          backend at least"
     )]
     TooFewCheckPorts { ports: u32, backends: usize },
+    #[error("{field}: {asn} is no AS number to use: expected 1 to 4294967294, not 23456")]
+    BadAsn { field: &'static str, asn: u32 },
+    #[error("bgp.router_id: none given and node.vteps has no IPv4 address to take it from")]
+    NoRouterId,
+    #[error("bgp.neighbors: none given, expected the router(s) to announce the VIPs to")]
+    NoNeighbors,
 }
 
 /// A [`CompileError`] and the part of the config text it is about.
@@ -265,6 +271,10 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
         }
     }
     let check_ports = check_check_ports(config, &mut p);
+    let bgp = config
+        .bgp
+        .as_ref()
+        .and_then(|b| compile_bgp(b, &node, &mut p));
     check_roles(config, &mut p);
     check_mtu(config, &mut p);
     check_capacities(config, &peers, &mut p);
@@ -304,6 +314,50 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
         snat_addrs,
         own_addrs,
         check_ports,
+        bgp,
+    })
+}
+
+/// The BGP speaker's settings, checked.
+fn compile_bgp(b: &config::Bgp, node: &Node, p: &mut Problems) -> Option<Bgp> {
+    let asn_ok = |asn: u32| asn != 0 && asn != 23456 && asn != u32::MAX;
+    if !asn_ok(*b.asn.get_ref()) {
+        let asn = *b.asn.get_ref();
+        p.report(
+            b.asn.span(),
+            CompileError::BadAsn {
+                field: "bgp.asn",
+                asn,
+            },
+        );
+    }
+    for n in b.neighbors.get_ref() {
+        if !asn_ok(*n.asn.get_ref()) {
+            let asn = *n.asn.get_ref();
+            p.report(
+                n.asn.span(),
+                CompileError::BadAsn {
+                    field: "bgp.neighbors",
+                    asn,
+                },
+            );
+        }
+        check_host(p, n.addr.span(), "bgp.neighbors", *n.addr.get_ref());
+    }
+    if b.neighbors.get_ref().is_empty() {
+        p.report(b.neighbors.span(), CompileError::NoNeighbors);
+    }
+    let router_id = b.router_id.as_ref().map(|r| *r.get_ref()).or(node.vtep_v4);
+    if router_id.is_none() {
+        p.report(b.asn.span(), CompileError::NoRouterId);
+    }
+    Some(Bgp {
+        asn: *b.asn.get_ref(),
+        router_id: router_id?,
+        neighbors: (b.neighbors.get_ref().iter())
+            .map(|n| (*n.addr.get_ref(), *n.asn.get_ref()))
+            .collect(),
+        bfd: b.bfd,
     })
 }
 

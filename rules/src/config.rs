@@ -51,6 +51,9 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub checks: Checks,
+    /// Announcing the VIPs over BGP [default: not announced].
+    #[serde(default)]
+    pub bgp: Option<Bgp>,
     #[serde(default, rename = "cluster")]
     pub clusters: Vec<Cluster>,
     #[serde(default, rename = "service")]
@@ -353,6 +356,35 @@ impl FromStr for CheckKind {
             _ => Err(format!("{s:?} is not a check: expected tcp, http or none")),
         }
     }
+}
+
+/// This node's BGP speaker (BIRD, started and driven by Rialto): it
+/// announces the VIPs to its neighbors (the top-of-rack router) only while
+/// this Rialto serves.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Bgp {
+    /// This node's AS number.
+    pub asn: Spanned<u32>,
+    /// [default: the IPv4 VTEP].
+    #[serde(default)]
+    pub router_id: Option<Spanned<std::net::Ipv4Addr>>,
+    pub neighbors: Spanned<Vec<Neighbor>>,
+    /// BFD with each neighbor (100 ms, 3 missed), so the router withdraws
+    /// a node that goes silent within a third of a second [default: true].
+    #[serde(default = "default_true")]
+    pub bfd: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Neighbor {
+    pub addr: Spanned<IpAddr>,
+    pub asn: Spanned<u32>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// What all health checks share.

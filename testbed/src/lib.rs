@@ -339,6 +339,71 @@ impl Drop for Topology {
     }
 }
 
+/// A fleet of border nodes behind a router that runs BGP
+/// (`testbed/fleet.sh`): `node1` .. `nodeN`, the client (with addresses
+/// 198.18.0.10 to .59), the clusters of [`Topology`].
+#[derive(Debug)]
+pub struct Fleet {
+    pub name: String,
+    pub nodes: u32,
+}
+
+impl Fleet {
+    /// Builds it with `nodes` border nodes.
+    pub fn up(nodes: u32) -> Self {
+        require_root();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("f{}x{n}", std::process::id() % 100_000);
+        let fleet = Self { name, nodes };
+        script("fleet.sh", &["up", &fleet.name, &nodes.to_string()]);
+        fleet
+    }
+
+    /// The namespace of `role`: `router`, `client`, `node1`, `east-p1`, ...
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.name)
+    }
+
+    /// Node `i`'s Rialto config (`fleet.sh config`).
+    pub fn config(&self, i: u32) -> String {
+        let mut cmd = Command::new("bash");
+        cmd.arg(workspace_root().join("testbed/fleet.sh")).args([
+            "config",
+            &self.name,
+            &i.to_string(),
+        ]);
+        let out = output_within(&mut cmd, SCRIPT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.status.success(), "fleet.sh config failed");
+        String::from_utf8(out.stdout).expect("the config is text")
+    }
+
+    /// The next hops of the router's route to `vip` (the nodes' VTEPs).
+    pub fn next_hops(&self, vip: &str) -> Vec<String> {
+        let routes = ip(&self.ns("router"), &format!("route show {vip}"));
+        routes
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_owned())
+            .collect()
+    }
+
+    /// The client's addresses.
+    pub fn clients() -> Vec<IpAddr> {
+        (10..60)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(198, 18, 0, i)))
+            .collect()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        teardown("fleet.sh", &["down", &self.name]);
+    }
+}
+
 /// Runs `f` on a thread that has entered network namespace `ns`; sockets it
 /// opens and interfaces it names are those of `ns`.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
@@ -379,9 +444,19 @@ pub fn ip(ns: &str, args: &str) -> String {
 /// One HTTP/1.0 GET of `/` from inside `ns` to `to`, within `timeout`:
 /// the response's body, or why there is none (refused, reset, timed out).
 pub fn http_get(ns: &str, to: SocketAddr, timeout: Duration) -> Result<String, std::io::Error> {
+    http_get_from(ns, None, to, timeout)
+}
+
+/// [`http_get`] from the address `from`.
+pub fn http_get_from(
+    ns: &str,
+    from: Option<IpAddr>,
+    to: SocketAddr,
+    timeout: Duration,
+) -> Result<String, std::io::Error> {
     use std::io::{Read, Write};
     in_netns(ns, || {
-        let mut stream = std::net::TcpStream::connect_timeout(&to, timeout)?;
+        let mut stream = load::connect(from, to, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;

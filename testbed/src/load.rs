@@ -181,7 +181,7 @@ impl Load {
         let mut tcp = Vec::with_capacity(spec.connections);
         for i in 0..spec.connections {
             let source = (!spec.sources.is_empty()).then(|| spec.sources[i % spec.sources.len()]);
-            let stream = crate::in_netns(&spec.ns, || connect(source, spec.tcp))
+            let stream = crate::in_netns(&spec.ns, || open(source, spec.tcp))
                 .unwrap_or_else(|e| panic!("connection {i} to {} from {source:?}: {e}", spec.tcp));
             let stop = Arc::clone(&stop);
             tcp.push(std::thread::spawn(move || {
@@ -221,14 +221,24 @@ impl Load {
     }
 }
 
-fn connect(source: Option<IpAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
+/// A TCP connection to `to`, from `source` if given, within `timeout`.
+pub(crate) fn connect(
+    source: Option<IpAddr>,
+    to: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
     if let Some(from) = source {
         socket.bind(&SocketAddr::new(from, 0).into())?;
     }
-    socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
-    let stream = TcpStream::from(socket);
+    socket.connect_timeout(&to.into(), timeout)?;
+    Ok(TcpStream::from(socket))
+}
+
+/// A connection of the load: timeouts far beyond any stall allowed.
+fn open(source: Option<IpAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = connect(source, to, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(ROUND_TRIP_TIMEOUT))?;
     stream.set_write_timeout(Some(ROUND_TRIP_TIMEOUT))?;
     stream.set_nodelay(true)?;

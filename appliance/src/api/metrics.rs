@@ -393,6 +393,22 @@ pub fn metrics(status: &Status, services: &[ServiceStatus]) -> String {
     }
 
     families.extend(backend_families(services));
+    let mut announced = Family::gauge(
+        "announced",
+        "1 if this node's VIPs are announced (exported over BGP, or so /api/v1/announce says), 0 if withdrawn; the reason as a label.",
+    );
+    announced.add(
+        &[("why", status.announce.why)],
+        u64::from(status.announce.announced),
+    );
+    let mut transitions = Family::counter(
+        "announce_transitions_total",
+        "Times this node was announced or withdrawn.",
+    );
+    transitions.add(&[], status.announce.transitions);
+    let mut draining = Family::gauge("draining", "1 while this node drains.");
+    draining.add(&[], u64::from(status.draining));
+    families.extend([announced, transitions, draining]);
 
     let families: Vec<MetricFamily> = families
         .into_iter()

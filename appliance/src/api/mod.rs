@@ -80,9 +80,23 @@ impl Handler {
             ("GET", "/api/v1/status") => ok(JSON, json(&self.view.status())),
             ("GET", "/api/v1/services") => ok(JSON, json(&self.view.services())),
             ("POST", "/api/v1/reload") => self.reload(request),
-            (_, "/metrics" | "/api/v1/status" | "/api/v1/services" | "/api/v1/reload") => {
-                http::Response::error(405, "method not allowed")
+            ("GET", "/api/v1/announce") => {
+                let announcement = self.view.announcement();
+                let code = if announcement.announced { 200 } else { 503 };
+                http::Response::new(code, JSON, json(&announcement))
             }
+            ("POST", "/api/v1/drain") => {
+                let already = (self.view.draining).swap(true, std::sync::atomic::Ordering::Relaxed);
+                if !already {
+                    info!("draining, as asked through the API");
+                }
+                http::Response::new(202, JSON, json(&serde_json::json!({ "draining": true })))
+            }
+            (
+                _,
+                "/metrics" | "/api/v1/status" | "/api/v1/services" | "/api/v1/reload"
+                | "/api/v1/announce" | "/api/v1/drain",
+            ) => http::Response::error(405, "method not allowed"),
             _ => http::Response::error(404, "no such endpoint"),
         }
     }

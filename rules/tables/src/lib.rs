@@ -105,6 +105,18 @@ pub struct Snapshot {
     /// addresses: what comes back to them goes to the checker. `None`
     /// when no service is checked.
     pub check_ports: Option<(u16, u16)>,
+    /// The BGP speaker that announces the VIPs, if any.
+    pub bgp: Option<Bgp>,
+}
+
+/// This node's BGP speaker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bgp {
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    /// Address and AS of each neighbor.
+    pub neighbors: Vec<(IpAddr, u32)>,
+    pub bfd: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,302 @@
+//! A fleet of border nodes behind a router that runs BGP
+//! (`testbed/fleet.sh`: Debian's BIRD on the router, ECMP by the 5-tuple,
+//! BFD), each node's Rialto announcing the VIPs through a BIRD of its own
+//! while it serves. Real clients from 50 addresses, real servers in the
+//! pods of two clusters.
+
+use std::{net::SocketAddr, time::Duration, time::Instant};
+
+use rialto_testbed::{
+    Fleet, Load, LoadSpec, Rialto, echo_servers, http_get_from, in_netns, workers_total,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rialto");
+const WEB: &str = "198.18.100.1";
+const IPERF: &str = "198.18.100.2";
+
+/// One node's Rialto, with its config file.
+struct Node {
+    rialto: Rialto,
+    ns: String,
+    config: std::path::PathBuf,
+}
+
+impl Node {
+    fn start(fleet: &Fleet, i: u32, config: &str, extra: &[&str]) -> Self {
+        let path = std::env::temp_dir().join(format!("rialto-{}-node{i}.toml", fleet.name));
+        std::fs::write(&path, config).unwrap();
+        Self::run(fleet, i, path, extra)
+    }
+
+    fn run(fleet: &Fleet, i: u32, config: std::path::PathBuf, extra: &[&str]) -> Self {
+        let ns = fleet.ns(&format!("node{i}"));
+        let args = [
+            &["--iface", "up0", "--config", config.to_str().unwrap()][..],
+            extra,
+        ]
+        .concat();
+        let rialto = Rialto::start(BIN, &ns, &args);
+        Self { rialto, ns, config }
+    }
+
+    fn get(&self, path: &str) -> serde_json::Value {
+        in_netns(&self.ns, || {
+            rialto_testbed::http()
+                .get(&format!("http://127.0.0.1:9600{path}"))
+                .call()
+                .and_then(|mut r| r.body_mut().read_json())
+                .unwrap_or_else(|e| panic!("{path}: {e}"))
+        })
+    }
+
+    /// Flows this node created since it started.
+    fn created(&self) -> u64 {
+        workers_total(
+            &self.get("/api/v1/status"),
+            |w| &w["balance"]["flows"]["created"],
+        )
+    }
+
+    fn stop(self) -> serde_json::Value {
+        let (status, summary) = self.rialto.terminate();
+        let _ = std::fs::remove_file(&self.config);
+        assert!(status.success(), "{summary}");
+        summary
+    }
+}
+
+/// Waits, within `timeout`, until the router's route to `vip` has the
+/// next hops `want` (in any order); how long that took.
+fn await_next_hops(fleet: &Fleet, vip: &str, want: &[&str], timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let mut want: Vec<&str> = want.to_vec();
+    want.sort_unstable();
+    loop {
+        let mut hops = fleet.next_hops(vip);
+        hops.sort();
+        if hops == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "the route to {vip}: {hops:?}, expected {want:?} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn vtep(i: u32) -> String {
+    format!("198.18.1.{i}")
+}
+
+/// HTTP requests to the web VIP, from each client address in turn: the
+/// answers, by pod.
+fn requests(fleet: &Fleet, count: usize) -> std::collections::BTreeMap<String, usize> {
+    let clients = Fleet::clients();
+    let to: SocketAddr = format!("{WEB}:80").parse().unwrap();
+    let mut answers = std::collections::BTreeMap::new();
+    for i in 0..count {
+        let from = clients[i % clients.len()];
+        let answer = http_get_from(&fleet.ns("client"), Some(from), to, Duration::from_secs(3))
+            .unwrap_or_else(|e| format!("no answer: {e}"));
+        *answers.entry(answer).or_default() += 1;
+    }
+    answers
+}
+
+/// Three nodes serve: the router has a multipath route over them; 300
+/// requests from 50 client addresses are all answered, every node serves
+/// its share and the pods theirs (each within 4 binomial standard
+/// deviations); every node builds the same Maglev tables.
+#[test]
+fn every_node_serves_its_share_with_the_same_tables() {
+    const REQUESTS: usize = 300;
+    let fleet = Fleet::up(3);
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::start(&fleet, i, &fleet.config(i), &[]))
+        .collect();
+    let took = await_next_hops(
+        &fleet,
+        WEB,
+        &[&vtep(1), &vtep(2), &vtep(3)],
+        Duration::from_secs(15),
+    );
+    println!("three next hops after {took:?}");
+    let answers = requests(&fleet, REQUESTS);
+    let created: Vec<u64> = nodes.iter().map(Node::created).collect();
+    let digests: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| n.get("/api/v1/services")[0]["maglev_digest"].clone())
+        .collect();
+    println!("answers {answers:?}; flows per node {created:?}; digests {digests:?}");
+    for node in nodes {
+        node.stop();
+    }
+
+    let within = |got: f64, n: f64, share: f64| {
+        (got - n * share).abs() <= 4.0 * (n * share * (1.0 - share)).sqrt()
+    };
+    assert_eq!(answers.values().sum::<usize>(), REQUESTS, "{answers:?}");
+    assert!(
+        answers.keys().all(|a| a.contains(" in cluster ")),
+        "{answers:?}"
+    );
+    assert_eq!(answers.len(), 4, "four pods: {answers:?}");
+    for (pod, &n) in &answers {
+        assert!(
+            within(n as f64, REQUESTS as f64, 0.25),
+            "{pod}: {n} of {REQUESTS}"
+        );
+    }
+    assert_eq!(created.iter().sum::<u64>(), REQUESTS as u64, "{created:?}");
+    for (i, &n) in created.iter().enumerate() {
+        assert!(
+            within(n as f64, REQUESTS as f64, 1.0 / 3.0),
+            "node {}: {n} of {REQUESTS}: {created:?}",
+            i + 1
+        );
+    }
+    assert!(digests[0].is_string(), "{digests:?}");
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+}
+
+/// `kill -9` of a node's Rialto: its BGP speaker dies with it and the
+/// router's route loses it within a second; restarted, it is back. Then a
+/// node whose worker stops making progress is withdrawn, and a reload that
+/// removes a VIP withdraws it on that node only. What the kill does to
+/// long-lived connections is printed: without flow state shared between
+/// nodes (not built), the killed node's connections and those the router
+/// rehashes break.
+#[test]
+fn a_node_killed_or_stalled_is_withdrawn_and_a_reload_withdraws_one_vip() {
+    let fleet = Fleet::up(3);
+    for cluster in ["east", "west"] {
+        for (pod, addr) in [("p1", "198.19.0.10"), ("p2", "198.19.0.11")] {
+            let ns = fleet.ns(&format!("{cluster}-{pod}"));
+            echo_servers(&ns, format!("{addr}:7").parse().unwrap());
+        }
+    }
+    let echo = r#"
+[[service]]
+name = "echo"
+vip = "198.18.100.4:7/TCP"
+backends = [
+    { cluster = "east", addr = "198.19.0.10:7" },
+    { cluster = "east", addr = "198.19.0.11:7" },
+    { cluster = "west", addr = "198.19.0.10:7" },
+    { cluster = "west", addr = "198.19.0.11:7" },
+]
+"#;
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::start(&fleet, i, &(fleet.config(i) + echo), &[]))
+        .collect();
+    let all = [vtep(1), vtep(2), vtep(3)];
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    await_next_hops(&fleet, WEB, &all, Duration::from_secs(15));
+    let load = Load::start(&LoadSpec {
+        ns: fleet.ns("client"),
+        tcp: "198.18.100.4:7".parse().unwrap(),
+        connections: 30,
+        udp: None,
+        sources: Fleet::clients(),
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    // kill -9 of node 2.
+    nodes.remove(1).rialto.kill();
+    let gone = await_next_hops(&fleet, WEB, &[&vtep(1), &vtep(3)], Duration::from_secs(1));
+    println!("node 2 killed: withdrawn after {gone:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    let report = load.stop();
+    println!("what a node's death does today (no flow state shared): {report}");
+    let path = std::env::temp_dir().join(format!("rialto-{}-node2.toml", fleet.name));
+    std::fs::write(&path, fleet.config(2) + echo).unwrap();
+    nodes.insert(1, Node::run(&fleet, 2, path, &[]));
+    let back = await_next_hops(&fleet, WEB, &all, Duration::from_secs(15));
+    println!("node 2 restarted: announced after {back:?}");
+
+    // Node 3's worker of queue 0 stops at its first frame.
+    let node3 = nodes.pop().unwrap();
+    let config = node3.config.clone();
+    node3.rialto.kill();
+    await_next_hops(&fleet, WEB, &[&vtep(1), &vtep(2)], Duration::from_secs(1));
+    let stalled = Node::run(&fleet, 3, config, &["--inject-fault", "worker-stall:0"]);
+    let line = stalled
+        .rialto
+        .wait_for_log("withdrawn", Duration::from_secs(20));
+    assert!(line.contains("workers stalled"), "{line}");
+    await_next_hops(&fleet, WEB, &[&vtep(1), &vtep(2)], Duration::from_secs(1));
+    assert_eq!(
+        stalled.get("/api/v1/status")["announce"]["why"],
+        "workers stalled"
+    );
+    stalled.stop();
+
+    // A reload on node 1 without the iperf services: its route to that VIP
+    // loses node 1, the other VIPs keep it.
+    let node1 = &nodes[0];
+    let without = std::fs::read_to_string(&node1.config)
+        .unwrap()
+        .split("\n[[service]]\nname = \"iperf")
+        .next()
+        .unwrap()
+        .to_owned()
+        + echo;
+    assert!(!without.contains("name = \"iperf"), "{without}");
+    std::fs::write(&node1.config, without).unwrap();
+    node1.rialto.signal(nix::sys::signal::Signal::SIGHUP);
+    node1
+        .rialto
+        .wait_for_log("config reloaded", Duration::from_secs(5));
+    await_next_hops(&fleet, IPERF, &[&vtep(2)], Duration::from_secs(2));
+    await_next_hops(&fleet, WEB, &[&vtep(1), &vtep(2)], Duration::from_secs(1));
+    for node in nodes {
+        node.stop();
+    }
+}
+
+/// `rialto drain`: the node is withdrawn, takes no new connection, serves
+/// what still reaches it, and stops once its flows are gone (or its time is
+/// up).
+#[test]
+fn a_drained_node_takes_no_new_connection_and_stops() {
+    let fleet = Fleet::up(2);
+    // A drain lasts 5 s at most: the connections' flows, closed, would
+    // linger for the closing timeout.
+    let nodes: Vec<Node> = (1..=2)
+        .map(|i| Node::start(&fleet, i, &fleet.config(i), &["--drain-seconds", "5"]))
+        .collect();
+    await_next_hops(&fleet, WEB, &[&vtep(1), &vtep(2)], Duration::from_secs(15));
+    let before = requests(&fleet, 20);
+    assert!(nodes[0].created() > 0, "node 1 served before: {before:?}");
+
+    let drain = rialto_testbed::netns_command(&nodes[0].ns, BIN)
+        .arg("drain")
+        .output()
+        .unwrap();
+    assert!(drain.status.success(), "{drain:?}");
+    await_next_hops(&fleet, WEB, &[&vtep(2)], Duration::from_secs(1));
+    let created = nodes[0].created();
+    let after = requests(&fleet, 40);
+    assert_eq!(after.values().sum::<usize>(), 40, "{after:?}");
+    assert!(
+        after.keys().all(|a| a.contains(" in cluster ")),
+        "{after:?}"
+    );
+    assert_eq!(
+        nodes[0].created(),
+        created,
+        "no new flow on the drained node"
+    );
+    assert_eq!(
+        nodes[0].get("/api/v1/status")["announce"]["why"],
+        "draining"
+    );
+    let mut nodes = nodes.into_iter();
+    let drained = nodes.next().unwrap();
+    let (status, summary) = drained.rialto.wait_exit();
+    assert!(status.success(), "{summary}");
+    for node in nodes {
+        node.stop();
+    }
+}
