@@ -53,7 +53,7 @@ pub struct WorkerStats {
     umem: Mutex<Option<Ledger>>,
 }
 
-const BALANCE_FIELDS: usize = 13;
+const BALANCE_FIELDS: usize = 14;
 
 fn balance_to_array(b: BalanceStats) -> [u64; BALANCE_FIELDS] {
     let (c, f) = (b.counters, b.flows);
@@ -71,6 +71,7 @@ fn balance_to_array(b: BalanceStats) -> [u64; BALANCE_FIELDS] {
         b.capacity,
         c.handed_on,
         c.no_backend_refused,
+        c.reset_on_down,
     ]
 }
 
@@ -84,6 +85,7 @@ fn balance_from_array(a: [u64; BALANCE_FIELDS]) -> BalanceStats {
             icmp_translated: a[4],
             handed_on: a[11],
             no_backend_refused: a[12],
+            reset_on_down: a[13],
         },
         flows: ConntrackStats {
             created: a[5],

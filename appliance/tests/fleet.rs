@@ -10,6 +10,15 @@ use rialto_testbed::{
     Fleet, Load, LoadSpec, Rialto, echo_servers, http_get_from, in_netns, workers_total,
 };
 
+/// The tests of this file run one at a time: each builds a testbed whose
+/// three nodes' checks and BGP timers a loaded two-core machine would disturb.
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const WEB: &str = "198.18.100.1";
 const IPERF: &str = "198.18.100.2";
@@ -110,6 +119,7 @@ fn requests(fleet: &Fleet, count: usize) -> std::collections::BTreeMap<String, u
 /// deviations); every node builds the same Maglev tables.
 #[test]
 fn every_node_serves_its_share_with_the_same_tables() {
+    let _alone = alone();
     const REQUESTS: usize = 300;
     let fleet = Fleet::up(3);
     let nodes: Vec<Node> = (1..=3)
@@ -169,6 +179,7 @@ fn every_node_serves_its_share_with_the_same_tables() {
 /// rehashes break.
 #[test]
 fn a_node_killed_or_stalled_is_withdrawn_and_a_reload_withdraws_one_vip() {
+    let _alone = alone();
     let fleet = Fleet::up(3);
     for cluster in ["east", "west"] {
         for (pod, addr) in [("p1", "198.19.0.10"), ("p2", "198.19.0.11")] {
@@ -260,6 +271,7 @@ backends = [
 /// up).
 #[test]
 fn a_drained_node_takes_no_new_connection_and_stops() {
+    let _alone = alone();
     let fleet = Fleet::up(2);
     // A drain lasts 5 s at most: the connections' flows, closed, would
     // linger for the closing timeout.

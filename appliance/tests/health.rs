@@ -14,7 +14,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rialto_testbed::{Rialto, Topology, Within, http_get, in_netns, ip};
+use rialto_testbed::{Rialto, Topology, Within, echo_servers, http_get, in_netns, ip};
+
+/// The tests of this file run one at a time: each builds a testbed whose
+/// health checks' timing a loaded two-core machine would disturb.
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const WEB: &str = "198.18.100.1:80";
@@ -194,6 +203,7 @@ fn answered_by(answer: &Result<String, String>, (cluster, addr): (&str, &str)) -
 
 #[test]
 fn a_stopped_pod_or_a_dead_gateway_takes_no_new_flow_and_comes_back() {
+    let _alone = alone();
     let topology = Topology::up(2);
     let border = Border::start(&topology, &topology.config());
     border.all_checked();
@@ -320,6 +330,7 @@ fn a_stopped_pod_or_a_dead_gateway_takes_no_new_flow_and_comes_back() {
 /// (a TCP reset from the VIP), not left to time out.
 #[test]
 fn graded_failover_between_clusters_and_refusal_when_none_is_left() {
+    let _alone = alone();
     let topology = Topology::up(2);
     let config = topology.config().replace(
         "check = { kind = \"http\"",
@@ -387,6 +398,7 @@ fn graded_failover_between_clusters_and_refusal_when_none_is_left() {
 /// written next is refused, and the running config stays.
 #[test]
 fn an_import_file_rewritten_on_disk_is_followed() {
+    let _alone = alone();
     let topology = Topology::up(1);
     let dir = std::env::temp_dir().join(format!("rialto-import-{}", topology.name));
     std::fs::create_dir_all(&dir).unwrap();
@@ -480,3 +492,59 @@ items:
         slice("west", true)
     )
 }
+
+/// A service that resets the connections of a failed backend: its echo
+/// connections, each making a round trip a second, end with a reset once
+/// the pod fails its checks (its HTTP server stopped, checked on port 80);
+/// without the option they would be kept.
+#[test]
+fn the_connections_of_a_failed_backend_are_reset_where_the_service_says_so() {
+    use std::io::{Read, Write};
+    let _alone = alone();
+    let topology = Topology::up(1);
+    echo_servers(&topology.ns("east-p1"), "198.19.0.10:7".parse().unwrap());
+    let config = topology.config()
+        + r#"
+[[service]]
+name = "echo"
+vip = "198.18.100.4:7/TCP"
+backends = [{ cluster = "east", addr = "198.19.0.10:7" }]
+check = { kind = "http", port = 80, interval_ms = 500, timeout_ms = 400, rise = 2, fall = 2 }
+reset_on_down = true
+"#;
+    let border = Border::start(&topology, &config);
+    border.wait("echo's backend checked", Duration::from_secs(10), |b| {
+        b.backend("echo", EAST_P1_ECHO)["health"]["last"] == "ok"
+    });
+    let vip: SocketAddr = "198.18.100.4:7".parse().unwrap();
+    let mut connections: Vec<std::net::TcpStream> = in_netns(&topology.ns("client"), || {
+        (0..4)
+            .map(|_| std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5)).unwrap())
+            .collect()
+    });
+    let round_trip = |c: &mut std::net::TcpStream| -> std::io::Result<()> {
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        c.write_all(b"ping")?;
+        let mut back = [0u8; 4];
+        c.read_exact(&mut back)
+    };
+    for c in &mut connections {
+        round_trip(c).expect("the echo answers");
+    }
+    topology.http("east-p1", false);
+    border.wait("echo's backend out", DETECTION * 2, |b| {
+        b.backend("echo", EAST_P1_ECHO)["health"]["up"] == false
+    });
+    // The next segment of each is answered with a reset.
+    for c in &mut connections {
+        let error = round_trip(c).expect_err("reset");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+    }
+    let resets = rialto_testbed::workers_total(&border.status(), |w| {
+        &w["balance"]["reset_on_down"]
+    });
+    assert_eq!(resets, 4, "{}", border.status());
+    border.stop();
+}
+
+const EAST_P1_ECHO: (&str, &str) = ("east", "198.19.0.10:7");

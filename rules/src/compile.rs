@@ -315,6 +315,7 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
         own_addrs,
         check_ports,
         bgp,
+        resetting: false,
     })
 }
 
@@ -863,6 +864,8 @@ fn plan_service(
             },
             preference,
             check,
+            reset_on_down: s.reset_on_down,
+            failed: vec![false; s.backends.get_ref().len()],
         },
         span: size.map_or(s.name.span(), Spanned::span),
     })

@@ -302,6 +302,11 @@ pub struct Service {
     /// [default: 0, any one].
     #[serde(default)]
     pub min_healthy: Option<Spanned<f64>>,
+    /// Close the live TCP connections of a backend that fails its checks,
+    /// with a reset towards the client at its next packet [default: false,
+    /// they are kept until they end or time out].
+    #[serde(default)]
+    pub reset_on_down: bool,
 }
 
 /// Health checks of a service's backends: through the tunnel, from one of

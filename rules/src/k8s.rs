@@ -229,6 +229,7 @@ pub fn import(text: &str, span: std::ops::Range<usize>) -> Result<Vec<Service>, 
                 check: None,
                 prefer: None,
                 min_healthy: None,
+                reset_on_down: false,
             });
         }
     }

@@ -115,3 +115,71 @@ fn the_suites_take_every_icmp_path_and_flows_end_every_way() {
         .unwrap();
     assert_eq!(run(evicting).1.flows.evicted, 2);
 }
+
+/// A service that resets the connections of a backend that fails its
+/// checks: once the backend is marked failed (as the checker's health
+/// marks it), the client's next segment is answered with a reset from the
+/// VIP (`<SEQ=SEG.ACK><CTL=RST>`), the flow is gone, and the next segment
+/// finds none. Without `reset_on_down`, the connection goes on.
+#[test]
+fn a_failed_backend_s_connections_are_reset_where_the_service_says_so() {
+    use fixtures::{CLIENT, Ip, L4, WEB, from_router, ip, tcp4_reset, to_router};
+    let syn = ip(
+        Ip::V4 {
+            src: CLIENT,
+            dst: WEB,
+            ttl: 64,
+        },
+        L4::Tcp(40100, 80, "S", 1),
+        b"",
+    );
+    let ack = ip(
+        Ip::V4 {
+            src: CLIENT,
+            dst: WEB,
+            ttl: 64,
+        },
+        L4::Tcp(40100, 80, "A", 2),
+        b"",
+    );
+    let now = fixtures::START * 1_000_000_000;
+    for reset in [true, false] {
+        let config = fixtures::CONFIG.replace(
+            "check = { kind = \"http\" }",
+            &format!("check = {{ kind = \"http\" }}\nreset_on_down = {reset}"),
+        );
+        let tables = fixtures::compile(&config);
+        let mut pipeline =
+            Pipeline::balance(std::sync::Arc::clone(&tables), 0, 1, fixtures::NODE_MAC);
+        let send = |pipeline: &mut Pipeline, frame: &[u8]| {
+            let mut buf = OwnedFrame::new(frame);
+            let verdict = buf.with(|f| pipeline.process_frame(f, now));
+            (verdict, buf.data().to_vec())
+        };
+        assert_eq!(send(&mut pipeline, &from_router(&syn)).0, Verdict::Tx);
+        // Web's one backend fails its checks.
+        let mut healthy: Vec<Vec<bool>> = tables
+            .services
+            .iter()
+            .map(|s| vec![true; s.backends.len()])
+            .collect();
+        healthy[0][0] = false;
+        pipeline.reload(std::sync::Arc::new(tables.with_health(&healthy).unwrap()));
+        let (verdict, out) = send(&mut pipeline, &from_router(&ack));
+        let stats = pipeline.stats().expect("a balancer");
+        if reset {
+            assert_eq!(verdict, Verdict::Tx);
+            let expected = to_router(&tcp4_reset((WEB, 80), (CLIENT, 40100), 1, None));
+            assert_eq!(out, expected, "{}", fixtures::diff(&expected, &out));
+            assert_eq!(stats.counters.reset_on_down, 1);
+            assert_eq!(
+                send(&mut pipeline, &from_router(&ack)).0,
+                Verdict::Drop(DropReason::NoFlow)
+            );
+        } else {
+            assert_eq!(verdict, Verdict::Tx, "forwarded to the backend still");
+            assert!(out.len() > 100, "encapsulated");
+            assert_eq!(stats.counters.reset_on_down, 0);
+        }
+    }
+}

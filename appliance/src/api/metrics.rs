@@ -178,7 +178,7 @@ type BalanceMetric = (
     fn(&BalanceStats) -> u64,
 );
 
-const BALANCE_METRICS: [BalanceMetric; 13] = [
+const BALANCE_METRICS: [BalanceMetric; 14] = [
     (
         "forward_packets_total",
         "Packets sent toward a backend.",
@@ -221,6 +221,12 @@ const BALANCE_METRICS: [BalanceMetric; 13] = [
         "Connection attempts to a service with no backend to take them, refused (TCP reset, ICMP port unreachable).",
         COUNTER,
         |b| b.counters.no_backend_refused,
+    ),
+    (
+        "reset_on_down_total",
+        "Connections to a backend that failed its checks closed with a reset towards the client.",
+        COUNTER,
+        |b| b.counters.reset_on_down,
     ),
     ("flows_created_total", "Flows created.", COUNTER, |b| {
         b.flows.created

@@ -132,14 +132,16 @@ impl Snapshot {
         let mut next = self.clone();
         for (s, service) in next.services.iter_mut().enumerate() {
             let health = healthy.get(s);
-            let selected = select(&service.backends, &service.preference, |b| {
-                health.and_then(|h| h.get(b)).copied().unwrap_or(true)
-            });
+            let up = |b: usize| health.and_then(|h| h.get(b)).copied().unwrap_or(true);
+            service.failed = (0..service.backends.len()).map(|b| !up(b)).collect();
+            let selected = select(&service.backends, &service.preference, up);
             if selected != service.selected {
                 service.table = service.build_table(&self.clusters, &selected)?;
                 service.selected = selected;
             }
         }
+        next.resetting =
+            (next.services.iter()).any(|s| s.reset_on_down && s.failed.iter().any(|&f| f));
         Ok(next)
     }
 }

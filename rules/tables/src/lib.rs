@@ -107,6 +107,9 @@ pub struct Snapshot {
     pub check_ports: Option<(u16, u16)>,
     /// The BGP speaker that announces the VIPs, if any.
     pub bgp: Option<Bgp>,
+    /// Whether a service that resets the connections of failed backends
+    /// has one: only then does a packet look further than its flow.
+    pub resetting: bool,
 }
 
 /// This node's BGP speaker.
@@ -169,6 +172,12 @@ pub struct Service {
     pub maglev: MaglevParams,
     pub preference: Preference,
     pub check: Option<Check>,
+    /// Whether the live TCP connections of a backend that fails its checks
+    /// are closed, with a reset towards the client at its next packet
+    /// (else they are kept until they end or time out).
+    pub reset_on_down: bool,
+    /// Per backend, whether its checks fail (as rise and fall count them).
+    pub failed: Vec<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -57,6 +57,9 @@ pub struct Counters {
     /// Connection attempts to a service with no backend to take them,
     /// refused: a TCP reset, an ICMP port unreachable.
     pub no_backend_refused: u64,
+    /// Connections to a backend that failed its checks closed, with a reset
+    /// towards the client (services with `reset_on_down`).
+    pub reset_on_down: u64,
 }
 
 /// One worker's balancer: the tables it indexes and the flows it owns, in
@@ -248,6 +251,14 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
                 Direction::Forward,
             ),
         };
+        // Only while a service that resets has a failed backend: one load.
+        if self.tables.resetting
+            && direction == Direction::Forward
+            && ip.proto == TCP
+            && self.doomed(id)
+        {
+            return Ok(self.close(frame, &ip, id, side, &link));
+        }
         if ip.ttl <= 1 {
             return self.send_error(frame, &ip, ErrorKind::TimeExceeded, side, &link);
         }
@@ -474,6 +485,42 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         match self.output(frame, at, end, ip.ethertype(), 0, hash, side, link) {
             Ok(sent) => {
                 self.counters.no_backend_refused += 1;
+                sent
+            }
+            Err(dropped) => dropped,
+        }
+    }
+
+    /// Whether flow `id`'s backend failed its checks in a service that
+    /// closes such connections.
+    fn doomed(&self, id: u32) -> bool {
+        let flow = self.flows.flow(id);
+        let service = &self.tables.services[flow.service as usize];
+        service.reset_on_down && service.failed.get(flow.backend_index as usize) == Some(&true)
+    }
+
+    /// Closes flow `id`, whose backend failed: the client's segment is
+    /// answered with a reset from the VIP, the way it came, and the flow
+    /// (and its SNAT port) is gone; counted as `reset_on_down`. Resets
+    /// share the ICMP errors' rate; beyond it, the segment is dropped as
+    /// `no_backend` and the flow closed at a later one.
+    fn close(
+        &mut self,
+        frame: &mut FrameBuf<'_>,
+        ip: &Ip,
+        id: u32,
+        side: Side,
+        link: &Link,
+    ) -> Verdict {
+        if !self.icmp_errors.allow(self.now_ns) {
+            return Verdict::Drop(DropReason::NoBackend);
+        }
+        self.flows.close(id);
+        let (at, end) = refuse::reset(frame.buffer_mut(), ip);
+        let hash = super::packet::flow_hash(&ip.dst, &ip.src, 0, 0, ip.proto);
+        match self.output(frame, at, end, ip.ethertype(), 0, hash, side, link) {
+            Ok(sent) => {
+                self.counters.reset_on_down += 1;
                 sent
             }
             Err(dropped) => dropped,

@@ -592,6 +592,12 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         }
     }
 
+    /// Removes live flow `id` before it expires (its connection was closed
+    /// for it); its SNAT port is free again.
+    pub fn close(&mut self, id: u32) {
+        self.remove(id);
+    }
+
     /// Writes a new flow into free slot `id`.
     fn write(&mut self, id: u32, flow: Flow) {
         self.slots[id as usize].write(flow);

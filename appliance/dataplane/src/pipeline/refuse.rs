@@ -1,8 +1,10 @@
 //! Refusing a connection to a service that has no backend to take it: a
 //! TCP SYN gets a reset, a UDP datagram an ICMP port unreachable, from the
-//! VIP, the way they came (RFC 9293 §3.10.7.1: a segment to a closed port
-//! gets `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`), so a client learns at
-//! once instead of waiting for a timeout.
+//! VIP, the way they came, so a client learns at once instead of waiting
+//! for a timeout; and closing a connection whose backend failed, with a
+//! reset at the client's next segment. RFC 9293 §3.10.7.1: a segment with
+//! an ACK gets `<SEQ=SEG.ACK><CTL=RST>`, one without
+//! `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`.
 
 use super::{
     icmp::{self, ErrorKind},
@@ -10,21 +12,27 @@ use super::{
 };
 use crate::wire::{checksum, ipv4, ipv6, tcp};
 
-/// Replaces the TCP segment `ip` (a SYN to a VIP) in place with the reset
-/// that answers it, from the VIP back to the client. Returns the new
-/// packet's start and end in the buffer.
+/// Replaces the TCP segment `ip` (to a VIP) in place with the reset that
+/// answers it, from the VIP back to the client. Returns the new packet's
+/// start and end in the buffer.
 pub fn reset(buf: &mut [u8], ip: &Ip) -> (usize, usize) {
     let segment = tcp::Segment::new_unchecked(&buf[ip.l4..ip.end()]);
     let data = ip.end() - ip.l4 - segment.header_len();
     let syn_fin = u32::from(segment.flags() & (tcp::flags::SYN | tcp::flags::FIN) != 0);
+    let (seq, ack, flags) = if segment.flags() & tcp::flags::ACK != 0 {
+        (segment.ack(), 0, tcp::flags::RST)
+    } else {
+        let ack = (segment.seq())
+            .wrapping_add(data as u32)
+            .wrapping_add(syn_fin);
+        (0, ack, tcp::flags::RST | tcp::flags::ACK)
+    };
     let repr = tcp::Repr {
         src_port: segment.dst_port(),
         dst_port: segment.src_port(),
-        seq: 0,
-        ack: (segment.seq())
-            .wrapping_add(data as u32)
-            .wrapping_add(syn_fin),
-        flags: tcp::flags::RST | tcp::flags::ACK,
+        seq,
+        ack,
+        flags,
         window: 0,
     };
     let (src, dst) = (ip.dst, ip.src);
