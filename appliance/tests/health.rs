@@ -540,9 +540,8 @@ reset_on_down = true
         let error = round_trip(c).expect_err("reset");
         assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
     }
-    let resets = rialto_testbed::workers_total(&border.status(), |w| {
-        &w["balance"]["reset_on_down"]
-    });
+    let resets =
+        rialto_testbed::workers_total(&border.status(), |w| &w["balance"]["reset_on_down"]);
     assert_eq!(resets, 4, "{}", border.status());
     border.stop();
 }
