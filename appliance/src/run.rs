@@ -418,7 +418,6 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             .context("cannot start a worker thread")?;
         running.push((queue, bind, stats, handle));
     }
-    info!(iface = %args.iface, ?queues, mode = ?args.mode, xdp = ?args.xdp_mode, "rialto ready");
     // The health checks go out through the workers, which now serve.
     let checking = Arc::new(AtomicBool::new(false));
     let (board, checker) = match &tables {
@@ -487,6 +486,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             }
         },
     };
+    // Ready once the workers serve and the API answers.
+    info!(iface = %args.iface, ?queues, mode = ?args.mode, xdp = ?args.xdp_mode, "rialto ready");
     // Under systemd (Type=notify), this process is the service from now on:
     // also when it took over from another, which exits.
     notify(&[

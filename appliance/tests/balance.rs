@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rialto_testbed::{Pair, Rialto, in_netns, ip, workers_total};
+use rialto_testbed::{Pair, Rialto, in_netns, ip, tcp_echo, udp_echo, workers_total};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const EAST_MAC: &str = "02:00:00:00:02:01";
@@ -146,31 +146,6 @@ fn gateways(pair: &Pair) {
     );
 }
 
-/// A TCP server that echoes each connection until the client shuts down.
-fn tcp_echo(ns: &str, at: &str) {
-    let ns = ns.to_owned();
-    let listener = in_netns(&ns, || TcpListener::bind(at).unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                let (mut rx, mut tx) = (&stream, &stream);
-                let _ = std::io::copy(&mut rx, &mut tx);
-                let _ = stream.shutdown(Shutdown::Write);
-            });
-        }
-    });
-}
-
-fn udp_echo(ns: &str, at: &str) {
-    let socket = in_netns(ns, || UdpSocket::bind(at).unwrap());
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = socket.recv_from(&mut buf) {
-            let _ = socket.send_to(&buf[..n], from);
-        }
-    });
-}
-
 /// Uploads `UPLOAD` bytes to `vip` on each of `CONNECTIONS` connections and
 /// checks that each comes back whole.
 fn tcp_round_trips(vip: SocketAddr) {
@@ -233,9 +208,9 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
         config(&mac_of(&pair.peer_ns, &pair.peer_if), SERVICES),
     )
     .unwrap();
-    tcp_echo(&pair.peer_ns, "198.19.1.10:8080");
-    tcp_echo(&pair.peer_ns, "[fd00:119::10]:8080");
-    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+    tcp_echo(&pair.peer_ns, "198.19.1.10:8080".parse().unwrap());
+    tcp_echo(&pair.peer_ns, "[fd00:119::10]:8080".parse().unwrap());
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007".parse().unwrap());
 
     let rialto = Rialto::start(
         BIN,
@@ -482,7 +457,7 @@ const POD_B_DRAINING: &str =
 fn reloads_keep_live_flows_on_their_backends() {
     let pair = Pair::up(2);
     let mac = two_pods(&pair);
-    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007".parse().unwrap());
     let path = std::env::temp_dir().join(format!("rialto-reload-{}.toml", std::process::id()));
     let write = |services: &str| std::fs::write(&path, config(&mac, services)).unwrap();
     write(&web(&format!("{POD_A}, {POD_B}")));
@@ -624,7 +599,7 @@ fn a_reload_that_cannot_be_put_in_force_is_rolled_back() {
     gateways(&pair);
     let mac = mac_of(&pair.peer_ns, &pair.peer_if);
     named_echo(&pair.peer_ns, "198.19.1.10:8080", "a");
-    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007".parse().unwrap());
     let path = std::env::temp_dir().join(format!("rialto-rollback-{}.toml", std::process::id()));
     // Drops `echo`, adds a UDP VIP.
     let next = format!(
@@ -999,7 +974,7 @@ fn a_reload_that_changes_vips_and_snat_addresses_moves_only_what_it_must() {
     }
     let mac = mac_of(&pair.peer_ns, &pair.peer_if);
     peer_echo(&pair.peer_ns, "198.19.1.10:8080");
-    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007".parse().unwrap());
     let services = |echo_vip: &str| {
         format!(
             r#"
@@ -1170,7 +1145,7 @@ fn snat_ports_run_out_and_come_back() {
     let pair = Pair::up(1);
     gateways(&pair);
     let mac = mac_of(&pair.peer_ns, &pair.peer_if);
-    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007".parse().unwrap());
     let path = std::env::temp_dir().join(format!("rialto-ports-{}.toml", std::process::id()));
     let services = r#"
 [timeouts]
@@ -1240,7 +1215,7 @@ fn an_overflowing_handoff_inbox_drops_and_counts_and_loses_no_frame() {
     let pair = Pair::up(4);
     gateways(&pair);
     let mac = mac_of(&pair.peer_ns, &pair.peer_if);
-    udp_echo(&pair.peer_ns, "198.19.1.10:7007");
+    udp_echo(&pair.peer_ns, "198.19.1.10:7007".parse().unwrap());
     let path = std::env::temp_dir().join(format!("rialto-inbox-{}.toml", std::process::id()));
     std::fs::write(&path, config(&mac, SERVICES)).unwrap();
     let rialto = Rialto::start(

@@ -5,7 +5,8 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use rialto_testbed::{
-    Load, LoadSpec, Rialto, Topology, Within, echo_servers, ip, netns_command, workers_total,
+    ECHO_SERVICES, Load, LoadSpec, Rialto, Topology, Within, echo_in_pods, ip, netns_command,
+    workers_total,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
@@ -30,13 +31,8 @@ impl Border {
     fn start(topology: &Topology, config: &str) -> Self {
         let path = std::env::temp_dir().join(format!("rialto-{}.toml", topology.name));
         std::fs::write(&path, config).unwrap();
-        let rialto = Rialto::start(
-            BIN,
-            &topology.ns("border"),
-            &["--iface", "up0", "--config", path.to_str().unwrap()],
-        );
         Self {
-            rialto,
+            rialto: launch(topology, &path, &[]),
             config: TempFile(path),
         }
     }
@@ -52,17 +48,7 @@ impl Border {
     /// A planned upgrade: a new Rialto takes over (`--take-over`, the same
     /// arguments) and the old one exits, its UMEM ledger balanced.
     fn take_over(self, topology: &Topology) -> Self {
-        let new = Rialto::start(
-            BIN,
-            &topology.ns("border"),
-            &[
-                "--iface",
-                "up0",
-                "--config",
-                self.config.0.to_str().unwrap(),
-                "--take-over",
-            ],
-        );
+        let new = launch(topology, &self.config.0, &["--take-over"]);
         let (status, summary) = self.rialto.wait_exit();
         assert!(status.success(), "the old rialto: {summary}");
         for w in summary["workers"].as_array().unwrap() {
@@ -77,18 +63,8 @@ impl Border {
     /// A crash (`kill -9`), and a new Rialto with the same arguments.
     fn crash_and_restart(self, topology: &Topology) -> Self {
         self.rialto.kill();
-        let rialto = Rialto::start(
-            BIN,
-            &topology.ns("border"),
-            &[
-                "--iface",
-                "up0",
-                "--config",
-                self.config.0.to_str().unwrap(),
-            ],
-        );
         Self {
-            rialto,
+            rialto: launch(topology, &self.config.0, &[]),
             config: self.config,
         }
     }
@@ -99,6 +75,13 @@ impl Border {
         assert!(status.success(), "{summary}");
         summary
     }
+}
+
+/// Rialto in the border namespace on `up0` with the config at `path`.
+fn launch(topology: &Topology, path: &std::path::Path, extra: &[&str]) -> Rialto {
+    let args = ["--iface", "up0", "--config", path.to_str().unwrap()];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+    Rialto::start(BIN, &topology.ns("border"), &args)
 }
 
 /// Every pod answers HTTP with "pN in cluster C (ADDR)".
@@ -433,39 +416,6 @@ fn when_a_gateway_goes_down_the_config_sends_new_connections_to_the_other_cluste
     border.stop();
 }
 
-/// TCP and UDP echo on every pod, behind one VIP.
-const ECHO_SERVICES: &str = r#"
-[[service]]
-name = "echo"
-vip = "198.18.100.4:7/TCP"
-backends = [
-    { cluster = "east", addr = "198.19.0.10:7" },
-    { cluster = "east", addr = "198.19.0.11:7" },
-    { cluster = "west", addr = "198.19.0.10:7" },
-    { cluster = "west", addr = "198.19.0.11:7" },
-]
-
-[[service]]
-name = "echo-udp"
-vip = "198.18.100.4:7/UDP"
-backends = [
-    { cluster = "east", addr = "198.19.0.10:7" },
-    { cluster = "east", addr = "198.19.0.11:7" },
-    { cluster = "west", addr = "198.19.0.10:7" },
-    { cluster = "west", addr = "198.19.0.11:7" },
-]
-"#;
-
-/// Echo servers in every pod of the testbed (TCP and UDP, port 7).
-fn echo_in_pods(topology: &Topology) {
-    for cluster in ["east", "west"] {
-        for (pod, addr) in [("p1", "198.19.0.10"), ("p2", "198.19.0.11")] {
-            let ns = topology.ns(&format!("{cluster}-{pod}"));
-            echo_servers(&ns, format!("{addr}:7").parse().unwrap());
-        }
-    }
-}
-
 /// A planned upgrade (`--take-over`) and a crash (`kill -9`, then a
 /// restart) under load: 20 TCP connections each echoing every 10 ms, a
 /// UDP stream of a datagram a millisecond, and an iperf3 transfer, all
@@ -476,7 +426,7 @@ fn echo_in_pods(topology: &Topology) {
 fn an_upgrade_and_a_crash_break_no_connection() {
     const STALL_BOUND: Duration = Duration::from_secs(1);
     let topology = Topology::up(2);
-    echo_in_pods(&topology);
+    echo_in_pods(|pod| topology.ns(pod));
     let border = Border::start(&topology, &(topology.config() + ECHO_SERVICES));
     let load = Load::start(&LoadSpec {
         ns: topology.ns("client"),

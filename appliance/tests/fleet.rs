@@ -7,17 +7,9 @@
 use std::{net::SocketAddr, time::Duration, time::Instant};
 
 use rialto_testbed::{
-    Fleet, Load, LoadSpec, Rialto, echo_servers, http_get_from, in_netns, workers_total,
+    ECHO_SERVICES, Fleet, Load, LoadSpec, Rialto, echo_in_pods, http_get_from, in_netns,
+    workers_total,
 };
-
-/// The tests of this file run one at a time: each builds a testbed whose
-/// three nodes' checks and BGP timers a loaded two-core machine would disturb.
-fn alone() -> std::sync::MutexGuard<'static, ()> {
-    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ALONE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const WEB: &str = "198.18.100.1";
@@ -119,7 +111,7 @@ fn requests(fleet: &Fleet, count: usize) -> std::collections::BTreeMap<String, u
 /// deviations); every node builds the same Maglev tables.
 #[test]
 fn every_node_serves_its_share_with_the_same_tables() {
-    let _alone = alone();
+    let _alone = rialto_testbed::alone();
     const REQUESTS: usize = 300;
     let fleet = Fleet::up(3);
     let nodes: Vec<Node> = (1..=3)
@@ -179,25 +171,10 @@ fn every_node_serves_its_share_with_the_same_tables() {
 /// rehashes break.
 #[test]
 fn a_node_killed_or_stalled_is_withdrawn_and_a_reload_withdraws_one_vip() {
-    let _alone = alone();
+    let _alone = rialto_testbed::alone();
     let fleet = Fleet::up(3);
-    for cluster in ["east", "west"] {
-        for (pod, addr) in [("p1", "198.19.0.10"), ("p2", "198.19.0.11")] {
-            let ns = fleet.ns(&format!("{cluster}-{pod}"));
-            echo_servers(&ns, format!("{addr}:7").parse().unwrap());
-        }
-    }
-    let echo = r#"
-[[service]]
-name = "echo"
-vip = "198.18.100.4:7/TCP"
-backends = [
-    { cluster = "east", addr = "198.19.0.10:7" },
-    { cluster = "east", addr = "198.19.0.11:7" },
-    { cluster = "west", addr = "198.19.0.10:7" },
-    { cluster = "west", addr = "198.19.0.11:7" },
-]
-"#;
+    echo_in_pods(|pod| fleet.ns(pod));
+    let echo = ECHO_SERVICES;
     let mut nodes: Vec<Node> = (1..=3)
         .map(|i| Node::start(&fleet, i, &(fleet.config(i) + echo), &[]))
         .collect();
@@ -271,7 +248,7 @@ backends = [
 /// up).
 #[test]
 fn a_drained_node_takes_no_new_connection_and_stops() {
-    let _alone = alone();
+    let _alone = rialto_testbed::alone();
     let fleet = Fleet::up(2);
     // A drain lasts 5 s at most: the connections' flows, closed, would
     // linger for the closing timeout.

@@ -16,15 +16,6 @@ use std::{
 
 use rialto_testbed::{Rialto, Topology, Within, echo_servers, http_get, in_netns, ip};
 
-/// The tests of this file run one at a time: each builds a testbed whose
-/// health checks' timing a loaded two-core machine would disturb.
-fn alone() -> std::sync::MutexGuard<'static, ()> {
-    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    ALONE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 const BIN: &str = env!("CARGO_BIN_EXE_rialto");
 const WEB: &str = "198.18.100.1:80";
 const EAST_P1: (&str, &str) = ("east", "198.19.0.10:80");
@@ -63,25 +54,23 @@ impl Border {
         }
     }
 
-    /// `GET /api/v1/services`.
-    fn services(&self) -> serde_json::Value {
+    /// `GET /api/v1/{what}`.
+    fn api(&self, what: &str) -> serde_json::Value {
         in_netns(&self.ns, || {
             rialto_testbed::http()
-                .get("http://127.0.0.1:9600/api/v1/services")
+                .get(format!("http://127.0.0.1:9600/api/v1/{what}"))
                 .call()
                 .and_then(|mut r| r.body_mut().read_json())
                 .expect("the API answers")
         })
     }
 
+    fn services(&self) -> serde_json::Value {
+        self.api("services")
+    }
+
     fn status(&self) -> serde_json::Value {
-        in_netns(&self.ns, || {
-            rialto_testbed::http()
-                .get("http://127.0.0.1:9600/api/v1/status")
-                .call()
-                .and_then(|mut r| r.body_mut().read_json())
-                .expect("the API answers")
-        })
+        self.api("status")
     }
 
     /// The backend (cluster, address) of `service` as the API shows it.
@@ -203,7 +192,7 @@ fn answered_by(answer: &Result<String, String>, (cluster, addr): (&str, &str)) -
 
 #[test]
 fn a_stopped_pod_or_a_dead_gateway_takes_no_new_flow_and_comes_back() {
-    let _alone = alone();
+    let _alone = rialto_testbed::alone();
     let topology = Topology::up(2);
     let border = Border::start(&topology, &topology.config());
     border.all_checked();
@@ -330,7 +319,7 @@ fn a_stopped_pod_or_a_dead_gateway_takes_no_new_flow_and_comes_back() {
 /// (a TCP reset from the VIP), not left to time out.
 #[test]
 fn graded_failover_between_clusters_and_refusal_when_none_is_left() {
-    let _alone = alone();
+    let _alone = rialto_testbed::alone();
     let topology = Topology::up(2);
     let config = topology.config().replace(
         "check = { kind = \"http\"",
@@ -398,7 +387,7 @@ fn graded_failover_between_clusters_and_refusal_when_none_is_left() {
 /// written next is refused, and the running config stays.
 #[test]
 fn an_import_file_rewritten_on_disk_is_followed() {
-    let _alone = alone();
+    let _alone = rialto_testbed::alone();
     let topology = Topology::up(1);
     let dir = std::env::temp_dir().join(format!("rialto-import-{}", topology.name));
     std::fs::create_dir_all(&dir).unwrap();
@@ -500,7 +489,7 @@ items:
 #[test]
 fn the_connections_of_a_failed_backend_are_reset_where_the_service_says_so() {
     use std::io::{Read, Write};
-    let _alone = alone();
+    let _alone = rialto_testbed::alone();
     let topology = Topology::up(1);
     echo_servers(&topology.ns("east-p1"), "198.19.0.10:7".parse().unwrap());
     let config = topology.config()
@@ -532,8 +521,10 @@ reset_on_down = true
         round_trip(c).expect("the echo answers");
     }
     topology.http("east-p1", false);
+    // Out of the tables the workers run on, not only out of the checker's
+    // board: `selected` is read from the published tables.
     border.wait("echo's backend out", DETECTION * 2, |b| {
-        b.backend("echo", EAST_P1_ECHO)["health"]["up"] == false
+        b.backend("echo", EAST_P1_ECHO)["selected"] == false
     });
     // The next segment of each is answered with a reset.
     for c in &mut connections {

@@ -22,7 +22,10 @@ use nix::sched::{CloneFlags, setns};
 
 mod load;
 mod rialto;
-pub use load::{Connection, Load, LoadSpec, Report, Stream, echo_servers};
+pub use load::{
+    Connection, ECHO_SERVICES, Load, LoadSpec, Report, Stream, echo_in_pods, echo_servers,
+    tcp_echo, udp_echo,
+};
 pub use rialto::{Rialto, state_dir, workers_total};
 
 /// The node's address on the pair's link.
@@ -35,6 +38,15 @@ pub const PEER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 1);
 pub const SNAT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 1);
+
+/// Holds the tests of one test binary to one at a time, for those whose
+/// testbeds' timing (health checks, BGP) two loaded cores would disturb.
+pub fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Panics with a clear message unless this process may build a testbed.
 pub fn require_root() {

@@ -18,13 +18,11 @@ use std::{
 };
 
 /// A TCP server in `ns` at `at` that echoes each connection until the
-/// client shuts it down, and a UDP one beside it; they serve until the
-/// test process ends (the namespace's removal closes them).
-pub fn echo_servers(ns: &str, at: SocketAddr) {
+/// client shuts it down; it serves until the test process ends (the
+/// namespace's removal closes it).
+pub fn tcp_echo(ns: &str, at: SocketAddr) {
     let listener = crate::in_netns(ns, || TcpListener::bind(at))
         .unwrap_or_else(|e| panic!("cannot listen on {at} in {ns}: {e}"));
-    let socket = crate::in_netns(ns, || UdpSocket::bind(at))
-        .unwrap_or_else(|e| panic!("cannot bind {at}/UDP in {ns}: {e}"));
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
             std::thread::spawn(move || {
@@ -34,12 +32,60 @@ pub fn echo_servers(ns: &str, at: SocketAddr) {
             });
         }
     });
+}
+
+/// A UDP server in `ns` at `at` that sends every datagram back.
+pub fn udp_echo(ns: &str, at: SocketAddr) {
+    let socket = crate::in_netns(ns, || UdpSocket::bind(at))
+        .unwrap_or_else(|e| panic!("cannot bind {at}/UDP in {ns}: {e}"));
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = socket.recv_from(&mut buf) {
             let _ = socket.send_to(&buf[..n], from);
         }
     });
+}
+
+/// TCP and UDP echo servers in `ns` at `at`.
+pub fn echo_servers(ns: &str, at: SocketAddr) {
+    tcp_echo(ns, at);
+    udp_echo(ns, at);
+}
+
+/// TCP and UDP echo on port 7 of the four pods of the cross-cluster
+/// testbed (or a fleet), behind one VIP: add to its config, and start the
+/// servers with [`echo_in_pods`].
+pub const ECHO_SERVICES: &str = r#"
+[[service]]
+name = "echo"
+vip = "198.18.100.4:7/TCP"
+backends = [
+    { cluster = "east", addr = "198.19.0.10:7" },
+    { cluster = "east", addr = "198.19.0.11:7" },
+    { cluster = "west", addr = "198.19.0.10:7" },
+    { cluster = "west", addr = "198.19.0.11:7" },
+]
+
+[[service]]
+name = "echo-udp"
+vip = "198.18.100.4:7/UDP"
+backends = [
+    { cluster = "east", addr = "198.19.0.10:7" },
+    { cluster = "east", addr = "198.19.0.11:7" },
+    { cluster = "west", addr = "198.19.0.10:7" },
+    { cluster = "west", addr = "198.19.0.11:7" },
+]
+"#;
+
+/// The echo servers of [`ECHO_SERVICES`] in every pod; `ns` names a pod's
+/// namespace (`east-p1`, ...).
+pub fn echo_in_pods(ns: impl Fn(&str) -> String) {
+    for cluster in ["east", "west"] {
+        for (pod, addr) in [("p1", "198.19.0.10"), ("p2", "198.19.0.11")] {
+            let at = format!("{addr}:7").parse().expect("an address");
+            echo_servers(&ns(&format!("{cluster}-{pod}")), at);
+        }
+    }
 }
 
 /// What to send, from where, to where.
