@@ -12,17 +12,24 @@
 #
 #                    NAME-router: br0 198.18.0.254 198.18.1.254 198.18.2.254
 #                    BIRD, AS 65000: a BGP session with BFD to each node; the
-#                    VIPs' routes merged into one multipath route
+#                    VIPs' routes merged into one multipath route, and the
+#                    nodes' VTEPs (each node's /32, and 198.18.3.0/24 from all)
 #          ______________________|_______________________________
 #         |                  |            |                      |
 #   NAME-client        NAME-node1 ...  NAME-nodeN          NAME-east, NAME-west
-#   198.18.0.10-59     up0 198.18.1.I (VTEP), AS 6500I,    the clusters of topology.sh,
-#   (50 addresses)     SNAT 198.18.200.(16 I + 1),         with a neighbour and FDB
-#                      VTEP MAC 02:00:00:00:01:0I          entry for every node
+#   198.18.0.10-59     up0 198.18.1.I, AS 6500I,           the clusters of topology.sh,
+#   (50 addresses)     VTEP 198.18.3.I (announced),        with a neighbour and FDB
+#                      SNAT 198.18.200.(16 I + 1),         entry for every node
+#                      VTEP MAC 02:00:00:00:01:0I
 #
 # Each node's Rialto starts its own BGP speaker (BIRD, under `[bgp]` in its
-# config) and announces the VIPs only while it serves. NAME is at most 8
-# characters, NODES at most 9.
+# config) and announces the VIPs only while it serves, and its VTEP, which
+# is not the uplink's address: the router reaches it by BGP alone, so once
+# a node is withdrawn the tunnel traffic to its VTEP (the replies to its
+# SNAT address) goes to the others, through the prefix all announce. The
+# nodes share their flows (`[fleet]`, a key in FILES/fleet.key), so the
+# others carry a lost node's connections. NAME is at most 8 characters,
+# NODES at most 9.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -39,7 +46,8 @@ cmd=$1 n=$2
 [ ${#n} -le 8 ] || { echo "error: NAME '$n' is longer than 8 characters" >&2; exit 2; }
 files=/tmp/rialto-testbed-$n
 
-vtep() { echo "198.18.1.$1"; }
+uplink() { echo "198.18.1.$1"; }
+vtep() { echo "198.18.3.$1"; }
 vtep_mac() { echo "02:00:00:00:01:0$1"; }
 snat() { echo "198.18.200.$((16 * $1 + 1))"; }
 
@@ -76,13 +84,14 @@ up() {
 	for i in $(seq 10 59); do clients+=("198.18.0.$i"); done
 	client_up "${clients[@]}"
 	for i in $(seq "$count"); do
-		uplink_up "$n-node$i" "${n}r$i" "$(vtep "$i")" 2
+		uplink_up "$n-node$i" "${n}r$i" "$(uplink "$i")" 2
 	done
 	clusters_up
 	for i in $(seq "$count"); do
 		cluster_peer "$(snat "$i")" "$(vtep_mac "$i")" "$(vtep "$i")"
 	done
 	router_bird "$count"
+	od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$files/fleet.key"
 }
 
 # router_bird NODES: the router's BGP daemon, a session (with BFD) to each
@@ -112,7 +121,7 @@ template bgp node {
 }
 EOF
 		for i in $(seq "$1"); do
-			echo "protocol bgp node$i from node { neighbor $(vtep "$i") as $((65000 + i)); }"
+			echo "protocol bgp node$i from node { neighbor $(uplink "$i") as $((65000 + i)); }"
 		done
 	} >"$files/bird.conf"
 	ip netns exec "$n-router" bird -c "$files/bird.conf" -s "$files/bird.ctl" -P "$files/bird.pid"
@@ -130,7 +139,22 @@ config() {
 asn = $((65000 + i))
 neighbors = [{ addr = "198.18.1.254", asn = 65000 }]
 
+# The flows are shared with the other nodes, which take this node's
+# tunnel traffic and replies once it is withdrawn.
+[fleet]
+node = $i
+listen = "$(uplink "$i"):7946"
+key_file = "$files/fleet.key"
+vtep_prefix = "198.18.3.0/24"
+peers = [
 EOF
+	local j
+	for j in $(nodes); do
+		[ "$j" = "$i" ] && continue
+		echo "    { node = $j, addr = \"$(uplink "$j"):7946\", vtep = \"$(vtep "$j")\", snat = [\"$(snat "$j")\"] },"
+	done
+	echo "]"
+	echo
 	rialto_config "$(vtep "$i")" "$(vtep_mac "$i")" "$(snat "$i")"
 }
 

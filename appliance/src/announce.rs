@@ -256,16 +256,20 @@ fn wait_within(mut child: Child, timeout: Duration) -> Result<std::process::Outp
     Ok(child.wait_with_output()?)
 }
 
-/// The host routes of `tables`' VIPs, one per address.
+/// The host routes of `tables`' VIPs, one per address; with a fleet, also
+/// this node's VTEP's, and the prefix that covers every node's VTEP (once
+/// a node is withdrawn, its tunnel traffic goes to the others).
 pub fn prefixes(tables: &Snapshot) -> Vec<String> {
     let mut addrs: Vec<IpAddr> = tables.vip_addrs.iter().copied().collect();
     addrs.sort();
-    addrs
-        .iter()
+    let fleet = tables.fleet.as_ref();
+    let vtep = fleet.and(tables.node.vtep_v4).map(IpAddr::V4);
+    (addrs.iter().chain(&vtep))
         .map(|a| match a {
             IpAddr::V4(_) => format!("{a}/32"),
             IpAddr::V6(_) => format!("{a}/128"),
         })
+        .chain(fleet.map(|f| format!("{}/{}", f.vtep_prefix.0, f.vtep_prefix.1)))
         .collect()
 }
 
@@ -281,12 +285,12 @@ fn bird_config(bgp: &Bgp, exported: &[String]) -> String {
          protocol device {{ scan time 10; }}",
         bgp.router_id
     );
-    for (name, family, suffix) in [
-        ("rialto_vips", "ipv4", "/32"),
-        ("rialto_vips6", "ipv6", "/128"),
+    for (name, family, v6) in [
+        ("rialto_vips", "ipv4", false),
+        ("rialto_vips6", "ipv6", true),
     ] {
         let _ = writeln!(c, "protocol static {name} {{\n    {family};");
-        for p in exported.iter().filter(|p| p.ends_with(suffix)) {
+        for p in exported.iter().filter(|p| p.contains(':') == v6) {
             let _ = writeln!(c, "    route {p} blackhole;");
         }
         let _ = writeln!(c, "}}");

@@ -62,6 +62,8 @@ pub struct View {
     pub announcement: crate::announce::Shared,
     /// Set to drain: withdraw, serve what still arrives, then stop.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// What the fleet's syncer did, with a fleet.
+    pub fleet: Option<Arc<Mutex<rialto::fleet::FleetStatus>>>,
 }
 
 /// The running appliance, as the control plane changes it: one reload at
@@ -165,6 +167,9 @@ pub struct Status {
     /// what `/api/v1/announce` says), and why (not).
     pub announce: crate::announce::Announcement,
     pub draining: bool,
+    /// The fleet's syncer: per peer, what it sent and received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<rialto::fleet::FleetStatus>,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -480,6 +485,8 @@ impl View {
             resumed: self.resumed,
             announce: self.announcement(),
             draining: self.draining.load(std::sync::atomic::Ordering::Relaxed),
+            fleet: (self.fleet.as_ref())
+                .map(|f| f.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             workers: self
                 .workers
                 .iter()

@@ -14,6 +14,7 @@
 //!   the dataplane).
 
 pub mod afxdp;
+pub mod fleet;
 pub mod health;
 pub mod host;
 pub mod nexthop;

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use rialto::{
     afxdp::{BindMode, Ledger, PortConfig, XskPort},
-    health,
+    fleet, health,
     host::{self, XdpMode, iface_mac, load_config, rx_queue_count},
     nexthop::NextHop,
     state::{MappedSlots, Resumed, STATE_VERSION, StateDir, longest, resume},
@@ -386,6 +386,12 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     }
     let alarm = ports[0].alarm();
     let control_path = ports[0].control_path();
+    // With a fleet, each worker's queues to and from the syncer.
+    let fleet = (tables.as_ref())
+        .and_then(|t| t.current().fleet.clone())
+        .filter(|_| args.mode == Mode::Balance);
+    let links = fleet.as_ref().map(|_| fleet::links(queues.len()));
+    let outbox_full = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = Vec::with_capacity(queues.len());
     for (i, ((&queue, port), pipeline)) in queues.iter().zip(ports).zip(pipelines).enumerate() {
         steering.register_socket(queue, port.raw_fd())?;
@@ -398,6 +404,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             pipeline,
             stats: Arc::default(),
             tables: tables.clone().filter(|_| args.mode == Mode::Balance),
+            fleet: (links.as_ref()).map(|l| (l[i].clone(), Arc::clone(&outbox_full))),
             fault: (args.inject_fault.iter()).find_map(|f| match *f {
                 Fault::WorkerPanic(q) if q == queue => Some(WorkerFault::Panic),
                 Fault::WorkerStall(q) if q == queue => Some(WorkerFault::Stall),
@@ -428,6 +435,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             (Some(board), Some(checker))
         }
         _ => (None, None),
+    };
+    // The fleet's peers hear of the flows from now on.
+    let syncer = match (&fleet, links, &tables) {
+        (Some(fleet), Some(links), Some(tables)) => {
+            let syncer = fleet::spawn(fleet, Arc::clone(tables), links, alarm.clone())?;
+            Some(syncer)
+        }
+        _ => None,
     };
     let mut resumed = resumed;
     if let (Some(r), Some(resumed)) = (&release, &mut resumed) {
@@ -464,6 +479,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         reloads: Arc::default(),
         xdp: steering.counter_reader(),
         resumed,
+        fleet: syncer.as_ref().map(|s| Arc::clone(&s.status)),
     };
     let control = Arc::new(Mutex::new(Control {
         view: view.clone(),

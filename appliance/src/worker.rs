@@ -29,6 +29,7 @@ use tracing::{error, warn};
 
 use crate::{
     afxdp::{Ledger, XskPort},
+    fleet::WorkerLink,
     state::MappedSlots,
     stats::WorkerStats,
     tally::Tally,
@@ -134,6 +135,39 @@ pub fn monotonic_ns() -> u64 {
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
+/// Flows a worker adopts from the fleet's peers per turn of its loop, at
+/// most: a burst of them delays its frames by no more than this.
+const ADOPT_PER_TURN: usize = 256;
+
+/// Between two batches, with a fleet: this worker's changes to the syncer,
+/// and a few of the peers' flows into its table. Whether there is nothing
+/// more to adopt.
+fn exchange(
+    pipeline: &mut Pipeline<MappedSlots>,
+    link: &WorkerLink,
+    outbox_full: &AtomicU64,
+    context: u32,
+    now: u64,
+) -> bool {
+    for _ in 0..ADOPT_PER_TURN {
+        let Some(replica) = link.inbox.pop() else {
+            break;
+        };
+        pipeline.adopt(&replica, now);
+    }
+    if let Some(changes) = pipeline.changes() {
+        let mut full = 0;
+        for mut replica in changes.drain() {
+            replica.context = context;
+            full += u64::from(link.outbox.push(replica).is_err());
+        }
+        if full > 0 {
+            outbox_full.fetch_add(full, Ordering::Relaxed);
+        }
+    }
+    link.inbox.is_empty()
+}
+
 /// A worker, ready to be started on its own thread.
 #[derive(Debug)]
 pub struct Worker {
@@ -144,6 +178,9 @@ pub struct Worker {
     pub stats: Arc<WorkerStats>,
     /// Where reloads publish new tables (balance mode).
     pub tables: Option<Arc<SharedTables>>,
+    /// With a fleet: the queues to and from the syncer, and where changes
+    /// that did not fit are counted.
+    pub fleet: Option<(WorkerLink, Arc<AtomicU64>)>,
     /// Test only (`rialto run --inject-fault worker-panic:Q`,
     /// `worker-stall:Q`): what goes wrong at the first frame.
     pub fault: Option<WorkerFault>,
@@ -211,12 +248,14 @@ impl Worker {
     fn serve(&mut self, stop: &AtomicBool, generation: &mut u64) {
         let mut next_slow = 0;
         let mut next_hop = None;
+        let mut context = self.tables.as_ref().map_or(0, |t| t.published().context);
         while !stop.load(Ordering::Relaxed) {
             if let Some(tables) = &self.tables
                 && tables.generation() != *generation
             {
                 let published = tables.published();
                 *generation = published.generation;
+                context = published.context;
                 self.pipeline.reload(Arc::clone(&published.tables));
                 if let Some(slots) = self.pipeline.storage_mut() {
                     slots.set_context(published.context);
@@ -251,8 +290,11 @@ impl Worker {
                 pipeline.process(frames, verdicts, now);
             });
             // Before going to sleep, the housekeeping does more.
-            let sleeping = processed == 0 && !self.port.busy();
+            let mut sleeping = processed == 0 && !self.port.busy();
             self.pipeline.tick(now, sleeping);
+            if let Some((link, outbox_full)) = &self.fleet {
+                sleeping &= exchange(&mut self.pipeline, link, outbox_full, context, now);
+            }
             if processed > 0 || tally.injected > 0 {
                 self.stats.publish(&tally);
                 self.publish_balance();

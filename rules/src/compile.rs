@@ -17,8 +17,9 @@ use std::{
 
 use hashbrown::{HashMap, HashSet};
 use rialto_tables::{
-    Backend, BackendState, Bgp, Check, CheckKind, Cluster, Endpoint, FLOW_BYTES, Limits, MAX_VNI,
-    MaglevParams, Node, Preference, SNAT_PORT_BYTES, Service, Snapshot, SnatPool, Timeouts, health,
+    Backend, BackendState, Bgp, Check, CheckKind, Cluster, Endpoint, FLOW_BYTES, Fleet, FleetPeer,
+    Limits, MAX_VNI, MaglevParams, Node, Preference, SNAT_PORT_BYTES, Service, Snapshot, SnatPool,
+    Timeouts, health,
     maglev::{self, MaglevError},
     not_a_host, steering_capacity, vxlan_overhead,
 };
@@ -201,6 +202,27 @@ pub enum CompileError {
     NoRouterId,
     #[error("bgp.neighbors: none given, expected the router(s) to announce the VIPs to")]
     NoNeighbors,
+    #[error("fleet.key_file: {why}")]
+    FleetKey { why: String },
+    #[error("{field}: 0 is no node id: expected 1 to 65535")]
+    NodeZero { field: &'static str },
+    #[error("fleet.peers: node {node} is this node (fleet.node)")]
+    PeerIsSelf { node: u16 },
+    #[error("fleet.peers: node {node} is given twice")]
+    PeerTwice { node: u16 },
+    #[error("fleet.peers: none given, expected the other nodes of the fleet")]
+    NoPeers,
+    #[error(
+        "fleet.vtep_prefix: {prefix} does not cover {what} {addr}: once a node is withdrawn, \
+         the others take its tunnel traffic through this prefix"
+    )]
+    VtepOutsidePrefix {
+        prefix: String,
+        what: String,
+        addr: IpAddr,
+    },
+    #[error("fleet: node.vteps has no IPv4 address, the fleet's tunnel endpoint")]
+    FleetWithoutVtep,
 }
 
 /// A [`CompileError`] and the part of the config text it is about.
@@ -275,6 +297,10 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
         .bgp
         .as_ref()
         .and_then(|b| compile_bgp(b, &node, &mut p));
+    let fleet = config
+        .fleet
+        .as_ref()
+        .and_then(|f| compile_fleet(f, &node, &mut p));
     check_roles(config, &mut p);
     check_mtu(config, &mut p);
     check_capacities(config, &peers, &mut p);
@@ -296,10 +322,13 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
         return Err(p.0);
     }
     let vip_addrs: HashSet<IpAddr> = vips.keys().map(|v| v.addr).collect();
+    let peers_snat = (fleet.iter().flat_map(|f| &f.peers)).flat_map(|p| p.snat.iter().copied());
+    let snat_addrs: HashSet<IpAddr> = snat_addrs.into_iter().chain(peers_snat).collect();
     let own_addrs = (vip_addrs.iter().copied())
         .chain(snat_addrs.iter().copied())
         .chain(node.vtep_v4.map(IpAddr::V4))
         .chain(node.vtep_v6.map(IpAddr::V6))
+        .chain((fleet.iter().flat_map(|f| &f.peers)).map(|p| p.vtep))
         .collect();
     Ok(Snapshot {
         node,
@@ -315,7 +344,95 @@ pub fn compile(config: &Config, budget: &Budget) -> Result<Snapshot, Vec<Problem
         own_addrs,
         check_ports,
         bgp,
+        fleet,
         resetting: false,
+    })
+}
+
+/// The fleet's settings, checked: ids, the key, the VTEP prefix.
+fn compile_fleet(f: &config::Fleet, node: &Node, p: &mut Problems) -> Option<Fleet> {
+    let id = *f.node.get_ref();
+    if id == 0 {
+        p.report(
+            f.node.span(),
+            CompileError::NodeZero {
+                field: "fleet.node",
+            },
+        );
+    }
+    let key = match &f.key {
+        Some(Ok(key)) => Some(key.clone()),
+        Some(Err(why)) => {
+            let why = why.clone();
+            p.report(f.key_file.span(), CompileError::FleetKey { why });
+            None
+        }
+        None => {
+            let why = "not read".to_owned();
+            p.report(f.key_file.span(), CompileError::FleetKey { why });
+            None
+        }
+    };
+    let prefix = *f.vtep_prefix.get_ref();
+    let covered = |p: &mut Problems, what: String, addr: IpAddr, span: Range<usize>| {
+        if !prefix.contains(addr) {
+            let prefix = prefix.to_string();
+            p.report(span, CompileError::VtepOutsidePrefix { prefix, what, addr });
+        }
+    };
+    match node.vtep_v4 {
+        Some(vtep) => covered(
+            p,
+            "this node's VTEP".to_owned(),
+            vtep.into(),
+            f.vtep_prefix.span(),
+        ),
+        None => p.report(f.node.span(), CompileError::FleetWithoutVtep),
+    }
+    let mut seen = HashSet::new();
+    for peer in f.peers.get_ref() {
+        let n = *peer.node.get_ref();
+        if n == 0 {
+            p.report(
+                peer.node.span(),
+                CompileError::NodeZero {
+                    field: "fleet.peers",
+                },
+            );
+        } else if n == id {
+            p.report(peer.node.span(), CompileError::PeerIsSelf { node: n });
+        } else if !seen.insert(n) {
+            p.report(peer.node.span(), CompileError::PeerTwice { node: n });
+        }
+        covered(
+            p,
+            format!("node {n}'s VTEP"),
+            *peer.vtep.get_ref(),
+            peer.vtep.span(),
+        );
+        check_host(p, peer.vtep.span(), "fleet.peers", *peer.vtep.get_ref());
+        check_host(p, peer.addr.span(), "fleet.peers", peer.addr.get_ref().ip());
+        for &addr in peer.snat.get_ref() {
+            check_host(p, peer.snat.span(), "fleet.peers", addr);
+        }
+    }
+    if f.peers.get_ref().is_empty() {
+        p.report(f.peers.span(), CompileError::NoPeers);
+    }
+    check_host(p, f.listen.span(), "fleet.listen", f.listen.get_ref().ip());
+    Some(Fleet {
+        node: id,
+        listen: *f.listen.get_ref(),
+        key: key?,
+        vtep_prefix: (prefix.addr, prefix.len),
+        peers: (f.peers.get_ref().iter())
+            .map(|peer| FleetPeer {
+                node: *peer.node.get_ref(),
+                addr: *peer.addr.get_ref(),
+                vtep: *peer.vtep.get_ref(),
+                snat: peer.snat.get_ref().clone(),
+            })
+            .collect(),
     })
 }
 
@@ -937,6 +1054,26 @@ fn check_roles(config: &Config, p: &mut Problems) {
             roles
                 .entry(b.addr.get_ref().ip())
                 .or_insert_with(|| format!("a backend of service {:?}", s.name.get_ref()));
+        }
+    }
+    for peer in config.fleet.iter().flat_map(|f| f.peers.get_ref()) {
+        let n = peer.node.get_ref();
+        let own = [(peer.vtep.get_ref(), peer.vtep.span(), "VTEP")]
+            .into_iter()
+            .chain((peer.snat.get_ref().iter()).map(|a| (a, peer.snat.span(), "SNAT address")));
+        for (&addr, span, what) in own {
+            let role = format!("node {n}'s {what}");
+            if let Some(other) = roles.get(&addr) {
+                p.report(
+                    span,
+                    CompileError::AddressReused {
+                        field: "fleet.peers".to_owned(),
+                        addr,
+                        other: other.clone(),
+                    },
+                );
+            }
+            roles.insert(addr, role);
         }
     }
     for &addr in config.snat.addresses.get_ref() {

@@ -54,6 +54,10 @@ pub struct Config {
     /// Announcing the VIPs over BGP [default: not announced].
     #[serde(default)]
     pub bgp: Option<Bgp>,
+    /// The other border nodes this one shares its flows with [default:
+    /// alone].
+    #[serde(default)]
+    pub fleet: Option<Fleet>,
     #[serde(default, rename = "cluster")]
     pub clusters: Vec<Cluster>,
     #[serde(default, rename = "service")]
@@ -379,6 +383,98 @@ pub struct Bgp {
     /// a node that goes silent within a third of a second [default: true].
     #[serde(default = "default_true")]
     pub bfd: bool,
+}
+
+/// The fleet of border nodes this one belongs to: each sends the flows it
+/// makes to the others, and takes in theirs, so that any node can carry
+/// any connection; each also takes the tunnel traffic and the replies
+/// addressed to the others (their VTEPs and SNAT addresses), which reach it
+/// once the router has withdrawn their owner.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// This node's id, unique in the fleet (1 to 65535).
+    pub node: Spanned<u16>,
+    /// Where this node receives its peers' flows (the uplink's own
+    /// address, which the kernel serves: UDP).
+    pub listen: Spanned<std::net::SocketAddr>,
+    /// A file holding the fleet's shared key, in hex (at least 16 bytes:
+    /// `openssl rand -hex 32`), relative to the config's directory: every
+    /// message between nodes is authenticated with it (HMAC-SHA256).
+    pub key_file: Spanned<String>,
+    /// A prefix every node announces and that covers every node's VTEP:
+    /// once a node is withdrawn, the tunnel traffic to its VTEP goes to the
+    /// others (each node also announces its own VTEP, more specific).
+    pub vtep_prefix: Spanned<Prefix>,
+    pub peers: Spanned<Vec<FleetPeer>>,
+    /// The key, once read from `key_file` ([`crate::load_for`] reads it),
+    /// or why it could not be.
+    #[serde(skip)]
+    pub key: Option<Result<Vec<u8>, String>>,
+}
+
+/// Another node of the fleet.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetPeer {
+    pub node: Spanned<u16>,
+    /// Its `fleet.listen`.
+    pub addr: Spanned<std::net::SocketAddr>,
+    /// Its VTEP (`node.vteps`, IPv4).
+    pub vtep: Spanned<IpAddr>,
+    /// Its `snat.addresses`.
+    pub snat: Spanned<Vec<IpAddr>>,
+}
+
+/// An IP prefix, `ADDR/LEN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// Whether `addr` is in the prefix.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let bits = |a: IpAddr| match a {
+            IpAddr::V4(a) => (u128::from(u32::from(a)) << 96, 32),
+            IpAddr::V6(a) => (u128::from(a), 128),
+        };
+        // Both left-aligned in 128 bits: the prefix is the top `len` bits.
+        let ((mine, width), (theirs, other)) = (bits(self.addr), bits(addr));
+        let len = u32::from(self.len);
+        width == other && (len == 0 || (mine ^ theirs) >> (128 - len) == 0)
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a prefix: expected ADDRESS/LENGTH");
+        let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let len: u8 = len.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!(
+                "{s:?}: a prefix length of {len} is more than {max}"
+            ));
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

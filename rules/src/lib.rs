@@ -51,6 +51,9 @@ pub fn load_for(file: &str, text: &str, budget: &Budget) -> Result<Snapshot, Rej
         .parent()
         .unwrap_or(std::path::Path::new(""));
     let mut problems = Vec::new();
+    if let Some(fleet) = &mut config.fleet {
+        fleet.key = Some(read_key(&dir.join(fleet.key_file.get_ref())));
+    }
     for import in &config.imports {
         let path = dir.join(import.file.get_ref());
         let imported = read_import(&path).and_then(|yaml| k8s::import(&yaml, import.file.span()));
@@ -107,6 +110,40 @@ fn read_import(path: &std::path::Path) -> Result<String, k8s::ImportError> {
         )));
     }
     Ok(text)
+}
+
+/// The smallest fleet key, in bytes.
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// A fleet's shared key: a file holding it in hex, at least
+/// [`MIN_KEY_BYTES`] bytes.
+fn read_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_string(&mut text))
+        .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    let hex = text.trim();
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let key: Option<Vec<u8>> = hex.len().is_multiple_of(2)
+        .then(|| {
+            (hex.as_bytes().chunks(2))
+                .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+                .collect()
+        })
+        .flatten();
+    match key {
+        None => Err(format!(
+            "{}: not a key in hex (openssl rand -hex 32 writes one)",
+            path.display()
+        )),
+        Some(key) if key.len() < MIN_KEY_BYTES => Err(format!(
+            "{}: a key of {} bytes is too short: expected {MIN_KEY_BYTES} at least",
+            path.display(),
+            key.len()
+        )),
+        Some(key) => Ok(key),
+    }
 }
 
 /// The key whose value starts at byte `offset` (`key = value` on one line,

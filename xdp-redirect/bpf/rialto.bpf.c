@@ -50,7 +50,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2);
+	__uint(max_entries, 64);
 	__type(key, struct rialto_addr);
 	__type(value, __u32);
 } rialto_vteps SEC(".maps");

@@ -76,8 +76,9 @@ pub mod steering_capacity {
     pub const PEERS: usize = 4096;
     /// `rialto_snat`.
     pub const SNAT_ADDRESSES: usize = 4096;
-    /// `rialto_vteps`: one per family.
-    pub const VTEPS: usize = 2;
+    /// `rialto_vteps`: this node's, one per family, and its fleet
+    /// peers'.
+    pub const VTEPS: usize = 64;
 }
 
 /// The dataplane's view of one config (and of the backends' health: see
@@ -107,6 +108,10 @@ pub struct Snapshot {
     pub check_ports: Option<(u16, u16)>,
     /// The BGP speaker that announces the VIPs, if any.
     pub bgp: Option<Bgp>,
+    /// The fleet this node shares its flows with, if any: its peers' VTEPs
+    /// and SNAT addresses are in `own_addrs`, the latter in `snat_addrs`
+    /// too (their replies are taken as this node's, never allocated).
+    pub fleet: Option<Fleet>,
     /// Whether a service that resets the connections of failed backends
     /// has one: only then does a packet look further than its flow.
     pub resetting: bool,
@@ -120,6 +125,49 @@ pub struct Bgp {
     /// Address and AS of each neighbor.
     pub neighbors: Vec<(IpAddr, u32)>,
     pub bfd: bool,
+}
+
+/// The fleet of border nodes this one shares its flows with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// This node's id.
+    pub node: u16,
+    /// Where this node receives its peers' messages.
+    pub listen: SocketAddr,
+    /// The shared key every message is authenticated with.
+    pub key: Vec<u8>,
+    /// Announced by every node: covers every node's VTEP.
+    pub vtep_prefix: (IpAddr, u8),
+    pub peers: Vec<FleetPeer>,
+}
+
+/// Not the key.
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("node", &self.node)
+            .field("listen", &self.listen)
+            .field("vtep_prefix", &self.vtep_prefix)
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// Whether `addr` is another node's VTEP.
+    #[inline]
+    pub fn is_peer_vtep(&self, addr: IpAddr) -> bool {
+        self.peers.iter().any(|p| p.vtep == addr)
+    }
+}
+
+/// Another node of the fleet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetPeer {
+    pub node: u16,
+    pub addr: SocketAddr,
+    pub vtep: IpAddr,
+    pub snat: Vec<IpAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,6 +289,11 @@ impl Default for Limits {
 }
 
 impl Snapshot {
+    /// The other nodes of the fleet, if any.
+    pub fn fleet_peers(&self) -> impl Iterator<Item = &FleetPeer> {
+        self.fleet.iter().flat_map(|f| &f.peers)
+    }
+
     /// What the XDP program must steer to Rialto for this snapshot.
     pub fn steering(&self) -> Steering {
         Steering {
@@ -248,9 +301,11 @@ impl Snapshot {
             tunnel_peers: self.peers.keys().copied().collect(),
             snat_addrs: (self.snat.v4.iter().map(|&a| IpAddr::V4(a)))
                 .chain(self.snat.v6.iter().map(|&a| IpAddr::V6(a)))
+                .chain(self.fleet_peers().flat_map(|p| p.snat.iter().copied()))
                 .collect(),
             vteps: (self.node.vtep_v4.map(IpAddr::V4).into_iter())
                 .chain(self.node.vtep_v6.map(IpAddr::V6))
+                .chain(self.fleet_peers().map(|p| p.vtep))
                 .collect(),
             vxlan_port: self.node.vxlan_port,
         }

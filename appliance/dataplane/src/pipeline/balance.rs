@@ -20,6 +20,7 @@ use super::{
     nat::{self, Headers},
     packet::{Addr, Ip, Ports, TCP, UDP, from_ip, is_icmp_error, is_martian, to_ip},
     refuse,
+    replica::{Adopted, Changes, Replica},
     snat::SnatPorts,
 };
 use crate::{
@@ -81,6 +82,9 @@ pub struct Balancer<S = Box<[Slot]>> {
     now_ns: u64,
     /// When the next idle sweep may run.
     idle_sweep_at: u64,
+    /// What the fleet's peers are to hear of this worker's flows (with a
+    /// fleet only).
+    changes: Option<Changes>,
     icmp_errors: RateLimit,
 }
 
@@ -122,11 +126,44 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             counters: Counters::default(),
             now_ns: 0,
             idle_sweep_at: 0,
+            changes: None,
             icmp_errors: RateLimit::default(),
         };
+        balancer.set_fleet();
         balancer.set_macs();
         balancer.flows.recount(&layout(&balancer.tables));
         balancer
+    }
+
+    /// With a fleet, changes are noted for the peers; alone, not.
+    fn set_fleet(&mut self) {
+        match (&self.tables.fleet, &self.changes) {
+            (Some(_), None) => self.changes = Some(Changes::new()),
+            (None, Some(_)) => self.changes = None,
+            _ => {}
+        }
+    }
+
+    /// The changes of this worker's own flows noted since the last call
+    /// (for the fleet's peers), and how many did not fit, in all.
+    pub fn changes(&mut self) -> Option<&mut Changes> {
+        self.changes.as_mut()
+    }
+
+    /// Takes in a flow a peer speaks for.
+    pub fn adopt(&mut self, replica: &Replica, now_ns: u64) -> Adopted {
+        self.flows.adopt(replica, seconds(now_ns))
+    }
+
+    /// Notes flow `id` for the peers, if there is a fleet and the flow is
+    /// this node's.
+    fn note(&mut self, kind: u32, id: u32, now: u32) {
+        if let Some(changes) = &mut self.changes
+            && self.flows.is_own(id)
+        {
+            let flow = self.flows.flow(id);
+            changes.note(kind, flow, flow.expires.saturating_sub(now));
+        }
     }
 
     fn set_macs(&mut self) {
@@ -150,6 +187,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     pub fn reload(&mut self, tables: Arc<Snapshot>) {
         let old = std::mem::replace(&mut self.tables, tables);
         self.set_macs();
+        self.set_fleet();
         if let Some(mac) = self.tables.node.next_hop_mac {
             self.next_hop = mac;
         }
@@ -194,6 +232,9 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             SWEEP_BUDGET
         };
         self.flows.sweep(seconds(now_ns), budget);
+        if let Some(changes) = &mut self.changes {
+            self.flows.refresh(changes, now_ns);
+        }
     }
 
     pub fn process(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Verdict {
@@ -246,10 +287,11 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         };
         let (id, direction) = match self.flows.lookup(&key, now) {
             Some(found) => found,
-            None => (
-                self.new_flow(frame, &ip, &key, ports, side, &link, now)?,
-                Direction::Forward,
-            ),
+            None => {
+                let id = self.new_flow(frame, &ip, &key, ports, side, &link, now)?;
+                self.note(Replica::UP, id, now);
+                (id, Direction::Forward)
+            }
         };
         // Only while a service that resets has a failed backend: one load.
         if self.tables.resetting
@@ -284,7 +326,9 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             return self.send_error(frame, &ip, ErrorKind::TooBig { mtu }, side, &link);
         }
         // Only a packet that goes on moves its flow along.
-        self.flows.touch(id, direction, ports.tcp_flags, now);
+        if self.flows.touch(id, direction, ports.tcp_flags, now) && self.changes.is_some() {
+            self.note(Replica::UP, id, now);
+        }
         let buf = frame.buffer_mut();
         let headers = Headers::from(&ip);
         nat::rewrite(buf, &headers, (&src, src_port), (&dst, dst_port));
@@ -328,7 +372,12 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             return Ok(None);
         }
         let (remote, local) = (to_ip(&outer.src), to_ip(&outer.dst));
-        let to_vtep = self.tables.node.vtep_for(local) == Some(local);
+        let to_vtep = self.tables.node.vtep_for(local) == Some(local)
+            || self
+                .tables
+                .fleet
+                .as_ref()
+                .is_some_and(|f| f.is_peer_vtep(local));
         if !to_vtep && self.serves_udp(local, datagram.dst_port()) {
             // A UDP service on the VXLAN port, which is not a tunnel.
             return Ok(None);
@@ -515,6 +564,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         if !self.icmp_errors.allow(self.now_ns) {
             return Verdict::Drop(DropReason::NoBackend);
         }
+        self.note(Replica::DOWN, id, seconds(self.now_ns));
         self.flows.close(id);
         let (at, end) = refuse::reset(frame.buffer_mut(), ip);
         let hash = super::packet::flow_hash(&ip.dst, &ip.src, 0, 0, ip.proto);

@@ -34,6 +34,7 @@ use rialto_tables::Timeouts;
 
 use super::{
     packet::{Addr, TCP, UDP},
+    replica::{Adopted, Changes, REFRESH_SECONDS, Replica},
     snat::SnatPorts,
 };
 use crate::wire::tcp::flags;
@@ -500,15 +501,108 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     }
 
     /// Notes a packet of flow `id`: advances the TCP state and the expiry
-    /// (each one store, which the slot's checksum does not cover).
+    /// (each one store, which the slot's checksum does not cover). Whether
+    /// the TCP state changed.
     #[inline]
-    pub fn touch(&mut self, id: u32, direction: Direction, tcp_flags: u8, now: u32) {
+    pub fn touch(&mut self, id: u32, direction: Direction, tcp_flags: u8, now: u32) -> bool {
         let timeouts = self.timeouts;
         let flow = &mut self.slots[id as usize].flow;
+        let before = flow.state;
         if flow.forward.proto == TCP {
             flow.state = next_state(flow.state, direction, tcp_flags);
         }
         flow.expires = now.saturating_add(timeout(&timeouts, flow.forward.proto, flow.state));
+        flow.state != before
+    }
+
+    /// Whether flow `id` is on one of this table's own SNAT addresses (not
+    /// a peer's, adopted).
+    #[inline]
+    pub fn is_own(&self, id: u32) -> bool {
+        let reverse = &self.slots[id as usize].flow.reverse;
+        self.snat.has_addr(&reverse.dst, reverse.proto)
+    }
+
+    /// Puts in, updates or removes a flow a peer of the fleet speaks for
+    /// (its SNAT address is the peer's): what it replaces goes, a flow with
+    /// the same forward key or the same reverse key (its port reused by its
+    /// owner). A flow on one of this table's own addresses is refused: only
+    /// this node speaks for those. No SNAT port is taken. When the table is
+    /// full, a flow close to expiry makes room, as for a new one.
+    pub fn adopt(&mut self, replica: &Replica, now: u32) -> Adopted {
+        let flow = replica.flow;
+        if self.snat.has_addr(&flow.reverse.dst, flow.reverse.proto) {
+            return Adopted::Own;
+        }
+        let hashes = (
+            self.hasher.hash_one(flow.forward),
+            self.hasher.hash_one(flow.reverse),
+        );
+        let same = self.forward.get(hashes.0, &flow.forward, &self.slots);
+        if replica.kind == Replica::DOWN {
+            return match same {
+                Some(id) => {
+                    self.remove(id);
+                    Adopted::Removed
+                }
+                None => Adopted::Ignored,
+            };
+        }
+        if replica.remaining == 0 {
+            return Adopted::Ignored;
+        }
+        let flow = Flow {
+            expires: now.saturating_add(replica.remaining),
+            ..flow
+        };
+        if let Some(id) = same
+            && self.slots[id as usize].flow.reverse == flow.reverse
+        {
+            self.slots[id as usize].write(flow);
+            return Adopted::Updated;
+        }
+        if let Some(id) = same {
+            self.remove(id);
+        }
+        if let Some(id) = self.reverse.get(hashes.1, &flow.reverse, &self.slots) {
+            self.remove(id);
+        }
+        if self.free.is_empty() {
+            self.evict();
+        }
+        let id = self.free.pop().expect("a slot was freed above");
+        self.put(id, flow, hashes);
+        Adopted::Added
+    }
+
+    /// Notes in `changes`, as they are, the live flows on this table's own
+    /// SNAT addresses among the next few slots: a share of them such that
+    /// each is noted once per [`REFRESH_SECONDS`], as long as `changes` has
+    /// room.
+    pub fn refresh(&mut self, changes: &mut Changes, now_ns: u64) {
+        const PERIOD_NS: u64 = REFRESH_SECONDS as u64 * 1_000_000_000;
+        let used = self.used.max(1) as u64;
+        let elapsed = now_ns.saturating_sub(changes.refreshed_ns);
+        let due = (used * elapsed.min(PERIOD_NS) / PERIOD_NS) as usize;
+        if due == 0 {
+            return;
+        }
+        changes.refreshed_ns = now_ns;
+        let now = (now_ns / 1_000_000_000) as u32;
+        for _ in 0..due {
+            if changes.is_full() {
+                break;
+            }
+            changes.hand = (changes.hand + 1) % self.used.max(1);
+            let slot = &self.slots[changes.hand];
+            let flow = &slot.flow;
+            if slot.mark == Slot::LIVE
+                && flow.expires >= now
+                && self.snat.has_addr(&flow.reverse.dst, flow.reverse.proto)
+            {
+                changes.note(Replica::UP, flow, flow.expires - now);
+            }
+        }
     }
 
     /// Visits up to `budget` slots from where the last sweep stopped and

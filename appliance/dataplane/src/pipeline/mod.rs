@@ -17,6 +17,7 @@ pub mod nat;
 pub mod packet;
 pub mod reflect;
 pub mod refuse;
+pub mod replica;
 pub mod snat;
 
 use std::{ops::DerefMut, sync::Arc};
@@ -148,6 +149,24 @@ impl<S: DerefMut<Target = [Slot]>> Pipeline<S> {
     pub fn set_next_hop(&mut self, mac: [u8; 6]) {
         if let Self::Balance(b) = self {
             b.set_next_hop(mac);
+        }
+    }
+
+    /// A balancer's changes for the fleet's peers (see
+    /// [`balance::Balancer::changes`]).
+    pub fn changes(&mut self) -> Option<&mut replica::Changes> {
+        match self {
+            Self::Balance(b) => b.changes(),
+            Self::Reflect => None,
+        }
+    }
+
+    /// Takes in a flow a peer of the fleet speaks for; `None` in reflect
+    /// mode.
+    pub fn adopt(&mut self, replica: &replica::Replica, now: u64) -> Option<replica::Adopted> {
+        match self {
+            Self::Balance(b) => Some(b.adopt(replica, now)),
+            Self::Reflect => None,
         }
     }
 

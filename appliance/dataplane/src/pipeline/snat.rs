@@ -113,6 +113,12 @@ impl SnatPorts {
         (u32::from(port.saturating_sub(self.first)) / self.span).min(self.workers - 1)
     }
 
+    /// Whether `addr` is one of the pool's for `proto` (in any slice).
+    #[inline]
+    pub fn has_addr(&self, addr: &Addr, proto: u8) -> bool {
+        self.index.contains_key(&(*addr, proto))
+    }
+
     /// Whether `port` of `addr` for `proto` is in this slice (taken or not).
     pub fn holds(&self, addr: &Addr, proto: u8, port: u16) -> bool {
         self.slice.contains(&u32::from(port)) && self.index.contains_key(&(*addr, proto))

@@ -1,0 +1,446 @@
+//! The fleet: this node's flows to its peers, and theirs into its workers'
+//! tables, so that any node can carry any connection.
+//!
+//! Each worker notes the changes of its own flows during a batch (the
+//! dataplane's [`Changes`](rialto_dataplane::pipeline::replica::Changes))
+//! and puts them in its outbox after it; one thread, the syncer, takes
+//! them from every worker, sends them to every peer over UDP in datagrams
+//! of the sync protocol (`rialto-sync`: sequence numbers, losses found and
+//! repaired, HMAC-SHA256 with the fleet's key), and takes the peers'
+//! datagrams in: each flow a peer sends, if the peer may speak for it (it
+//! is on one of that peer's SNAT addresses) and its table indices mean
+//! the same here (the same flow context), goes to the inbox of the worker
+//! whose slice of the SNAT ports holds its port, which adopts it between
+//! two batches. The queues are bounded and preallocated: what does not
+//! fit is counted, never waited for. Every flow is sent again every
+//! [`REFRESH_SECONDS`], so a peer that lost messages, or that joined, has
+//! every live flow within that time.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use crossbeam_queue::ArrayQueue;
+use rialto_dataplane::pipeline::{
+    replica::{REFRESH_SECONDS, Replica},
+    snat::SnatPorts,
+};
+use rialto_tables::{Fleet, Snapshot};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::{afxdp::Alarm, worker::SharedTables};
+
+/// A worker's queues to and from the syncer.
+const QUEUE: usize = 65536;
+/// How long the syncer waits for a datagram before it looks at the
+/// workers' outboxes again.
+const TICK: Duration = Duration::from_millis(1);
+/// How often each peer hears from this node when it has nothing to say.
+const HEARTBEAT: Duration = Duration::from_millis(100);
+/// The largest datagram the syncer sends.
+const DATAGRAM: usize = 1400;
+/// Datagrams kept to answer a peer that lost some.
+const RETAIN: usize = 8192;
+
+/// One worker's end of the syncer's queues.
+#[derive(Debug, Clone)]
+pub struct WorkerLink {
+    /// Changes of the worker's own flows, to the peers.
+    pub outbox: Arc<ArrayQueue<Replica>>,
+    /// The peers' flows, for the worker to adopt.
+    pub inbox: Arc<ArrayQueue<Replica>>,
+}
+
+impl WorkerLink {
+    fn new() -> Self {
+        Self {
+            outbox: Arc::new(ArrayQueue::new(QUEUE)),
+            inbox: Arc::new(ArrayQueue::new(QUEUE)),
+        }
+    }
+}
+
+/// What the syncer did, per peer, for the API and the metrics.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FleetStatus {
+    pub node: u16,
+    pub peers: Vec<PeerStatus>,
+    /// Changes the workers could not put in their outbox (full).
+    pub outbox_full: u64,
+    /// Flows for a worker whose inbox was full.
+    pub inbox_full: u64,
+    pub datagrams_sent: u64,
+    pub flows_sent: u64,
+    /// Datagrams sent again to a peer that lost them.
+    pub resent: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PeerStatus {
+    pub node: u16,
+    pub addr: String,
+    /// `syncing`, `in_sync` or `lost`.
+    pub state: String,
+    pub datagrams_received: u64,
+    pub flows_received: u64,
+    /// Flows taken to a worker.
+    pub flows_adopted: u64,
+    /// Sequence numbers found missing, and later received.
+    pub lost: u64,
+    pub repaired: u64,
+    /// Datagrams or flows refused, by reason.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// The syncer, running.
+#[derive(Debug)]
+pub struct Syncer {
+    pub status: Arc<Mutex<FleetStatus>>,
+    /// Counted by the workers, per batch.
+    pub outbox_full: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The queues of `workers` workers.
+pub fn links(workers: usize) -> Vec<WorkerLink> {
+    (0..workers).map(|_| WorkerLink::new()).collect()
+}
+
+/// Starts the syncer of `fleet` for the workers at the other end of
+/// `links`, which `alarm` wakes.
+pub fn spawn(
+    fleet: &Fleet,
+    tables: Arc<SharedTables>,
+    links: Vec<WorkerLink>,
+    alarm: Alarm,
+) -> Result<Syncer> {
+    let socket = UdpSocket::bind(fleet.listen)
+        .with_context(|| format!("fleet.listen: cannot bind {}", fleet.listen))?;
+    socket.set_read_timeout(Some(TICK))?;
+    let epoch = rand_u64()?;
+    let record = size_of::<Replica>();
+    let key = rialto_sync::Key::new(&fleet.key).context("fleet.key_file")?;
+    let sender = rialto_sync::Sender::new(fleet.node, epoch, key.clone(), record, DATAGRAM, RETAIN)
+        .context("the fleet's sync sender")?;
+    let receiver = rialto_sync::Receiver::new(
+        fleet.node,
+        peers_of(fleet),
+        key,
+        record,
+        rialto_sync::Limits::default(),
+    )
+    .context("the fleet's sync receiver")?;
+    let status = Arc::new(Mutex::new(FleetStatus {
+        node: fleet.node,
+        ..FleetStatus::default()
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let outbox_full = Arc::new(AtomicU64::new(0));
+    let mut sync = Sync {
+        socket,
+        sender,
+        receiver,
+        peers: peers_of(fleet),
+        tables,
+        links,
+        alarm,
+        status: Arc::clone(&status),
+        outbox_full: Arc::clone(&outbox_full),
+        counted: BTreeMap::new(),
+        inbox_full: 0,
+        owner: None,
+    };
+    let thread = {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("rialto-fleet".into())
+            .spawn(move || sync.run(&stop))
+            .context("cannot start the fleet's syncer")?
+    };
+    info!(
+        node = fleet.node,
+        listen = %fleet.listen,
+        peers = fleet.peers.len(),
+        refresh_seconds = REFRESH_SECONDS,
+        "fleet: sharing flows with the peers"
+    );
+    Ok(Syncer {
+        status,
+        outbox_full,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn peers_of(fleet: &Fleet) -> Vec<rialto_sync::Peer> {
+    (fleet.peers.iter())
+        .map(|p| rialto_sync::Peer {
+            id: p.node,
+            addr: p.addr,
+        })
+        .collect()
+}
+
+fn rand_u64() -> Result<u64> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("/dev/urandom")?;
+    Ok(u64::from_ne_bytes(bytes))
+}
+
+/// The syncer's own counters per peer, beyond the protocol's.
+#[derive(Debug, Default)]
+struct Counted {
+    flows_adopted: u64,
+    rejected: BTreeMap<&'static str, u64>,
+    /// Until when the peer counts as syncing: one refresh after it was
+    /// first heard, or after losses it could not repair, it has sent every
+    /// live flow again.
+    syncing_until: Option<Instant>,
+}
+
+struct Sync {
+    socket: UdpSocket,
+    sender: rialto_sync::Sender,
+    receiver: rialto_sync::Receiver,
+    peers: Vec<rialto_sync::Peer>,
+    tables: Arc<SharedTables>,
+    links: Vec<WorkerLink>,
+    alarm: Alarm,
+    status: Arc<Mutex<FleetStatus>>,
+    outbox_full: Arc<AtomicU64>,
+    counted: BTreeMap<u16, Counted>,
+    inbox_full: u64,
+    /// The tables' generation and context, and who owns which port under
+    /// them.
+    owner: Option<(u64, u32, Arc<Snapshot>, SnatPorts)>,
+}
+
+impl Sync {
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut next_heartbeat = Instant::now();
+        let mut next_status = Instant::now();
+        let mut buf = vec![0u8; 65536];
+        let mut out = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            self.refresh_owner();
+            // Out: every worker's changes, in datagrams, to every peer.
+            for link in &self.links {
+                while let Some(replica) = link.outbox.pop() {
+                    if let Err(e) = self.sender.push(bytemuck::bytes_of(&replica)) {
+                        warn!("fleet: a change not sent: {e}");
+                    }
+                }
+            }
+            out.clear();
+            self.sender.flush(&mut out);
+            let now = Instant::now();
+            if now >= next_heartbeat {
+                next_heartbeat = now + HEARTBEAT;
+                out.push(self.sender.heartbeat());
+            }
+            for datagram in &out {
+                for peer in &self.peers {
+                    let _ = self.socket.send_to(datagram, peer.addr);
+                }
+            }
+            // In: what the peers sent, until the socket has nothing more.
+            let mut woken = false;
+            while let Ok((len, from)) = self.socket.recv_from(&mut buf) {
+                woken |= self.receive(&buf[..len], from);
+            }
+            let polled = self.receiver.poll(Instant::now());
+            for (to, nack) in &polled.send {
+                let _ = self.socket.send_to(nack, to);
+            }
+            for delivery in &polled.deliveries {
+                woken |= self.deliver(delivery);
+            }
+            if woken {
+                self.alarm.ring();
+            }
+            let now = Instant::now();
+            for (&peer, c) in &mut self.counted {
+                if c.syncing_until.is_some_and(|until| now >= until) {
+                    c.syncing_until = None;
+                    self.receiver.resynced(peer);
+                }
+            }
+            if now >= next_status {
+                next_status = now + Duration::from_millis(250);
+                self.publish();
+            }
+        }
+    }
+
+    /// The tables in force, and the SNAT port owners under them.
+    fn refresh_owner(&mut self) {
+        let generation = self.tables.generation();
+        if self.owner.as_ref().is_some_and(|o| o.0 == generation) {
+            return;
+        }
+        let published = self.tables.published();
+        let workers = self.links.len() as u32;
+        let owner = SnatPorts::new(&published.tables.snat, 0, workers);
+        self.owner = Some((
+            published.generation,
+            published.context,
+            Arc::clone(&published.tables),
+            owner,
+        ));
+    }
+
+    /// One datagram from `from`: a repair asked for answered, or a peer's
+    /// flows to the workers' inboxes. Whether a worker has flows to adopt.
+    fn receive(&mut self, bytes: &[u8], from: SocketAddr) -> bool {
+        if rialto_sync::wire::peek_kind(bytes) == Some(rialto_sync::wire::Kind::Nack) {
+            // A peer lost some of this node's datagrams.
+            let Some(peer) = self.peers.iter().find(|p| p.addr == from) else {
+                return false;
+            };
+            if let Ok(resend) = self.sender.handle(peer.id, bytes) {
+                for datagram in resend {
+                    let _ = self.socket.send_to(&datagram, from);
+                }
+            }
+            return false;
+        }
+        let Ok(delivery) = self.receiver.handle(from, bytes, Instant::now()) else {
+            return false;
+        };
+        if let Some(nack) = &delivery.reply {
+            let _ = self.socket.send_to(nack, from);
+        }
+        self.deliver(&delivery)
+    }
+
+    /// A peer's flows, each to the inbox of the worker that owns its port,
+    /// if the peer may speak for it. Whether any went.
+    fn deliver(&mut self, delivery: &rialto_sync::Delivery) -> bool {
+        let Some((_, context, tables, owner)) = &self.owner else {
+            return false;
+        };
+        let peer = tables.fleet_peers().find(|p| p.node == delivery.peer);
+        let counted = self.counted.entry(delivery.peer).or_default();
+        if delivery.need_resync || delivery.restarted {
+            let until = Instant::now() + Duration::from_secs(REFRESH_SECONDS.into()) + HEARTBEAT;
+            counted.syncing_until = Some(until);
+        }
+        let mut any = false;
+        for record in delivery.records() {
+            let replica: Replica = bytemuck::pod_read_unaligned(record);
+            let flow = &replica.flow;
+            let addr = rialto_dataplane::pipeline::packet::to_ip(&flow.reverse.dst);
+            let reason = if replica.context != *context {
+                Some("other_context")
+            } else if !peer.is_some_and(|p| p.snat.contains(&addr)) {
+                Some("not_theirs")
+            } else if !valid(&replica, tables) {
+                Some("malformed_flow")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                *counted.rejected.entry(reason).or_default() += 1;
+                continue;
+            }
+            let worker = owner.owner(flow.reverse.dst_port) as usize;
+            match self.links[worker.min(self.links.len() - 1)]
+                .inbox
+                .push(replica)
+            {
+                Ok(()) => {
+                    counted.flows_adopted += 1;
+                    any = true;
+                }
+                Err(_) => self.inbox_full += 1,
+            }
+        }
+        any
+    }
+
+    fn publish(&self) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = self.sender.stats();
+        status.datagrams_sent = sent.datagrams_sent;
+        status.flows_sent = sent.records_sent;
+        status.resent = sent.datagrams_resent;
+        status.inbox_full = self.inbox_full;
+        status.outbox_full = self.outbox_full.load(Ordering::Relaxed);
+        status.peers = (self.receiver.peers())
+            .map(|(peer, s)| {
+                let counted = self.counted.get(&peer.id);
+                let mut rejected: BTreeMap<String, u64> = (s.rejected.iter())
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(reason, n)| (reason.reason().to_owned(), n))
+                    .collect();
+                for (reason, n) in counted.iter().flat_map(|c| &c.rejected) {
+                    *rejected.entry((*reason).to_owned()).or_default() += n;
+                }
+                let syncing = counted.is_some_and(|c| c.syncing_until.is_some());
+                let state = match s.state {
+                    rialto_sync::PeerState::Lost => "lost",
+                    rialto_sync::PeerState::Syncing => "syncing",
+                    rialto_sync::PeerState::InSync if syncing => "syncing",
+                    rialto_sync::PeerState::InSync => "in_sync",
+                };
+                PeerStatus {
+                    node: peer.id,
+                    addr: peer.addr.to_string(),
+                    state: state.to_owned(),
+                    datagrams_received: s.datagrams,
+                    flows_received: s.records,
+                    flows_adopted: counted.map_or(0, |c| c.flows_adopted),
+                    lost: s.lost,
+                    repaired: s.repaired,
+                    rejected,
+                }
+            })
+            .collect();
+    }
+}
+
+/// Whether a peer's flow indexes what these tables have (the same
+/// context promises it; a peer that lies is not trusted with an index).
+fn valid(replica: &Replica, tables: &Snapshot) -> bool {
+    let flow = &replica.flow;
+    let side_ok = |side: rialto_dataplane::pipeline::conntrack::Side| match side.tunnel_of() {
+        None => true,
+        Some((cluster, gateway)) => tables
+            .clusters
+            .get(usize::from(cluster))
+            .is_some_and(|c| usize::from(gateway) < c.gateways.len()),
+    };
+    (replica.kind == Replica::UP || replica.kind == Replica::DOWN)
+        && flow.state.is_valid()
+        && flow.forward.pad == [0; 3]
+        && flow.reverse.pad == [0; 3]
+        && flow.backend.tunnel_of().is_some()
+        && side_ok(flow.client)
+        && side_ok(flow.backend)
+        && tables
+            .services
+            .get(flow.service as usize)
+            .is_some_and(|s| (flow.backend_index as usize) < s.backends.len())
+}
