@@ -45,7 +45,11 @@ routing() {
 }
 
 # router_up: NAME-router, a bridge (br0) joining everyone, and the gateway
-# of each subnet: clients, border nodes, cluster gateways.
+# of each subnet: clients, border nodes, cluster gateways. Everyone shares
+# one link, so the router would send ICMP redirects ("for the VIP, go
+# straight to node 2"), which its neighbours would follow per destination:
+# every connection to a VIP would then go to one node, past the router's
+# ECMP, and keep going there once that node is withdrawn. It sends none.
 router_up() {
 	local r=$n-router
 	ip -n "$r" link add br0 type bridge
@@ -54,6 +58,8 @@ router_up() {
 	ip -n "$r" addr add 198.18.1.254/24 dev br0
 	ip -n "$r" addr add 198.18.2.254/24 dev br0
 	routing "$r"
+	ip netns exec "$r" sysctl -qw net.ipv4.conf.all.send_redirects=0 \
+		net.ipv4.conf.default.send_redirects=0 net.ipv4.conf.br0.send_redirects=0
 }
 
 # client_up ADDR...: NAME-client, with these addresses (the first its source

@@ -38,7 +38,7 @@ pub struct Announcement {
     pub prefixes: Vec<String>,
     /// Whether they are exported to the neighbors now.
     pub announced: bool,
-    /// `serving`, or why not: `starting`, `workers stalled`, `draining`,
+    /// `serving`, or why not: `starting`, `syncing`, `workers stalled`, `draining`,
     /// `stopping`.
     pub why: &'static str,
     /// Times this node was announced or withdrawn since it started.
@@ -83,10 +83,17 @@ impl Announcer {
         Arc::clone(&self.shared)
     }
 
-    /// Announces `tables`' VIPs while the workers make progress and the
-    /// node is not `draining`; withdraws them otherwise. Says so once per
+    /// Announces `tables`' VIPs while the workers make progress, the node
+    /// is not `draining` and, in a fleet, not `syncing` (it does not hold
+    /// every peer's flows yet); withdraws them otherwise. Says so once per
     /// change.
-    pub fn follow(&mut self, tables: &Snapshot, workers: &[Arc<WorkerStats>], draining: bool) {
+    pub fn follow(
+        &mut self,
+        tables: &Snapshot,
+        workers: &[Arc<WorkerStats>],
+        draining: bool,
+        syncing: bool,
+    ) {
         let now = Instant::now();
         self.progress.resize(workers.len(), (u64::MAX, now));
         let mut stalled = false;
@@ -97,10 +104,11 @@ impl Announcer {
                 stalled = true;
             }
         }
-        let why = match (draining, stalled) {
-            (true, _) => "draining",
-            (false, true) => "workers stalled",
-            (false, false) => "serving",
+        let why = match (draining, stalled, syncing) {
+            (true, _, _) => "draining",
+            (false, true, _) => "workers stalled",
+            (false, false, true) => "syncing",
+            (false, false, false) => "serving",
         };
         self.set(tables, why);
     }

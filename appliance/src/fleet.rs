@@ -50,6 +50,13 @@ const HEARTBEAT: Duration = Duration::from_millis(100);
 const DATAGRAM: usize = 1400;
 /// Datagrams kept to answer a peer that lost some.
 const RETAIN: usize = 8192;
+/// How long a starting syncer listens before it takes the peers it has
+/// not heard from (they send every [`HEARTBEAT`]) for down.
+const LISTEN_FIRST: Duration = Duration::from_millis(500);
+/// How long a peer has to answer a PULL before it is asked again.
+const PULL_AGAIN: Duration = Duration::from_secs(2);
+/// How long the announcement waits for the peers' flows at most.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(2 * REFRESH_SECONDS as u64);
 
 /// One worker's end of the syncer's queues.
 #[derive(Debug, Clone)]
@@ -58,13 +65,19 @@ pub struct WorkerLink {
     pub outbox: Arc<ArrayQueue<Replica>>,
     /// The peers' flows, for the worker to adopt.
     pub inbox: Arc<ArrayQueue<Replica>>,
+    /// The last burst (every flow again) the syncer asked for (shared by
+    /// all workers), and the last this worker ended.
+    pub burst_asked: Arc<AtomicU64>,
+    pub burst_done: Arc<AtomicU64>,
 }
 
 impl WorkerLink {
-    fn new() -> Self {
+    fn new(burst_asked: &Arc<AtomicU64>) -> Self {
         Self {
             outbox: Arc::new(ArrayQueue::new(QUEUE)),
             inbox: Arc::new(ArrayQueue::new(QUEUE)),
+            burst_asked: Arc::clone(burst_asked),
+            burst_done: Arc::default(),
         }
     }
 }
@@ -105,6 +118,9 @@ pub struct PeerStatus {
 #[derive(Debug)]
 pub struct Syncer {
     pub status: Arc<Mutex<FleetStatus>>,
+    /// Whether this node holds the flows of every peer that is up: until
+    /// then it is not announced.
+    pub synced: Arc<AtomicBool>,
     /// Counted by the workers, per batch.
     pub outbox_full: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -122,7 +138,10 @@ impl Drop for Syncer {
 
 /// The queues of `workers` workers.
 pub fn links(workers: usize) -> Vec<WorkerLink> {
-    (0..workers).map(|_| WorkerLink::new()).collect()
+    let burst_asked = Arc::default();
+    (0..workers)
+        .map(|_| WorkerLink::new(&burst_asked))
+        .collect()
 }
 
 /// Starts the syncer of `fleet` for the workers at the other end of
@@ -155,6 +174,8 @@ pub fn spawn(
     }));
     let stop = Arc::new(AtomicBool::new(false));
     let outbox_full = Arc::new(AtomicU64::new(0));
+    let synced = Arc::new(AtomicBool::new(false));
+    let burst_asked = Arc::clone(&links[0].burst_asked);
     let mut sync = Sync {
         socket,
         sender,
@@ -167,6 +188,11 @@ pub fn spawn(
         outbox_full: Arc::clone(&outbox_full),
         counted: BTreeMap::new(),
         inbox_full: 0,
+        bursts: Vec::new(),
+        started: Instant::now(),
+        synced: Arc::clone(&synced),
+        node: fleet.node,
+        burst_asked,
         owner: None,
     };
     let thread = {
@@ -185,6 +211,7 @@ pub fn spawn(
     );
     Ok(Syncer {
         status,
+        synced,
         outbox_full,
         stop,
         thread: Some(thread),
@@ -214,10 +241,11 @@ fn rand_u64() -> Result<u64> {
 struct Counted {
     flows_adopted: u64,
     rejected: BTreeMap<&'static str, u64>,
-    /// Until when the peer counts as syncing: one refresh after it was
-    /// first heard, or after losses it could not repair, it has sent every
-    /// live flow again.
-    syncing_until: Option<Instant>,
+    /// Every flow of the peer's came since it was last asked for them all
+    /// (its SYNCED after this node's PULL).
+    synced: bool,
+    /// When this node last asked the peer for all its flows.
+    pulled: Option<Instant>,
 }
 
 struct Sync {
@@ -232,6 +260,15 @@ struct Sync {
     outbox_full: Arc<AtomicU64>,
     counted: BTreeMap<u16, Counted>,
     inbox_full: u64,
+    /// The bursts asked for by peers' PULLs, not yet ended: the burst's
+    /// number and the node that asked.
+    bursts: Vec<(u64, u16)>,
+    started: Instant,
+    /// Whether this node holds the flows of every peer that is up (or
+    /// gave up waiting): it may be announced.
+    synced: Arc<AtomicBool>,
+    node: u16,
+    burst_asked: Arc<AtomicU64>,
     /// The tables' generation and context, and who owns which port under
     /// them.
     owner: Option<(u64, u32, Arc<Snapshot>, SnatPorts)>,
@@ -245,6 +282,8 @@ impl Sync {
         let mut out = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             self.refresh_owner();
+            // Bursts that ended: their flows are in the outboxes by now.
+            let ended: Vec<u16> = self.bursts_ended();
             // Out: every worker's changes, in datagrams, to every peer.
             for link in &self.links {
                 while let Some(replica) = link.outbox.pop() {
@@ -252,6 +291,9 @@ impl Sync {
                         warn!("fleet: a change not sent: {e}");
                     }
                 }
+            }
+            for node in ended {
+                self.send_control(Replica::SYNCED, node);
             }
             out.clear();
             self.sender.flush(&mut out);
@@ -281,15 +323,71 @@ impl Sync {
                 self.alarm.ring();
             }
             let now = Instant::now();
-            for (&peer, c) in &mut self.counted {
-                if c.syncing_until.is_some_and(|until| now >= until) {
-                    c.syncing_until = None;
-                    self.receiver.resynced(peer);
-                }
-            }
+            self.pull(now);
             if now >= next_status {
                 next_status = now + Duration::from_millis(250);
                 self.publish();
+            }
+        }
+    }
+
+    /// Puts a message about the exchange itself in the stream.
+    fn send_control(&mut self, kind: u32, node: u16) {
+        let record = Replica::control(kind, node);
+        if let Err(e) = self.sender.push(bytemuck::bytes_of(&record)) {
+            warn!("fleet: a control record not sent: {e}");
+        }
+    }
+
+    /// The peers whose burst of flows ended (every worker's did).
+    fn bursts_ended(&mut self) -> Vec<u16> {
+        let done = (self.links.iter())
+            .map(|l| l.burst_done.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut ended = Vec::new();
+        self.bursts.retain(|&(burst, node)| {
+            let over = burst <= done;
+            if over {
+                ended.push(node);
+            }
+            !over
+        });
+        ended
+    }
+
+    /// Asks each peer that is up and whose flows this node may not all
+    /// have for them all (again after [`PULL_AGAIN`] without an answer);
+    /// says whether this node holds every peer's flows.
+    fn pull(&mut self, now: Instant) {
+        let mut synced = now.duration_since(self.started) >= LISTEN_FIRST;
+        let mut asked = Vec::new();
+        for (peer, stats) in self.receiver.peers() {
+            let up = is_up(&stats);
+            let counted = self.counted.entry(peer.id).or_default();
+            if !up || counted.synced {
+                continue;
+            }
+            synced = false;
+            if counted
+                .pulled
+                .is_none_or(|at| now.duration_since(at) >= PULL_AGAIN)
+            {
+                counted.pulled = Some(now);
+                asked.push(peer.id);
+            }
+        }
+        for node in asked {
+            self.send_control(Replica::PULL, node);
+        }
+        let gave_up = now.duration_since(self.started) >= SYNC_TIMEOUT;
+        if (synced || gave_up) && !self.synced.swap(true, Ordering::AcqRel) {
+            match synced {
+                true => info!(
+                    millis = now.duration_since(self.started).as_millis() as u64,
+                    "fleet: synced, the flows of every peer that is up are here"
+                ),
+                false => warn!("fleet: not every peer sent its flows within {SYNC_TIMEOUT:?}"),
             }
         }
     }
@@ -344,17 +442,43 @@ impl Sync {
         let peer = tables.fleet_peers().find(|p| p.node == delivery.peer);
         let counted = self.counted.entry(delivery.peer).or_default();
         if delivery.need_resync || delivery.restarted {
-            let until = Instant::now() + Duration::from_secs(REFRESH_SECONDS.into()) + HEARTBEAT;
-            counted.syncing_until = Some(until);
+            // Flows lost for good (or never heard): all of them again.
+            counted.synced = false;
+            counted.pulled = None;
         }
+        let me = u32::from(self.node);
         let mut any = false;
         for record in delivery.records() {
             let replica: Replica = bytemuck::pod_read_unaligned(record);
+            let for_me = replica.node == me || replica.node == 0;
+            match replica.kind {
+                Replica::PULL if for_me => {
+                    let burst = self.burst_asked.fetch_add(1, Ordering::AcqRel) + 1;
+                    self.bursts.push((burst, delivery.peer));
+                    any = true;
+                    continue;
+                }
+                Replica::SYNCED if for_me && counted.pulled.is_some() => {
+                    counted.synced = true;
+                    self.receiver.resynced(delivery.peer);
+                    continue;
+                }
+                Replica::PULL | Replica::SYNCED => continue,
+                _ => {}
+            }
             let flow = &replica.flow;
             let addr = rialto_dataplane::pipeline::packet::to_ip(&flow.reverse.dst);
+            // A peer speaks for the flows on its own SNAT addresses, and
+            // passes on those of a node that is not up.
+            let theirs = peer.is_some_and(|p| p.snat.contains(&addr))
+                || tables.fleet_peers().any(|p| {
+                    p.node != delivery.peer
+                        && p.snat.contains(&addr)
+                        && !self.receiver.peer(p.node).is_some_and(|s| is_up(&s))
+                });
             let reason = if replica.context != *context {
                 Some("other_context")
-            } else if !peer.is_some_and(|p| p.snat.contains(&addr)) {
+            } else if !theirs {
                 Some("not_theirs")
             } else if !valid(&replica, tables) {
                 Some("malformed_flow")
@@ -398,12 +522,12 @@ impl Sync {
                 for (reason, n) in counted.iter().flat_map(|c| &c.rejected) {
                     *rejected.entry((*reason).to_owned()).or_default() += n;
                 }
-                let syncing = counted.is_some_and(|c| c.syncing_until.is_some());
+                let synced = counted.is_some_and(|c| c.synced);
                 let state = match s.state {
                     rialto_sync::PeerState::Lost => "lost",
-                    rialto_sync::PeerState::Syncing => "syncing",
-                    rialto_sync::PeerState::InSync if syncing => "syncing",
-                    rialto_sync::PeerState::InSync => "in_sync",
+                    _ if s.epoch.is_none() => "never heard",
+                    rialto_sync::PeerState::InSync if synced => "in_sync",
+                    _ => "syncing",
                 };
                 PeerStatus {
                     node: peer.id,
@@ -419,6 +543,11 @@ impl Sync {
             })
             .collect();
     }
+}
+
+/// Whether a peer was heard from, and lately.
+fn is_up(stats: &rialto_sync::PeerStats) -> bool {
+    stats.epoch.is_some() && stats.state != rialto_sync::PeerState::Lost
 }
 
 /// Whether a peer's flow indexes what these tables have (the same

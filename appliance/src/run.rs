@@ -531,6 +531,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         draining,
         drain_for: Duration::from_secs(args.drain_seconds.unwrap_or(DRAIN_SECONDS)),
         term_drains: args.drain_seconds.is_some(),
+        synced: syncer.as_ref().map(|s| Arc::clone(&s.synced)),
     };
     let ended = serving.run();
     if let Some(tables) = &current_tables {
@@ -716,6 +717,11 @@ impl Signals {
     }
 }
 
+/// How long a drained node of a fleet serves on after its withdrawal,
+/// while the router's routes move to the others (a BGP update: within
+/// milliseconds on the testbed), before it leaves its connections to them.
+const FLEET_DRAIN: Duration = Duration::from_secs(2);
+
 /// How `serve` ended.
 enum Ended {
     /// SIGINT or SIGTERM.
@@ -743,6 +749,8 @@ struct Serve<'a> {
     drain_for: Duration,
     /// Whether SIGTERM drains first (`--drain-seconds`) or stops at once.
     term_drains: bool,
+    /// With a fleet: whether this node holds every peer's flows.
+    synced: Option<Arc<AtomicBool>>,
 }
 
 impl Serve<'_> {
@@ -796,17 +804,22 @@ impl Serve<'_> {
                 error!("cannot start the upgrade, serving on: {e:#}");
             }
             let draining = self.draining.load(Ordering::Relaxed);
+            let syncing = (self.synced.as_ref()).is_some_and(|s| !s.load(Ordering::Acquire));
             if let Some(tables) = lock(self.control).view.tables.as_ref().map(|t| t.current()) {
-                self.announcer.follow(&tables, &workers, draining);
+                self.announcer.follow(&tables, &workers, draining, syncing);
             }
             if draining {
                 let since = *drain_since.get_or_insert_with(Instant::now);
                 let live: u64 = (workers.iter())
                     .filter_map(|w| w.snapshot().balance.map(|b| b.flows.live))
                     .sum();
-                if live == 0 || since.elapsed() >= self.drain_for {
+                // In a fleet the peers hold this node's flows: once the
+                // router has taken it out, they carry its connections.
+                let handed = self.synced.is_some() && since.elapsed() >= FLEET_DRAIN;
+                if live == 0 || handed || since.elapsed() >= self.drain_for {
                     info!(
                         flows_left = live,
+                        with_the_peers = handed,
                         seconds = since.elapsed().as_secs_f64(),
                         "drained"
                     );

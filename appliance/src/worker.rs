@@ -23,7 +23,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use core_affinity::CoreId;
-use rialto_dataplane::Pipeline;
+use rialto_dataplane::{Pipeline, pipeline::replica::CHANGES_PER_BATCH};
 use rialto_tables::Snapshot;
 use tracing::{error, warn};
 
@@ -140,14 +140,16 @@ pub fn monotonic_ns() -> u64 {
 const ADOPT_PER_TURN: usize = 256;
 
 /// Between two batches, with a fleet: this worker's changes to the syncer,
-/// and a few of the peers' flows into its table. Whether there is nothing
-/// more to adopt.
+/// and a few of the peers' flows into its table; a burst of every flow
+/// started when the syncer asks for one (`burst`: the last started), and
+/// said when it ends. Whether there is nothing more to do.
 fn exchange(
     pipeline: &mut Pipeline<MappedSlots>,
     link: &WorkerLink,
     outbox_full: &AtomicU64,
     context: u32,
     now: u64,
+    burst: &mut u64,
 ) -> bool {
     for _ in 0..ADOPT_PER_TURN {
         let Some(replica) = link.inbox.pop() else {
@@ -155,17 +157,30 @@ fn exchange(
         };
         pipeline.adopt(&replica, now);
     }
-    if let Some(changes) = pipeline.changes() {
-        let mut full = 0;
-        for mut replica in changes.drain() {
-            replica.context = context;
-            full += u64::from(link.outbox.push(replica).is_err());
-        }
-        if full > 0 {
-            outbox_full.fetch_add(full, Ordering::Relaxed);
-        }
+    let asked = link.burst_asked.load(Ordering::Acquire);
+    if asked != *burst {
+        *burst = asked;
+        pipeline.start_burst();
     }
-    link.inbox.is_empty()
+    let Some(changes) = pipeline.changes() else {
+        return true;
+    };
+    let mut full = 0;
+    for mut replica in changes.drain() {
+        replica.context = context;
+        full += u64::from(link.outbox.push(replica).is_err());
+    }
+    if full > 0 {
+        outbox_full.fetch_add(full, Ordering::Relaxed);
+    }
+    if changes.burst_ended() {
+        // After its flows, in the outbox.
+        link.burst_done.store(*burst, Ordering::Release);
+    }
+    // A burst waits while the outbox has no room for a batch of it.
+    let room = link.outbox.capacity() - link.outbox.len() >= CHANGES_PER_BATCH;
+    changes.pause_burst(!room);
+    link.inbox.is_empty() && !(changes.bursting() && room)
 }
 
 /// A worker, ready to be started on its own thread.
@@ -249,6 +264,8 @@ impl Worker {
         let mut next_slow = 0;
         let mut next_hop = None;
         let mut context = self.tables.as_ref().map_or(0, |t| t.published().context);
+        // The last burst the syncer asked for that this worker started.
+        let mut burst = 0;
         while !stop.load(Ordering::Relaxed) {
             if let Some(tables) = &self.tables
                 && tables.generation() != *generation
@@ -293,7 +310,15 @@ impl Worker {
             let mut sleeping = processed == 0 && !self.port.busy();
             self.pipeline.tick(now, sleeping);
             if let Some((link, outbox_full)) = &self.fleet {
-                sleeping &= exchange(&mut self.pipeline, link, outbox_full, context, now);
+                let idle = exchange(
+                    &mut self.pipeline,
+                    link,
+                    outbox_full,
+                    context,
+                    now,
+                    &mut burst,
+                );
+                sleeping &= idle;
             }
             if processed > 0 || tally.injected > 0 {
                 self.stats.publish(&tally);

@@ -166,26 +166,34 @@ fn every_node_serves_its_share_with_the_same_tables() {
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
 }
 
-/// `kill -9` of a node's Rialto while 30 long-lived TCP connections and a
-/// UDP stream run through the fleet: its BGP speaker dies with it and the
-/// router's route loses it within a second; the other nodes, which hold
-/// its flows, carry its connections and take the replies to its SNAT
-/// address (its VTEP's traffic comes to them): no connection breaks, none
-/// stalls more than 2 s. Restarted, it is back. Then a node whose worker
-/// stops making progress is withdrawn, and a reload that removes a VIP
-/// withdraws it on that node only.
+/// The fleet's changes under load, with flow state shared: 30 long-lived
+/// TCP connections (a round trip every 10 ms each, from 50 client
+/// addresses) and a UDP stream run through three of four nodes while
+/// - node 2's Rialto is killed (`kill -9`): its BGP speaker dies with it,
+///   the router's route loses it within a second, and the others, which
+///   hold its flows, carry its connections and take the replies to its
+///   SNAT address (its VTEP's traffic comes to them);
+/// - node 4 is added: it pulls every peer's flows before it is announced;
+/// - node 2 is started again: it pulls them too, and is announced again.
+///
+/// No connection breaks and none stalls more than 2 s. Then a node whose
+/// worker stops making progress is withdrawn, and a reload that removes a
+/// VIP withdraws it on that node only.
 #[test]
-fn a_node_killed_or_stalled_is_withdrawn_and_a_reload_withdraws_one_vip() {
+fn the_fleet_loses_adds_and_restarts_nodes_and_no_connection_breaks() {
     let _alone = rialto_testbed::alone();
-    let fleet = Fleet::up(3);
+    let fleet = Fleet::up(4);
     echo_in_pods(|pod| fleet.ns(pod));
     let echo = ECHO_SERVICES;
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|i| Node::start(&fleet, i, &(fleet.config(i) + echo), &[]))
-        .collect();
-    let all = [next_hop(1), next_hop(2), next_hop(3)];
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    await_next_hops(&fleet, WEB, &all, Duration::from_secs(15));
+    let start = |i: u32| Node::start(&fleet, i, &(fleet.config(i) + echo), &[]);
+    let mut nodes: Vec<Node> = (1..=3).map(start).collect();
+    let hops = |nodes: &[u32]| -> Vec<String> { nodes.iter().map(|&i| next_hop(i)).collect() };
+    let await_hops = |nodes: &[u32], timeout: Duration| {
+        let want = hops(nodes);
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        await_next_hops(&fleet, WEB, &want, timeout)
+    };
+    await_hops(&[1, 2, 3], Duration::from_secs(15));
     let load = Load::start(&LoadSpec {
         ns: fleet.ns("client"),
         tcp: "198.18.100.4:7".parse().unwrap(),
@@ -196,49 +204,60 @@ fn a_node_killed_or_stalled_is_withdrawn_and_a_reload_withdraws_one_vip() {
     std::thread::sleep(Duration::from_secs(1));
 
     // kill -9 of node 2.
+    let killed_at = load.elapsed();
     nodes.remove(1).rialto.kill();
-    let gone = await_next_hops(
-        &fleet,
-        WEB,
-        &[&next_hop(1), &next_hop(3)],
-        Duration::from_secs(1),
-    );
-    println!("node 2 killed: withdrawn after {gone:?}");
-    std::thread::sleep(Duration::from_secs(3));
+    let gone = await_hops(&[1, 3], Duration::from_secs(1));
+    println!("node 2 killed at {killed_at:?}: withdrawn after {gone:?}");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Node 4 joins: announced once it holds its peers' flows.
+    let added_at = load.elapsed();
+    let node4 = start(4);
+    let synced = node4
+        .rialto
+        .wait_for_log("fleet: synced", Duration::from_secs(10));
+    let joined = await_hops(&[1, 3, 4], Duration::from_secs(15));
+    println!("node 4 added at {added_at:?}: {synced}; announced after {joined:?}");
+    nodes.push(node4);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Node 2 again: its own flows from its state, its peers' from them.
+    let restarted_at = load.elapsed();
+    let path = std::env::temp_dir().join(format!("rialto-{}-node2.toml", fleet.name));
+    std::fs::write(&path, fleet.config(2) + echo).unwrap();
+    let node2 = Node::run(&fleet, 2, path, &[]);
+    let back = await_hops(&[1, 2, 3, 4], Duration::from_secs(15));
+    println!("node 2 restarted at {restarted_at:?}: announced after {back:?}");
+    std::thread::sleep(Duration::from_secs(2));
     let report = load.stop();
-    println!("node 2 killed under load: {report}");
-    for (i, node) in [(1, &nodes[0]), (3, &nodes[1])] {
-        println!("node {i}'s fleet: {}", node.get("/api/v1/status")["fleet"]);
+    println!("under load: {report}");
+    let fleet_of = |node: &Node| node.get("/api/v1/status")["fleet"].clone();
+    let adopted = |node: &Node| -> u64 {
+        (fleet_of(node)["peers"].as_array().unwrap().iter())
+            .map(|p| p["flows_adopted"].as_u64().unwrap())
+            .sum()
+    };
+    for node in nodes.iter().chain([&node2]) {
+        println!("{}'s fleet: {}", node.ns, fleet_of(node));
     }
     assert!(report.broken().is_empty(), "{report}");
     assert!(report.stalled(STALL).is_empty(), "{report}");
-    let path = std::env::temp_dir().join(format!("rialto-{}-node2.toml", fleet.name));
-    std::fs::write(&path, fleet.config(2) + echo).unwrap();
-    nodes.insert(1, Node::run(&fleet, 2, path, &[]));
-    let back = await_next_hops(&fleet, WEB, &all, Duration::from_secs(15));
-    println!("node 2 restarted: announced after {back:?}");
+    assert!(adopted(&node2) > 0, "node 2 pulled its peers' flows");
+    assert!(adopted(&nodes[2]) > 0, "node 4 pulled its peers' flows");
+    nodes.insert(1, node2);
+    nodes.pop().unwrap().stop();
 
     // Node 3's worker of queue 0 stops at its first frame.
     let node3 = nodes.pop().unwrap();
     let config = node3.config.clone();
     node3.rialto.kill();
-    await_next_hops(
-        &fleet,
-        WEB,
-        &[&next_hop(1), &next_hop(2)],
-        Duration::from_secs(1),
-    );
+    await_hops(&[1, 2], Duration::from_secs(1));
     let stalled = Node::run(&fleet, 3, config, &["--inject-fault", "worker-stall:0"]);
     let line = stalled
         .rialto
         .wait_for_log("withdrawn", Duration::from_secs(20));
     assert!(line.contains("workers stalled"), "{line}");
-    await_next_hops(
-        &fleet,
-        WEB,
-        &[&next_hop(1), &next_hop(2)],
-        Duration::from_secs(1),
-    );
+    await_hops(&[1, 2], Duration::from_secs(1));
     assert_eq!(
         stalled.get("/api/v1/status")["announce"]["why"],
         "workers stalled"
@@ -262,12 +281,7 @@ fn a_node_killed_or_stalled_is_withdrawn_and_a_reload_withdraws_one_vip() {
         .rialto
         .wait_for_log("config reloaded", Duration::from_secs(5));
     await_next_hops(&fleet, IPERF, &[&next_hop(2)], Duration::from_secs(2));
-    await_next_hops(
-        &fleet,
-        WEB,
-        &[&next_hop(1), &next_hop(2)],
-        Duration::from_secs(1),
-    );
+    await_hops(&[1, 2], Duration::from_secs(1));
     for node in nodes {
         node.stop();
     }

@@ -125,7 +125,9 @@ fn read_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
     let hex = text.trim();
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let key: Option<Vec<u8>> = hex.len().is_multiple_of(2)
+    let key: Option<Vec<u8>> = hex
+        .len()
+        .is_multiple_of(2)
         .then(|| {
             (hex.as_bytes().chunks(2))
                 .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))

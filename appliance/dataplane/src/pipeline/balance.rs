@@ -150,6 +150,14 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         self.changes.as_mut()
     }
 
+    /// Notes every flow of this worker again, as fast as the changes'
+    /// buffer allows (a peer asked for them all).
+    pub fn start_burst(&mut self) {
+        if let Some(changes) = &mut self.changes {
+            changes.start_burst(self.flows.used());
+        }
+    }
+
     /// Takes in a flow a peer speaks for.
     pub fn adopt(&mut self, replica: &Replica, now_ns: u64) -> Adopted {
         self.flows.adopt(replica, seconds(now_ns))

@@ -578,31 +578,49 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     /// Notes in `changes`, as they are, the live flows on this table's own
     /// SNAT addresses among the next few slots: a share of them such that
     /// each is noted once per [`REFRESH_SECONDS`], as long as `changes` has
-    /// room.
+    /// room. A burst notes every live flow, the peers' too (a node that
+    /// joins gets from the others the flows of a node that is gone).
+    /// During a burst ([`Changes::start_burst`]), as many slots as
+    /// `changes` has room for.
     pub fn refresh(&mut self, changes: &mut Changes, now_ns: u64) {
         const PERIOD_NS: u64 = REFRESH_SECONDS as u64 * 1_000_000_000;
         let used = self.used.max(1) as u64;
-        let elapsed = now_ns.saturating_sub(changes.refreshed_ns);
-        let due = (used * elapsed.min(PERIOD_NS) / PERIOD_NS) as usize;
-        if due == 0 {
-            return;
-        }
-        changes.refreshed_ns = now_ns;
+        let due = if changes.bursting() {
+            changes.burst_due()
+        } else {
+            let elapsed = now_ns.saturating_sub(changes.refreshed_ns);
+            let due = (used * elapsed.min(PERIOD_NS) / PERIOD_NS) as usize;
+            if due > 0 {
+                changes.refreshed_ns = now_ns;
+            }
+            due
+        };
         let now = (now_ns / 1_000_000_000) as u32;
+        let bursting = changes.bursting();
+        let mut visited = 0;
         for _ in 0..due {
             if changes.is_full() {
                 break;
             }
+            visited += 1;
             changes.hand = (changes.hand + 1) % self.used.max(1);
             let slot = &self.slots[changes.hand];
             let flow = &slot.flow;
             if slot.mark == Slot::LIVE
                 && flow.expires >= now
-                && self.snat.has_addr(&flow.reverse.dst, flow.reverse.proto)
+                && (bursting || self.snat.has_addr(&flow.reverse.dst, flow.reverse.proto))
             {
                 changes.note(Replica::UP, flow, flow.expires - now);
             }
         }
+        if changes.bursting() {
+            changes.burst_visited(visited);
+        }
+    }
+
+    /// Slots that have held a flow: what a burst visits.
+    pub fn used(&self) -> usize {
+        self.used
     }
 
     /// Visits up to `budget` slots from where the last sweep stopped and

@@ -161,6 +161,13 @@ impl<S: DerefMut<Target = [Slot]>> Pipeline<S> {
         }
     }
 
+    /// See [`balance::Balancer::start_burst`].
+    pub fn start_burst(&mut self) {
+        if let Self::Balance(b) = self {
+            b.start_burst();
+        }
+    }
+
     /// Takes in a flow a peer of the fleet speaks for; `None` in reflect
     /// mode.
     pub fn adopt(&mut self, replica: &replica::Replica, now: u64) -> Option<replica::Adopted> {

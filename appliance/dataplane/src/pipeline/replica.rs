@@ -35,8 +35,10 @@ pub struct Replica {
     /// The id of the flow context its indices refer to (set by the worker
     /// that sends it).
     pub context: u32,
-    /// Zero.
-    pub pad: u32,
+    /// For [`Replica::PULL`] and [`Replica::SYNCED`], the node it is for
+    /// (0: every node); zero otherwise.
+    pub node: u32,
+    /// Zero for [`Replica::PULL`] and [`Replica::SYNCED`].
     pub flow: Flow,
 }
 
@@ -45,6 +47,19 @@ impl Replica {
     pub const UP: u32 = 1;
     /// The flow was closed before its time.
     pub const DOWN: u32 = 2;
+    /// Node `node` asks for every flow again (it started, or lost some).
+    pub const PULL: u32 = 3;
+    /// Every flow of the sender went before this, for node `node`.
+    pub const SYNCED: u32 = 4;
+
+    /// A message about the exchange itself, for node `node`.
+    pub fn control(kind: u32, node: u16) -> Self {
+        Self {
+            kind,
+            node: node.into(),
+            ..Self::zeroed()
+        }
+    }
 }
 
 /// The changes of a batch, in the order they happened.
@@ -56,6 +71,12 @@ pub struct Changes {
     /// Where the refresh goes on from, and up to when it has credit.
     pub(super) hand: usize,
     pub(super) refreshed_ns: u64,
+    /// Slots a burst (every flow again, at once) has yet to visit, and
+    /// whether one ended since it was last asked.
+    pub(super) burst: usize,
+    burst_ended: bool,
+    /// Set while whoever empties the buffer has no room for more.
+    burst_paused: bool,
 }
 
 impl Default for Changes {
@@ -71,7 +92,47 @@ impl Changes {
             overflow: 0,
             hand: 0,
             refreshed_ns: 0,
+            burst: 0,
+            burst_ended: false,
+            burst_paused: false,
         }
+    }
+
+    /// Every flow is to be noted again, as fast as the buffer allows (a
+    /// peer asked for them all): `slots` to visit.
+    pub fn start_burst(&mut self, slots: usize) {
+        self.burst = slots;
+        self.burst_ended = slots == 0;
+    }
+
+    /// Whether a burst is under way.
+    pub fn bursting(&self) -> bool {
+        self.burst > 0
+    }
+
+    /// Holds the burst while `paused` (its changes would find no room).
+    pub fn pause_burst(&mut self, paused: bool) {
+        self.burst_paused = paused;
+    }
+
+    /// How many slots the burst may visit now.
+    pub(super) fn burst_due(&self) -> usize {
+        if self.burst_paused {
+            0
+        } else {
+            self.burst.min(CHANGES_PER_BATCH)
+        }
+    }
+
+    /// Whether the burst ended since the last call.
+    pub fn burst_ended(&mut self) -> bool {
+        std::mem::take(&mut self.burst_ended)
+    }
+
+    /// The burst visited `n` more slots.
+    pub(super) fn burst_visited(&mut self, n: usize) {
+        self.burst = self.burst.saturating_sub(n);
+        self.burst_ended |= self.burst == 0;
     }
 
     /// Notes a change of `flow`, which has `remaining` seconds left.
@@ -85,7 +146,7 @@ impl Changes {
             kind,
             remaining,
             context: 0,
-            pad: 0,
+            node: 0,
             flow: *flow,
         });
     }
