@@ -83,6 +83,12 @@ pub struct Board {
     backends: Mutex<HashMap<Key, BackendHealth>>,
     /// One more at each transition.
     version: AtomicU64,
+    /// Set while the answers to checks may not find their way back yet: a
+    /// node of a fleet is reached at its VTEP through its own announcement,
+    /// so until the router has its route every check fails. Failures then
+    /// do not count; the first check that passes (the way back works) ends
+    /// the hold.
+    pub hold: AtomicBool,
 }
 
 impl Board {
@@ -516,7 +522,8 @@ impl Checker {
         if outcome == Outcome::Ok {
             target.passes += 1;
             target.fails = 0;
-        } else {
+            self.board.hold.store(false, Ordering::Relaxed);
+        } else if !self.board.hold.load(Ordering::Relaxed) {
             target.fails += 1;
             target.passes = 0;
         }

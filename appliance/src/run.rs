@@ -436,6 +436,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         _ => (None, None),
     };
+    // A node of a fleet behind BGP is reached at its VTEP through its own
+    // announcement: its checks' failures count once one has passed.
+    let hold = (board.as_ref())
+        .filter(|_| fleet.is_some() && tables.as_ref().is_some_and(|t| t.current().bgp.is_some()));
+    if let Some(board) = hold {
+        board.hold.store(true, Ordering::Relaxed);
+    }
+    let hold = hold.cloned();
     // The fleet's peers hear of the flows from now on.
     let syncer = match (&fleet, links, &tables) {
         (Some(fleet), Some(links), Some(tables)) => {
@@ -532,6 +540,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         drain_for: Duration::from_secs(args.drain_seconds.unwrap_or(DRAIN_SECONDS)),
         term_drains: args.drain_seconds.is_some(),
         synced: syncer.as_ref().map(|s| Arc::clone(&s.synced)),
+        hold,
     };
     let ended = serving.run();
     if let Some(tables) = &current_tables {
@@ -717,6 +726,10 @@ impl Signals {
     }
 }
 
+/// How long a node of a fleet holds its health checks' failures at most,
+/// waiting for one to pass (see [`health::Board::hold`]).
+const HOLD_AT_MOST: Duration = Duration::from_secs(30);
+
 /// How long a drained node of a fleet serves on after its withdrawal,
 /// while the router's routes move to the others (a BGP update: within
 /// milliseconds on the testbed), before it leaves its connections to them.
@@ -751,6 +764,9 @@ struct Serve<'a> {
     term_drains: bool,
     /// With a fleet: whether this node holds every peer's flows.
     synced: Option<Arc<AtomicBool>>,
+    /// The health checks, while their failures do not count (until one
+    /// passes, or for [`HOLD_AT_MOST`]).
+    hold: Option<Arc<health::Board>>,
 }
 
 impl Serve<'_> {
@@ -765,6 +781,7 @@ impl Serve<'_> {
         let mut health = 0;
         let mut reloaded = 0;
         let mut drain_since: Option<Instant> = None;
+        let started = Instant::now();
         let workers: Vec<_> = self.stats.iter().map(|(_, s)| Arc::clone(s)).collect();
         loop {
             if self.signals.stop.load(Ordering::Relaxed) {
@@ -802,6 +819,12 @@ impl Serve<'_> {
                 && let Err(e) = takeover::upgrade()
             {
                 error!("cannot start the upgrade, serving on: {e:#}");
+            }
+            if let Some(board) = &self.hold
+                && started.elapsed() >= HOLD_AT_MOST
+            {
+                board.hold.store(false, Ordering::Relaxed);
+                self.hold = None;
             }
             let draining = self.draining.load(Ordering::Relaxed);
             let syncing = (self.synced.as_ref()).is_some_and(|s| !s.load(Ordering::Acquire));
