@@ -95,6 +95,8 @@ pub struct FleetStatus {
     pub flows_sent: u64,
     /// Datagrams sent again to a peer that lost them.
     pub resent: u64,
+    /// Datagrams from an address that is no peer's.
+    pub not_peer: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -476,10 +478,10 @@ impl Sync {
                         && p.snat.contains(&addr)
                         && !self.receiver.peer(p.node).is_some_and(|s| is_up(&s))
                 });
-            let reason = if replica.context != *context {
-                Some("other_context")
-            } else if !theirs {
+            let reason = if !theirs {
                 Some("not_theirs")
+            } else if replica.context != *context {
+                Some("other_context")
             } else if !valid(&replica, tables) {
                 Some("malformed_flow")
             } else {
@@ -511,6 +513,7 @@ impl Sync {
         status.flows_sent = sent.records_sent;
         status.resent = sent.datagrams_resent;
         status.inbox_full = self.inbox_full;
+        status.not_peer = self.receiver.not_peer();
         status.outbox_full = self.outbox_full.load(Ordering::Relaxed);
         status.peers = (self.receiver.peers())
             .map(|(peer, s)| {

@@ -135,6 +135,9 @@ fn every_node_serves_its_share_with_the_same_tables() {
         .map(|n| n.get("/api/v1/services")[0]["maglev_digest"].clone())
         .collect();
     println!("answers {answers:?}; flows per node {created:?}; digests {digests:?}");
+    let mut nodes = nodes;
+    nodes.pop().unwrap().stop();
+    forgeries(&fleet, &nodes[0]);
     for node in nodes {
         node.stop();
     }
@@ -164,6 +167,84 @@ fn every_node_serves_its_share_with_the_same_tables() {
     }
     assert!(digests[0].is_string(), "{digests:?}");
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+}
+
+/// What node 1 takes from node 3 (stopped: its sync address is free) that
+/// nobody may send: a datagram from an address that is no peer's, one
+/// from node 3's address signed with another key, one signed with the
+/// fleet's key that speaks for a flow on node 1's own SNAT address, and
+/// that one again (a replay). Each is dropped and counted under its
+/// reason, and node 1's table takes none.
+fn forgeries(fleet: &Fleet, node1: &Node) {
+    use rialto_dataplane::pipeline::replica::Replica;
+    let fleet_of = || node1.get("/api/v1/status")["fleet"].clone();
+    let peer3 = |status: &serde_json::Value| {
+        (status["peers"].as_array().unwrap().iter())
+            .find(|p| p["node"] == 3)
+            .cloned()
+            .unwrap()
+    };
+    let flows = || {
+        workers_total(
+            &node1.get("/api/v1/status"),
+            |w| &w["balance"]["flows"]["live"],
+        )
+    };
+    let before = fleet_of();
+    let live = flows();
+    let to: SocketAddr = "198.18.1.1:7946".parse().unwrap();
+    let key_hex =
+        std::fs::read_to_string(format!("/tmp/rialto-testbed-{}/fleet.key", fleet.name)).unwrap();
+    let key: Vec<u8> = (0..key_hex.trim().len() / 2)
+        .map(|i| u8::from_str_radix(&key_hex.trim()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let signed = |key: &[u8]| -> Vec<u8> {
+        let key = rialto_sync::Key::new(key).unwrap();
+        let record = size_of::<Replica>();
+        let mut sender = rialto_sync::Sender::new(3, 7, key, record, 1400, 4).unwrap();
+        // A flow on node 1's own SNAT address (198.18.200.17), port 10000.
+        let mut replica = Replica::control(Replica::UP, 0);
+        replica.remaining = 60;
+        replica.flow.reverse.dst[10..12].copy_from_slice(&[0xff, 0xff]);
+        replica.flow.reverse.dst[12..].copy_from_slice(&[198, 18, 200, 17]);
+        replica.flow.reverse.dst_port = 10000;
+        sender.push(bytemuck::bytes_of(&replica)).unwrap();
+        let mut out = Vec::new();
+        sender.flush(&mut out);
+        out.remove(0)
+    };
+    let genuine = signed(&key);
+    let send = |ns: &str, from: &str, datagram: &[u8]| {
+        in_netns(&fleet.ns(ns), || {
+            let socket = std::net::UdpSocket::bind(from).unwrap();
+            socket.send_to(datagram, to).unwrap();
+        });
+    };
+    send("client", "198.18.0.10:7946", &genuine);
+    send("node3", "198.18.1.3:7946", &signed(&[0x5a; 32]));
+    send("node3", "198.18.1.3:7946", &genuine);
+    send("node3", "198.18.1.3:7946", &genuine);
+    std::thread::sleep(Duration::from_millis(600));
+    let after = fleet_of();
+    println!("node 1's fleet after the forgeries: {after}");
+    let count = |status: &serde_json::Value, reason: &str| {
+        peer3(status)["rejected"][reason].as_u64().unwrap_or(0)
+    };
+    let not_peer = |status: &serde_json::Value| status["not_peer"].as_u64().unwrap();
+    assert_eq!(not_peer(&after), not_peer(&before) + 1, "{after}");
+    for reason in ["bad_mac", "not_theirs", "replayed"] {
+        assert_eq!(
+            count(&after, reason),
+            count(&before, reason) + 1,
+            "{reason}: {after}"
+        );
+    }
+    assert_eq!(
+        peer3(&after)["flows_adopted"],
+        peer3(&before)["flows_adopted"],
+        "{after}"
+    );
+    assert_eq!(flows(), live, "node 1's table took nothing");
 }
 
 /// The fleet's changes under load, with flow state shared: 30 long-lived

@@ -1056,6 +1056,23 @@ fn check_roles(config: &Config, p: &mut Problems) {
                 .or_insert_with(|| format!("a backend of service {:?}", s.name.get_ref()));
         }
     }
+    for &addr in config.snat.addresses.get_ref() {
+        if let Some(other) = roles.get(&addr) {
+            p.report(
+                config.snat.addresses.span(),
+                CompileError::AddressReused {
+                    field: "snat.addresses".to_owned(),
+                    addr,
+                    other: other.clone(),
+                },
+            );
+        }
+    }
+    for &addr in config.snat.addresses.get_ref() {
+        roles
+            .entry(addr)
+            .or_insert_with(|| "one of snat.addresses".to_owned());
+    }
     for peer in config.fleet.iter().flat_map(|f| f.peers.get_ref()) {
         let n = peer.node.get_ref();
         let own = [(peer.vtep.get_ref(), peer.vtep.span(), "VTEP")]
@@ -1074,18 +1091,6 @@ fn check_roles(config: &Config, p: &mut Problems) {
                 );
             }
             roles.insert(addr, role);
-        }
-    }
-    for &addr in config.snat.addresses.get_ref() {
-        if let Some(other) = roles.get(&addr) {
-            p.report(
-                config.snat.addresses.span(),
-                CompileError::AddressReused {
-                    field: "snat.addresses".to_owned(),
-                    addr,
-                    other: other.clone(),
-                },
-            );
         }
     }
 }

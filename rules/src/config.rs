@@ -619,4 +619,23 @@ pub(crate) mod tests {
             "02:00:00:00:02:01"
         );
     }
+
+    #[test]
+    fn a_prefix_covers_its_addresses_of_its_family() {
+        let p: Prefix = "198.18.3.0/24".parse().unwrap();
+        assert!(p.contains("198.18.3.0".parse().unwrap()));
+        assert!(p.contains("198.18.3.255".parse().unwrap()));
+        assert!(!p.contains("198.18.4.1".parse().unwrap()));
+        assert!(!p.contains("::ffff:198.18.3.1".parse().unwrap()));
+        let all: Prefix = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.1".parse().unwrap()));
+        let v6: Prefix = "fd00:3::/64".parse().unwrap();
+        assert!(v6.contains("fd00:3::9".parse().unwrap()));
+        assert!(!v6.contains("fd00:4::9".parse().unwrap()));
+        assert_eq!(
+            "198.18.3.0/33".parse::<Prefix>().unwrap_err(),
+            "\"198.18.3.0/33\": a prefix length of 33 is more than 32"
+        );
+        assert!("198.18.3.0".parse::<Prefix>().is_err());
+    }
 }

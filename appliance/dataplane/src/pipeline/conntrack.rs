@@ -1092,4 +1092,80 @@ mod tests {
         let done = full.restore(flows.iter().map(|f| Flow { expires: 100, ..*f }), 35);
         assert_eq!((done.restored, done.full), (1, 2));
     }
+
+    /// A peer's flow: the same as one of [`add`], on the peer's SNAT
+    /// address 198.18.200.33.
+    fn replica(kind: u32, src_port: u16, snat_port: u16, remaining: u32) -> Replica {
+        let mut t = table(1, (snat_port, snat_port));
+        let id = add(&mut t, src_port, 0).unwrap();
+        let mut flow = *t.flow(id);
+        flow.reverse.dst = mapped([198, 18, 200, 33]);
+        Replica {
+            kind,
+            remaining,
+            flow,
+            ..Replica::control(kind, 0)
+        }
+    }
+
+    #[test]
+    fn a_peers_flow_is_adopted_updated_replaced_and_closed() {
+        let mut t = table(4, (1024, 1030));
+        let up = replica(Replica::UP, 40000, 5000, 30);
+        assert_eq!(t.adopt(&up, 10), Adopted::Added);
+        let (id, _) = t.lookup(&key(40000), 11).expect("found by its forward key");
+        assert_eq!(t.flow(id).expires, 40, "expires like a local flow");
+        assert!(!t.is_own(id));
+        assert_eq!(t.lookup(&up.flow.reverse, 11), Some((id, Direction::Reply)));
+        // An update of the same flow.
+        let later = Replica {
+            remaining: 3600,
+            ..up
+        };
+        assert_eq!(t.adopt(&later, 12), Adopted::Updated);
+        assert_eq!(t.flow(id).expires, 3612);
+        // Its owner reused the port for another connection: the old one goes.
+        let reused = replica(Replica::UP, 40001, 5000, 30);
+        assert_eq!(t.adopt(&reused, 13), Adopted::Added);
+        assert_eq!(t.lookup(&key(40000), 13), None);
+        assert!(t.lookup(&key(40001), 13).is_some());
+        // Closed early.
+        let down = Replica {
+            kind: Replica::DOWN,
+            ..reused
+        };
+        assert_eq!(t.adopt(&down, 14), Adopted::Removed);
+        assert_eq!(t.lookup(&key(40001), 14), None);
+        assert_eq!(t.adopt(&down, 14), Adopted::Ignored);
+        // A flow on this table's own address is its own to speak for; no
+        // SNAT port of its own was taken by the peers' flows.
+        let mut own = replica(Replica::UP, 40002, 1024, 30);
+        own.flow.reverse.dst = mapped([198, 18, 200, 1]);
+        assert_eq!(t.adopt(&own, 15), Adopted::Own);
+        assert_eq!(t.stats().live, 0);
+        assert_eq!(t.snat().free().map(|(_, _, n)| n).sum::<usize>(), 14);
+    }
+
+    #[test]
+    fn a_burst_notes_every_live_flow_and_the_refresh_a_share_of_its_own() {
+        let mut t = table(64, (1024, 1100));
+        for port in 0..10 {
+            add(&mut t, 40000 + port, 0).unwrap();
+        }
+        assert_eq!(
+            t.adopt(&replica(Replica::UP, 50000, 5000, 60), 0),
+            Adopted::Added
+        );
+        let mut changes = Changes::new();
+        // A quarter of the period: about a quarter of the slots.
+        t.refresh(&mut changes, u64::from(REFRESH_SECONDS) * 1_000_000_000 / 4);
+        let noted = changes.drain().count();
+        assert!((1..=3).contains(&noted), "{noted}");
+        changes.start_burst(t.used());
+        t.refresh(&mut changes, 2_000_000_000);
+        assert!(changes.burst_ended());
+        let burst: Vec<Replica> = changes.drain().collect();
+        assert_eq!(burst.len(), 11, "own and adopted flows");
+        assert!(burst.iter().all(|r| r.kind == Replica::UP));
+    }
 }
