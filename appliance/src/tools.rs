@@ -239,6 +239,33 @@ fn render_rates(before: &serde_json::Value, now: &serde_json::Value, secs: f64) 
             dropping.join(", ")
         }
     );
+    // The fleet: per peer, its state and the flows it sent per second.
+    let peers = now["fleet"]["peers"].as_array().unwrap_or(&empty);
+    let before_peers = before["fleet"]["peers"].as_array().unwrap_or(&empty);
+    if !peers.is_empty() {
+        let shown: Vec<String> = (peers.iter().zip(before_peers))
+            .map(|(p, b)| {
+                let rejected: u64 = (p["rejected"].as_object().into_iter().flatten())
+                    .map(|(_, n)| n.as_u64().unwrap_or(0))
+                    .sum();
+                format!(
+                    "node {} {} ({:.0} flows/s in, {} lost, {} rejected)",
+                    n(&p["node"]),
+                    p["state"].as_str().unwrap_or("?"),
+                    rate(&b["flows_received"], &p["flows_received"]),
+                    n(&p["lost"]),
+                    rejected
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "fleet node {} · {:.0} flows/s out · peers: {}",
+            n(&now["fleet"]["node"]),
+            rate(&before["fleet"]["flows_sent"], &now["fleet"]["flows_sent"]),
+            shown.join(", ")
+        );
+    }
     out
 }
 

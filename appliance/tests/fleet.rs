@@ -325,6 +325,19 @@ fn the_fleet_loses_adds_and_restarts_nodes_and_no_connection_breaks() {
     assert!(report.stalled(STALL).is_empty(), "{report}");
     assert!(adopted(&node2) > 0, "node 2 pulled its peers' flows");
     assert!(adopted(&nodes[2]) > 0, "node 4 pulled its peers' flows");
+    let metrics = in_netns(&nodes[0].ns, || {
+        rialto_testbed::http()
+            .get("http://127.0.0.1:9600/metrics")
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .unwrap()
+    });
+    for line in [
+        "rialto_fleet_peer_received_total{peer=\"4\",what=\"adopted\"}",
+        "rialto_fleet_peer_state{peer=\"2\",state=\"in_sync\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     nodes.insert(1, node2);
     nodes.pop().unwrap().stop();
 

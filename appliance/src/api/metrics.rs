@@ -415,6 +415,9 @@ pub fn metrics(status: &Status, services: &[ServiceStatus]) -> String {
     let mut draining = Family::gauge("draining", "1 while this node drains.");
     draining.add(&[], u64::from(status.draining));
     families.extend([announced, transitions, draining]);
+    if let Some(fleet) = &status.fleet {
+        families.extend(fleet_families(fleet));
+    }
 
     let families: Vec<MetricFamily> = families
         .into_iter()
@@ -424,4 +427,52 @@ pub fn metrics(status: &Status, services: &[ServiceStatus]) -> String {
     prometheus::TextEncoder::new()
         .encode_to_string(&families)
         .expect("metric families encode")
+}
+
+/// The fleet's syncer: what went out, and per peer what came in.
+fn fleet_families(fleet: &rialto::fleet::FleetStatus) -> Vec<Family> {
+    let mut sent = Family::counter(
+        "fleet_sent_total",
+        "What this node sent its peers: datagrams, flows (changes), datagrams sent again.",
+    );
+    sent.add(&[("what", "datagrams")], fleet.datagrams_sent);
+    sent.add(&[("what", "flows")], fleet.flows_sent);
+    sent.add(&[("what", "resent")], fleet.resent);
+    let mut dropped = Family::counter(
+        "fleet_dropped_total",
+        "Changes lost on the way: a worker's outbox full, a worker's inbox full, datagrams from no peer.",
+    );
+    dropped.add(&[("where", "outbox_full")], fleet.outbox_full);
+    dropped.add(&[("where", "inbox_full")], fleet.inbox_full);
+    dropped.add(&[("where", "not_peer")], fleet.not_peer);
+    let mut received = Family::counter(
+        "fleet_peer_received_total",
+        "Per peer: datagrams and flows received, flows adopted into the workers' tables.",
+    );
+    let mut lost = Family::counter(
+        "fleet_peer_sequences_total",
+        "Per peer: sequence numbers found missing, and repaired.",
+    );
+    let mut rejected = Family::counter(
+        "fleet_peer_rejected_total",
+        "Per peer: datagrams or flows refused, by reason.",
+    );
+    let mut state = Family::gauge(
+        "fleet_peer_state",
+        "Per peer: 1 for its state (never heard, syncing, in_sync, lost).",
+    );
+    for p in &fleet.peers {
+        let node = p.node.to_string();
+        let peer = ("peer", node.as_str());
+        received.add(&[peer, ("what", "datagrams")], p.datagrams_received);
+        received.add(&[peer, ("what", "flows")], p.flows_received);
+        received.add(&[peer, ("what", "adopted")], p.flows_adopted);
+        lost.add(&[peer, ("what", "lost")], p.lost);
+        lost.add(&[peer, ("what", "repaired")], p.repaired);
+        for (reason, n) in &p.rejected {
+            rejected.add(&[peer, ("reason", reason.as_str())], *n);
+        }
+        state.add(&[peer, ("state", p.state.as_str())], 1);
+    }
+    vec![sent, dropped, received, lost, rejected, state]
 }
