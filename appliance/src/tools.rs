@@ -100,7 +100,10 @@ pub fn drain(args: &DrainArgs) -> Result<ExitCode> {
         .post(&url)
         .send_empty()
         .with_context(|| format!("cannot reach rialto's API at {}", args.api))?;
-    println!("draining: withdrawn, serving what still arrives until no flow is left");
+    println!(
+        "draining: withdrawn, serving what still arrives until no flow is left (in a fleet: \
+         until the router has taken it out, its peers then carry its connections)"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
