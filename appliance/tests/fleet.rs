@@ -94,6 +94,9 @@ fn next_hop(i: u32) -> String {
     format!("198.18.1.{i}")
 }
 
+/// The client ports of [`requests`], each used once.
+static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(20000);
+
 /// HTTP requests to the web VIP, from each client address in turn: the
 /// answers, by pod.
 fn requests(fleet: &Fleet, count: usize) -> std::collections::BTreeMap<String, usize> {
@@ -102,6 +105,10 @@ fn requests(fleet: &Fleet, count: usize) -> std::collections::BTreeMap<String, u
     let mut answers = std::collections::BTreeMap::new();
     for i in 0..count {
         let from = clients[i % clients.len()];
+        // A port of its own: a client port the kernel reuses would meet
+        // the closing flow of the connection before it, not make a new one.
+        let port = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let from = SocketAddr::new(from, port);
         let answer = http_get_from(&fleet.ns("client"), Some(from), to, Duration::from_secs(3))
             .unwrap_or_else(|e| format!("no answer: {e}"));
         *answers.entry(answer).or_default() += 1;

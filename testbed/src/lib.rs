@@ -459,10 +459,12 @@ pub fn http_get(ns: &str, to: SocketAddr, timeout: Duration) -> Result<String, s
     http_get_from(ns, None, to, timeout)
 }
 
-/// [`http_get`] from the address `from`.
+/// [`http_get`] from `from` (port 0: the kernel's choice, which may be a
+/// port a connection to the same place just closed: give one where each
+/// connection must be new).
 pub fn http_get_from(
     ns: &str,
-    from: Option<IpAddr>,
+    from: Option<SocketAddr>,
     to: SocketAddr,
     timeout: Duration,
 ) -> Result<String, std::io::Error> {

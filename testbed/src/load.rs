@@ -269,14 +269,14 @@ impl Load {
 
 /// A TCP connection to `to`, from `source` if given, within `timeout`.
 pub(crate) fn connect(
-    source: Option<IpAddr>,
+    source: Option<SocketAddr>,
     to: SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
     if let Some(from) = source {
-        socket.bind(&SocketAddr::new(from, 0).into())?;
+        socket.bind(&from.into())?;
     }
     socket.connect_timeout(&to.into(), timeout)?;
     Ok(TcpStream::from(socket))
@@ -284,7 +284,11 @@ pub(crate) fn connect(
 
 /// A connection of the load: timeouts far beyond any stall allowed.
 fn open(source: Option<IpAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let stream = connect(source, to, Duration::from_secs(5))?;
+    let stream = connect(
+        source.map(|a| SocketAddr::new(a, 0)),
+        to,
+        Duration::from_secs(5),
+    )?;
     stream.set_read_timeout(Some(ROUND_TRIP_TIMEOUT))?;
     stream.set_write_timeout(Some(ROUND_TRIP_TIMEOUT))?;
     stream.set_nodelay(true)?;
