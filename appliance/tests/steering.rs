@@ -326,12 +326,18 @@ fn classifies_every_rule_and_near_miss() {
             ]
         );
         // Rules beyond a map are refused before anything is written.
-        let mut three_vteps = rules();
-        three_vteps.vteps = ["198.18.9.1", "198.18.9.2", "fd00::9:1"]
-            .map(|a| a.parse().unwrap())
-            .to_vec();
-        let refused = steering.check_fits(&three_vteps).unwrap_err().to_string();
-        assert_eq!(refused, "3 entries for the rialto_vteps map, which holds 2");
+        let mut too_many = rules();
+        too_many.vteps = (0..=VTEPS)
+            .map(|i| std::net::Ipv4Addr::new(198, 18, 9, i as u8).into())
+            .collect();
+        let refused = steering.check_fits(&too_many).unwrap_err().to_string();
+        assert_eq!(
+            refused,
+            format!(
+                "{} entries for the rialto_vteps map, which holds {VTEPS}",
+                VTEPS + 1
+            )
+        );
         steering.check_fits(&rules()).expect("the test's rules fit");
         check_all(&steering, false);
 
