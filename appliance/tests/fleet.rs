@@ -197,6 +197,9 @@ fn forgeries(fleet: &Fleet, node1: &Node) {
             |w| &w["balance"]["flows"]["live"],
         )
     };
+    // The counters are published every quarter of a second: node 3's last
+    // datagrams, and the flows adopted before, are in them by then.
+    std::thread::sleep(Duration::from_millis(600));
     let before = fleet_of();
     let live = flows();
     let to: SocketAddr = "198.18.1.1:7946".parse().unwrap();
