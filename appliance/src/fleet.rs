@@ -69,15 +69,19 @@ pub struct WorkerLink {
     /// all workers), and the last this worker ended.
     pub burst_asked: Arc<AtomicU64>,
     pub burst_done: Arc<AtomicU64>,
+    /// Changes the workers could not pass on (a batch's buffer or the
+    /// outbox full; shared by all workers).
+    pub lost: Arc<AtomicU64>,
 }
 
 impl WorkerLink {
-    fn new(burst_asked: &Arc<AtomicU64>) -> Self {
+    fn new(burst_asked: &Arc<AtomicU64>, lost: &Arc<AtomicU64>) -> Self {
         Self {
             outbox: Arc::new(ArrayQueue::new(QUEUE)),
             inbox: Arc::new(ArrayQueue::new(QUEUE)),
             burst_asked: Arc::clone(burst_asked),
             burst_done: Arc::default(),
+            lost: Arc::clone(lost),
         }
     }
 }
@@ -87,7 +91,7 @@ impl WorkerLink {
 pub struct FleetStatus {
     pub node: u16,
     pub peers: Vec<PeerStatus>,
-    /// Changes the workers could not put in their outbox (full).
+    /// Changes the workers could not pass on (their buffer or outbox full).
     pub outbox_full: u64,
     /// Flows for a worker whose inbox was full.
     pub inbox_full: u64,
@@ -123,8 +127,6 @@ pub struct Syncer {
     /// Whether this node holds the flows of every peer that is up: until
     /// then it is not announced.
     pub synced: Arc<AtomicBool>,
-    /// Counted by the workers, per batch.
-    pub outbox_full: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -140,9 +142,9 @@ impl Drop for Syncer {
 
 /// The queues of `workers` workers.
 pub fn links(workers: usize) -> Vec<WorkerLink> {
-    let burst_asked = Arc::default();
+    let (burst_asked, lost) = (Arc::default(), Arc::default());
     (0..workers)
-        .map(|_| WorkerLink::new(&burst_asked))
+        .map(|_| WorkerLink::new(&burst_asked, &lost))
         .collect()
 }
 
@@ -175,19 +177,16 @@ pub fn spawn(
         ..FleetStatus::default()
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let outbox_full = Arc::new(AtomicU64::new(0));
     let synced = Arc::new(AtomicBool::new(false));
     let burst_asked = Arc::clone(&links[0].burst_asked);
     let mut sync = Sync {
         socket,
         sender,
         receiver,
-        peers: peers_of(fleet),
         tables,
         links,
         alarm,
         status: Arc::clone(&status),
-        outbox_full: Arc::clone(&outbox_full),
         counted: BTreeMap::new(),
         inbox_full: 0,
         bursts: Vec::new(),
@@ -214,7 +213,6 @@ pub fn spawn(
     Ok(Syncer {
         status,
         synced,
-        outbox_full,
         stop,
         thread: Some(thread),
     })
@@ -254,12 +252,10 @@ struct Sync {
     socket: UdpSocket,
     sender: rialto_sync::Sender,
     receiver: rialto_sync::Receiver,
-    peers: Vec<rialto_sync::Peer>,
     tables: Arc<SharedTables>,
     links: Vec<WorkerLink>,
     alarm: Alarm,
     status: Arc<Mutex<FleetStatus>>,
-    outbox_full: Arc<AtomicU64>,
     counted: BTreeMap<u16, Counted>,
     inbox_full: u64,
     /// The bursts asked for by peers' PULLs, not yet ended: the burst's
@@ -305,7 +301,7 @@ impl Sync {
                 out.push(self.sender.heartbeat());
             }
             for datagram in &out {
-                for peer in &self.peers {
+                for (peer, _) in self.receiver.peers() {
                     let _ = self.socket.send_to(datagram, peer.addr);
                 }
             }
@@ -416,7 +412,7 @@ impl Sync {
     fn receive(&mut self, bytes: &[u8], from: SocketAddr) -> bool {
         if rialto_sync::wire::peek_kind(bytes) == Some(rialto_sync::wire::Kind::Nack) {
             // A peer lost some of this node's datagrams.
-            let Some(peer) = self.peers.iter().find(|p| p.addr == from) else {
+            let Some((peer, _)) = self.receiver.peers().find(|(p, _)| p.addr == from) else {
                 return false;
             };
             if let Ok(resend) = self.sender.handle(peer.id, bytes) {
@@ -514,7 +510,7 @@ impl Sync {
         status.resent = sent.datagrams_resent;
         status.inbox_full = self.inbox_full;
         status.not_peer = self.receiver.not_peer();
-        status.outbox_full = self.outbox_full.load(Ordering::Relaxed);
+        status.outbox_full = self.links[0].lost.load(Ordering::Relaxed);
         status.peers = (self.receiver.peers())
             .map(|(peer, s)| {
                 let counted = self.counted.get(&peer.id);

@@ -391,7 +391,6 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         .and_then(|t| t.current().fleet.clone())
         .filter(|_| args.mode == Mode::Balance);
     let links = fleet.as_ref().map(|_| fleet::links(queues.len()));
-    let outbox_full = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = Vec::with_capacity(queues.len());
     for (i, ((&queue, port), pipeline)) in queues.iter().zip(ports).zip(pipelines).enumerate() {
         steering.register_socket(queue, port.raw_fd())?;
@@ -404,7 +403,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             pipeline,
             stats: Arc::default(),
             tables: tables.clone().filter(|_| args.mode == Mode::Balance),
-            fleet: (links.as_ref()).map(|l| (l[i].clone(), Arc::clone(&outbox_full))),
+            fleet: links.as_ref().map(|l| l[i].clone()),
             fault: (args.inject_fault.iter()).find_map(|f| match *f {
                 Fault::WorkerPanic(q) if q == queue => Some(WorkerFault::Panic),
                 Fault::WorkerStall(q) if q == queue => Some(WorkerFault::Stall),

@@ -146,7 +146,6 @@ const ADOPT_PER_TURN: usize = 256;
 fn exchange(
     pipeline: &mut Pipeline<MappedSlots>,
     link: &WorkerLink,
-    outbox_full: &AtomicU64,
     context: u32,
     now: u64,
     burst: &mut u64,
@@ -165,13 +164,13 @@ fn exchange(
     let Some(changes) = pipeline.changes() else {
         return true;
     };
-    let mut full = 0;
+    let mut lost = std::mem::take(&mut changes.overflow);
     for mut replica in changes.drain() {
         replica.context = context;
-        full += u64::from(link.outbox.push(replica).is_err());
+        lost += u64::from(link.outbox.push(replica).is_err());
     }
-    if full > 0 {
-        outbox_full.fetch_add(full, Ordering::Relaxed);
+    if lost > 0 {
+        link.lost.fetch_add(lost, Ordering::Relaxed);
     }
     if changes.burst_ended() {
         // After its flows, in the outbox.
@@ -193,9 +192,8 @@ pub struct Worker {
     pub stats: Arc<WorkerStats>,
     /// Where reloads publish new tables (balance mode).
     pub tables: Option<Arc<SharedTables>>,
-    /// With a fleet: the queues to and from the syncer, and where changes
-    /// that did not fit are counted.
-    pub fleet: Option<(WorkerLink, Arc<AtomicU64>)>,
+    /// With a fleet: the queues to and from the syncer.
+    pub fleet: Option<WorkerLink>,
     /// Test only (`rialto run --inject-fault worker-panic:Q`,
     /// `worker-stall:Q`): what goes wrong at the first frame.
     pub fault: Option<WorkerFault>,
@@ -309,15 +307,8 @@ impl Worker {
             // Before going to sleep, the housekeeping does more.
             let mut sleeping = processed == 0 && !self.port.busy();
             self.pipeline.tick(now, sleeping);
-            if let Some((link, outbox_full)) = &self.fleet {
-                let idle = exchange(
-                    &mut self.pipeline,
-                    link,
-                    outbox_full,
-                    context,
-                    now,
-                    &mut burst,
-                );
+            if let Some(link) = &self.fleet {
+                let idle = exchange(&mut self.pipeline, link, context, now, &mut burst);
                 sleeping &= idle;
             }
             if processed > 0 || tally.injected > 0 {

@@ -44,13 +44,7 @@ impl Node {
     }
 
     fn get(&self, path: &str) -> serde_json::Value {
-        in_netns(&self.ns, || {
-            rialto_testbed::http()
-                .get(&format!("http://127.0.0.1:9600{path}"))
-                .call()
-                .and_then(|mut r| r.body_mut().read_json())
-                .unwrap_or_else(|e| panic!("{path}: {e}"))
-        })
+        rialto_testbed::api_json(&self.ns, path)
     }
 
     /// Flows this node created since it started.
@@ -335,13 +329,7 @@ fn the_fleet_loses_adds_and_restarts_nodes_and_no_connection_breaks() {
     assert!(report.stalled(STALL).is_empty(), "{report}");
     assert!(adopted(&node2) > 0, "node 2 pulled its peers' flows");
     assert!(adopted(&nodes[2]) > 0, "node 4 pulled its peers' flows");
-    let metrics = in_netns(&nodes[0].ns, || {
-        rialto_testbed::http()
-            .get("http://127.0.0.1:9600/metrics")
-            .call()
-            .and_then(|mut r| r.body_mut().read_to_string())
-            .unwrap()
-    });
+    let metrics = rialto_testbed::api_text(&nodes[0].ns, "/metrics");
     for line in [
         "rialto_fleet_peer_received_total{peer=\"4\",what=\"adopted\"}",
         "rialto_fleet_peer_state{peer=\"2\",state=\"in_sync\"} 1",

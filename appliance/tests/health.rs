@@ -56,13 +56,7 @@ impl Border {
 
     /// `GET /api/v1/{what}`.
     fn api(&self, what: &str) -> serde_json::Value {
-        in_netns(&self.ns, || {
-            rialto_testbed::http()
-                .get(format!("http://127.0.0.1:9600/api/v1/{what}"))
-                .call()
-                .and_then(|mut r| r.body_mut().read_json())
-                .expect("the API answers")
-        })
+        rialto_testbed::api_json(&self.ns, &format!("/api/v1/{what}"))
     }
 
     fn services(&self) -> serde_json::Value {
@@ -208,13 +202,7 @@ fn a_stopped_pod_or_a_dead_gateway_takes_no_new_flow_and_comes_back() {
     let health = border.backend("web", EAST_P1)["health"].clone();
     println!("a pod's server stopped: out after {out:?} ({health})");
     // Visible: the metrics, and `rialto stats`.
-    let metrics = in_netns(&border.ns, || {
-        rialto_testbed::http()
-            .get("http://127.0.0.1:9600/metrics")
-            .call()
-            .and_then(|mut r| r.body_mut().read_to_string())
-            .expect("the metrics")
-    });
+    let metrics = rialto_testbed::api_text(&border.ns, "/metrics");
     let labels = r#"{service="web",cluster="east",addr="198.19.0.10:80"}"#;
     for line in [
         format!("rialto_backend_up{labels} 0"),

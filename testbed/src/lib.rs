@@ -197,6 +197,24 @@ pub fn http() -> ureq::Agent {
         .into()
 }
 
+/// `GET PATH` on the operator API of the Rialto in namespace `ns` (at its
+/// default address): the body. Panics, naming the path, if it fails.
+pub fn api_text(ns: &str, path: &str) -> String {
+    in_netns(ns, || {
+        http()
+            .get(format!("http://127.0.0.1:9600{path}"))
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .unwrap_or_else(|e| panic!("GET {path} in {ns}: {e}"))
+    })
+}
+
+/// [`api_text`], parsed as JSON.
+pub fn api_json(ns: &str, path: &str) -> serde_json::Value {
+    let text = api_text(ns, path);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path} in {ns}: {e}: {text}"))
+}
+
 /// How long a request to the operator API may take, answer included.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -66,7 +66,8 @@ impl Replica {
 #[derive(Debug)]
 pub struct Changes {
     changes: Vec<Replica>,
-    /// Changes that did not fit, since the start.
+    /// Changes that did not fit, since the last time whoever empties the
+    /// buffer took the count.
     pub overflow: u64,
     /// Where the refresh goes on from, and up to when it has credit.
     pub(super) hand: usize,
