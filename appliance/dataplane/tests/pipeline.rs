@@ -183,3 +183,36 @@ fn a_failed_backend_s_connections_are_reset_where_the_service_says_so() {
         }
     }
 }
+
+/// A new connection on the 5-tuple of one that closed (the client reused
+/// its port) is balanced anew: after the only backend of web failed its
+/// checks, the SYN that reopens a closed connection's flow is refused from
+/// the VIP, as any new connection is, not sent to that backend.
+#[test]
+fn a_port_reused_after_a_close_is_balanced_anew() {
+    use fixtures::{CLIENT, Ip, L4, WEB, from_router, ip};
+    let segment = |flags| {
+        let v4 = Ip::V4 {
+            src: CLIENT,
+            dst: WEB,
+            ttl: 64,
+        };
+        from_router(&ip(v4, L4::Tcp(40200, 80, flags, 1), b""))
+    };
+    let now = fixtures::START * 1_000_000_000;
+    let tables = fixtures::compile(fixtures::CONFIG);
+    let mut pipeline = Pipeline::balance(std::sync::Arc::clone(&tables), 0, 1, fixtures::NODE_MAC);
+    let mut send = |frame: &[u8]| OwnedFrame::new(frame).with(|f| pipeline.process_frame(f, now));
+    assert_eq!(send(&segment("S")), Verdict::Tx);
+    assert_eq!(send(&segment("R")), Verdict::Tx, "the reset closes it");
+    let mut healthy: Vec<Vec<bool>> = (tables.services.iter())
+        .map(|s| vec![true; s.backends.len()])
+        .collect();
+    healthy[0][0] = false;
+    pipeline.reload(std::sync::Arc::new(tables.with_health(&healthy).unwrap()));
+    let verdict = OwnedFrame::new(&segment("S")).with(|f| pipeline.process_frame(f, now));
+    assert_eq!(verdict, Verdict::Tx, "answered with a reset");
+    let stats = pipeline.stats().expect("a balancer");
+    assert_eq!(stats.counters.no_backend_refused, 1, "{stats:?}");
+    assert_eq!(stats.flows.live, 0, "{stats:?}");
+}

@@ -293,7 +293,18 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             tunnel: self.vni(side),
             pad: [0; 3],
         };
-        let (id, direction) = match self.flows.lookup(&key, now) {
+        let mut found = self.flows.lookup(&key, now);
+        if let Some((id, Direction::Forward)) = found
+            && self.reopens(id, ip.proto, ports.tcp_flags)
+        {
+            // A new connection on the 5-tuple of one that closed (its port
+            // reused): balanced anew, like any new connection, not sent
+            // to the old one's backend, which may have failed since.
+            self.note(Replica::DOWN, id, now);
+            self.flows.close(id);
+            found = None;
+        }
+        let (id, direction) = match found {
             Some(found) => found,
             None => {
                 let id = self.new_flow(frame, &ip, &key, ports, side, &link, now)?;
@@ -507,6 +518,14 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             .map_err(|e| match e {
                 InsertError::SnatExhausted => Verdict::Drop(DropReason::SnatExhausted),
             })
+    }
+
+    /// Whether a segment with `tcp_flags` for flow `id` opens a new
+    /// connection on a closed one's 5-tuple: a SYN on a closing flow.
+    fn reopens(&self, id: u32, proto: u8, tcp_flags: u8) -> bool {
+        proto == TCP
+            && tcp_flags & (flags::SYN | flags::ACK | flags::RST) == flags::SYN
+            && self.flows.flow(id).state == TcpState::CLOSING
     }
 
     /// A packet of a connection this worker has no flow for, to a VIP: its
