@@ -34,6 +34,16 @@ in a short flat-out run (less 10%), with flows churning, and samples its
 memory (RSS), UMEM frames in use and live flows; it says whether each line
 stayed flat.
 
+--fleet prices sharing flows across a fleet (issue 17): a second Rialto,
+node 2, in a namespace of its own, is the first's peer over a plain veth
+(the sync link); the generator sends to node 1 flat out while 10,000 new
+flows/s start, with `[fleet]` off and on by turns (--repeat times each),
+and reports packets/s both ways and their ratio; the replication delay
+(node 1's worker handing a new flow over to node 2's worker adopting it,
+from node 2's histogram) at flat out and at 20,000 packets/s; and the bulk
+sync of a million flows: node 1 holds them, node 2 starts empty, and the
+time from its pull to every flow in its table.
+
 RIALTO=PATH runs another rialto binary than target/release/rialto (and the
 rialto-traffic beside it).
 """
@@ -203,11 +213,11 @@ class Device:
         return json.loads(out.stdout)
 
 
-def generate(bed, system, size, flows, seconds, warmup=1.0, extra=()):
+def generate(bed, system, size, flows, seconds, warmup=1.0, extra=(), config=CONFIG):
     args = ["gen", "--iface", bed.gen_if, "--core", GEN_CORE, "--dst-mac", DUT_MAC, "--vip", VIP,
             "--flows", flows, "--size", size, "--duration", seconds, "--warmup", warmup, *extra]
     if system.expect == "forward":
-        args += ["--config", CONFIG]
+        args += ["--config", config]
     out = sh("ip", "netns", "exec", bed.gen_ns, TRAFFIC, *args, capture_output=True, text=True)
     return json.loads(out.stdout)
 
@@ -317,7 +327,7 @@ def preflight(args):
     a long run must not fail at its end for want of a module or a tool."""
     missing = [f"{need} (run setup.sh first)" for need in (RIALTO, TRAFFIC) if not need.exists()]
     tools = ["ip", "ethtool", "curl", "nft", "stdbuf"]
-    if args.soak is None and (not args.only or any(s.startswith(("xdp-", "packet-")) for s in args.only)):
+    if args.soak is None and not args.fleet and (not args.only or any(s.startswith(("xdp-", "packet-")) for s in args.only)):
         tools.append("dpdk-testpmd")
     missing += [f"the {tool} command" for tool in tools if shutil.which(tool) is None]
     try:
@@ -505,6 +515,214 @@ def plot_soak(samples, path):
     fig.savefig(path, dpi=100)
 
 
+# The fleet benchmark's sync link, between node 1 (the device under test)
+# and node 2, and the UDP port the nodes sync on.
+SYNC_1, SYNC_2, SYNC_PORT = "198.18.9.1", "198.18.9.2", 7946
+LIB = ROOT / "testbed" / "lib.sh"
+
+
+class Peer:
+    """Node 2: a namespace of its own, joined to the device under test's by
+    a veth (the sync link), and the Rialto that runs there."""
+
+    def __init__(self, bed, workdir):
+        self.bed, self.workdir = bed, Path(workdir)
+        self.ns, self.if1, self.if2 = f"{bed.name}-b", f"{bed.name}s", f"{bed.name}b"
+        self.proc = None
+
+    def __enter__(self):
+        sh("bash", "-c", f". {LIB} && ns_add {self.ns}")
+        sh("ip", "link", "add", self.if1, "netns", self.bed.dut_ns, "type", "veth", "peer", "name", self.if2,
+           "netns", self.ns)
+        for ns, iface, addr in ((self.bed.dut_ns, self.if1, SYNC_1), (self.ns, self.if2, SYNC_2)):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", iface)
+            sh("ip", "-n", ns, "link", "set", iface, "up")
+            sh("bash", "-c", f". {LIB} && veth_tune {ns} {iface}")
+        return self
+
+    def __exit__(self, *_):
+        self.stop()
+        sh("bash", "-c", f". {LIB} && ns_del {self.ns}", check=False)
+
+    def start(self, config):
+        """Rialto on node 2, with no flow left from before."""
+        state = Path("/dev/shm/rialto-testbed") / self.ns
+        shutil.rmtree(state, ignore_errors=True)
+        self.log = self.workdir / "node2.log"
+        args = ["run", "--iface", self.if2, "--cores", self.bed.cores()[0], "--config", config,
+                "--api", "127.0.0.1:9600", "--state-dir", state]
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, str(RIALTO), *map(str, args)],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
+        wait_for(self.proc, self.log, "rialto ready")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def api(self, path):
+        out = sh("ip", "netns", "exec", self.ns, "curl", "-sf", f"http://127.0.0.1:9600{path}",
+                 capture_output=True, text=True)
+        return out.stdout
+
+
+def live_flows(status):
+    return sum(w["balance"]["flows"]["live"] for w in status["workers"] if w.get("balance"))
+
+
+def fleet_configs(work, udp, flows_per_worker, snat=1):
+    """Node 1's config without and with `[fleet]`, and node 2's; node 1
+    has `snat` SNAT addresses from 198.18.200.1 (64,512 UDP flows each),
+    node 2 the one after them."""
+    ours = [f"198.18.200.{i}" for i in range(1, snat + 1)]
+    theirs = [f"198.18.200.{snat + 1}"]
+    base = (CONFIG.read_text().replace("udp = 30", f"udp = {udp}")
+            .replace("flows_per_worker = 262144", f"flows_per_worker = {flows_per_worker}")
+            .replace('addresses = ["198.18.200.1"]', f"addresses = {json.dumps(ours)}"))
+    key = Path(work) / "fleet.key"
+    key.write_text(os.urandom(32).hex())
+
+    def fleet(node, listen, peer, addr, vtep, snat):
+        return (f'[fleet]\nnode = {node}\nlisten = "{listen}:{SYNC_PORT}"\nkey_file = "{key}"\n'
+                f'vtep_prefix = "198.18.0.0/20"\npeers = [{{ node = {peer}, addr = "{addr}:{SYNC_PORT}", '
+                f'vtep = "{vtep}", snat = {json.dumps(snat)} }}]\n\n')
+
+    two = (base.replace('vteps = ["198.18.0.1"]', f'vteps = ["{SYNC_2}"]')
+           .replace(f"addresses = {json.dumps(ours)}", f"addresses = {json.dumps(theirs)}"))
+    texts = {
+        "off": base,
+        "on": fleet(1, SYNC_1, 2, SYNC_2, SYNC_2, theirs) + base,
+        "node2": fleet(2, SYNC_2, 1, SYNC_1, "198.18.0.1", ours) + two,
+    }
+    paths = {}
+    for name, text in texts.items():
+        paths[name] = Path(work) / f"fleet-{name}-{udp}.toml"
+        paths[name].write_text(text)
+    return paths
+
+
+def delay_buckets(peer):
+    """Node 2's replication delay histogram: (upper bound in s, cumulative count)."""
+    out = []
+    for line in peer.api("/metrics").splitlines():
+        m = re.match(r'rialto_fleet_replication_delay_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
+        if m:
+            out.append((float(m.group(1)), int(float(m.group(2)))))
+    return out
+
+
+def delay_quantiles(before, after, qs=(0.5, 0.99)):
+    """Quantiles in ms of what the histogram counted between two readings,
+    interpolated within buckets as Prometheus's histogram_quantile does."""
+    counts = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+    total = counts[-1][1] if counts else 0
+    result = {"flows": total}
+    for q in qs:
+        rank, low, below = q * total, 0.0, 0
+        for le, cum in counts:
+            if total and cum >= rank:
+                high = low if le == float("inf") else le
+                result[f"p{round(q * 100)}_ms"] = (low + (high - low) * (rank - below) / max(cum - below, 1)) * 1e3
+                break
+            low, below = le, cum
+    return result
+
+
+def fleet_bench(args):
+    """What sharing flows costs node 1, and how fast they get to node 2."""
+    system = SYSTEMS[0]
+    churn, space, window = 10_000, 1_000_000, 10_000
+    repeat = max(args.repeat, 3)
+    runs = {"off": [], "on": []}
+    delays_flat = []
+    with tempfile.TemporaryDirectory(prefix="rialto-fleet.") as work:
+        cost = fleet_configs(work, udp=5, flows_per_worker=262144)
+        bulk = fleet_configs(work, udp=300, flows_per_worker=1 << 21, snat=16)
+        with Testbed(1) as bed, Peer(bed, work) as peer:
+            peer.start(cost["node2"])
+            log(f"== fleet: node 1 forwards {window:,} flows at a time sliding through {space:,} at {churn:,} "
+                f"new flows/s, 64-byte frames, flat out; [fleet] off and on by turns, {repeat} runs each")
+            churning = ["--flow-space", space, "--churn", churn]
+            for _ in range(repeat):
+                for mode in ("off", "on"):
+                    with Device(system, bed, work, config=cost[mode], api=True) as dev:
+                        if mode == "on":
+                            wait_for(dev.proc, dev.log, "fleet: synced")
+                        before = delay_buckets(peer)
+                        report = generate(bed, system, 64, window, args.seconds, extra=churning)
+                        after = delay_buckets(peer)
+                    runs[mode].append(report["median_rx_pps"])
+                    note = ""
+                    if mode == "on":
+                        delays_flat.append(delay_quantiles(before, after))
+                        note = "  replication delay " + fmt_delay(delays_flat[-1])
+                    log(f"  [fleet] {mode:3}: {report['median_rx_pps']:9,} packets/s, loss {report['loss']:.1%}, "
+                        f"mismatches {report['mismatches'] or 'none'}{note}")
+            off, on = statistics.median(runs["off"]), statistics.median(runs["on"])
+            light = 2 * churn
+            with Device(system, bed, work, config=cost["on"], api=True) as dev:
+                wait_for(dev.proc, dev.log, "fleet: synced")
+                before = delay_buckets(peer)
+                generate(bed, system, 64, window, args.seconds, extra=[*churning, "--rate", light])
+                delay_light = delay_quantiles(before, delay_buckets(peer))
+                fleet_status = dev.status()["fleet"]
+            log(f"  at {light:,} packets/s: replication delay {fmt_delay(delay_light)}")
+            peer.stop()
+
+            # Bulk: node 1 holds a million flows, node 2 starts empty.
+            million = 1_000_000
+            with Device(system, bed, work, config=bulk["on"], api=True) as dev:
+                wait_for(dev.proc, dev.log, "fleet: synced")
+                generate(bed, system, 64, million, 8, config=bulk["on"])
+                held = live_flows(dev.status())
+                log(f"== bulk sync: node 1 holds {held:,} flows; node 2 starts with none")
+                started = time.monotonic()
+                peer.start(bulk["node2"])
+                wait_for(peer.proc, peer.log, "every flow of the peer is here", seconds=60)
+                arrived = time.monotonic() - started
+                pulled = int(re.search(r"millis=(\d+)", next(
+                    line for line in peer.log.read_text().splitlines()
+                    if "every flow of the peer is here" in line)).group(1))
+                while live_flows(json.loads(peer.api("/api/v1/status"))) < held and \
+                        time.monotonic() - started < 60:
+                    time.sleep(0.05)
+                adopted_in = time.monotonic() - started
+                peer_status = json.loads(peer.api("/api/v1/status"))
+                adopted = live_flows(peer_status)
+            peer.stop()
+    ratio = on / off if off else 0
+    peer_fleet = peer_status["fleet"]
+    lines = [
+        f"forward packets/s at {churn:,} new flows/s, median of {repeat}: [fleet] off {off:,.0f}, on {on:,.0f}: "
+        f"ratio {ratio:.3f} (target >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'}); "
+        f"runs off {runs['off']}, on {runs['on']}",
+        "replication delay at flat out (per run): " + "; ".join(fmt_delay(d) for d in delays_flat),
+        f"replication delay at {light:,} packets/s: {fmt_delay(delay_light)}",
+        f"node 1's syncer in the last run: {fleet_status['flows_sent']:,} flows in "
+        f"{fleet_status['datagrams_sent']:,} datagrams, changes lost {fleet_status['outbox_full']:,}",
+        f"bulk sync: {adopted:,} of node 1's {held:,} flows in node 2's table {adopted_in:.2f} s after it started; "
+        f"pull to its peer's last flow {pulled} ms, 'every flow here' logged {arrived:.2f} s after the start "
+        f"(target <= 2 s: {'met' if pulled <= 2000 else 'NOT met'}); node 2's inbox full {peer_fleet['inbox_full']:,}, "
+        f"sequences lost {sum(p['lost'] for p in peer_fleet['peers'])}, repaired "
+        f"{sum(p['repaired'] for p in peer_fleet['peers'])}",
+    ]
+    for line in lines:
+        print(line)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fleet.json").write_text(json.dumps({
+        "runs": runs, "ratio": ratio, "delays_flat_out": delays_flat, "delay_light": delay_light,
+        "bulk": {"held": held, "adopted": adopted, "pull_to_synced_ms": pulled, "adopted_s": adopted_in}}, indent=1))
+    print(f"written: {out / 'fleet.json'}")
+    return 0 if adopted >= held and delays_flat and all(d["flows"] for d in delays_flat) else 1
+
+
+def fmt_delay(d):
+    if not d.get("flows"):
+        return "no flow counted"
+    return f"p50 {d['p50_ms']:.2f} ms, p99 {d['p99_ms']:.2f} ms over {d['flows']:,} flows"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5, help="seconds measured per run (after 1 s of warmup)")
@@ -516,13 +734,14 @@ def main():
     p.add_argument("--workers", nargs="+", type=int, default=list(WORKERS))
     p.add_argument("--soak", type=float, metavar="MINUTES", help="soak Rialto this long instead")
     p.add_argument("--soak-rate", type=int, metavar="PPS", help="the soak's rate (default: 90%% of flat out)")
+    p.add_argument("--fleet", action="store_true", help="price sharing flows across a fleet instead")
     args = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("error: the benchmark builds network namespaces: run it as root")
     preflight(args)
     # SIGTERM unwinds like Ctrl-C, so the namespaces are removed.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    sys.exit(soak(args) if args.soak else side_by_side(args))
+    sys.exit(soak(args) if args.soak else fleet_bench(args) if args.fleet else side_by_side(args))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@
 use std::{
     collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
+    os::fd::AsFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -42,14 +43,21 @@ use crate::{afxdp::Alarm, worker::SharedTables};
 /// A worker's queues to and from the syncer.
 const QUEUE: usize = 65536;
 /// How long the syncer waits for a datagram before it looks at the
-/// workers' outboxes again.
-const TICK: Duration = Duration::from_millis(1);
+/// workers' outboxes again: what a change waits there at most.
+const TICK: Duration = Duration::from_micros(500);
+/// How long the syncer waits, per datagram of a peer's, for room in a
+/// worker's inbox (the worker adopts its flows meanwhile) before it counts
+/// the flows that find none as lost.
+const INBOX_PATIENCE: Duration = Duration::from_millis(100);
 /// How often each peer hears from this node when it has nothing to say.
 const HEARTBEAT: Duration = Duration::from_millis(100);
 /// The largest datagram the syncer sends.
 const DATAGRAM: usize = 1400;
 /// Datagrams kept to answer a peer that lost some.
 const RETAIN: usize = 8192;
+/// The sync socket's buffers, in bytes.
+const SOCKET_RECEIVE: usize = 32 << 20;
+const SOCKET_SEND: usize = 8 << 20;
 /// How long a starting syncer listens before it takes the peers it has
 /// not heard from (they send every [`HEARTBEAT`]) for down.
 const LISTEN_FIRST: Duration = Duration::from_millis(500);
@@ -72,18 +80,116 @@ pub struct WorkerLink {
     /// Changes the workers could not pass on (a batch's buffer or the
     /// outbox full; shared by all workers).
     pub lost: Arc<AtomicU64>,
+    /// How long the peers' new flows took to get here (shared by all
+    /// workers).
+    pub delays: Arc<Delays>,
 }
 
 impl WorkerLink {
-    fn new(burst_asked: &Arc<AtomicU64>, lost: &Arc<AtomicU64>) -> Self {
+    fn new(burst_asked: &Arc<AtomicU64>, lost: &Arc<AtomicU64>, delays: &Arc<Delays>) -> Self {
         Self {
             outbox: Arc::new(ArrayQueue::new(QUEUE)),
             inbox: Arc::new(ArrayQueue::new(QUEUE)),
             burst_asked: Arc::clone(burst_asked),
             burst_done: Arc::default(),
             lost: Arc::clone(lost),
+            delays: Arc::clone(delays),
         }
     }
+}
+
+/// The replication delay: from a peer's worker handing a change of a flow
+/// to its syncer (the time in [`Replica::noted_ns`]) to a worker here
+/// adopting the flow, new here, into its table; as a histogram of fixed
+/// buckets, each [`Delays::GROWTH`] times the one before, counted with
+/// atomics (no lock, no allocation). The two ends read their own clocks
+/// (`CLOCK_REALTIME`): between machines, the figure is as good as their
+/// clocks agree.
+#[derive(Debug)]
+pub struct Delays {
+    /// Upper bounds in nanoseconds; the last bucket has none.
+    bounds: [u64; Delays::BUCKETS - 1],
+    counts: [AtomicU64; Delays::BUCKETS],
+    sum_ns: AtomicU64,
+}
+
+impl Delays {
+    const BUCKETS: usize = 64;
+    /// The first bucket's upper bound.
+    const FIRST_NS: f64 = 10_000.0;
+    const GROWTH: f64 = 1.25;
+
+    /// Counts one flow that took `ns` to get here.
+    pub fn record(&self, ns: u64) {
+        let bucket = self.bounds.partition_point(|&b| b < ns);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// What was counted so far.
+    pub fn summary(&self) -> DelaySummary {
+        let counts: Vec<u64> = (self.counts.iter())
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let flows = counts.iter().sum();
+        let quantile = |q: f64| self.quantile(&counts, flows, q) / 1e6;
+        let mut cumulative = 0;
+        DelaySummary {
+            flows,
+            p50_ms: quantile(0.5),
+            p99_ms: quantile(0.99),
+            sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            buckets: (self.bounds.iter().zip(&counts))
+                .map(|(&bound, &n)| {
+                    cumulative += n;
+                    (bound as f64 / 1e9, cumulative)
+                })
+                .collect(),
+        }
+    }
+
+    /// The `q` quantile in nanoseconds, interpolated within its bucket as
+    /// Prometheus's `histogram_quantile` does; 0 with nothing counted.
+    fn quantile(&self, counts: &[u64], total: u64, q: f64) -> f64 {
+        let rank = q * total as f64;
+        let mut below = 0u64;
+        for (i, &n) in counts.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let low = if i == 0 { 0 } else { self.bounds[i - 1] };
+                let high = self.bounds.get(i).copied().unwrap_or(low);
+                let within = (rank - below as f64) / n as f64;
+                return low as f64 + (high - low) as f64 * within;
+            }
+            below += n;
+        }
+        0.0
+    }
+}
+
+impl Default for Delays {
+    fn default() -> Self {
+        Self {
+            bounds: std::array::from_fn(|i| {
+                (Self::FIRST_NS * Self::GROWTH.powi(i as i32)).round() as u64
+            }),
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The replication delay so far.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DelaySummary {
+    /// Flows counted.
+    pub flows: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub sum_seconds: f64,
+    /// Per bucket: its upper bound in seconds and the flows at or below it
+    /// (the metrics' histogram).
+    #[serde(skip)]
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// What the syncer did, per peer, for the API and the metrics.
@@ -101,6 +207,8 @@ pub struct FleetStatus {
     pub resent: u64,
     /// Datagrams from an address that is no peer's.
     pub not_peer: u64,
+    /// How long the peers' new flows took to get here.
+    pub replication_delay: DelaySummary,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -142,9 +250,9 @@ impl Drop for Syncer {
 
 /// The queues of `workers` workers.
 pub fn links(workers: usize) -> Vec<WorkerLink> {
-    let (burst_asked, lost) = (Arc::default(), Arc::default());
+    let (burst_asked, lost, delays) = (Arc::default(), Arc::default(), Arc::default());
     (0..workers)
-        .map(|_| WorkerLink::new(&burst_asked, &lost))
+        .map(|_| WorkerLink::new(&burst_asked, &lost, &delays))
         .collect()
 }
 
@@ -158,7 +266,8 @@ pub fn spawn(
 ) -> Result<Syncer> {
     let socket = UdpSocket::bind(fleet.listen)
         .with_context(|| format!("fleet.listen: cannot bind {}", fleet.listen))?;
-    socket.set_read_timeout(Some(TICK))?;
+    socket.set_nonblocking(true)?;
+    widen_buffers(&socket);
     let epoch = rand_u64()?;
     let record = size_of::<Replica>();
     let key = rialto_sync::Key::new(&fleet.key).context("fleet.key_file")?;
@@ -216,6 +325,22 @@ pub fn spawn(
         stop,
         thread: Some(thread),
     })
+}
+
+/// Gives the sync socket room for a burst (a peer sending every flow it
+/// holds comes faster than this thread reads, for a while) beyond the
+/// system's default limits, as conntrackd's `RcvSocketBuffer` does: what
+/// does not fit is lost and must be repaired. Without the capability
+/// (`CAP_NET_ADMIN`), the defaults stay, with a warning.
+fn widen_buffers(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let widened = setsockopt(socket, sockopt::RcvBufForce, &SOCKET_RECEIVE)
+        .and_then(|()| setsockopt(socket, sockopt::SndBufForce, &SOCKET_SEND));
+    if let Err(e) = widened {
+        warn!(
+            "fleet: the sync socket keeps the system's buffer sizes ({e}): a burst may need repairs"
+        );
+    }
 }
 
 fn peers_of(fleet: &Fleet) -> Vec<rialto_sync::Peer> {
@@ -309,6 +434,10 @@ impl Sync {
             let mut woken = false;
             while let Ok((len, from)) = self.socket.recv_from(&mut buf) {
                 woken |= self.receive(&buf[..len], from);
+                if woken {
+                    // The worker adopts while more comes in.
+                    self.alarm.ring();
+                }
             }
             let polled = self.receiver.poll(Instant::now());
             for (to, nack) in &polled.send {
@@ -326,7 +455,17 @@ impl Sync {
                 next_status = now + Duration::from_millis(250);
                 self.publish();
             }
+            self.wait();
         }
+    }
+
+    /// Until a datagram comes or [`TICK`] passes (`ppoll`: a high-resolution
+    /// timer, where a socket's receive timeout counts in the kernel's ticks
+    /// of up to 10 ms).
+    fn wait(&self) {
+        use nix::poll::{PollFd, PollFlags, ppoll};
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        let _ = ppoll(&mut fds, Some(TICK.into()), None);
     }
 
     /// Puts a message about the exchange itself in the stream.
@@ -446,6 +585,7 @@ impl Sync {
         }
         let me = u32::from(self.node);
         let mut any = false;
+        let mut patience = INBOX_PATIENCE;
         for record in delivery.records() {
             let replica: Replica = bytemuck::pod_read_unaligned(record);
             let for_me = replica.node == me || replica.node == 0;
@@ -457,6 +597,14 @@ impl Sync {
                     continue;
                 }
                 Replica::SYNCED if for_me && counted.pulled.is_some() => {
+                    if !counted.synced {
+                        let took = counted.pulled.map(|at| at.elapsed()).unwrap_or_default();
+                        info!(
+                            peer = delivery.peer,
+                            millis = took.as_millis() as u64,
+                            "fleet: every flow of the peer is here"
+                        );
+                    }
                     counted.synced = true;
                     self.receiver.resynced(delivery.peer);
                     continue;
@@ -488,15 +636,13 @@ impl Sync {
                 continue;
             }
             let worker = owner.owner(flow.reverse.dst_port) as usize;
-            match self.links[worker.min(self.links.len() - 1)]
-                .inbox
-                .push(replica)
-            {
-                Ok(()) => {
+            let inbox = &self.links[worker.min(self.links.len() - 1)].inbox;
+            match hand_over(inbox, replica, &self.alarm, &mut patience) {
+                true => {
                     counted.flows_adopted += 1;
                     any = true;
                 }
-                Err(_) => self.inbox_full += 1,
+                false => self.inbox_full += 1,
             }
         }
         any
@@ -511,6 +657,7 @@ impl Sync {
         status.inbox_full = self.inbox_full;
         status.not_peer = self.receiver.not_peer();
         status.outbox_full = self.links[0].lost.load(Ordering::Relaxed);
+        status.replication_delay = self.links[0].delays.summary();
         status.peers = (self.receiver.peers())
             .map(|(peer, s)| {
                 let counted = self.counted.get(&peer.id);
@@ -544,6 +691,29 @@ impl Sync {
     }
 }
 
+/// Puts a peer's flow in a worker's inbox; while the inbox is full (a
+/// burst of flows comes faster than the worker adopts them), wakes the
+/// worker and waits, at most `patience` in all, meanwhile the socket's
+/// buffer holds what comes next. Whether the flow went in.
+fn hand_over(
+    inbox: &ArrayQueue<Replica>,
+    mut replica: Replica,
+    alarm: &Alarm,
+    patience: &mut Duration,
+) -> bool {
+    const NAP: Duration = Duration::from_micros(50);
+    loop {
+        match inbox.push(replica) {
+            Ok(()) => return true,
+            Err(back) if !patience.is_zero() => replica = back,
+            Err(_) => return false,
+        }
+        alarm.ring();
+        std::thread::sleep(NAP);
+        *patience = patience.saturating_sub(NAP);
+    }
+}
+
 /// Whether a peer was heard from, and lately.
 fn is_up(stats: &rialto_sync::PeerStats) -> bool {
     stats.epoch.is_some() && stats.state != rialto_sync::PeerState::Lost
@@ -571,4 +741,31 @@ fn valid(replica: &Replica, tables: &Snapshot) -> bool {
             .services
             .get(flow.service as usize)
             .is_some_and(|s| (flow.backend_index as usize) < s.backends.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Delays;
+
+    #[test]
+    fn the_replication_delays_quantiles_fall_in_the_right_buckets() {
+        let delays = Delays::default();
+        assert_eq!(delays.summary().p50_ms, 0.0, "nothing counted");
+        // 98 flows at 1 ms, 2 at 50 ms.
+        for _ in 0..98 {
+            delays.record(1_000_000);
+        }
+        delays.record(50_000_000);
+        delays.record(50_000_000);
+        let s = delays.summary();
+        assert_eq!(s.flows, 100);
+        // Within one bucket (a factor of 1.25) of the truth.
+        assert!((0.8..=1.25).contains(&s.p50_ms), "p50 {}", s.p50_ms);
+        assert!((40.0..=62.5).contains(&s.p99_ms), "p99 {}", s.p99_ms);
+        assert!((s.sum_seconds - 0.198).abs() < 1e-9);
+        assert_eq!(s.buckets.last().map(|b| b.1), Some(100));
+        // Beyond the last bound: counted, in the open bucket.
+        delays.record(u64::MAX / 2);
+        assert_eq!(delays.summary().flows, 101);
+    }
 }

@@ -261,11 +261,14 @@ fn render_rates(before: &serde_json::Value, now: &serde_json::Value, secs: f64) 
                 )
             })
             .collect();
+        let delay = &now["fleet"]["replication_delay"];
         let _ = writeln!(
             out,
-            "fleet node {} · {:.0} flows/s out · peers: {}",
+            "fleet node {} · {:.0} flows/s out · replication delay p50 {:.2} ms, p99 {:.2} ms · peers: {}",
             n(&now["fleet"]["node"]),
             rate(&before["fleet"]["flows_sent"], &now["fleet"]["flows_sent"]),
+            delay["p50_ms"].as_f64().unwrap_or(0.0),
+            delay["p99_ms"].as_f64().unwrap_or(0.0),
             shown.join(", ")
         );
     }

@@ -23,7 +23,11 @@ use std::{
 
 use arc_swap::ArcSwap;
 use core_affinity::CoreId;
-use rialto_dataplane::{Pipeline, pipeline::replica::CHANGES_PER_BATCH};
+use nix::time::ClockId;
+use rialto_dataplane::{
+    Pipeline,
+    pipeline::replica::{Adopted, CHANGES_PER_BATCH},
+};
 use rialto_tables::Snapshot;
 use tracing::{error, warn};
 
@@ -130,8 +134,18 @@ impl SharedTables {
 /// runs on across a restart of Rialto (not of the machine), so the flows
 /// a previous Rialto left expire when they would have.
 pub fn monotonic_ns() -> u64 {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .expect("CLOCK_MONOTONIC is always there");
+    clock_ns(ClockId::CLOCK_MONOTONIC)
+}
+
+/// The wall clock, in nanoseconds: what a fleet's
+/// [`Replica::noted_ns`](rialto_dataplane::pipeline::replica::Replica::noted_ns)
+/// holds.
+pub fn realtime_ns() -> u64 {
+    clock_ns(ClockId::CLOCK_REALTIME)
+}
+
+fn clock_ns(clock: ClockId) -> u64 {
+    let now = nix::time::clock_gettime(clock).expect("the clocks of POSIX are always there");
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
 }
 
@@ -150,11 +164,19 @@ fn exchange(
     now: u64,
     burst: &mut u64,
 ) -> bool {
+    let arrived = if link.inbox.is_empty() {
+        0
+    } else {
+        realtime_ns()
+    };
     for _ in 0..ADOPT_PER_TURN {
         let Some(replica) = link.inbox.pop() else {
             break;
         };
-        pipeline.adopt(&replica, now);
+        let adopted = pipeline.adopt(&replica, now);
+        if adopted == Some(Adopted::Added) && replica.noted_ns != 0 {
+            link.delays.record(arrived.saturating_sub(replica.noted_ns));
+        }
     }
     let asked = link.burst_asked.load(Ordering::Acquire);
     if asked != *burst {
@@ -165,8 +187,10 @@ fn exchange(
         return true;
     };
     let mut lost = std::mem::take(&mut changes.overflow);
+    let noted = if changes.is_empty() { 0 } else { realtime_ns() };
     for mut replica in changes.drain() {
         replica.context = context;
+        replica.noted_ns = noted;
         lost += u64::from(link.outbox.push(replica).is_err());
     }
     if lost > 0 {

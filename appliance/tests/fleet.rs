@@ -329,10 +329,16 @@ fn the_fleet_loses_adds_and_restarts_nodes_and_no_connection_breaks() {
     assert!(report.stalled(STALL).is_empty(), "{report}");
     assert!(adopted(&node2) > 0, "node 2 pulled its peers' flows");
     assert!(adopted(&nodes[2]) > 0, "node 4 pulled its peers' flows");
+    // Node 1 took the others' new connections as they came.
+    let delay = &fleet_of(&nodes[0])["replication_delay"];
+    println!("node 1's replication delay: {delay}");
+    assert!(delay["flows"].as_u64().unwrap() > 0, "{delay}");
+    assert!(delay["p50_ms"].as_f64().unwrap() > 0.0, "{delay}");
     let metrics = rialto_testbed::api_text(&nodes[0].ns, "/metrics");
     for line in [
         "rialto_fleet_peer_received_total{peer=\"4\",what=\"adopted\"}",
         "rialto_fleet_peer_state{peer=\"2\",state=\"in_sync\"} 1",
+        "rialto_fleet_replication_delay_seconds_bucket{le=\"+Inf\"}",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }

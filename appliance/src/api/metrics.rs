@@ -2,7 +2,7 @@
 //! per worker labelled by `queue`, built with the prometheus crate's types.
 
 use prometheus::proto::{
-    Counter as PromCounter, Gauge, LabelPair, Metric, MetricFamily, MetricType,
+    Bucket, Counter as PromCounter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 use rialto_dataplane::pipeline::BalanceStats;
 
@@ -474,5 +474,27 @@ fn fleet_families(fleet: &rialto::fleet::FleetStatus) -> Vec<Family> {
         }
         state.add(&[peer, ("state", p.state.as_str())], 1);
     }
-    vec![sent, dropped, received, lost, rejected, state]
+    let delay = &fleet.replication_delay;
+    let mut histogram = Histogram::default();
+    histogram.set_sample_count(delay.flows);
+    histogram.set_sample_sum(delay.sum_seconds);
+    histogram.set_bucket(
+        (delay.buckets.iter())
+            .map(|&(le, n)| {
+                let mut b = Bucket::default();
+                b.set_upper_bound(le);
+                b.set_cumulative_count(n);
+                b
+            })
+            .collect(),
+    );
+    let mut metric = Metric::default();
+    metric.set_histogram(histogram);
+    let mut replication = Family::new(
+        "fleet_replication_delay_seconds",
+        "From a peer's worker handing a new flow to its syncer to a worker here adopting it (wall clocks).",
+        MetricType::HISTOGRAM,
+    );
+    replication.0.mut_metric().push(metric);
+    vec![sent, dropped, received, lost, rejected, state, replication]
 }

@@ -38,6 +38,10 @@ pub struct Replica {
     /// For [`Replica::PULL`] and [`Replica::SYNCED`], the node it is for
     /// (0: every node); zero otherwise.
     pub node: u32,
+    /// When the owner's worker handed the change to its syncer
+    /// (`CLOCK_REALTIME`, nanoseconds; 0 if unknown): a peer measures the
+    /// replication delay from it.
+    pub noted_ns: u64,
     /// Zero for [`Replica::PULL`] and [`Replica::SYNCED`].
     pub flow: Flow,
 }
@@ -148,8 +152,13 @@ impl Changes {
             remaining,
             context: 0,
             node: 0,
+            noted_ns: 0,
             flow: *flow,
         });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
     }
 
     pub fn is_full(&self) -> bool {
