@@ -632,7 +632,7 @@ def fleet_bench(args):
     """What sharing flows costs node 1, and how fast they get to node 2."""
     system = SYSTEMS[0]
     churn, space, window = 10_000, 1_000_000, 10_000
-    repeat = max(args.repeat, 3)
+    repeat = args.repeat or 3
     runs = {"off": [], "on": []}
     delays_flat = []
     with tempfile.TemporaryDirectory(prefix="rialto-fleet.") as work:
@@ -669,11 +669,13 @@ def fleet_bench(args):
             log(f"  at {light:,} packets/s: replication delay {fmt_delay(delay_light)}")
             peer.stop()
 
-            # Bulk: node 1 holds a million flows, node 2 starts empty.
-            million = 1_000_000
+            # Bulk: node 1 holds --fleet-flows flows (a million), node 2 starts empty.
             with Device(system, bed, work, config=bulk["on"], api=True) as dev:
                 wait_for(dev.proc, dev.log, "fleet: synced")
-                generate(bed, system, 64, million, 8, config=bulk["on"])
+                # Every flow sent at least twice at the ~250,000 new flows/s
+                # node 1 makes here.
+                generate(bed, system, 64, args.fleet_flows, max(2, args.fleet_flows // 125_000),
+                         config=bulk["on"])
                 held = live_flows(dev.status())
                 log(f"== bulk sync: node 1 holds {held:,} flows; node 2 starts with none")
                 started = time.monotonic()
@@ -726,7 +728,8 @@ def fmt_delay(d):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5, help="seconds measured per run (after 1 s of warmup)")
-    p.add_argument("--repeat", type=int, default=1, help="runs per cell, interleaved; the table shows their median")
+    p.add_argument("--repeat", type=int, help="runs per cell, interleaved; the table shows their median "
+                   "(default 1; with --fleet, 3)")
     p.add_argument("--out", default="target/side-by-side", help="directory for the markdown, PNG and JSON")
     p.add_argument("--only", nargs="+", choices=[s.name for s in SYSTEMS], help="run only these systems")
     p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
@@ -735,13 +738,18 @@ def main():
     p.add_argument("--soak", type=float, metavar="MINUTES", help="soak Rialto this long instead")
     p.add_argument("--soak-rate", type=int, metavar="PPS", help="the soak's rate (default: 90%% of flat out)")
     p.add_argument("--fleet", action="store_true", help="price sharing flows across a fleet instead")
+    p.add_argument("--fleet-flows", type=int, default=1_000_000, metavar="N",
+                   help="the flows of the fleet's bulk sync (at most 1,032,192: 16 SNAT addresses)")
     args = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("error: the benchmark builds network namespaces: run it as root")
     preflight(args)
     # SIGTERM unwinds like Ctrl-C, so the namespaces are removed.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    sys.exit(soak(args) if args.soak else fleet_bench(args) if args.fleet else side_by_side(args))
+    if args.fleet:
+        sys.exit(fleet_bench(args))
+    args.repeat = args.repeat or 1
+    sys.exit(soak(args) if args.soak else side_by_side(args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ fn u64_of(v: &Value, key: &str) -> u64 {
 }
 
 /// The benchmark command, short: one frame size and flow count, both
-/// worker counts, every system; then a 15-second soak.
+/// worker counts, every system; then a 15-second soak; then the fleet's
+/// costs, short.
 #[test]
 fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
     rialto_testbed::require_root();
@@ -105,6 +106,32 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
         "{soak}"
     );
     assert!(soak.contains("mismatches none"), "{soak}");
+
+    // The fleet of two, short and with a smaller bulk sync: every flow of
+    // node 1's got to node 2 (the script says so), and each figure has its
+    // line.
+    let (ok, fleet) = run(&[
+        "--fleet",
+        "--seconds",
+        "1",
+        "--repeat",
+        "1",
+        "--fleet-flows",
+        "100000",
+    ]);
+    assert!(ok, "node 2 got every flow, delays were counted: {fleet}");
+    for line in [
+        "forward packets/s at 10,000 new flows/s, median of 1: [fleet] off ",
+        "replication delay at flat out (per run): p50 ",
+        "replication delay at 20,000 packets/s: p50 ",
+        "bulk sync: ",
+    ] {
+        assert!(fleet.contains(line), "{line}: {fleet}");
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("fleet.json")).unwrap())
+            .unwrap();
+    assert!(u64_of(&report["bulk"], "held") > 90_000, "{report}");
     std::fs::remove_dir_all(&out_dir).unwrap();
 }
 
