@@ -153,14 +153,6 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-impl Fleet {
-    /// Whether `addr` is another node's VTEP.
-    #[inline]
-    pub fn is_peer_vtep(&self, addr: IpAddr) -> bool {
-        self.peers.iter().any(|p| p.vtep == addr)
-    }
-}
-
 /// Another node of the fleet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetPeer {

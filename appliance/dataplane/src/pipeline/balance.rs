@@ -15,10 +15,10 @@ use super::{
     conntrack::{
         Conntrack, Direction, Flow, FlowKey, InsertError, Restored, Side, Slot, TcpState, UPLINK,
     },
-    encap::{self, Link, Tunnel},
+    encap::{self, Link, Template, Tunnel},
     icmp::{self, ErrorKind, Quoted, RateLimit},
     nat::{self, Headers},
-    packet::{Addr, Ip, Ports, TCP, UDP, from_ip, is_icmp_error, is_martian, to_ip},
+    packet::{Addr, Ip, Ports, TCP, UDP, from_ip, is_icmp_error, is_martian, is_v4_mapped, to_ip},
     refuse,
     replica::{Adopted, Changes, Replica},
     snat::SnatPorts,
@@ -86,6 +86,78 @@ pub struct Balancer<S = Box<[Slot]>> {
     /// fleet only).
     changes: Option<Changes>,
     icmp_errors: RateLimit,
+    /// What Rialto's own addresses are, by address (from `tables`).
+    roles: Roles,
+    /// The headers toward each gateway, by cluster and gateway (from
+    /// `tables` and the MACs).
+    templates: Vec<Vec<Option<Template>>>,
+}
+
+/// What each address Rialto knows is to it, looked up once per address of
+/// a packet: the tables' sets hash an `IpAddr` (an enum, its bytes one by
+/// one), these maps one `u128`.
+#[derive(Debug, Default)]
+struct Roles {
+    roles: hashbrown::HashMap<u128, u8>,
+    /// Tunnel peers: their cluster, and which of its gateways they are (0
+    /// if none).
+    peers: hashbrown::HashMap<u128, (u16, u16)>,
+}
+
+impl Roles {
+    const VIP: u8 = 1;
+    const SNAT: u8 = 2;
+    /// Any address of Rialto's (VIPs, SNAT addresses, VTEPs; the fleet's
+    /// peers' included): never a packet's source.
+    const OWN: u8 = 4;
+    /// This node's VTEPs and its fleet peers'.
+    const VTEP: u8 = 8;
+
+    fn new(tables: &Snapshot) -> Self {
+        let key = |addr: IpAddr| u128::from_ne_bytes(from_ip(addr));
+        let mut roles = hashbrown::HashMap::new();
+        let vteps: Vec<IpAddr> = (tables.node.vtep_v4.map(IpAddr::V4).into_iter())
+            .chain(tables.node.vtep_v6.map(IpAddr::V6))
+            .chain(
+                tables
+                    .fleet
+                    .iter()
+                    .flat_map(|f| f.peers.iter().map(|p| p.vtep)),
+            )
+            .collect();
+        let sets: [(&mut dyn Iterator<Item = &IpAddr>, u8); 4] = [
+            (&mut tables.vip_addrs.iter(), Self::VIP),
+            (&mut tables.snat_addrs.iter(), Self::SNAT),
+            (&mut tables.own_addrs.iter(), Self::OWN),
+            (&mut vteps.iter(), Self::VTEP),
+        ];
+        for (set, role) in sets {
+            for &addr in set {
+                *roles.entry(key(addr)).or_default() |= role;
+            }
+        }
+        let peers = (tables.peers.iter())
+            .map(|(&addr, &cluster)| {
+                let gateways = &tables.clusters[usize::from(cluster)].gateways;
+                let gateway = gateways.iter().position(|&g| g == addr).unwrap_or(0);
+                (key(addr), (cluster, gateway as u16))
+            })
+            .collect();
+        Self { roles, peers }
+    }
+
+    #[inline]
+    fn of(&self, addr: &Addr) -> u8 {
+        (self.roles.get(&u128::from_ne_bytes(*addr)))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The cluster and gateway of a tunnel peer.
+    #[inline]
+    fn peer(&self, addr: &Addr) -> Option<(u16, u16)> {
+        self.peers.get(&u128::from_ne_bytes(*addr)).copied()
+    }
 }
 
 impl Balancer {
@@ -128,9 +200,13 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             idle_sweep_at: 0,
             changes: None,
             icmp_errors: RateLimit::default(),
+            roles: Roles::default(),
+            templates: Vec::new(),
         };
+        balancer.roles = Roles::new(&balancer.tables);
         balancer.set_fleet();
         balancer.set_macs();
+        balancer.set_templates();
         balancer.flows.recount(&layout(&balancer.tables));
         balancer
     }
@@ -174,6 +250,26 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         }
     }
 
+    /// Writes the headers toward every gateway again (the tables or the
+    /// MACs changed).
+    fn set_templates(&mut self) {
+        let link = Link {
+            src: self.mac,
+            dst: self.next_hop,
+            tag: None,
+        };
+        self.templates = (self.tables.clusters.iter().enumerate())
+            .map(|(c, cluster)| {
+                (0..cluster.gateways.len())
+                    .map(|g| {
+                        let tunnel = self.tunnel(c as u16, g as u16)?;
+                        Template::new(&tunnel, &link)
+                    })
+                    .collect()
+            })
+            .collect();
+    }
+
     fn set_macs(&mut self) {
         self.mac = self.tables.node.mac.unwrap_or(self.iface_mac);
         self.vtep_mac = self.tables.node.vtep_mac.unwrap_or(self.mac);
@@ -184,6 +280,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     pub fn set_next_hop(&mut self, mac: [u8; 6]) {
         if self.tables.node.next_hop_mac.is_none() {
             self.next_hop = mac;
+            self.set_templates();
         }
     }
 
@@ -194,11 +291,13 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     /// `limits` take effect on restart.
     pub fn reload(&mut self, tables: Arc<Snapshot>) {
         let old = std::mem::replace(&mut self.tables, tables);
+        self.roles = Roles::new(&self.tables);
         self.set_macs();
         self.set_fleet();
         if let Some(mac) = self.tables.node.next_hop_mac {
             self.next_hop = mac;
         }
+        self.set_templates();
         let new = Arc::clone(&self.tables);
         let snat =
             (new.snat != old.snat).then(|| SnatPorts::new(&new.snat, self.worker, self.workers));
@@ -266,7 +365,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         if ip.fragment {
             return Err(Verdict::Drop(DropReason::Fragment));
         }
-        if is_martian(&ip.src, ip.v6) || self.tables.own_addrs.contains(&to_ip(&ip.src)) {
+        if is_martian(&ip.src, ip.v6) || self.roles.of(&ip.src) & Roles::OWN != 0 {
             return Err(Verdict::Drop(DropReason::MartianSource));
         }
         if !self.owns(&ip) {
@@ -350,8 +449,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         }
         let buf = frame.buffer_mut();
         let headers = Headers::from(&ip);
-        nat::rewrite(buf, &headers, (&src, src_port), (&dst, dst_port));
-        nat::decrement_ttl(buf, &headers);
+        nat::forward(buf, &headers, (&src, src_port), (&dst, dst_port));
         let sent = self.pass_on(frame, &ip, hash, to, &link)?;
         match direction {
             Direction::Forward => self.counters.forward += 1,
@@ -390,18 +488,12 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         if datagram.dst_port() != self.tables.node.vxlan_port {
             return Ok(None);
         }
-        let (remote, local) = (to_ip(&outer.src), to_ip(&outer.dst));
-        let to_vtep = self.tables.node.vtep_for(local) == Some(local)
-            || self
-                .tables
-                .fleet
-                .as_ref()
-                .is_some_and(|f| f.is_peer_vtep(local));
-        if !to_vtep && self.serves_udp(local, datagram.dst_port()) {
+        let to_vtep = self.roles.of(&outer.dst) & Roles::VTEP != 0;
+        if !to_vtep && self.serves_udp(to_ip(&outer.dst), datagram.dst_port()) {
             // A UDP service on the VXLAN port, which is not a tunnel.
             return Ok(None);
         }
-        let Some(&cluster) = self.tables.peers.get(&remote) else {
+        let Some((cluster, gateway)) = self.roles.peer(&outer.src) else {
             return Err(Verdict::Drop(DropReason::UnknownPeer));
         };
         if !any_vtep && !to_vtep {
@@ -415,7 +507,6 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         if header.vni() != c.vni {
             return Err(Verdict::Drop(DropReason::UnknownVni));
         }
-        let gateway = c.gateways.iter().position(|&g| g == remote).unwrap_or(0) as u16;
         let at = outer.l4 + udp::HEADER_LEN + vxlan::HEADER_LEN;
         Ok(Some((
             Side::tunnel(cluster, gateway),
@@ -734,18 +825,30 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     ) -> Result<Verdict, Verdict> {
         let sent = match to.tunnel_of() {
             None => encap::ethernet_out(frame, at, end, ethertype, link),
-            Some((cluster, gateway)) => {
-                let tunnel = self
-                    .tunnel(cluster, gateway)
-                    .ok_or(Verdict::Drop(DropReason::NoBackend))?;
-                encap::encapsulate(frame, at, end, ethertype, tos, hash, &tunnel, link)
-            }
+            Some((cluster, gateway)) => match self.template(cluster, gateway) {
+                Some(template) if link.tag.is_none() => {
+                    template.encapsulate(frame, at, end, ethertype, tos, hash)
+                }
+                _ => {
+                    let tunnel = self
+                        .tunnel(cluster, gateway)
+                        .ok_or(Verdict::Drop(DropReason::NoBackend))?;
+                    encap::encapsulate(frame, at, end, ethertype, tos, hash, &tunnel, link)
+                }
+            },
         };
         if sent {
             Ok(Verdict::Tx)
         } else {
             Err(Verdict::Drop(DropReason::NoHeadroom))
         }
+    }
+
+    fn template(&self, cluster: u16, gateway: u16) -> Option<&Template> {
+        self.templates
+            .get(usize::from(cluster))?
+            .get(usize::from(gateway))?
+            .as_ref()
     }
 
     fn tunnel(&self, cluster: u16, gateway: u16) -> Option<Tunnel> {
@@ -789,12 +892,11 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     /// Whether the packet is to one of Rialto's VIPs or SNAT addresses
     /// (IPv4-mapped addresses in an IPv6 header are nobody's).
     fn owns(&self, ip: &Ip) -> bool {
-        let dst = to_ip(&ip.dst);
-        ip.v6 == dst.is_ipv6() && (self.tables.vip_addrs.contains(&dst) || self.is_snat(&ip.dst))
+        ip.v6 != is_v4_mapped(&ip.dst) && self.roles.of(&ip.dst) & (Roles::VIP | Roles::SNAT) != 0
     }
 
     fn is_snat(&self, addr: &Addr) -> bool {
-        self.tables.snat_addrs.contains(&to_ip(addr))
+        self.roles.of(addr) & Roles::SNAT != 0
     }
 
     /// Whether a UDP service listens on `addr`, `port`.

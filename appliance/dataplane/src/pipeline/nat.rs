@@ -47,6 +47,24 @@ pub fn rewrite(buf: &mut [u8], h: &Headers, src: (&Addr, u16), dst: (&Addr, u16)
     }
 }
 
+/// What a packet of a flow gets on its way through: [`rewrite`], then
+/// [`decrement_ttl`] (the caller checked the TTL is above one); over IPv4
+/// with one update of the header checksum.
+pub fn forward(buf: &mut [u8], h: &Headers, src: (&Addr, u16), dst: (&Addr, u16)) {
+    if h.v6 {
+        rewrite(buf, h, src, dst);
+        decrement_ttl(buf, h);
+        return;
+    }
+    let (ip, l4) = buf[h.at..h.end].split_at_mut(h.l4 - h.at);
+    let delta = ipv4::Packet::new_unchecked(ip).forward(v4(src.0), v4(dst.0));
+    match h.proto {
+        TCP => tcp::Segment::new_unchecked(l4).rewrite_ports(src.1, dst.1, delta),
+        UDP => udp::Datagram::new_unchecked(l4).rewrite_ports(src.1, dst.1, delta, false),
+        _ => {}
+    }
+}
+
 /// Decrements the TTL or hop limit (the caller checked it is above one),
 /// updating the IPv4 header checksum.
 pub fn decrement_ttl(buf: &mut [u8], h: &Headers) {
@@ -100,6 +118,38 @@ mod tests {
             e
         };
         assert_eq!(p, expected);
+    }
+
+    proptest::proptest! {
+        /// The one-update rewrite of a forwarded packet is the two-step one.
+        #[test]
+        fn forward_is_rewrite_then_decrement_ttl(
+            src: [u8; 4], dst: [u8; 4], ports: (u16, u16), ttl in 2u8.., tcp: bool, udp_checksum: bool,
+        ) {
+            let mut p = match tcp {
+                true => {
+                    let b = PacketBuilder::ipv4([198, 18, 0, 2], [198, 18, 100, 1], ttl).tcp(40000, 80, 7, 1000);
+                    let mut p = Vec::new();
+                    b.write(&mut p, b"GET /").unwrap();
+                    p
+                }
+                false => {
+                    let mut p = udp4(udp_checksum);
+                    p[8] = ttl;
+                    p[10..12].fill(0);
+                    let c = crate::wire::checksum::finish(crate::wire::checksum::sum(&p[..20]));
+                    p[10..12].copy_from_slice(&c.to_be_bytes());
+                    p
+                }
+            };
+            let mut q = p.clone();
+            let h = Headers::from(&Ip::parse(&p, 0, 0x0800).unwrap());
+            let (s, d) = ((&mapped(src), ports.0), (&mapped(dst), ports.1));
+            forward(&mut p, &h, s, d);
+            rewrite(&mut q, &h, s, d);
+            decrement_ttl(&mut q, &h);
+            proptest::prop_assert_eq!(p, q);
+        }
     }
 
     #[test]

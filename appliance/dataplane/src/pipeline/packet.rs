@@ -35,6 +35,12 @@ pub fn from_ip(ip: IpAddr) -> Addr {
     }
 }
 
+/// Whether `addr` is an IPv4 address (mapped into IPv6's space).
+#[inline]
+pub fn is_v4_mapped(addr: &Addr) -> bool {
+    addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+}
+
 /// The IPv4 address inside a mapped [`Addr`].
 pub fn v4(addr: &Addr) -> [u8; 4] {
     [addr[12], addr[13], addr[14], addr[15]]
@@ -169,11 +175,12 @@ impl Ports {
 /// unspecified, loopback, multicast, limited broadcast, reserved (240/4,
 /// 0/8), or an IPv4-mapped address in an IPv6 header (`v6`).
 pub fn is_martian(addr: &Addr, v6: bool) -> bool {
-    match to_ip(addr) {
-        // IPv4-mapped, in an IPv6 header.
-        IpAddr::V4(_) if v6 => true,
-        ip => rialto_tables::not_a_host(ip).is_some(),
+    if is_v4_mapped(addr) {
+        // What `not_a_host` says of IPv4 by the first byte: 0/8 (0.0.0.0
+        // in it), 127/8, multicast and 240/4 (the broadcast address in it).
+        return v6 || matches!(addr[12], 0 | 127 | 224..);
     }
+    rialto_tables::not_a_host(IpAddr::V6(Ipv6Addr::from(*addr))).is_some()
 }
 
 /// Whether the packet is an ICMP error (which quotes a packet of a flow).
@@ -216,6 +223,40 @@ pub fn flow_hash(src: &Addr, dst: &Addr, src_port: u16, dst_port: u16, proto: u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The first-byte test of IPv4 sources says what the tables'
+        /// `not_a_host` says.
+        #[test]
+        fn an_ipv4_martian_is_what_the_tables_call_no_host(a: [u8; 4], v6: bool) {
+            let ip = IpAddr::from(a);
+            let expected = v6 || rialto_tables::not_a_host(ip).is_some();
+            proptest::prop_assert_eq!(is_martian(&from_ip(ip), v6), expected);
+        }
+    }
+
+    #[test]
+    fn the_edges_of_the_ipv4_martians() {
+        for (a, martian) in [
+            ([0, 0, 0, 0], true),
+            ([0, 1, 2, 3], true),
+            ([1, 0, 0, 0], false),
+            ([126, 255, 255, 255], false),
+            ([127, 0, 0, 1], true),
+            ([223, 255, 255, 255], false),
+            ([224, 0, 0, 1], true),
+            ([239, 255, 255, 255], true),
+            ([240, 0, 0, 1], true),
+            ([255, 255, 255, 255], true),
+        ] {
+            assert_eq!(is_martian(&mapped(a), false), martian, "{a:?}");
+            assert_eq!(
+                rialto_tables::not_a_host(IpAddr::from(a)).is_some(),
+                martian,
+                "{a:?}"
+            );
+        }
+    }
 
     #[test]
     fn mapped_addresses_round_trip() {
