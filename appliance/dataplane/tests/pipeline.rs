@@ -216,3 +216,80 @@ fn a_port_reused_after_a_close_is_balanced_anew() {
     assert_eq!(stats.counters.no_backend_refused, 1, "{stats:?}");
     assert_eq!(stats.flows.live, 0, "{stats:?}");
 }
+
+/// In a fleet, a datagram of a flow a peer made, adopted here by the
+/// worker that owns its SNAT port, is found wherever RSS brings it: a
+/// worker without the flow hands it on, and the owner forwards it as the
+/// peer did (same backend, same SNAT address and port: the same frame).
+/// A datagram of no flow goes round every worker before the last makes
+/// its flow; alone (no fleet), the first worker makes it at once.
+#[test]
+fn a_peers_udp_flow_is_found_on_the_worker_that_adopted_it() {
+    use std::sync::Arc;
+
+    use fixtures::{CLIENT, ECHO, Ip, L4, from_router, ip};
+    use rialto_dataplane::pipeline::{replica::Adopted, snat::SnatPorts};
+    let datagram = |port| {
+        let v4 = Ip::V4 {
+            src: CLIENT,
+            dst: ECHO,
+            ttl: 64,
+        };
+        from_router(&ip(v4, L4::Udp(port, 7), b"query"))
+    };
+    let now = fixtures::START * 1_000_000_000;
+    let alone = fixtures::compile(fixtures::CONFIG);
+    let mut a_tables = (*alone).clone();
+    a_tables.fleet = Some(rialto_tables::Fleet {
+        node: 1,
+        listen: "198.18.1.1:7946".parse().unwrap(),
+        key: vec![7; 32],
+        vtep_prefix: ("198.18.3.0".parse().unwrap(), 24),
+        peers: Vec::new(),
+    });
+    let a_tables = Arc::new(a_tables);
+    // Node B: the same services, another SNAT address.
+    let mut b_tables = (*a_tables).clone();
+    b_tables.snat.v4 = vec!["198.18.201.1".parse().unwrap()];
+    let b_tables = Arc::new(b_tables);
+    let workers = |tables: &Arc<rialto_tables::Snapshot>| -> Vec<Pipeline> {
+        (0..2)
+            .map(|w| Pipeline::balance(Arc::clone(tables), w, 2, fixtures::NODE_MAC))
+            .collect()
+    };
+    let (mut a, mut b, mut solo) = (workers(&a_tables), workers(&b_tables), workers(&alone));
+    let send = |worker: &mut Pipeline, frame: &[u8], hops| {
+        let mut f = OwnedFrame::new(frame).handed(hops);
+        let verdict = f.with(|f| worker.process_frame(f, now));
+        (verdict, f.data().to_vec())
+    };
+
+    // On node A, round its workers and made by the last.
+    assert_eq!(send(&mut a[1], &datagram(40300), 0).0, Verdict::Handoff(0));
+    let (verdict, on_a) = send(&mut a[0], &datagram(40300), 1);
+    assert_eq!(verdict, Verdict::Tx);
+    let replica = a[0]
+        .changes()
+        .unwrap()
+        .drain()
+        .next()
+        .expect("the new flow noted");
+    let owner = SnatPorts::new(&b_tables.snat, 0, 2).owner(replica.flow.reverse.dst_port);
+    assert_eq!(b[owner as usize].adopt(&replica, now), Some(Adopted::Added));
+    let other = 1 - owner;
+    assert_eq!(
+        send(&mut b[other as usize], &datagram(40300), 0).0,
+        Verdict::Handoff(owner)
+    );
+    assert_eq!(
+        send(&mut b[owner as usize], &datagram(40300), 1),
+        (Verdict::Tx, on_a)
+    );
+
+    // A datagram of no flow: round the workers, made by the last.
+    assert_eq!(send(&mut b[0], &datagram(40301), 0).0, Verdict::Handoff(1));
+    assert_eq!(send(&mut b[1], &datagram(40301), 1).0, Verdict::Tx);
+    assert_eq!(b[1].stats().unwrap().flows.created, 1);
+    // Alone: made where it comes in.
+    assert_eq!(send(&mut solo[0], &datagram(40301), 0).0, Verdict::Tx);
+}

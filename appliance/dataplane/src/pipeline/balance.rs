@@ -571,6 +571,13 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         {
             return Err(self.look_elsewhere(frame));
         }
+        if ip.proto == UDP && self.changes.is_some() && u32::from(frame.hops()) + 1 < self.workers {
+            // In a fleet, a datagram's flow may be a peer's, adopted by the
+            // worker owning its SNAT port, while RSS brings its datagrams
+            // here: it is looked for on every worker before the last makes
+            // a new flow (a TCP connection has its SYN to tell).
+            return Err(self.look_elsewhere(frame));
+        }
         if ip.ttl <= 1 {
             return Err(self
                 .send_error(frame, ip, ErrorKind::TimeExceeded, side, link)
