@@ -26,8 +26,11 @@ must be the generator's own frames. Packets/s is the median over one-second
 samples of what came back, with the generator sending flat out.
 
 Printed: the table and the ratios rialto/bare, rialto/DPDK (testpmd
-macswap over net_af_xdp) and rialto/kernel; written to --out:
-side-by-side.md, side-by-side.png, side-by-side.json.
+macswap over net_af_xdp) and rialto/kernel; then, for rialto, bare and
+xdp-macswap, the zero-loss rate (the highest offered rate losing at most
+0.1% of the frames, by a binary search of --zero-loss-steps trials) and
+the ratios on it; written to --out: side-by-side.md, side-by-side.png,
+side-by-side.json.
 
 --soak MINUTES runs Rialto alone that long at the highest rate it sustained
 in a short flat-out run (less 10%), with flows churning, and samples its
@@ -96,6 +99,11 @@ SYSTEMS = [
     System("kernel", "Linux: nftables NAT + conntrack + VXLAN", "forward"),
 ]
 RATIOS = [("rialto/bare", "bare"), ("rialto/DPDK", "xdp-macswap"), ("rialto/kernel", "kernel")]
+# The systems whose zero-loss rate is searched for, RFC 2544 style: the
+# highest offered rate that loses at most LOSS_BOUND of the frames.
+ZERO_LOSS = ("rialto", "bare", "xdp-macswap")
+LOSS_BOUND = 0.001
+TRIAL = 2.0
 TARGETS = {"bare": 0.9, "xdp-macswap": 1.0, "kernel": 3.0}
 
 
@@ -235,6 +243,9 @@ class Cell:
     mismatches: dict = field(default_factory=dict)
     # Packets/s of each run (one-second samples' medians).
     samples: list = field(default_factory=list)
+    # The highest offered rate lost no more than LOSS_BOUND (searched for
+    # the ZERO_LOSS systems only).
+    zero_loss: int | None = None
 
 
 def measure(bed, system, size, flows, seconds, workdir):
@@ -377,13 +388,24 @@ def side_by_side(args):
                         # does not fall on one system's runs only.
                         runs = [measure(bed, s, size, flows, args.seconds, work)
                                 for _ in range(args.repeat) for s in systems]
-                        cells += [combine([r for r in runs if r.system == s.name]) for s in systems]
+                        here = [combine([r for r in runs if r.system == s.name]) for s in systems]
+                        for cell in here:
+                            if cell.system in ZERO_LOSS and args.zero_loss_steps:
+                                system = next(s for s in systems if s.name == cell.system)
+                                cell.zero_loss = zero_loss(bed, system, cell, args.zero_loss_steps, work)
+                        cells += here
     head, rows = table(cells, systems)
     lines = targets(cells)
     print(render_text(head, rows))
     print()
     for line in lines:
         print(line)
+    zl_head, zl_rows = zero_loss_table(cells)
+    if zl_rows:
+        print()
+        print(f"zero-loss rate (packets/s offered with at most {LOSS_BOUND:.1%} lost, {args.zero_loss_steps} "
+              f"steps of {TRIAL:.0f} s):")
+        print(render_text(zl_head, zl_rows))
     elapsed = time.monotonic() - started
     print(f"({len(cells) * args.repeat} runs of {args.seconds} s in {elapsed:.0f} s; packets/s: median of "
           f"one-second samples of the frames that came back, the generator sending flat out"
@@ -392,6 +414,11 @@ def side_by_side(args):
           f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores. Packets/s back at the generator "
           "(median of one-second samples, flat out).", "", render_markdown(head, rows), ""]
     md += [f"- {line}" for line in lines]
+    if zl_rows:
+        md += ["", f"Zero-loss rate: the highest offered rate (packets/s) at which at most {LOSS_BOUND:.1%} of the "
+               f"frames were lost, found by a binary search of {args.zero_loss_steps} trials of {TRIAL:.0f} s "
+               "between 0 and 1.1 × flat out (RFC 2544 §26.1, with a loss bound).", "",
+               render_markdown(zl_head, zl_rows)]
     md += ["", "| system | what |", "|---|---|"] + [f"| {s.name} | {s.what} |" for s in systems]
     (out / "side-by-side.md").write_text("\n".join(md) + "\n")
     (out / "side-by-side.json").write_text(json.dumps([c.__dict__ for c in cells], indent=1))
@@ -404,6 +431,42 @@ def side_by_side(args):
                 f"{c.ok} frames as expected, mismatches {c.mismatches}")
         return 1
     return 0
+
+
+def zero_loss(bed, system, cell, steps, workdir):
+    """The highest rate, to a step of 1.1 × flat out / 2^steps, at which
+    `system` loses at most LOSS_BOUND of the frames: a binary search of
+    `steps` trials against one running device."""
+    low, high = 0, int(cell.pps * 1.1) + 1
+    with Device(system, bed, workdir):
+        for _ in range(steps):
+            rate = (low + high) // 2
+            report = generate(bed, system, cell.size, cell.flows, TRIAL, warmup=0.5, extra=["--rate", rate])
+            ok = report["loss"] <= LOSS_BOUND and not report["mismatches"]
+            log(f"    zero-loss search, {system.name}: {rate:,} packets/s offered, loss {report['loss']:.3%}: "
+                f"{'pass' if ok else 'fail'}")
+            low, high = (rate, high) if ok else (low, rate)
+    return low
+
+
+def zero_loss_table(cells):
+    """Per configuration, the zero-loss rates and rialto's ratios to bare and
+    to testpmd on them."""
+    by = {(c.system, c.size, c.flows, c.workers): c.zero_loss for c in cells if c.zero_loss is not None}
+    names = [n for n in ZERO_LOSS if any(k[0] == n for k in by)]
+    if not names:
+        return [], []
+    ratios = [(r, other) for r, other in RATIOS if other in names and "rialto" in names]
+    head = ["inner frame", "flows", "workers"] + names + [r for r, _ in ratios]
+    rows = []
+    for size, flows, workers in sorted({k[1:] for k in by}):
+        row = [f"{size} B", f"{flows:,}", str(workers)]
+        row += [f"{by[(n, size, flows, workers)]:,}" if (n, size, flows, workers) in by else "-" for n in names]
+        for _, other in ratios:
+            a, b = by.get(("rialto", size, flows, workers)), by.get((other, size, flows, workers))
+            row.append(f"{a / b:.2f}" if a is not None and b else "-")
+        rows.append(row)
+    return head, rows
 
 
 def flat(samples, what, tolerance, floor):
@@ -737,6 +800,8 @@ def main():
     p.add_argument("--workers", nargs="+", type=int, default=list(WORKERS))
     p.add_argument("--soak", type=float, metavar="MINUTES", help="soak Rialto this long instead")
     p.add_argument("--soak-rate", type=int, metavar="PPS", help="the soak's rate (default: 90%% of flat out)")
+    p.add_argument("--zero-loss-steps", type=int, default=6, metavar="N",
+                   help=f"trials of the zero-loss search per configuration of {', '.join(ZERO_LOSS)} (0: none)")
     p.add_argument("--fleet", action="store_true", help="price sharing flows across a fleet instead")
     p.add_argument("--fleet-flows", type=int, default=1_000_000, metavar="N",
                    help="the flows of the fleet's bulk sync (at most 1,032,192: 16 SNAT addresses)")

@@ -32,8 +32,42 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
         assert!(!stdout.is_empty(), "{args:?} printed nothing: {stderr}");
         (out.status.success(), stdout)
     };
-    let (ok, table) = run(&["--seconds", "1", "--sizes", "64", "--flows", "10000"]);
+    let (ok, table) = run(&[
+        "--seconds",
+        "1",
+        "--sizes",
+        "64",
+        "--flows",
+        "10000",
+        "--zero-loss-steps",
+        "1",
+    ]);
     assert!(ok, "every frame came back as expected: {table}");
+    // The zero-loss rates follow, with their ratios, a row per worker count.
+    let (_, zero_loss) = table
+        .split_once("zero-loss rate (packets/s offered with at most 0.1% lost")
+        .unwrap_or_else(|| panic!("a zero-loss table: {table}"));
+    let zl_head = zero_loss.lines().nth(1).unwrap_or_default();
+    for column in [
+        "rialto",
+        "bare",
+        "xdp-macswap",
+        "rialto/bare",
+        "rialto/DPDK",
+    ] {
+        assert!(
+            zl_head.split_whitespace().any(|c| c == column),
+            "{column} in {zl_head}"
+        );
+    }
+    assert_eq!(
+        zero_loss
+            .lines()
+            .filter(|l| l.trim_start().starts_with("64 B"))
+            .count(),
+        2,
+        "{zero_loss}"
+    );
     let head = table.lines().next().unwrap();
     for column in [
         "rialto",
@@ -54,6 +88,7 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
     }
     let rows: Vec<_> = table
         .lines()
+        .take_while(|l| !l.starts_with("zero-loss"))
         .filter(|l| l.trim_start().starts_with("64 B"))
         .collect();
     assert_eq!(rows.len(), 2, "a row per worker count: {table}");

@@ -38,7 +38,8 @@ pub fn from_ip(ip: IpAddr) -> Addr {
 /// Whether `addr` is an IPv4 address (mapped into IPv6's space).
 #[inline]
 pub fn is_v4_mapped(addr: &Addr) -> bool {
-    addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+    // ::ffff:0:0/96, compared as one number (a slice comparison is a loop).
+    u128::from_be_bytes(*addr) >> 32 == 0xffff
 }
 
 /// The IPv4 address inside a mapped [`Addr`].
@@ -265,6 +266,11 @@ mod tests {
         assert_eq!(to_ip(&from_ip(v4)), v4);
         assert_eq!(to_ip(&from_ip(v6)), v6);
         assert_eq!(super::v4(&from_ip(v4)), [198, 18, 0, 2]);
+        assert!(is_v4_mapped(&from_ip(v4)));
+        assert!(!is_v4_mapped(&from_ip(v6)));
+        let almost: IpAddr = "::fffe:c612:2".parse().unwrap();
+        assert!(!is_v4_mapped(&from_ip(almost)));
+        assert!(!is_v4_mapped(&from_ip("1::ffff:c612:2".parse().unwrap())));
     }
 
     #[test]
