@@ -133,9 +133,6 @@ class Testbed:
     def __exit__(self, *_):
         sh("bash", PAIR, "down", self.name, check=False, stdout=subprocess.DEVNULL)
 
-    def dut(self, *args, **kw):
-        return ["ip", "netns", "exec", self.dut_ns, *map(str, args)]
-
     def cores(self):
         """The device under test's cores: the ones after the generator's first."""
         n = os.cpu_count() or 1
@@ -151,6 +148,24 @@ def wait_for(proc, logfile, text, seconds=15):
             break
         time.sleep(0.1)
     raise RuntimeError(f"{text!r} did not appear in {logfile}:\n" + Path(logfile).read_text(errors="replace")[-3000:])
+
+
+def run_rialto(ns, args, stdout, log):
+    """`rialto ARGS` in namespace `ns`, once it says it is ready; its stderr
+    in `log`. Each run starts with no flow left by the one before (the
+    state directory of testbed/lib.sh's state_dir, removed here)."""
+    state = Path("/dev/shm/rialto-testbed") / ns
+    shutil.rmtree(state, ignore_errors=True)
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, str(RIALTO), *map(str, args), "--state-dir", str(state)],
+                            stdout=stdout, stderr=open(log, "w"))
+    wait_for(proc, log, "rialto ready")
+    return proc
+
+
+def api(ns, path):
+    """What Rialto's API in namespace `ns` answers at `path`."""
+    return sh("ip", "netns", "exec", ns, "curl", "-sf", f"http://127.0.0.1:9600{path}",
+              capture_output=True, text=True).stdout
 
 
 class Device:
@@ -172,14 +187,8 @@ class Device:
             args = ["run", "--iface", bed.dut_if, "--cores", cores]
             args += ["--config", self.config] if name == "rialto" else ["--mode", "reflect", "--vip", VIP + "/UDP"]
             args += ["--api", "127.0.0.1:9600"] if self.api else ["--no-api"]
-            # Each run starts with no flow left by the one before (testbed/lib.sh's
-            # state_dir, removed with the namespace).
-            state = Path("/dev/shm/rialto-testbed") / bed.dut_ns
-            shutil.rmtree(state, ignore_errors=True)
-            args += ["--state-dir", state]
             self.out = open(self.workdir / f"{name}.json", "w+")
-            self.proc = subprocess.Popen(bed.dut(RIALTO, *args), stdout=self.out, stderr=open(self.log, "w"))
-            wait_for(self.proc, self.log, "rialto ready")
+            self.proc = run_rialto(bed.dut_ns, args, self.out, self.log)
         elif name == "kernel":
             mask = sum(1 << c for c in bed.cores())
             sh("bash", KERNEL, "up", bed.dut_ns, bed.dut_if, f"{mask:x}")
@@ -217,8 +226,7 @@ class Device:
         return self.proc.pid
 
     def status(self):
-        out = sh(*self.bed.dut("curl", "-sf", "http://127.0.0.1:9600/api/v1/status"), capture_output=True, text=True)
-        return json.loads(out.stdout)
+        return json.loads(api(self.bed.dut_ns, "/api/v1/status"))
 
 
 def generate(bed, system, size, flows, seconds, warmup=1.0, extra=(), config=CONFIG):
@@ -609,14 +617,10 @@ class Peer:
 
     def start(self, config):
         """Rialto on node 2, with no flow left from before."""
-        state = Path("/dev/shm/rialto-testbed") / self.ns
-        shutil.rmtree(state, ignore_errors=True)
         self.log = self.workdir / "node2.log"
         args = ["run", "--iface", self.if2, "--cores", self.bed.cores()[0], "--config", config,
-                "--api", "127.0.0.1:9600", "--state-dir", state]
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, str(RIALTO), *map(str, args)],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
-        wait_for(self.proc, self.log, "rialto ready")
+                "--api", "127.0.0.1:9600"]
+        self.proc = run_rialto(self.ns, args, subprocess.DEVNULL, self.log)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -624,9 +628,7 @@ class Peer:
             self.proc.wait()
 
     def api(self, path):
-        out = sh("ip", "netns", "exec", self.ns, "curl", "-sf", f"http://127.0.0.1:9600{path}",
-                 capture_output=True, text=True)
-        return out.stdout
+        return api(self.ns, path)
 
 
 def live_flows(status):

@@ -431,11 +431,9 @@ impl Sync {
                 }
             }
             // In: what the peers sent, until the socket has nothing more.
-            let mut woken = false;
             while let Ok((len, from)) = self.socket.recv_from(&mut buf) {
-                woken |= self.receive(&buf[..len], from);
-                if woken {
-                    // The worker adopts while more comes in.
+                if self.receive(&buf[..len], from) {
+                    // The workers adopt while more comes in.
                     self.alarm.ring();
                 }
             }
@@ -443,6 +441,7 @@ impl Sync {
             for (to, nack) in &polled.send {
                 let _ = self.socket.send_to(nack, to);
             }
+            let mut woken = false;
             for delivery in &polled.deliveries {
                 woken |= self.deliver(delivery);
             }

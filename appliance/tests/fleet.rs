@@ -83,6 +83,19 @@ fn await_next_hops(fleet: &Fleet, vip: &str, want: &[&str], timeout: Duration) -
     }
 }
 
+/// `connections` long-lived TCP connections and a UDP stream to the echo
+/// VIP, from every client address in turn.
+fn echo_load(fleet: &Fleet, connections: usize) -> Load {
+    let echo: SocketAddr = "198.18.100.4:7".parse().unwrap();
+    Load::start(&LoadSpec {
+        ns: fleet.ns("client"),
+        tcp: echo,
+        connections,
+        udp: Some(echo),
+        sources: Fleet::clients(),
+    })
+}
+
 /// Node `i`'s uplink address: the router's next hop to it.
 fn next_hop(i: u32) -> String {
     format!("198.18.1.{i}")
@@ -279,13 +292,7 @@ fn the_fleet_loses_adds_and_restarts_nodes_and_no_connection_breaks() {
         await_next_hops(&fleet, WEB, &want, timeout)
     };
     await_hops(&[1, 2, 3], Duration::from_secs(15));
-    let load = Load::start(&LoadSpec {
-        ns: fleet.ns("client"),
-        tcp: "198.18.100.4:7".parse().unwrap(),
-        connections: 30,
-        udp: Some("198.18.100.4:7".parse().unwrap()),
-        sources: Fleet::clients(),
-    });
+    let load = echo_load(&fleet, 30);
     std::thread::sleep(Duration::from_secs(1));
 
     // kill -9 of node 2.
@@ -409,13 +416,7 @@ fn a_drained_node_takes_no_new_connection_and_breaks_none() {
     );
     let before = requests(&fleet, 20);
     assert!(nodes[0].created() > 0, "node 1 served before: {before:?}");
-    let load = Load::start(&LoadSpec {
-        ns: fleet.ns("client"),
-        tcp: "198.18.100.4:7".parse().unwrap(),
-        connections: 20,
-        udp: Some("198.18.100.4:7".parse().unwrap()),
-        sources: Fleet::clients(),
-    });
+    let load = echo_load(&fleet, 20);
     std::thread::sleep(Duration::from_secs(1));
 
     let drain = rialto_testbed::netns_command(&nodes[0].ns, BIN)

@@ -47,29 +47,15 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
     let (_, zero_loss) = table
         .split_once("zero-loss rate (packets/s offered with at most 0.1% lost")
         .unwrap_or_else(|| panic!("a zero-loss table: {table}"));
-    let zl_head = zero_loss.lines().nth(1).unwrap_or_default();
-    for column in [
+    let zero_loss_columns = [
         "rialto",
         "bare",
         "xdp-macswap",
         "rialto/bare",
         "rialto/DPDK",
-    ] {
-        assert!(
-            zl_head.split_whitespace().any(|c| c == column),
-            "{column} in {zl_head}"
-        );
-    }
-    assert_eq!(
-        zero_loss
-            .lines()
-            .filter(|l| l.trim_start().starts_with("64 B"))
-            .count(),
-        2,
-        "{zero_loss}"
-    );
-    let head = table.lines().next().unwrap();
-    for column in [
+    ];
+    check_table(zero_loss.lines().skip(1), &zero_loss_columns, 2);
+    let columns = [
         "rialto",
         "bare",
         "xdp-io",
@@ -80,18 +66,12 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
         "rialto/bare",
         "rialto/DPDK",
         "rialto/kernel",
-    ] {
-        assert!(
-            head.split_whitespace().any(|c| c == column),
-            "{column} in {head}"
-        );
-    }
-    let rows: Vec<_> = table
-        .lines()
-        .take_while(|l| !l.starts_with("zero-loss"))
-        .filter(|l| l.trim_start().starts_with("64 B"))
-        .collect();
-    assert_eq!(rows.len(), 2, "a row per worker count: {table}");
+    ];
+    check_table(
+        table.lines().take_while(|l| !l.starts_with("zero-loss")),
+        &columns,
+        2,
+    );
     // The targets are reported, never asserted (a timed test on two noisy
     // cores would decide nothing): each has its line, and the counts on it
     // add up.
@@ -168,6 +148,20 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
             .unwrap();
     assert!(u64_of(&report["bulk"], "held") > 90_000, "{report}");
     std::fs::remove_dir_all(&out_dir).unwrap();
+}
+
+/// A printed table, from its head: every one of `columns` in the head, and
+/// `rows` rows of 64-byte frames (a row per worker count).
+fn check_table<'a>(mut lines: impl Iterator<Item = &'a str>, columns: &[&str], rows: usize) {
+    let head = lines.next().unwrap_or_default();
+    for column in columns {
+        assert!(
+            head.split_whitespace().any(|c| c == *column),
+            "{column} in {head}"
+        );
+    }
+    let found = lines.filter(|l| l.trim_start().starts_with("64 B")).count();
+    assert_eq!(found, rows, "a row per worker count under {head}");
 }
 
 fn tempdir() -> PathBuf {

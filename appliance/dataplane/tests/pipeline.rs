@@ -184,21 +184,23 @@ fn a_failed_backend_s_connections_are_reset_where_the_service_says_so() {
     }
 }
 
+/// A frame from the fixtures' client to `dst` through the router, TTL 64.
+fn from_client(dst: [u8; 4], l4: fixtures::L4, payload: &[u8]) -> Vec<u8> {
+    let v4 = fixtures::Ip::V4 {
+        src: fixtures::CLIENT,
+        dst,
+        ttl: 64,
+    };
+    fixtures::from_router(&fixtures::ip(v4, l4, payload))
+}
+
 /// A new connection on the 5-tuple of one that closed (the client reused
 /// its port) is balanced anew: after the only backend of web failed its
 /// checks, the SYN that reopens a closed connection's flow is refused from
 /// the VIP, as any new connection is, not sent to that backend.
 #[test]
 fn a_port_reused_after_a_close_is_balanced_anew() {
-    use fixtures::{CLIENT, Ip, L4, WEB, from_router, ip};
-    let segment = |flags| {
-        let v4 = Ip::V4 {
-            src: CLIENT,
-            dst: WEB,
-            ttl: 64,
-        };
-        from_router(&ip(v4, L4::Tcp(40200, 80, flags, 1), b""))
-    };
+    let segment = |flags| from_client(fixtures::WEB, fixtures::L4::Tcp(40200, 80, flags, 1), b"");
     let now = fixtures::START * 1_000_000_000;
     let tables = fixtures::compile(fixtures::CONFIG);
     let mut pipeline = Pipeline::balance(std::sync::Arc::clone(&tables), 0, 1, fixtures::NODE_MAC);
@@ -227,16 +229,8 @@ fn a_port_reused_after_a_close_is_balanced_anew() {
 fn a_peers_udp_flow_is_found_on_the_worker_that_adopted_it() {
     use std::sync::Arc;
 
-    use fixtures::{CLIENT, ECHO, Ip, L4, from_router, ip};
     use rialto_dataplane::pipeline::{replica::Adopted, snat::SnatPorts};
-    let datagram = |port| {
-        let v4 = Ip::V4 {
-            src: CLIENT,
-            dst: ECHO,
-            ttl: 64,
-        };
-        from_router(&ip(v4, L4::Udp(port, 7), b"query"))
-    };
+    let datagram = |port| from_client(fixtures::ECHO, fixtures::L4::Udp(port, 7), b"query");
     let now = fixtures::START * 1_000_000_000;
     let alone = fixtures::compile(fixtures::CONFIG);
     let mut a_tables = (*alone).clone();

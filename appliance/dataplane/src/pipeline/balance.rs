@@ -116,26 +116,23 @@ impl Roles {
     fn new(tables: &Snapshot) -> Self {
         let key = |addr: IpAddr| u128::from_ne_bytes(from_ip(addr));
         let mut roles = hashbrown::HashMap::new();
-        let vteps: Vec<IpAddr> = (tables.node.vtep_v4.map(IpAddr::V4).into_iter())
-            .chain(tables.node.vtep_v6.map(IpAddr::V6))
-            .chain(
-                tables
-                    .fleet
-                    .iter()
-                    .flat_map(|f| f.peers.iter().map(|p| p.vtep)),
-            )
-            .collect();
-        let sets: [(&mut dyn Iterator<Item = &IpAddr>, u8); 4] = [
-            (&mut tables.vip_addrs.iter(), Self::VIP),
-            (&mut tables.snat_addrs.iter(), Self::SNAT),
-            (&mut tables.own_addrs.iter(), Self::OWN),
-            (&mut vteps.iter(), Self::VTEP),
-        ];
-        for (set, role) in sets {
-            for &addr in set {
+        let mut mark = |addrs: &mut dyn Iterator<Item = IpAddr>, role: u8| {
+            for addr in addrs {
                 *roles.entry(key(addr)).or_default() |= role;
             }
-        }
+        };
+        mark(&mut tables.vip_addrs.iter().copied(), Self::VIP);
+        mark(&mut tables.snat_addrs.iter().copied(), Self::SNAT);
+        mark(&mut tables.own_addrs.iter().copied(), Self::OWN);
+        let node = &tables.node;
+        let peer_vteps = tables
+            .fleet
+            .iter()
+            .flat_map(|f| f.peers.iter().map(|p| p.vtep));
+        let mut vteps = (node.vtep_v4.map(IpAddr::V4).into_iter())
+            .chain(node.vtep_v6.map(IpAddr::V6))
+            .chain(peer_vteps);
+        mark(&mut vteps, Self::VTEP);
         let peers = (tables.peers.iter())
             .map(|(&addr, &cluster)| {
                 let gateways = &tables.clusters[usize::from(cluster)].gateways;

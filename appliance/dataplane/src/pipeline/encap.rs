@@ -77,7 +77,7 @@ pub fn encapsulate(
     vxlan::Repr { vni: tunnel.vni }.emit(&mut buf[vxlan_at..]);
     let udp_len = end - udp_at;
     udp::Repr {
-        src_port: 49152 | (hash as u16 & 0x3fff),
+        src_port: outer_port(hash),
         dst_port: tunnel.port,
         payload_len: udp_len - udp::HEADER_LEN,
         checksum: 0,
@@ -121,6 +121,12 @@ pub fn encapsulate(
     true
 }
 
+/// The outer UDP source port of a flow of hash `hash`.
+#[inline]
+fn outer_port(hash: u64) -> u16 {
+    49152 | (hash as u16 & 0x3fff)
+}
+
 /// The headers [`encapsulate`] writes toward one tunnel over IPv4 from an
 /// untagged uplink, written once (when the tables or the MACs change) by
 /// [`encapsulate`] itself, so the two cannot disagree: per packet,
@@ -138,7 +144,11 @@ pub struct Template {
 
 impl Template {
     /// Outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet.
-    pub const LEN: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + 8 + 8 + ethernet::HEADER_LEN;
+    pub const LEN: usize = ethernet::HEADER_LEN
+        + ipv4::HEADER_LEN
+        + udp::HEADER_LEN
+        + vxlan::HEADER_LEN
+        + ethernet::HEADER_LEN;
     const TOS: usize = ethernet::HEADER_LEN + 1;
     const TOTAL_LEN: usize = ethernet::HEADER_LEN + 2;
     const CHECKSUM: usize = ethernet::HEADER_LEN + 10;
@@ -180,7 +190,7 @@ impl Template {
         let Some(start) = at.checked_sub(Self::LEN) else {
             return false;
         };
-        if at < ethernet::HEADER_LEN || !frame.set_bounds(start, end) {
+        if !frame.set_bounds(start, end) {
             return false;
         }
         let h: &mut [u8; Self::LEN] = (&mut frame.buffer_mut()[start..at])
@@ -195,7 +205,7 @@ impl Template {
         word(h, Self::TOTAL_LEN, ip_len);
         let sum = self.sum + u64::from(tos) + u64::from(ip_len);
         word(h, Self::CHECKSUM, checksum::finish(sum));
-        word(h, Self::UDP, 49152 | (hash as u16 & 0x3fff));
+        word(h, Self::UDP, outer_port(hash));
         word(h, Self::UDP + 4, ip_len - ipv4::HEADER_LEN as u16);
         word(h, Self::INNER_ETHERTYPE, ethertype);
         true
