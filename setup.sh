@@ -23,8 +23,9 @@ packages=(
 	# BGP: each node's speaker and the fleet testbed's router (BIRD 2; setpriv ties a
 	# node's speaker to its Rialto)
 	bird2 util-linux
-	# the side-by-side benchmark: dpdk-testpmd (net_af_xdp, net_af_packet), its plot, callgrind
-	python3-matplotlib valgrind
+	# the side-by-side benchmark: dpdk-testpmd (net_af_xdp, net_af_packet), its plot, callgrind,
+	# the XDP programs' run time (bpftool)
+	python3-matplotlib valgrind bpftool
 	dpdk dpdk-dev
 )
 missing=()

@@ -13,6 +13,8 @@ back out of the same interface:
   rialto        Rialto's full job (side-by-side/rialto.toml): Maglev over 8
                 backends in 2 clusters, DNAT, SNAT, connection tracking,
                 VXLAN toward the backend's cluster
+  xdp-tx        an XDP program that swaps the MACs and returns XDP_TX
+                (side-by-side/xdp-tx.c): no socket, no copy; the floor
   bare          Rialto's reflect mode: the same AF_XDP I/O, no pipeline
   xdp-io, xdp-macswap          dpdk-testpmd over the net_af_xdp PMD
   packet-io, packet-macswap    dpdk-testpmd over the net_af_packet PMD
@@ -29,8 +31,16 @@ Printed: the table and the ratios rialto/bare, rialto/DPDK (testpmd
 macswap over net_af_xdp) and rialto/kernel; then, for rialto, bare and
 xdp-macswap, the zero-loss rate (the highest offered rate losing at most
 0.1% of the frames, by a binary search of --zero-loss-steps trials) and
-the ratios on it; written to --out: side-by-side.md, side-by-side.png,
-side-by-side.json.
+the ratios on it; then the CPU per packet of xdp-tx, rialto, bare,
+xdp-macswap and the kernel at a fixed rate below every system's limit
+(--cost-rate, 64 B, 10,000 flows, one worker, median of --cost-repeat
+runs): the whole machine's (every core's busy time from /proc/stat,
+generator and sink included), the device's (the machine's over xdp-tx's),
+and of it the device's own code (its threads' user time), its XDP
+program's (the kernel's BPF run-time statistics) and the rest, the
+kernel's: on a veth, copy-mode AF_XDP's copies and skbs, and the receive
+path that runs on the sender's core. Written to --out: side-by-side.md,
+side-by-side.png, side-by-side.json, cost.json.
 
 --soak MINUTES runs Rialto alone that long at the highest rate it sustained
 in a short flat-out run (less 10%), with flows churning, and samples its
@@ -52,6 +62,7 @@ rialto-traffic beside it).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -71,6 +82,7 @@ RIALTO = Path(os.environ.get("RIALTO", ROOT / "target" / "release" / "rialto"))
 TRAFFIC = RIALTO.parent / "rialto-traffic"
 CONFIG = HERE / "side-by-side" / "rialto.toml"
 KERNEL = HERE / "side-by-side" / "kernel.sh"
+XDP_TX = HERE / "side-by-side" / "xdp-tx.c"
 TESTPMD = ROOT / "dpdk-compare" / "testpmd.sh"
 PAIR = ROOT / "testbed" / "pair.sh"
 
@@ -91,6 +103,7 @@ class System:
 
 SYSTEMS = [
     System("rialto", "Rialto, full job", "forward"),
+    System("xdp-tx", "XDP_TX in the driver: MACs swapped, no socket (the floor)", "echo"),
     System("bare", "Rialto reflect (bare AF_XDP)", "echo"),
     System("xdp-io", "testpmd io, net_af_xdp", "echo"),
     System("xdp-macswap", "testpmd macswap, net_af_xdp", "echo"),
@@ -105,6 +118,13 @@ ZERO_LOSS = ("rialto", "bare", "xdp-macswap")
 LOSS_BOUND = 0.001
 TRIAL = 2.0
 TARGETS = {"bare": 0.9, "xdp-macswap": 1.0, "kernel": 3.0}
+# The CPU each system spends per packet at a fixed offered rate below every
+# system's limit, in one configuration (64 B, 10,000 flows, one worker),
+# against the floor: xdp-tx, what the generator, the sink and the cheapest
+# reflector spend.
+COST = ("xdp-tx", "rialto", "bare", "xdp-macswap", "kernel")
+FLOOR = "xdp-tx"
+COST_TARGET = 1 / 3  # rialto's CPU per packet at most this share of the kernel's
 
 
 def log(msg):
@@ -192,6 +212,9 @@ class Device:
         elif name == "kernel":
             mask = sum(1 << c for c in bed.cores())
             sh("bash", KERNEL, "up", bed.dut_ns, bed.dut_if, f"{mask:x}")
+        elif name == "xdp-tx":
+            sh("ip", "-n", bed.dut_ns, "link", "set", "dev", bed.dut_if, "xdpdrv", "obj", xdp_tx(self.workdir),
+               "sec", "xdp")
         else:
             pmd, mode = name.split("-")
             args = ["bash", TESTPMD, bed.dut_ns, bed.dut_if, pmd, mode, GEN_CORE, *bed.cores()]
@@ -203,6 +226,9 @@ class Device:
     def __exit__(self, *_):
         if self.system.name == "kernel":
             sh("bash", KERNEL, "down", self.bed.dut_ns, self.bed.dut_if, check=False)
+            return
+        if self.system.name == "xdp-tx":
+            sh("ip", "-n", self.bed.dut_ns, "link", "set", "dev", self.bed.dut_if, "xdpdrv", "off", check=False)
             return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT if self.system.name not in ("rialto", "bare") else signal.SIGTERM)
@@ -229,13 +255,35 @@ class Device:
         return json.loads(api(self.bed.dut_ns, "/api/v1/status"))
 
 
-def generate(bed, system, size, flows, seconds, warmup=1.0, extra=(), config=CONFIG):
+def xdp_tx(workdir):
+    """The floor's XDP program, compiled into `workdir` once."""
+    obj = Path(workdir) / "xdp-tx.o"
+    if not obj.exists():
+        multiarch = sh("gcc", "-print-multiarch", capture_output=True, text=True).stdout.strip()
+        sh("clang", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror", f"-I/usr/include/{multiarch}", "-c", XDP_TX,
+           "-o", obj)
+    return obj
+
+
+def generator(bed, system, size, flows, seconds, warmup=1.0, extra=(), config=CONFIG):
+    """The generator, started: its JSON report comes on its stdout."""
     args = ["gen", "--iface", bed.gen_if, "--core", GEN_CORE, "--dst-mac", DUT_MAC, "--vip", VIP,
             "--flows", flows, "--size", size, "--duration", seconds, "--warmup", warmup, *extra]
     if system.expect == "forward":
         args += ["--config", config]
-    out = sh("ip", "netns", "exec", bed.gen_ns, TRAFFIC, *args, capture_output=True, text=True)
-    return json.loads(out.stdout)
+    return subprocess.Popen(["ip", "netns", "exec", bed.gen_ns, str(TRAFFIC), *map(str, args)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def report_of(gen):
+    out, _ = gen.communicate()
+    if gen.returncode != 0:
+        raise RuntimeError(f"the generator failed ({gen.returncode})")
+    return json.loads(out)
+
+
+def generate(bed, system, size, flows, seconds, warmup=1.0, extra=(), config=CONFIG):
+    return report_of(generator(bed, system, size, flows, seconds, warmup, extra, config))
 
 
 @dataclass
@@ -346,6 +394,8 @@ def preflight(args):
     a long run must not fail at its end for want of a module or a tool."""
     missing = [f"{need} (run setup.sh first)" for need in (RIALTO, TRAFFIC) if not need.exists()]
     tools = ["ip", "ethtool", "curl", "nft", "stdbuf"]
+    if args.soak is None and not args.fleet:
+        tools += ["clang", "gcc", "bpftool"]
     if args.soak is None and not args.fleet and (not args.only or any(s.startswith(("xdp-", "packet-")) for s in args.only)):
         tools.append("dpdk-testpmd")
     missing += [f"the {tool} command" for tool in tools if shutil.which(tool) is None]
@@ -402,6 +452,13 @@ def side_by_side(args):
                                 system = next(s for s in systems if s.name == cell.system)
                                 cell.zero_loss = zero_loss(bed, system, cell, args.zero_loss_steps, work)
                         cells += here
+        costs = []
+        if args.cost_seconds:
+            names = [FLOOR] + [n for n in COST if n != FLOOR and n in {s.name for s in systems}]
+            with Testbed(1) as bed, bpf_stats():
+                log(f"== CPU per packet at {args.cost_rate:,} packets/s, 64 B, 10,000 flows, 1 worker")
+                costs = [cost(bed, next(s for s in SYSTEMS if s.name == n), args.cost_rate, args.cost_seconds, work)
+                         for _ in range(args.cost_repeat) for n in names]
     head, rows = table(cells, systems)
     lines = targets(cells)
     print(render_text(head, rows))
@@ -414,6 +471,17 @@ def side_by_side(args):
         print(f"zero-loss rate (packets/s offered with at most {LOSS_BOUND:.1%} lost, {args.zero_loss_steps} "
               f"steps of {TRIAL:.0f} s):")
         print(render_text(zl_head, zl_rows))
+    if costs:
+        cost_head, cost_rows, cost_lines = cost_table(costs)
+        cost_title = (f"CPU per packet (ns) at {args.cost_rate:,} packets/s offered (64 B, 10,000 flows, 1 worker; "
+                      f"{args.cost_seconds:g} s, median of {args.cost_repeat}): the machine's (every core's busy time, "
+                      f"generator and sink included); the device's, over {FLOOR}'s; of it, its own code (its "
+                      "threads' user time), its XDP program's run time and the rest, the kernel's")
+        print()
+        print(cost_title + ":")
+        print(render_text(cost_head, cost_rows))
+        for line in cost_lines:
+            print(line)
     elapsed = time.monotonic() - started
     print(f"({len(cells) * args.repeat} runs of {args.seconds} s in {elapsed:.0f} s; packets/s: median of "
           f"one-second samples of the frames that came back, the generator sending flat out"
@@ -427,9 +495,13 @@ def side_by_side(args):
                f"frames were lost, found by a binary search of {args.zero_loss_steps} trials of {TRIAL:.0f} s "
                "between 0 and 1.1 × flat out (RFC 2544 §26.1, with a loss bound).", "",
                render_markdown(zl_head, zl_rows)]
+    if costs:
+        md += ["", cost_title + ".", "", render_markdown(cost_head, cost_rows), ""] + [f"- {line}" for line in cost_lines]
     md += ["", "| system | what |", "|---|---|"] + [f"| {s.name} | {s.what} |" for s in systems]
     (out / "side-by-side.md").write_text("\n".join(md) + "\n")
     (out / "side-by-side.json").write_text(json.dumps([c.__dict__ for c in cells], indent=1))
+    if costs:
+        (out / "cost.json").write_text(json.dumps([c.__dict__ for c in costs], indent=1))
     plot(cells, systems, out / "side-by-side.png")
     print(f"written: {out / 'side-by-side.md'}, {out / 'side-by-side.png'}, {out / 'side-by-side.json'}")
     bad = [c for c in cells if c.mismatches or c.ok == 0]
@@ -455,6 +527,102 @@ def zero_loss(bed, system, cell, steps, workdir):
                 f"{'pass' if ok else 'fail'}")
             low, high = (rate, high) if ok else (low, rate)
     return low
+
+
+@dataclass
+class Cost:
+    """What one system spent per packet (ns of CPU): the whole machine
+    (every core's time not idle, /proc/stat), and of it the device's own
+    code (its threads' user time), and its XDP program's run time (the
+    kernel's BPF statistics)."""
+    system: str
+    loss: float
+    busy: float
+    code: float
+    xdp: float
+
+
+def cpu_busy():
+    """Seconds every core has spent not idle (/proc/stat: the idle time of
+    a tickless core is measured, not sampled)."""
+    fields = open("/proc/stat").readline().split()[1:9]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def user_seconds(pid):
+    """The user time of every thread of process `pid`, in seconds."""
+    ticks = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        ticks += int(stat[stat.rindex(")") + 2:].split()[11])  # utime, field 14
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def xdp_seconds(bed):
+    """The run time of the XDP program on the device's interface (none: 0)."""
+    link = json.loads(sh("ip", "-n", bed.dut_ns, "-j", "link", "show", "dev", bed.dut_if,
+                         capture_output=True, text=True).stdout)[0]
+    prog = link.get("xdp", {}).get("prog", {}).get("id")
+    if prog is None:
+        return 0.0
+    shown = json.loads(sh("bpftool", "-j", "prog", "show", "id", prog, capture_output=True, text=True).stdout)
+    return shown.get("run_time_ns", 0) / 1e9
+
+
+@contextlib.contextmanager
+def bpf_stats():
+    """The kernel's run-time statistics of BPF programs, on meanwhile."""
+    knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+    was = knob.read_text().strip()
+    knob.write_text("1")
+    try:
+        yield
+    finally:
+        knob.write_text(was)
+
+
+def cost(bed, system, rate, seconds, workdir):
+    """Runs `system` at `rate` packets/s offered (64 B, 10,000 flows), and
+    measures for `seconds`, after a second and a half, what it spends."""
+    with Device(system, bed, workdir) as device:
+        gen = generator(bed, system, 64, 10_000, seconds + 1.5, extra=["--rate", rate])
+        time.sleep(1.5)
+        own = device.pid() if device.proc else None
+        before = (cpu_busy(), user_seconds(own) if own else 0.0, xdp_seconds(bed))
+        time.sleep(seconds)
+        after = (cpu_busy(), user_seconds(own) if own else 0.0, xdp_seconds(bed))
+        report = report_of(gen)
+    if report["mismatches"]:
+        raise RuntimeError(f"{system.name}: frames not as expected: {report['mismatches']}")
+    busy, code, xdp = (1e9 * (b - a) / (rate * seconds) for a, b in zip(before, after))
+    c = Cost(system.name, report["loss"], busy, code, xdp)
+    log(f"  {system.name:12} at {rate:,} packets/s: {c.busy:6.0f} ns of CPU per packet (its code {c.code:.0f}, "
+        f"its XDP program {c.xdp:.0f}), loss {c.loss:.3%}")
+    return c
+
+
+def cost_table(costs):
+    """Per system, the median of its runs: the machine's CPU per packet,
+    and the device's, over the floor's, split by where it was spent."""
+    names = dict.fromkeys(c.system for c in costs)
+    med = {n: Cost(n, *(statistics.median(getattr(c, f) for c in costs if c.system == n)
+                        for f in ("loss", "busy", "code", "xdp")))
+           for n in names}
+    floor = med[FLOOR]
+    head = ["system", "loss", "machine", "device", "its code", "its XDP program", "kernel"]
+    rows, device = [], {}
+    for n, c in med.items():
+        device[n] = c.busy - floor.busy
+        kernel = device[n] - c.code - c.xdp if n != FLOOR else 0
+        rows.append([n, f"{c.loss:.2%}", f"{c.busy:.0f}", f"{device[n]:.0f}", f"{c.code:.0f}", f"{c.xdp:.0f}",
+                     f"{kernel:.0f}"])
+    lines = []
+    if "rialto" in device and device.get("kernel", 0) > 0:
+        ratio = device["rialto"] / device["kernel"]
+        lines.append(f"rialto/kernel CPU per packet <= {COST_TARGET:.2f}: {'met' if ratio <= COST_TARGET else 'not met'}"
+                     f" ({ratio:.2f})")
+    return head, rows, lines
 
 
 def zero_loss_table(cells):
@@ -804,6 +972,12 @@ def main():
     p.add_argument("--soak-rate", type=int, metavar="PPS", help="the soak's rate (default: 90%% of flat out)")
     p.add_argument("--zero-loss-steps", type=int, default=6, metavar="N",
                    help=f"trials of the zero-loss search per configuration of {', '.join(ZERO_LOSS)} (0: none)")
+    p.add_argument("--cost-rate", type=int, default=100_000, metavar="PPS",
+                   help="the offered rate of the CPU-per-packet measurement")
+    p.add_argument("--cost-seconds", type=float, default=5, metavar="S",
+                   help="the measurement per system of the CPU per packet (0: none)")
+    p.add_argument("--cost-repeat", type=int, default=3, metavar="N",
+                   help="runs per system of the CPU per packet, interleaved (the table shows their median)")
     p.add_argument("--fleet", action="store_true", help="price sharing flows across a fleet instead")
     p.add_argument("--fleet-flows", type=int, default=1_000_000, metavar="N",
                    help="the flows of the fleet's bulk sync (at most 1,032,192: 16 SNAT addresses)")

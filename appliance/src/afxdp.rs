@@ -639,36 +639,39 @@ impl XskPort {
     fn run(&mut self, count: usize, process: impl FnOnce(&mut [FrameBuf<'_>], &mut [Verdict])) {
         let frame_size = self.frame_size;
         let start = |desc: &FrameDesc| desc.addr() - desc.addr() % frame_size;
-        let mut whole: ArrayVec<FrameDesc, { 2 * MAX_BATCH }> = self.rx_batch[..count]
-            .iter()
-            .map(|desc| {
-                let mut w = *desc;
-                w.set_packet(start(desc), frame_size);
-                w
-            })
-            .collect();
+        // Each array is filled where it lies: `collect` would build it
+        // elsewhere and move it, a copy of every entry, used or not, per batch.
+        let mut whole = ArrayVec::<FrameDesc, { 2 * MAX_BATCH }>::new();
+        whole.extend(self.rx_batch[..count].iter().map(|desc| {
+            let mut w = *desc;
+            w.set_packet(start(desc), frame_size);
+            w
+        }));
         let umem = &self.umem;
-        let mut data: ArrayVec<_, { 2 * MAX_BATCH }> = whole
-            .iter_mut()
-            // SAFETY: each frame came off our RX ring or our inbox; until we
-            // put it on a ring, an inbox or a home queue nobody else reads or
-            // writes it, and these are the only references to it. Each `w`
-            // spans exactly one frame of the UMEM every port shares, and no
-            // two of them the same frame (a frame is in one place at a time).
-            .map(|w| unsafe { umem.data_mut(w) })
-            .collect();
-        let mut frames: ArrayVec<FrameBuf<'_>, { 2 * MAX_BATCH }> = data
-            .iter_mut()
-            .zip(self.rx_batch[..count].iter().zip(&self.rx_hops))
-            .map(|(d, (desc, &hops))| {
-                FrameBuf::new(
-                    d.contents_mut(),
-                    desc.addr() - start(desc),
-                    desc.lengths().data(),
-                )
-                .handed(hops)
-            })
-            .collect();
+        let mut data = ArrayVec::<_, { 2 * MAX_BATCH }>::new();
+        data.extend(
+            whole
+                .iter_mut()
+                // SAFETY: each frame came off our RX ring or our inbox; until we
+                // put it on a ring, an inbox or a home queue nobody else reads or
+                // writes it, and these are the only references to it. Each `w`
+                // spans exactly one frame of the UMEM every port shares, and no
+                // two of them the same frame (a frame is in one place at a time).
+                .map(|w| unsafe { umem.data_mut(w) }),
+        );
+        let mut frames = ArrayVec::<FrameBuf<'_>, { 2 * MAX_BATCH }>::new();
+        frames.extend(
+            data.iter_mut()
+                .zip(self.rx_batch[..count].iter().zip(&self.rx_hops))
+                .map(|(d, (desc, &hops))| {
+                    FrameBuf::new(
+                        d.contents_mut(),
+                        desc.addr() - start(desc),
+                        desc.lengths().data(),
+                    )
+                    .handed(hops)
+                }),
+        );
         process(&mut frames, &mut self.verdicts[..count]);
         for ((desc, frame), verdict) in self.rx_batch[..count]
             .iter_mut()

@@ -533,6 +533,7 @@ pub fn run(
             (false, Some(until)) if now >= until => break,
             _ => {}
         }
+        let mut due = false;
         if let (true, Some(flows)) = (sending && window > 0, flows) {
             let budget = match plan.rate {
                 0 => plan.batch * ports.len(),
@@ -545,6 +546,7 @@ pub fn run(
             // flow keeps its port.
             let slide = (plan.churn as u128 * now.as_nanos() / 1_000_000_000) as u32;
             let base = slide / n * n;
+            due = budget > 0;
             let per_port = budget.div_ceil(ports.len());
             for (p, port) in ports.iter_mut().enumerate() {
                 let cursor = &mut cursors[p];
@@ -567,7 +569,17 @@ pub fn run(
         for port in ports.iter_mut() {
             received += port.receive(|frame| sink.inspect(frame), &mut tally);
         }
-        if received == 0 && (!sending || plan.rate > 0) {
+        // Paced, it sleeps whenever no frame is due, replies or not: its CPU
+        // then follows the rate, and what a device costs shows (a loop
+        // spinning on replies would absorb the device's receive path, which
+        // on a veth runs on the sender's core). Flat out, it sleeps only
+        // while it drains.
+        let idle = match (sending, plan.rate) {
+            (true, 0) => false,
+            (true, _) => !due,
+            (false, _) => received == 0,
+        };
+        if idle {
             std::thread::sleep(Duration::from_micros(50));
         }
     }

@@ -41,6 +41,10 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
         "10000",
         "--zero-loss-steps",
         "1",
+        "--cost-seconds",
+        "1",
+        "--cost-repeat",
+        "1",
     ]);
     assert!(ok, "every frame came back as expected: {table}");
     // The zero-loss rates follow, with their ratios, a row per worker count.
@@ -57,6 +61,7 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
     check_table(zero_loss.lines().skip(1), &zero_loss_columns, 2);
     let columns = [
         "rialto",
+        "xdp-tx",
         "bare",
         "xdp-io",
         "xdp-macswap",
@@ -100,11 +105,15 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
     let cells: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("side-by-side.json")).unwrap())
             .unwrap();
-    assert_eq!(cells.len(), 14);
+    assert_eq!(cells.len(), 16);
     for cell in &cells {
         assert!(u64_of(cell, "pps") > 0, "{cell}");
         assert!(u64_of(cell, "ok") > 0, "{cell}");
     }
+    check_costs(&table);
+    let costs: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("cost.json")).unwrap()).unwrap();
+    assert_eq!(costs.len(), 5, "one run of each system");
     let md = std::fs::read_to_string(out_dir.join("side-by-side.md")).unwrap();
     assert!(md.contains("| 64 B | 10,000 | 2 |"), "{md}");
     let png = std::fs::read(out_dir.join("side-by-side.png")).unwrap();
@@ -152,6 +161,46 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
 
 /// A printed table, from its head: every one of `columns` in the head, and
 /// `rows` rows of 64-byte frames (a row per worker count).
+/// The CPU per packet at a fixed rate: a row per system with its figures
+/// (ns per packet: loss, machine, device, its code, its XDP program, kernel),
+/// and the target's line. Rialto runs its own code and an XDP program; the
+/// kernel, neither.
+fn check_costs(table: &str) {
+    let (_, section) = table
+        .split_once("CPU per packet (ns) at 100,000 packets/s offered")
+        .unwrap_or_else(|| panic!("a cost table: {table}"));
+    let row = |system: &str| -> Vec<f64> {
+        let line = section
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(system))
+            .unwrap_or_else(|| panic!("{system}'s cost: {section}"));
+        line.split_whitespace()
+            .skip(2)
+            .map(|n| n.parse().unwrap_or_else(|e| panic!("{n} in {line:?}: {e}")))
+            .collect()
+    };
+    for system in ["xdp-tx", "rialto", "bare", "xdp-macswap", "kernel"] {
+        let figures = row(system);
+        assert_eq!(figures.len(), 5, "{system}: {figures:?}");
+        assert!(figures[0] > 0.0, "{system} spent CPU: {figures:?}");
+    }
+    let (rialto, kernel) = (row("rialto"), row("kernel"));
+    assert!(
+        rialto[2] > 0.0 && rialto[3] > 0.0,
+        "rialto's code and XDP program: {rialto:?}"
+    );
+    assert!(
+        kernel[2] == 0.0 && kernel[3] == 0.0,
+        "the kernel has neither: {kernel:?}"
+    );
+    assert!(
+        section
+            .lines()
+            .any(|l| l.starts_with("rialto/kernel CPU per packet <= 0.33: ")),
+        "the target's line: {section}"
+    );
+}
+
 fn check_table<'a>(mut lines: impl Iterator<Item = &'a str>, columns: &[&str], rows: usize) {
     let head = lines.next().unwrap_or_default();
     for column in columns {
