@@ -47,6 +47,15 @@ in a short flat-out run (less 10%), with flows churning, and samples its
 memory (RSS), UMEM frames in use and live flows; it says whether each line
 stayed flat.
 
+--handoff prices handing replies over between workers (issue 19): Rialto
+with two workers and the return path: the generator first sends each of
+10,000 flows once and learns from its forwarded frame what the backend
+would answer, then sends those replies, so that each arrives on the queue
+of the worker that owns its flow, or each on the other queue (the worker
+there hands it over); it reports the return packets/s both ways (--repeat
+runs, default 3) and the CPU per return packet at --cost-rate both ways:
+the difference is the cost of a handed-over frame.
+
 --fleet prices sharing flows across a fleet (issue 17): a second Rialto,
 node 2, in a namespace of its own, is the first's peer over a plain veth
 (the sync link); the generator sends to node 1 flat out while 10,000 new
@@ -395,8 +404,8 @@ def preflight(args):
     missing = [f"{need} (run setup.sh first)" for need in (RIALTO, TRAFFIC) if not need.exists()]
     tools = ["ip", "ethtool", "curl", "nft", "stdbuf"]
     if args.soak is None and not args.fleet:
-        tools += ["clang", "gcc", "bpftool"]
-    if args.soak is None and not args.fleet and (not args.only or any(s.startswith(("xdp-", "packet-")) for s in args.only)):
+        tools += ["bpftool"] + (["clang", "gcc"] if not args.handoff else [])
+    if args.soak is None and not args.fleet and not args.handoff and (not args.only or any(s.startswith(("xdp-", "packet-")) for s in args.only)):
         tools.append("dpdk-testpmd")
     missing += [f"the {tool} command" for tool in tools if shutil.which(tool) is None]
     try:
@@ -582,12 +591,12 @@ def bpf_stats():
         knob.write_text(was)
 
 
-def cost(bed, system, rate, seconds, workdir):
+def cost(bed, system, rate, seconds, workdir, extra=(), lead=1.5):
     """Runs `system` at `rate` packets/s offered (64 B, 10,000 flows), and
-    measures for `seconds`, after a second and a half, what it spends."""
+    measures for `seconds`, after `lead` seconds, what it spends."""
     with Device(system, bed, workdir) as device:
-        gen = generator(bed, system, 64, 10_000, seconds + 1.5, extra=["--rate", rate])
-        time.sleep(1.5)
+        gen = generator(bed, system, 64, 10_000, seconds + lead, extra=["--rate", rate, *extra])
+        time.sleep(lead)
         own = device.pid() if device.proc else None
         before = (cpu_busy(), user_seconds(own) if own else 0.0, xdp_seconds(bed))
         time.sleep(seconds)
@@ -597,7 +606,7 @@ def cost(bed, system, rate, seconds, workdir):
         raise RuntimeError(f"{system.name}: frames not as expected: {report['mismatches']}")
     busy, code, xdp = (1e9 * (b - a) / (rate * seconds) for a, b in zip(before, after))
     c = Cost(system.name, report["loss"], busy, code, xdp)
-    log(f"  {system.name:12} at {rate:,} packets/s: {c.busy:6.0f} ns of CPU per packet (its code {c.code:.0f}, "
+    log(f"  {system.name:12} {' '.join(map(str, extra))} at {rate:,} packets/s: {c.busy:6.0f} ns of CPU per packet (its code {c.code:.0f}, "
         f"its XDP program {c.xdp:.0f}), loss {c.loss:.3%}")
     return c
 
@@ -952,6 +961,71 @@ def fleet_bench(args):
     return 0 if adopted >= held and delays_flat and all(d["flows"] for d in delays_flat) else 1
 
 
+# The return path's two cases: every reply arrives on the queue of the
+# worker that owns its flow, or on the other one (and is handed over).
+REPLY_QUEUES = ("same", "other")
+# Before the replies are sent, the generator learns them (each flow's frame
+# forwarded once): at most 3 s, well under 1 s with 10,000 flows.
+LEARNING = 1.5
+
+
+def handoff_bench(args):
+    """The cost of handing replies over (issue 19, deliverable 4): Rialto
+    with two workers, the generator sending its flows' replies (10,000
+    flows, 64 B) so that every one arrives on its owner's queue, or every
+    one on the other queue; flat out (return packets/s), then at a fixed
+    rate (CPU per return packet)."""
+    rialto = next(s for s in SYSTEMS if s.name == "rialto")
+    pps = {q: [] for q in REPLY_QUEUES}
+    handed = {q: [] for q in REPLY_QUEUES}
+    costs = {q: [] for q in REPLY_QUEUES}
+    with tempfile.TemporaryDirectory(prefix="rialto-sbs.") as work, Testbed(2) as bed, bpf_stats():
+        log(f"== the return path, 2 workers (cores {bed.cores()}), replies on the owner's queue or the other's")
+        for _ in range(args.repeat):
+            for q in REPLY_QUEUES:
+                with Device(rialto, bed, work) as device:
+                    report = generate(bed, rialto, 64, 10_000, args.seconds, extra=["--replies", q])
+                if report["mismatches"] or not report["ok"]:
+                    log(f"error: replies on the {q} queue: {report['ok']} as expected, {report['mismatches']}")
+                    return 1
+                workers = device.summary["workers"]
+                out = sum(w["handoff_out"] for w in workers)
+                received = sum(w["rx_packets"] for w in workers)
+                pps[q].append(report["median_rx_pps"])
+                handed[q].append((out, received))
+                log(f"  replies on the {q:5} queue: {report['median_rx_pps']:9,} packets/s back, {out:,} of "
+                    f"{received:,} frames handed over")
+        if args.cost_seconds:
+            for _ in range(args.cost_repeat):
+                for q in REPLY_QUEUES:
+                    costs[q].append(cost(bed, rialto, args.cost_rate, args.cost_seconds, work,
+                                         extra=["--replies", q], lead=1.0 + LEARNING))
+    same, other = (statistics.median(pps[q]) for q in REPLY_QUEUES)
+    print(f"The return path: Rialto, 2 workers, 10,000 flows, 64 B; the generator sends each flow's reply "
+          f"from its backend (median of {args.repeat} runs of {args.seconds:g} s, interleaved)")
+    for q in REPLY_QUEUES:
+        out, received = handed[q][-1]
+        print(f"  replies on the {'owner' if q == 'same' else 'other'}'s queue: {statistics.median(pps[q]):,.0f} "
+              f"packets/s back to the clients (runs: {', '.join(f'{p:,}' for p in pps[q])}); "
+              f"handed over: {out:,} of {received:,} frames received (last run)")
+    print(f"  return packets/s, every reply handed over / none: {other / same:.2f}")
+    result = {"pps": pps, "handed": handed}
+    if args.cost_seconds:
+        med = {q: Cost(q, *(statistics.median(getattr(c, f) for c in costs[q])
+                            for f in ("loss", "busy", "code", "xdp"))) for q in REPLY_QUEUES}
+        a, b = med["same"], med["other"]
+        print(f"CPU per return packet at {args.cost_rate:,} packets/s (the machine's; median of {args.cost_repeat} runs "
+              f"of {args.cost_seconds:g} s): none handed over {a.busy:.0f} ns (Rialto's code {a.code:.0f}), every "
+              f"one handed over {b.busy:.0f} ns (Rialto's code {b.code:.0f})")
+        print(f"  a handed-over frame costs {b.busy - a.busy:.0f} ns more ({b.code - a.code:.0f} ns of it in "
+              f"Rialto's code); the pipeline's own code per packet: {a.code:.0f} ns")
+        result["cost"] = {q: [c.__dict__ for c in costs[q]] for q in REPLY_QUEUES}
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "handoff.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def fmt_delay(d):
     if not d.get("flows"):
         return "no flow counted"
@@ -962,7 +1036,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=5, help="seconds measured per run (after 1 s of warmup)")
     p.add_argument("--repeat", type=int, help="runs per cell, interleaved; the table shows their median "
-                   "(default 1; with --fleet, 3)")
+                   "(default 1; with --fleet or --handoff, 3)")
     p.add_argument("--out", default="target/side-by-side", help="directory for the markdown, PNG and JSON")
     p.add_argument("--only", nargs="+", choices=[s.name for s in SYSTEMS], help="run only these systems")
     p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
@@ -978,6 +1052,8 @@ def main():
                    help="the measurement per system of the CPU per packet (0: none)")
     p.add_argument("--cost-repeat", type=int, default=3, metavar="N",
                    help="runs per system of the CPU per packet, interleaved (the table shows their median)")
+    p.add_argument("--handoff", action="store_true",
+                   help="price handing replies over between workers instead (the return path)")
     p.add_argument("--fleet", action="store_true", help="price sharing flows across a fleet instead")
     p.add_argument("--fleet-flows", type=int, default=1_000_000, metavar="N",
                    help="the flows of the fleet's bulk sync (at most 1,032,192: 16 SNAT addresses)")
@@ -989,6 +1065,9 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if args.fleet:
         sys.exit(fleet_bench(args))
+    if args.handoff:
+        args.repeat = args.repeat or 3
+        sys.exit(handoff_bench(args))
     args.repeat = args.repeat or 1
     sys.exit(soak(args) if args.soak else side_by_side(args))
 

@@ -16,6 +16,13 @@
 //! asked to do ([`Expect`]): sent back as it was (bare forwarding), or
 //! load-balanced and encapsulated toward a backend's cluster as the config
 //! says. Every frame carries [`MAGIC`] and its flow number in its payload.
+//!
+//! The return path ([`replies`]): the generator learns from each flow's
+//! forwarded frame what its backend would answer (the frame turned round,
+//! from the backend to the SNAT address and port, from the gateway to the
+//! device's VTEP), and sends those replies instead, on the queue of the
+//! worker that owns the flow or on another one; the sink then checks that
+//! each comes back to its client from the VIP ([`Expect::Return`]).
 
 use std::{
     collections::BTreeMap,
@@ -24,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice, UdpSlice};
+use etherparse::{LinkSlice, NetSlice, PacketBuilder, SlicedPacket, TransportSlice, UdpSlice};
 use hashbrown::{HashMap, HashSet};
 use rialto_rules::{Endpoint, Proto, Snapshot};
 use serde::Serialize;
@@ -101,6 +108,20 @@ pub struct Flows {
 }
 
 impl Flows {
+    /// Flows of the given frames, in order (all of one length).
+    fn of(frames: impl IntoIterator<Item = Vec<u8>>) -> Result<Self, String> {
+        let mut bytes = Vec::new();
+        let mut frame_len = None;
+        for frame in frames {
+            if *frame_len.get_or_insert(frame.len()) != frame.len() {
+                return Err("frames of different lengths".to_owned());
+            }
+            bytes.extend_from_slice(&frame);
+        }
+        let frame_len = frame_len.ok_or("no frame")?;
+        Ok(Self { bytes, frame_len })
+    }
+
     pub fn build(spec: &Spec) -> Result<Self, SpecError> {
         if spec.space == 0 {
             return Err(SpecError::NoFlows(spec.space));
@@ -227,6 +248,9 @@ pub enum Expect {
     Echo,
     /// Load-balanced it and encapsulated it toward the backend's cluster.
     Forward(Box<Forward>),
+    /// A backend's reply ([`replies`]): decapsulated and sent to the flow's
+    /// client (`clients`: the first address) from the VIP.
+    Return { vip: SocketAddr, clients: IpAddr },
 }
 
 /// A forwarded frame, as the config says it must look.
@@ -284,14 +308,17 @@ impl Expect {
         match self {
             Self::Echo => "echo",
             Self::Forward(_) => "forward",
+            Self::Return { .. } => "return",
         }
     }
 
     /// Checks one frame that came back.
     pub fn check(&self, frame: &[u8]) -> Result<(), Mismatch> {
         let packet = SlicedPacket::from_ethernet(frame).map_err(|_| Mismatch::Undecodable)?;
-        let Self::Forward(f) = self else {
-            return ours(&packet);
+        let f = match self {
+            Self::Echo => return ours(&packet),
+            &Self::Return { vip, clients } => return returned(&packet, vip, clients),
+            Self::Forward(f) => f,
         };
         let (outer_src, outer_dst) = addresses(&packet).ok_or(Mismatch::NotVxlan)?;
         let udp = udp(&packet).ok_or(Mismatch::NotVxlan)?;
@@ -324,6 +351,28 @@ impl Expect {
         }
         Ok(())
     }
+}
+
+/// A reply that came back to its flow's client (`clients`: the first
+/// address) from `vip`.
+fn returned(packet: &SlicedPacket, vip: SocketAddr, clients: IpAddr) -> Result<(), Mismatch> {
+    ours(packet)?;
+    let (src, dst) = addresses(packet).ok_or(Mismatch::Undecodable)?;
+    let udp = udp(packet).ok_or(Mismatch::NotOurs)?;
+    if SocketAddr::new(src, udp.source_port()) != vip {
+        return Err(Mismatch::WrongSource);
+    }
+    let flow = flow_of(udp.payload()).ok_or(Mismatch::NotOurs)?;
+    if client(clients, flow) != Some((dst, udp.destination_port())) {
+        return Err(Mismatch::WrongClient);
+    }
+    Ok(())
+}
+
+/// The flow number a payload of ours carries.
+fn flow_of(payload: &[u8]) -> Option<u32> {
+    let mark = payload.get(MAGIC.len()..MAGIC.len() + 4)?;
+    Some(u32::from_be_bytes(mark.try_into().ok()?))
 }
 
 /// Our payload mark, and valid IP and UDP checksums.
@@ -391,7 +440,8 @@ pub enum Mismatch {
     NotOurs,
     /// Not UDP to the VXLAN port with a VXLAN header.
     NotVxlan,
-    /// The outer source is not the device's VTEP.
+    /// The outer source is not the device's VTEP (a reply: the source is
+    /// not the VIP).
     WrongSource,
     /// The outer destination is no gateway of the config.
     UnknownGateway,
@@ -403,10 +453,12 @@ pub enum Mismatch {
     NotSnat,
     /// An IPv4 header or UDP checksum is wrong.
     BadChecksum,
+    /// A reply's destination is not its flow's client.
+    WrongClient,
 }
 
 impl Mismatch {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Undecodable,
         Self::NotOurs,
         Self::NotVxlan,
@@ -416,6 +468,7 @@ impl Mismatch {
         Self::WrongBackend,
         Self::NotSnat,
         Self::BadChecksum,
+        Self::WrongClient,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -429,6 +482,7 @@ impl Mismatch {
             Self::WrongBackend => "wrong_backend",
             Self::NotSnat => "not_snat",
             Self::BadChecksum => "bad_checksum",
+            Self::WrongClient => "wrong_client",
         }
     }
 }
@@ -456,6 +510,161 @@ impl Sink {
             Err(m) => self.mismatches[m as usize] += 1,
         }
     }
+}
+
+/// The queue the backends' replies arrive on at the device under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyQueue {
+    /// The queue of the worker that made the flow: none is handed over.
+    Same,
+    /// Another worker's queue: each is handed over to the flow's worker.
+    Other,
+}
+
+/// The reply a backend sends to a forwarded frame of ours: its flow
+/// number, and the frame turned round (inner: from the backend to the SNAT
+/// address and port; outer: from the gateway to the device's VTEP, to the
+/// port and with the VNI it came with). `None`: not a forwarded frame.
+pub fn reply_to(forwarded: &[u8]) -> Option<(u32, Vec<u8>)> {
+    let outer = SlicedPacket::from_ethernet(forwarded).ok()?;
+    let LinkSlice::Ethernet2(eth) = outer.link.as_ref()? else {
+        return None;
+    };
+    let (vtep, gateway) = addresses(&outer)?;
+    let tunnel = udp(&outer)?;
+    let (vxlan, inner_frame) = tunnel.payload().split_at_checked(8)?;
+    let inner = SlicedPacket::from_ethernet(inner_frame).ok()?;
+    let LinkSlice::Ethernet2(inner_eth) = inner.link.as_ref()? else {
+        return None;
+    };
+    let (snat, backend) = addresses(&inner)?;
+    let datagram = udp(&inner)?;
+    let flow = flow_of(datagram.payload())?;
+    let reply = udp_frame(
+        (inner_eth.destination(), inner_eth.source()),
+        (backend, datagram.destination_port()),
+        SocketAddr::new(snat, datagram.source_port()),
+        datagram.payload(),
+    );
+    let mut header = vxlan.to_vec();
+    header.extend_from_slice(&reply);
+    let sport = 49_152 + (flow % OUTER_PORTS) as u16;
+    let frame = udp_frame(
+        (eth.destination(), eth.source()),
+        (gateway, sport),
+        SocketAddr::new(vtep, tunnel.destination_port()),
+        &header,
+    );
+    Some((flow, frame))
+}
+
+/// Sends each of `flows` (flow `i` on port `i mod ports`) until its
+/// forwarded frame has come back, checked by `sink`, or `patience` has
+/// passed, then waits for stragglers; returns the backends' replies to
+/// them ([`reply_to`]), ordered so that reply `i`, sent on port `i mod
+/// ports`, arrives where `queue` says against the queue its flow's frame
+/// came back on (its worker's: a worker sends on its own queue).
+pub fn replies(
+    ports: &mut [XskPort],
+    flows: &Flows,
+    sink: &mut Sink,
+    queue: ReplyQueue,
+    patience: Duration,
+) -> Result<Flows, String> {
+    let n = ports.len();
+    if queue == ReplyQueue::Other && n < 2 {
+        return Err("replies on another queue need two queues".to_owned());
+    }
+    let mut tally = Tally::default();
+    // Per flow: the port its frame came back on, and the reply.
+    let mut learned: Vec<Option<(usize, Vec<u8>)>> = vec![None; flows.space() as usize];
+    let mut missing = learned.len();
+    let mut pending: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut cursors = vec![0; n];
+    let start = Instant::now();
+    let mut next_round = Duration::ZERO;
+    let mut quiet_since = None;
+    loop {
+        let now = start.elapsed();
+        if missing == 0 || now >= patience {
+            // Stragglers of the last round come to the forward sink.
+            match *quiet_since.get_or_insert(now) {
+                since if now >= since + DRAIN => break,
+                _ => {}
+            }
+        } else if now >= next_round {
+            // Each flow still missing, once more, every 50 ms.
+            next_round = now + Duration::from_millis(50);
+            for (p, list) in pending.iter_mut().enumerate() {
+                list.clear();
+                list.extend(
+                    (p as u32..flows.space())
+                        .step_by(n)
+                        .filter(|&i| learned[i as usize].is_none()),
+                );
+            }
+            cursors.fill(0);
+        }
+        let mut busy = false;
+        for (p, port) in ports.iter_mut().enumerate() {
+            let (list, cursor) = (&pending[p], &mut cursors[p]);
+            if quiet_since.is_none() && *cursor < list.len() {
+                let budget = (list.len() - *cursor).min(64);
+                port.send(
+                    budget,
+                    |buf| {
+                        let frame = flows.frame(list[*cursor]);
+                        *cursor += 1;
+                        buf[..frame.len()].copy_from_slice(frame);
+                        frame.len()
+                    },
+                    &mut tally,
+                );
+                busy = true;
+            }
+        }
+        for (q, port) in ports.iter_mut().enumerate() {
+            let got = port.receive(
+                |frame| {
+                    sink.inspect(frame);
+                    if let Some((flow, reply)) = reply_to(frame)
+                        && let Some(slot @ None) = learned.get_mut(flow as usize)
+                    {
+                        *slot = Some((q, reply));
+                        missing -= 1;
+                    }
+                },
+                &mut tally,
+            );
+            busy |= got > 0;
+        }
+        if !busy {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    if missing > 0 {
+        return Err(format!(
+            "{missing} of {} flows' frames did not come back within {patience:?}",
+            learned.len()
+        ));
+    }
+    let mut by_queue: Vec<Vec<Vec<u8>>> = vec![Vec::new(); n];
+    for (q, reply) in learned.into_iter().flatten() {
+        by_queue[q].push(reply);
+    }
+    let mut taken = vec![0; n];
+    let order = (0..by_queue.iter().map(Vec::len).sum::<usize>()).map(|i| {
+        let p = i % n;
+        let q = match queue {
+            ReplyQueue::Same => p,
+            ReplyQueue::Other => (p + 1) % n,
+        };
+        let list = &by_queue[q];
+        let reply = list.get(taken[q] % list.len().max(1)).cloned();
+        taken[q] += 1;
+        reply.ok_or_else(|| format!("no flow's frame came back on queue {q}"))
+    });
+    Flows::of(order.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// How long and how fast.
@@ -616,10 +825,8 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        fixtures,
-        pipeline::{OwnedFrame, Pipeline, Verdict},
-    };
+    use rialto_dataplane::{OwnedFrame, Pipeline, Verdict};
+    use rialto_fixtures as fixtures;
     use std::sync::Arc;
 
     fn spec(flows: u32, size: usize) -> Spec {
@@ -680,7 +887,7 @@ mod tests {
         let mut frame = OwnedFrame::new(&[]);
         for i in 0..16 {
             frame.load(flows.frame(i));
-            assert_eq!(frame.with(|f| pipeline.process(f, 0)), Verdict::Tx);
+            assert_eq!(frame.with(|f| pipeline.process_frame(f, 0)), Verdict::Tx);
             assert_eq!(expect.check(frame.data()), Ok(()), "flow {i}");
             let mut bad = frame.data().to_vec();
             let last = bad.len() - 1;
@@ -688,6 +895,36 @@ mod tests {
             assert_eq!(expect.check(&bad), Err(Mismatch::BadChecksum));
         }
         assert!(Expect::forward(&config, "198.18.100.9:7".parse().unwrap()).is_err());
+    }
+
+    /// A backend's reply, as `reply_to` builds it, goes through the real
+    /// pipeline back to its client from the VIP, which the sink accepts;
+    /// the sink names a reply that reaches another client.
+    #[test]
+    fn a_reply_to_a_forwarded_frame_returns_to_its_client() {
+        let config = Arc::new(rialto_rules::load("fixtures", fixtures::CONFIG).unwrap());
+        let vip = "198.18.100.2:7".parse().unwrap();
+        let clients = "198.18.0.2".parse().unwrap();
+        let expect = Expect::Return { vip, clients };
+        let flows = Flows::build(&spec(16, 128)).unwrap();
+        let mut pipeline = Pipeline::balance(Arc::clone(&config), 0, 1, fixtures::NODE_MAC);
+        let mut frame = OwnedFrame::new(&[]);
+        for i in 0..16 {
+            frame.load(flows.frame(i));
+            assert_eq!(frame.with(|f| pipeline.process_frame(f, 0)), Verdict::Tx);
+            let (flow, reply) = reply_to(frame.data()).expect("a forwarded frame");
+            assert_eq!(flow, i);
+            assert_eq!(reply.len(), frame.data().len(), "the same headers");
+            assert_eq!(reply_to(flows.frame(i)), None, "not encapsulated");
+            frame.load(&reply);
+            assert_eq!(frame.with(|f| pipeline.process_frame(f, 0)), Verdict::Tx);
+            assert_eq!(expect.check(frame.data()), Ok(()), "flow {i}");
+            let elsewhere = Expect::Return {
+                vip,
+                clients: "198.18.0.3".parse().unwrap(),
+            };
+            assert_eq!(elsewhere.check(frame.data()), Err(Mismatch::WrongClient));
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ fn u64_of(v: &Value, key: &str) -> u64 {
 
 /// The benchmark command, short: one frame size and flow count, both
 /// worker counts, every system; then a 15-second soak; then the fleet's
-/// costs, short.
+/// costs and the return path's handoff, short.
 #[test]
 fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
     rialto_testbed::require_root();
@@ -156,6 +156,38 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("fleet.json")).unwrap())
             .unwrap();
     assert!(u64_of(&report["bulk"], "held") > 90_000, "{report}");
+
+    // The return path, short: every reply came back to its client from the
+    // VIP (the script fails otherwise); none was handed over when each came
+    // to its flow's worker, most were when each came to the other.
+    let (ok, handoff) = run(&[
+        "--handoff",
+        "--seconds",
+        "1",
+        "--repeat",
+        "1",
+        "--cost-seconds",
+        "1",
+        "--cost-repeat",
+        "1",
+    ]);
+    assert!(ok, "every reply came back as expected: {handoff}");
+    for line in [
+        "return packets/s, every reply handed over / none: ",
+        "a handed-over frame costs ",
+    ] {
+        assert!(handoff.contains(line), "{line}: {handoff}");
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("handoff.json")).unwrap())
+            .unwrap();
+    let handed = |queue: &str| {
+        let run = &report["handed"][queue][0];
+        (run[0].as_u64().unwrap(), run[1].as_u64().unwrap())
+    };
+    assert_eq!(handed("same").0, 0, "{report}");
+    let (out, received) = handed("other");
+    assert!(out > received / 2, "{report}");
     std::fs::remove_dir_all(&out_dir).unwrap();
 }
 

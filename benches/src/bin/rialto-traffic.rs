@@ -17,7 +17,7 @@ use rialto::{
     afxdp::{PortConfig, XskPort},
     host::{XdpMode, iface_mac, load_config, rx_queue_count},
 };
-use rialto_benches::traffic::{self, Expect, Flows, Plan, Sink, Spec, Tunnel};
+use rialto_benches::traffic::{self, Expect, Flows, Plan, ReplyQueue, Sink, Spec, Tunnel};
 use rialto_rules::{Endpoint, Proto, Snapshot, Steering as SteeringRules, config::Mac};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -100,6 +100,19 @@ pub struct GenArgs {
     /// Seconds sent before the measurement starts.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
+    /// Send the backends' replies instead (the return path): first each
+    /// flow's frame until it has come back forwarded, then, per flow, the
+    /// reply its backend would send, arriving on the queue of the worker
+    /// that owns the flow (same) or on another one (other: every reply is
+    /// handed over); what comes back must reach the client from the VIP.
+    #[arg(long, value_enum, requires = "config", conflicts_with_all = ["churn", "from_cluster"])]
+    replies: Option<RepliesArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RepliesArg {
+    Same,
+    Other,
 }
 
 /// Receive on an interface over AF_XDP and check what arrives.
@@ -188,8 +201,28 @@ pub fn gen_traffic(args: &GenArgs) -> Result<ExitCode> {
         duration: seconds(args.sink.duration)?,
         batch: PortConfig::default().batch,
     };
-    exchange(&args.sink, config.as_ref(), also, Some(&flows), &plan)
+    let replies = args.replies.map(|r| match r {
+        RepliesArg::Same => ReplyQueue::Same,
+        RepliesArg::Other => ReplyQueue::Other,
+    });
+    let send = Send {
+        flows: &flows,
+        replies,
+        clients: args.client,
+    };
+    exchange(&args.sink, config.as_ref(), also, Some(send), &plan)
 }
+
+/// What the generator sends: `flows`, or with `replies`, their backends' replies.
+struct Send<'a> {
+    flows: &'a Flows,
+    replies: Option<ReplyQueue>,
+    clients: IpAddr,
+}
+
+/// How long the generator sends flows whose frames have not come back
+/// before it gives up on learning their replies.
+const LEARNING: Duration = Duration::from_secs(3);
 
 pub fn sink(args: &SinkArgs) -> Result<ExitCode> {
     let config = args
@@ -236,7 +269,7 @@ fn exchange(
     args: &SinkArgs,
     config: Option<&Snapshot>,
     mut steer: SteeringRules,
-    flows: Option<&Flows>,
+    send: Option<Send<'_>>,
     plan: &Plan,
 ) -> Result<ExitCode> {
     let expect = match (args.expect, config) {
@@ -286,6 +319,26 @@ fn exchange(
     }
     info!(iface = %args.iface, ?queues, expect = expect.name(), "started");
     let mut sink = Sink::new(expect);
+    let replies;
+    let mut flows = send.as_ref().map(|s| s.flows);
+    if let Some(Send {
+        flows: forward,
+        replies: Some(queue),
+        clients,
+    }) = send
+    {
+        replies = traffic::replies(&mut ports, forward, &mut sink, queue, LEARNING)
+            .map_err(anyhow::Error::msg)?;
+        if sink.mismatches.iter().any(|&n| n > 0) {
+            bail!("forwarded frames not as expected: {:?}", sink.mismatches);
+        }
+        info!(flows = replies.space(), ?queue, "learned the replies");
+        flows = Some(&replies);
+        sink = Sink::new(Expect::Return {
+            vip: args.vip,
+            clients,
+        });
+    }
     let report = traffic::run(&mut ports, flows, plan, &mut sink, &stop);
     info!(
         sent = report.sent,
