@@ -102,17 +102,14 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
             "{target}: {line:?}"
         );
     }
-    let cells: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("side-by-side.json")).unwrap())
-            .unwrap();
+    let cells: Vec<Value> = json_in(&out_dir, "side-by-side.json");
     assert_eq!(cells.len(), 16);
     for cell in &cells {
         assert!(u64_of(cell, "pps") > 0, "{cell}");
         assert!(u64_of(cell, "ok") > 0, "{cell}");
     }
     check_costs(&table);
-    let costs: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("cost.json")).unwrap()).unwrap();
+    let costs: Vec<Value> = json_in(&out_dir, "cost.json");
     assert_eq!(costs.len(), 5, "one run of each system");
     let md = std::fs::read_to_string(out_dir.join("side-by-side.md")).unwrap();
     assert!(md.contains("| 64 B | 10,000 | 2 |"), "{md}");
@@ -122,9 +119,10 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
     // Too short for the lines to settle (the flow table's pages are still
     // being touched): only the report is checked, not its verdicts.
     let (_, soak) = run(&["--soak", "0.25", "--workers", "2"]);
-    for line in ["RSS (KiB): ", "UMEM frames in use: ", "live flows: "] {
-        assert!(soak.contains(line), "{line}: {soak}");
-    }
+    has_lines(
+        &soak,
+        &["RSS (KiB): ", "UMEM frames in use: ", "live flows: "],
+    );
     assert!(
         soak.contains("every UMEM frame accounted for at exit: True"),
         "{soak}"
@@ -144,17 +142,16 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
         "100000",
     ]);
     assert!(ok, "node 2 got every flow, delays were counted: {fleet}");
-    for line in [
-        "forward packets/s at 10,000 new flows/s, median of 1: [fleet] off ",
-        "replication delay at flat out (per run): p50 ",
-        "replication delay at 20,000 packets/s: p50 ",
-        "bulk sync: ",
-    ] {
-        assert!(fleet.contains(line), "{line}: {fleet}");
-    }
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("fleet.json")).unwrap())
-            .unwrap();
+    has_lines(
+        &fleet,
+        &[
+            "forward packets/s at 10,000 new flows/s, median of 1: [fleet] off ",
+            "replication delay at flat out (per run): p50 ",
+            "replication delay at 20,000 packets/s: p50 ",
+            "bulk sync: ",
+        ],
+    );
+    let report: Value = json_in(&out_dir, "fleet.json");
     assert!(u64_of(&report["bulk"], "held") > 90_000, "{report}");
 
     // The return path, short: every reply came back to its client from the
@@ -172,15 +169,14 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
         "1",
     ]);
     assert!(ok, "every reply came back as expected: {handoff}");
-    for line in [
-        "return packets/s, every reply handed over / none: ",
-        "a handed-over frame costs ",
-    ] {
-        assert!(handoff.contains(line), "{line}: {handoff}");
-    }
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("handoff.json")).unwrap())
-            .unwrap();
+    has_lines(
+        &handoff,
+        &[
+            "return packets/s, every reply handed over / none: ",
+            "a handed-over frame costs ",
+        ],
+    );
+    let report: Value = json_in(&out_dir, "handoff.json");
     let handed = |queue: &str| {
         let run = &report["handed"][queue][0];
         (run[0].as_u64().unwrap(), run[1].as_u64().unwrap())
@@ -231,6 +227,19 @@ fn check_costs(table: &str) {
             .any(|l| l.starts_with("rialto/kernel CPU per packet <= 0.33: ")),
         "the target's line: {section}"
     );
+}
+
+/// The JSON file `name` the benchmark wrote into `dir`.
+fn json_in<T: serde::de::DeserializeOwned>(dir: &std::path::Path, name: &str) -> T {
+    let text = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Asserts that `text` has each of `lines` in it.
+fn has_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.contains(line), "{line}: {text}");
+    }
 }
 
 fn check_table<'a>(mut lines: impl Iterator<Item = &'a str>, columns: &[&str], rows: usize) {
