@@ -365,7 +365,8 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         if is_martian(&ip.src, ip.v6) || self.roles.of(&ip.src) & Roles::OWN != 0 {
             return Err(Verdict::Drop(DropReason::MartianSource));
         }
-        if !self.owns(&ip) {
+        let to = self.owned_as(&ip);
+        if to == 0 {
             return Err(Verdict::Drop(DropReason::NotOwned));
         }
         if is_icmp_error(buf, &ip) {
@@ -389,7 +390,10 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             tunnel: self.vni(side),
             pad: [0; 3],
         };
-        let mut found = self.flows.lookup(&key, now);
+        // A forward key is to a VIP, a reverse key to a SNAT address: only
+        // the index the destination can be in is looked in.
+        let mut found =
+            (self.flows).lookup_in(&key, now, to & Roles::VIP != 0, to & Roles::SNAT != 0);
         if let Some((id, Direction::Forward)) = found
             && self.reopens(id, ip.proto, ports.tcp_flags)
         {
@@ -893,10 +897,14 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         }
     }
 
-    /// Whether the packet is to one of Rialto's VIPs or SNAT addresses
-    /// (IPv4-mapped addresses in an IPv6 header are nobody's).
-    fn owns(&self, ip: &Ip) -> bool {
-        ip.v6 != is_v4_mapped(&ip.dst) && self.roles.of(&ip.dst) & (Roles::VIP | Roles::SNAT) != 0
+    /// Whether the packet is to one of Rialto's VIPs or SNAT addresses, or
+    /// both: their [`Roles`] bits, or 0 for neither (IPv4-mapped addresses
+    /// in an IPv6 header are nobody's).
+    fn owned_as(&self, ip: &Ip) -> u8 {
+        if ip.v6 == is_v4_mapped(&ip.dst) {
+            return 0;
+        }
+        self.roles.of(&ip.dst) & (Roles::VIP | Roles::SNAT)
     }
 
     fn is_snat(&self, addr: &Addr) -> bool {

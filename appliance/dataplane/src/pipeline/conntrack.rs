@@ -386,11 +386,31 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     /// The live flow `key` belongs to, in either direction.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: u32) -> Option<(u32, Direction)> {
+        self.lookup_in(key, now, true, true)
+    }
+
+    /// [`Conntrack::lookup`] in the forward index only if `forward`, in
+    /// the reverse one only if `reverse`: a caller that knows the key
+    /// cannot be in one (a packet to an address that is no VIP matches no
+    /// forward key) saves its probe.
+    #[inline]
+    pub fn lookup_in(
+        &mut self,
+        key: &FlowKey,
+        now: u32,
+        forward: bool,
+        reverse: bool,
+    ) -> Option<(u32, Direction)> {
         let hash = self.hasher.hash_one(key);
-        let (id, direction) = if let Some(id) = self.forward.get(hash, key, &self.slots) {
-            (id, Direction::Forward)
+        let found = if forward {
+            self.forward.get(hash, key, &self.slots)
         } else {
-            (self.reverse.get(hash, key, &self.slots)?, Direction::Reply)
+            None
+        };
+        let (id, direction) = match found {
+            Some(id) => (id, Direction::Forward),
+            None if reverse => (self.reverse.get(hash, key, &self.slots)?, Direction::Reply),
+            None => return None,
         };
         if self.flow(id).expires < now {
             self.remove(id);
@@ -1071,6 +1091,17 @@ mod tests {
         assert_eq!(t.lookup(&key(40000), 1), Some((id, Direction::Forward)));
         assert_eq!(t.lookup(&reverse, 1), Some((id, Direction::Reply)));
         assert_eq!(t.lookup(&key(40001), 1), None);
+        // Each key is found in its own index only.
+        assert_eq!(
+            t.lookup_in(&key(40000), 1, true, false),
+            Some((id, Direction::Forward))
+        );
+        assert_eq!(t.lookup_in(&key(40000), 1, false, true), None);
+        assert_eq!(
+            t.lookup_in(&reverse, 1, false, true),
+            Some((id, Direction::Reply))
+        );
+        assert_eq!(t.lookup_in(&reverse, 1, true, false), None);
     }
 
     #[test]
