@@ -513,7 +513,7 @@ impl Sink {
 }
 
 /// The queue the backends' replies arrive on at the device under test.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReplyQueue {
     /// The queue of the worker that made the flow: none is handed over.
     Same,

@@ -106,13 +106,7 @@ pub struct GenArgs {
     /// that owns the flow (same) or on another one (other: every reply is
     /// handed over); what comes back must reach the client from the VIP.
     #[arg(long, value_enum, requires = "config", conflicts_with_all = ["churn", "from_cluster"])]
-    replies: Option<RepliesArg>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum RepliesArg {
-    Same,
-    Other,
+    replies: Option<ReplyQueue>,
 }
 
 /// Receive on an interface over AF_XDP and check what arrives.
@@ -201,20 +195,16 @@ pub fn gen_traffic(args: &GenArgs) -> Result<ExitCode> {
         duration: seconds(args.sink.duration)?,
         batch: PortConfig::default().batch,
     };
-    let replies = args.replies.map(|r| match r {
-        RepliesArg::Same => ReplyQueue::Same,
-        RepliesArg::Other => ReplyQueue::Other,
-    });
-    let send = Send {
+    let traffic = Traffic {
         flows: &flows,
-        replies,
+        replies: args.replies,
         clients: args.client,
     };
-    exchange(&args.sink, config.as_ref(), also, Some(send), &plan)
+    exchange(&args.sink, config.as_ref(), also, Some(traffic), &plan)
 }
 
 /// What the generator sends: `flows`, or with `replies`, their backends' replies.
-struct Send<'a> {
+struct Traffic<'a> {
     flows: &'a Flows,
     replies: Option<ReplyQueue>,
     clients: IpAddr,
@@ -269,7 +259,7 @@ fn exchange(
     args: &SinkArgs,
     config: Option<&Snapshot>,
     mut steer: SteeringRules,
-    send: Option<Send<'_>>,
+    traffic: Option<Traffic<'_>>,
     plan: &Plan,
 ) -> Result<ExitCode> {
     let expect = match (args.expect, config) {
@@ -320,12 +310,12 @@ fn exchange(
     info!(iface = %args.iface, ?queues, expect = expect.name(), "started");
     let mut sink = Sink::new(expect);
     let replies;
-    let mut flows = send.as_ref().map(|s| s.flows);
-    if let Some(Send {
+    let mut flows = traffic.as_ref().map(|t| t.flows);
+    if let Some(Traffic {
         flows: forward,
         replies: Some(queue),
         clients,
-    }) = send
+    }) = traffic
     {
         replies = traffic::replies(&mut ports, forward, &mut sink, queue, LEARNING)
             .map_err(anyhow::Error::msg)?;
