@@ -611,13 +611,16 @@ def cost(bed, system, rate, seconds, workdir, extra=(), lead=1.5):
     return c
 
 
+def median_cost(name, runs):
+    """One Cost named `name`: each figure the median of `runs`'."""
+    return Cost(name, *(statistics.median(getattr(c, f) for c in runs) for f in ("loss", "busy", "code", "xdp")))
+
+
 def cost_table(costs):
     """Per system, the median of its runs: the machine's CPU per packet,
     and the device's, over the floor's, split by where it was spent."""
     names = dict.fromkeys(c.system for c in costs)
-    med = {n: Cost(n, *(statistics.median(getattr(c, f) for c in costs if c.system == n)
-                        for f in ("loss", "busy", "code", "xdp")))
-           for n in names}
+    med = {n: median_cost(n, [c for c in costs if c.system == n]) for n in names}
     floor = med[FLOOR]
     head = ["system", "loss", "machine", "device", "its code", "its XDP program", "kernel"]
     rows, device = [], {}
@@ -1011,8 +1014,7 @@ def handoff_bench(args):
     print(f"  return packets/s, every reply handed over / none: {other / same:.2f}")
     result = {"pps": pps, "handed": handed}
     if args.cost_seconds:
-        med = {q: Cost(q, *(statistics.median(getattr(c, f) for c in costs[q])
-                            for f in ("loss", "busy", "code", "xdp"))) for q in REPLY_QUEUES}
+        med = {q: median_cost(q, costs[q]) for q in REPLY_QUEUES}
         a, b = med["same"], med["other"]
         print(f"CPU per return packet at {args.cost_rate:,} packets/s (the machine's; median of {args.cost_repeat} runs "
               f"of {args.cost_seconds:g} s): none handed over {a.busy:.0f} ns (Rialto's code {a.code:.0f}), every "

@@ -179,7 +179,7 @@ impl Flows {
                     vxlan.extend_from_slice(&[0x08, 0, 0, 0]);
                     vxlan.extend_from_slice(&(t.vni << 8).to_be_bytes());
                     vxlan.extend_from_slice(&inner);
-                    let sport = 49_152 + (i % OUTER_PORTS) as u16;
+                    let sport = outer_port(i);
                     let outer = udp_frame(
                         (spec.src_mac, spec.dst_mac),
                         (t.src, sport),
@@ -208,6 +208,11 @@ impl Flows {
     pub fn frame_len(&self) -> usize {
         self.frame_len
     }
+}
+
+/// The outer UDP source port of flow `i`'s encapsulated frames.
+fn outer_port(i: u32) -> u16 {
+    49_152 + (i % OUTER_PORTS) as u16
 }
 
 /// Flow `i`'s client address and port, if `first + i / PORTS_PER_CLIENT` exists.
@@ -548,7 +553,7 @@ pub fn reply_to(forwarded: &[u8]) -> Option<(u32, Vec<u8>)> {
     );
     let mut header = vxlan.to_vec();
     header.extend_from_slice(&reply);
-    let sport = 49_152 + (flow % OUTER_PORTS) as u16;
+    let sport = outer_port(flow);
     let frame = udp_frame(
         (eth.destination(), eth.source()),
         (gateway, sport),
