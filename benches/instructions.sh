@@ -8,7 +8,8 @@
 # 120,000 packets after the same set-up (FLOWS live flows, default 100,000);
 # the difference in instructions, divided by 100,000, is the cost of one
 # packet, the frame's copy into place included:
-#   reflect  the bare baseline; forward / return  a packet of a live flow;
+#   reflect  the bare baseline; forward / return  a packet of a live flow
+#            (the fast path), and the same by the general path alone;
 #   new      a SYN that creates a flow (Maglev, SNAT port, both entries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +21,10 @@ count() {
 	valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$flows" "$2" 2>&1 |
 		awk '/Collected :/ { print $NF }'
 }
-printf '%-8s %14s\n' path instructions/packet
-for path in reflect forward return new; do
+printf '%-16s %14s\n' path instructions/packet
+for path in reflect forward forward-general return return-general new; do
 	low=$(count "$path" 20000)
 	high=$(count "$path" 120000)
-	awk -v p="$path" -v a="$low" -v b="$high" 'BEGIN { printf "%-8s %14.1f\n", p, (b - a) / 100000 }'
+	awk -v p="$path" -v a="$low" -v b="$high" 'BEGIN { printf "%-16s %14.1f\n", p, (b - a) / 100000 }'
 done
 echo "($flows live flows; callgrind counts instructions executed, not cycles)"

@@ -3,6 +3,9 @@
 //! twice (two packet counts) and divides the difference: the set-up cancels.
 //!
 //!   instructions reflect|forward|return|new FLOWS PACKETS
+//!
+//! `forward-general` and `return-general` take the general path alone
+//! (the fast path off): the fast path's baseline in the same run.
 
 use rialto_benches::{balancer, forward, packet, reflect_frame, tables, with_flows};
 use rialto_dataplane::{OwnedFrame, Pipeline};
@@ -12,13 +15,17 @@ const NEW_ROOM: usize = 1 << 18;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: instructions reflect|forward|return|new FLOWS PACKETS";
+    let usage = "usage: instructions reflect|forward[-general]|return[-general]|new FLOWS PACKETS";
     let [_, path, flows, packets] = &args[..] else {
         panic!("{usage}")
     };
     let (flows, packets): (usize, usize) =
         (flows.parse().expect(usage), packets.parse().expect(usage));
-    let (mut pipeline, frames) = match path.as_str() {
+    let (path, general) = match path.strip_suffix("-general") {
+        Some(path) => (path, true),
+        None => (path.as_str(), false),
+    };
+    let (mut pipeline, frames) = match path {
         "reflect" => (Pipeline::Reflect, vec![reflect_frame()]),
         "forward" | "return" => {
             let (pipeline, there, back) = with_flows(flows, 4096);
@@ -40,6 +47,7 @@ fn main() {
         }
         _ => panic!("{usage}"),
     };
+    pipeline.set_fast_path(!general);
     let mut buf = OwnedFrame::new(&[]);
     for i in 0..packets {
         forward(&mut pipeline, &mut buf, &frames[i % frames.len()], 1);

@@ -6,6 +6,8 @@
 //! backend's cluster. Return: out of the tunnel, reverse NAT, and out to the
 //! client the way it came. ICMP errors about a flow go the same ways.
 
+mod fast;
+
 use std::{net::IpAddr, ops::DerefMut, sync::Arc};
 
 use bytemuck::Zeroable;
@@ -91,6 +93,8 @@ pub struct Balancer<S = Box<[Slot]>> {
     /// The headers toward each gateway, by cluster and gateway (from
     /// `tables` and the MACs).
     templates: Vec<Vec<Option<Template>>>,
+    /// Whether the fast path is tried first (see [`Balancer::process`]).
+    fast_path: bool,
 }
 
 /// What each address Rialto knows is to it, looked up once per address of
@@ -256,6 +260,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             icmp_errors: RateLimit::default(),
             roles: Roles::default(),
             templates: Vec::new(),
+            fast_path: true,
         };
         balancer.roles = Roles::new(&balancer.tables);
         balancer.set_fleet();
@@ -398,11 +403,33 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         }
     }
 
+    /// Processes one frame: by the fast path if it can, else by the
+    /// general one ([`Balancer::set_fast_path`]).
     pub fn process(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Verdict {
         self.now_ns = now_ns;
-        match self.run(frame, seconds(now_ns)) {
+        let now = seconds(now_ns);
+        if self.fast_path
+            && let Some(verdict) = self.fast(frame, now)
+        {
+            return verdict;
+        }
+        match self.run(frame, now) {
             Ok(verdict) | Err(verdict) => verdict,
         }
+    }
+
+    /// The fast path alone: what [`Balancer::process`] does with `frame` if
+    /// the fast path takes it; `None`, and the frame untouched, if not.
+    pub fn process_fast(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Option<Verdict> {
+        self.now_ns = now_ns;
+        self.fast(frame, seconds(now_ns))
+    }
+
+    /// Whether [`Balancer::process`] tries the fast path first (the
+    /// default) or takes every frame the general way: the fast path's
+    /// oracle in tests, its baseline in benchmarks.
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.fast_path = on;
     }
 
     fn run(&mut self, frame: &mut FrameBuf<'_>, now: u32) -> Result<Verdict, Verdict> {
@@ -910,10 +937,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     }
 
     fn template(&self, cluster: u16, gateway: u16) -> Option<&Template> {
-        self.templates
-            .get(usize::from(cluster))?
-            .get(usize::from(gateway))?
-            .as_ref()
+        template(&self.templates, cluster, gateway)
     }
 
     fn tunnel(&self, cluster: u16, gateway: u16) -> Option<Tunnel> {
@@ -946,9 +970,8 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     /// before anything is written, so the frame is handed over as it came.
     fn owned_here(&self, dst: &Addr, dst_port: u16) -> Result<(), Verdict> {
         let snat = self.flows.snat();
-        let owner = snat.owner(dst_port);
-        if owner != snat.worker() && self.is_snat(dst) {
-            Err(Verdict::Handoff(owner))
+        if !snat.owns(dst_port) && self.is_snat(dst) {
+            Err(Verdict::Handoff(snat.owner(dst_port)))
         } else {
             Ok(())
         }
@@ -977,6 +1000,14 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         };
         self.tables.vips.contains_key(&vip)
     }
+}
+
+/// The headers toward `cluster`'s gateway `gateway`, if it has a template.
+fn template(templates: &[Vec<Option<Template>>], cluster: u16, gateway: u16) -> Option<&Template> {
+    templates
+        .get(usize::from(cluster))?
+        .get(usize::from(gateway))?
+        .as_ref()
 }
 
 /// The tunnel to `cluster`'s gateway `gateway`, from Rialto's VTEP of its

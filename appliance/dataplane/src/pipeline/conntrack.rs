@@ -802,17 +802,17 @@ impl Bucket {
     const EMPTY: u32 = u32::MAX;
 
     /// The entries whose tag is `tag` (empty ones may be among them), as
-    /// the top bit of each 16-bit lane of two words: the eight tags are
-    /// compared four at a time in a 64-bit register (SIMD within a
-    /// register; exact, no lane borrows from another).
+    /// the top bit of each 16-bit lane: the eight tags are compared at once
+    /// in one 128-bit number (SIMD within a register; exact, no lane
+    /// borrows from another).
     #[inline]
-    fn matching(&self, tag: u16) -> [u64; 2] {
-        const LOW: u64 = 0x7fff_7fff_7fff_7fff;
+    fn matching(&self, tag: u16) -> u128 {
+        const LANES: u128 = 0x0001_0001_0001_0001_0001_0001_0001_0001;
+        const LOW: u128 = 0x7fff * LANES;
         // A lane's top bit set where the lane of x is zero.
-        let zero_lanes = |x: u64| !(((x & LOW) + LOW) | x | LOW);
-        let pattern = u64::from(tag) * 0x0001_0001_0001_0001;
-        let [a, b]: [u64; 2] = bytemuck::cast(self.tags);
-        [zero_lanes(a ^ pattern), zero_lanes(b ^ pattern)]
+        let zero_lanes = |x: u128| !(((x & LOW) + LOW) | x | LOW);
+        let tags: u128 = bytemuck::cast(self.tags);
+        zero_lanes(tags ^ (u128::from(tag) * LANES))
     }
 }
 
@@ -873,15 +873,13 @@ impl Index {
         // Bounded, though a chain never goes round the whole table.
         for _ in 0..self.buckets.len() {
             let bucket = &self.buckets[b];
-            for (word, mut lanes) in bucket.matching(tag).into_iter().enumerate() {
-                while lanes != 0 {
-                    let at = word * 4 + lanes.trailing_zeros() as usize / 16;
-                    let id = bucket.ids[at];
-                    if id != Bucket::EMPTY && self.by.key(&slots[id as usize].flow) == key {
-                        return Some(id);
-                    }
-                    lanes &= lanes - 1;
+            let mut lanes = bucket.matching(tag);
+            while lanes != 0 {
+                let id = bucket.ids[lanes.trailing_zeros() as usize / 16];
+                if id != Bucket::EMPTY && self.by.key(&slots[id as usize].flow) == key {
+                    return Some(id);
                 }
+                lanes &= lanes - 1;
             }
             if bucket.passed == 0 {
                 break;

@@ -129,6 +129,13 @@ impl<S: DerefMut<Target = [Slot]>> Pipeline<S> {
         }
     }
 
+    /// See [`balance::Balancer::set_fast_path`]; reflect mode has none.
+    pub fn set_fast_path(&mut self, on: bool) {
+        if let Self::Balance(b) = self {
+            b.set_fast_path(on);
+        }
+    }
+
     /// Once per batch, after the frames: housekeeping that must not wait
     /// for traffic (expiring flows), more of it when the batch was empty.
     pub fn tick(&mut self, now: u64, idle: bool) {

@@ -4,7 +4,7 @@
 //! short: the views write each field only if it is there.
 
 use super::packet::{Addr, Ip, TCP, UDP, v4};
-use crate::wire::{ipv4, ipv6, tcp, udp};
+use crate::wire::{checksum::Delta, ipv4, ipv6, tcp, udp};
 
 /// The header offsets of an IP packet, whole or quoted. The IP header is
 /// whole (its length checked); the transport header may be cut short.
@@ -57,12 +57,57 @@ pub fn forward(buf: &mut [u8], h: &Headers, src: (&Addr, u16), dst: (&Addr, u16)
         return;
     }
     let (ip, l4) = buf[h.at..h.end].split_at_mut(h.l4 - h.at);
-    let delta = ipv4::Packet::new_unchecked(ip).forward(v4(src.0), v4(dst.0));
-    match h.proto {
-        TCP => tcp::Segment::new_unchecked(l4).rewrite_ports(src.1, dst.1, delta),
-        UDP => udp::Datagram::new_unchecked(l4).rewrite_ports(src.1, dst.1, delta, false),
-        _ => {}
-    }
+    forward_v4(ip, l4, h.proto, (v4(src.0), src.1), (v4(dst.0), dst.1));
+}
+
+/// [`forward`] over IPv4: `ip` is the IP header, `l4` what follows it, a
+/// whole TCP or UDP header. Reads and writes at fixed offsets, the
+/// checksums updated once each: the fast path's rewrite.
+#[inline(always)]
+pub fn forward_v4(
+    ip: &mut [u8],
+    l4: &mut [u8],
+    proto: u8,
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+) {
+    let Some(ip) = ip.first_chunk_mut::<{ ipv4::HEADER_LEN }>() else {
+        return;
+    };
+    let read = |h: &[u8; ipv4::HEADER_LEN], at: usize| {
+        u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
+    };
+    let mut delta = Delta::default();
+    delta.add_u32(read(ip, 12), u32::from_be_bytes(src.0));
+    delta.add_u32(read(ip, 16), u32::from_be_bytes(dst.0));
+    ip[12..16].copy_from_slice(&src.0);
+    ip[16..20].copy_from_slice(&dst.0);
+    let mut header = delta;
+    let ttl = u16::from_be_bytes([ip[8], ip[9]]);
+    header.add_word(ttl, ttl.wrapping_sub(0x100));
+    ip[8] = ip[8].wrapping_sub(1);
+    let c = header.apply(u16::from_be_bytes([ip[10], ip[11]]));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    // The ports, then the transport checksum (UDP's zero is none over IPv4).
+    let at = match proto {
+        TCP => 16,
+        UDP => 6,
+        _ => return,
+    };
+    let Some(l4) = l4.get_mut(..at + 2) else {
+        return;
+    };
+    delta.add_word(u16::from_be_bytes([l4[0], l4[1]]), src.1);
+    delta.add_word(u16::from_be_bytes([l4[2], l4[3]]), dst.1);
+    l4[..2].copy_from_slice(&src.1.to_be_bytes());
+    l4[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    let old = u16::from_be_bytes([l4[at], l4[at + 1]]);
+    let new = match (proto, delta.apply(old)) {
+        (UDP, _) if old == 0 => return,
+        (UDP, 0) => 0xffff,
+        (_, c) => c,
+    };
+    l4[at..at + 2].copy_from_slice(&new.to_be_bytes());
 }
 
 /// Decrements the TTL or hop limit (the caller checked it is above one),

@@ -38,6 +38,9 @@ pub struct SnatPorts {
     /// This worker's slice, `first..end` (empty when there are more workers
     /// than ports).
     slice: std::ops::Range<u32>,
+    /// The ports whose [`Self::owner`] is this worker: the slice, and for
+    /// the first and the last worker the ports below and above the pool's.
+    owned: std::ops::Range<u32>,
 }
 
 impl SnatPorts {
@@ -73,6 +76,22 @@ impl SnatPorts {
         let index = (pools.iter().enumerate())
             .map(|(i, p)| ((p.addr, p.proto), i))
             .collect();
+        // `owner` of the ports below the pool is the first worker, of the
+        // ports above it the last.
+        let from = if worker == 0 {
+            0
+        } else {
+            first + worker.saturating_mul(span)
+        };
+        let to = if worker + 1 == workers {
+            1 << 16
+        } else {
+            (first + (worker + 1).saturating_mul(span)).min(1 << 16)
+        };
+        let owned = match worker < workers {
+            true => from..to.max(from),
+            false => 0..0,
+        };
         Self {
             pools,
             index,
@@ -81,6 +100,7 @@ impl SnatPorts {
             worker,
             workers,
             slice: lo..hi,
+            owned,
         }
     }
 
@@ -111,6 +131,14 @@ impl SnatPorts {
     /// Which worker's slice `port` is in.
     pub fn owner(&self, port: u16) -> u32 {
         (u32::from(port.saturating_sub(self.first)) / self.span).min(self.workers - 1)
+    }
+
+    /// Whether `port` is this worker's ([`Self::owner`] says so): a range
+    /// test on every packet to a SNAT address, where the owner is a
+    /// division.
+    #[inline]
+    pub fn owns(&self, port: u16) -> bool {
+        self.owned.contains(&u32::from(port))
     }
 
     /// Whether `addr` is one of the pool's for `proto` (in any slice).
@@ -238,6 +266,21 @@ mod tests {
                         let port = port as u16;
                         assert!(s.holds(&mapped([198, 18, 200, 1]), TCP, port));
                         assert_eq!(s.owner(port), w as u32, "{first}-{last} over {workers}");
+                    }
+                }
+                // Every port, the pool's or not, is owned by its owner
+                // alone (with many workers: some ports, and the workers
+                // around the owner).
+                let (step, around) = if workers > 100 { (97, 2) } else { (1, 100) };
+                for port in (0..=u16::MAX).step_by(step) {
+                    let owner = slices[0].owner(port) as usize;
+                    let near = owner.saturating_sub(around)..(owner + around).min(slices.len());
+                    for w in near {
+                        assert_eq!(
+                            slices[w].owns(port),
+                            w == owner,
+                            "port {port}, {first}-{last} over {workers}"
+                        );
                     }
                 }
             }

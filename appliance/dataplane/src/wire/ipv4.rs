@@ -168,31 +168,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.rewrite(field::ADDRESSES, &new)
     }
 
-    /// [`Self::set_addresses`] and [`Self::decrement_ttl`] with one update
-    /// of the header checksum (a forwarded packet's rewrite); returns the
-    /// addresses' change, for the transport checksum.
-    #[inline]
-    pub fn forward(&mut self, src: [u8; 4], dst: [u8; 4]) -> Delta {
-        let buf = self.buffer.as_mut();
-        let Some(header) = buf.get_mut(..HEADER_LEN) else {
-            return Delta::default();
-        };
-        let read =
-            |h: &[u8], at: usize| u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-        let mut delta = Delta::default();
-        delta.add_u32(read(header, field::SRC.start), u32::from_be_bytes(src));
-        delta.add_u32(read(header, field::DST.start), u32::from_be_bytes(dst));
-        header[field::SRC].copy_from_slice(&src);
-        header[field::DST].copy_from_slice(&dst);
-        let mut header_delta = delta;
-        let ttl = word(header, field::TTL_PROTOCOL);
-        header_delta.add_word(ttl, ttl.wrapping_sub(0x100));
-        header[field::TTL] = header[field::TTL].wrapping_sub(1);
-        let c = header_delta.apply(word(header, field::CHECKSUM));
-        set_word(header, field::CHECKSUM, c);
-        delta
-    }
-
     /// Decrements the TTL, updating the header checksum. The caller checks
     /// first that the TTL is above one.
     pub fn decrement_ttl(&mut self) {

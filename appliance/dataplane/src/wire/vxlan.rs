@@ -19,7 +19,7 @@ mod field {
 /// Length of the header.
 pub const HEADER_LEN: usize = field::RESERVED_2 + 1;
 /// The I flag: the VNI is valid. It must be set; every other bit is reserved.
-const FLAG_I: u8 = 0x08;
+pub const FLAG_I: u8 = 0x08;
 /// The largest VNI (24 bits).
 pub const MAX_VNI: u32 = 0xff_ffff;
 

@@ -1,0 +1,232 @@
+//! The fast path: a packet of an established flow, in the shape nearly all
+//! of them have, read at fixed offsets.
+//!
+//! The shape: untagged Ethernet; IPv4 without options, not a fragment, its
+//! header checksum right, TTL above one; TCP without SYN (a SYN may open or
+//! reopen a connection) or UDP, the header whole. It comes from the uplink,
+//! or in VXLAN of that same outer shape from a tunnel peer to Rialto's
+//! VTEP. Of such a packet, whose flow is found and which leaves by the
+//! uplink or by a gateway's [`Template`](super::Template), the fast path
+//! does what the general path ([`Balancer::run`]) does, byte for byte and
+//! counter for counter, without the general path's views, per-field bounds
+//! checks and branches for what the packet is not. Anything else (another
+//! shape; a packet the general path drops, punts, hands over or answers;
+//! a new flow) it leaves untouched to the general path. A property test
+//! (`tests/properties.rs`) and the fuzz corpus's replay run both ways and
+//! compare.
+
+use std::ops::DerefMut;
+
+use super::{Balancer, Roles, template};
+use crate::{
+    DropReason, FrameBuf, Verdict,
+    pipeline::{
+        conntrack::{Direction, FlowKey, Side, Slot, UPLINK},
+        encap::{self, Link},
+        nat,
+        packet::{TCP, UDP, mapped, v4},
+        replica::Replica,
+    },
+    wire::{checksum, ethernet, ipv4, tcp::flags, udp, vxlan},
+};
+
+/// Offsets in a frame of the shape.
+const IP: usize = ethernet::HEADER_LEN;
+const L4: usize = IP + ipv4::HEADER_LEN;
+const VXLAN: usize = L4 + udp::HEADER_LEN;
+/// The inner IPv4 header of VXLAN in the shape.
+const INNER_IP: usize = VXLAN + vxlan::HEADER_LEN + ethernet::HEADER_LEN;
+/// The least a TCP header takes.
+const TCP_HEADER: usize = 20;
+
+/// The big-endian 16 bits at `at` of `d` (in bounds: the caller checked).
+#[inline]
+fn word(d: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([d[at], d[at + 1]])
+}
+
+/// The IPv4 header of the shape at `at` of `d`, and its packet's total
+/// length, if the packet ends by `end`.
+#[inline]
+fn ipv4_at(d: &[u8], at: usize, end: usize) -> Option<(&[u8; ipv4::HEADER_LEN], usize)> {
+    let h: &[u8; ipv4::HEADER_LEN] = d.get(at..at + ipv4::HEADER_LEN)?.try_into().ok()?;
+    let total = usize::from(word(h, 2));
+    // More fragments, or an offset: a fragment.
+    let fragment = word(h, 6) & 0x3fff != 0;
+    let whole = h[0] == 0x45 && total >= ipv4::HEADER_LEN && at + total <= end;
+    (whole && !fragment && checksum::verifies(checksum::sum(h))).then_some((h, total))
+}
+
+/// Where a packet of the shape is and where it came from.
+struct Found {
+    /// The IP header's offset in the frame.
+    at: usize,
+    /// Its total length.
+    len: usize,
+    side: Side,
+    /// The VNI it came in on, or [`UPLINK`].
+    vni: u32,
+}
+
+impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
+    /// What the general path does with `frame`, if the fast path can do
+    /// it; `None`, and the frame untouched, if not.
+    #[inline]
+    pub(super) fn fast(&mut self, frame: &mut FrameBuf<'_>, now: u32) -> Option<Verdict> {
+        if self.tables.resetting {
+            return None;
+        }
+        let start = frame.start();
+        let d = frame.data();
+        let found = self.shape(d)?;
+        let h = &d[found.at..found.at + ipv4::HEADER_LEN];
+        let (tos, ttl, proto) = (h[1], h[8], h[9]);
+        // First what costs least: a SYN (a new flow, most likely) leaves here.
+        let l4 = &d[found.at + ipv4::HEADER_LEN..found.at + found.len];
+        let (src_port, dst_port, tcp_flags) = ports(l4, proto)?;
+        let src = mapped(h[12..16].try_into().ok()?);
+        let dst = mapped(h[16..20].try_into().ok()?);
+        // Martian sources: what `is_martian` says of IPv4 by the first byte.
+        if ttl <= 1 || matches!(src[12], 0 | 127 | 224..) || self.roles.of(&src) & Roles::OWN != 0 {
+            return None;
+        }
+        let to = self.roles.of(&dst) & (Roles::VIP | Roles::SNAT);
+        let snat = to & Roles::SNAT != 0;
+        let check_answer = found.side != Side::UPLINK
+            && (self.tables.check_ports).is_some_and(|(a, b)| (a..=b).contains(&dst_port));
+        if to == 0 || (snat && (check_answer || !self.flows.snat().owns(dst_port))) {
+            return None;
+        }
+        let key = FlowKey {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            proto,
+            tunnel: found.vni,
+            pad: [0; 3],
+        };
+        let (id, direction) = self
+            .flows
+            .lookup_in(&key, now, to & Roles::VIP != 0, snat)?;
+        let flow = self.flows.flow(id);
+        let hash = flow.hash;
+        let (out, (src, src_port), (dst, dst_port)) = match direction {
+            Direction::Forward => (
+                flow.backend,
+                (flow.reverse.dst, flow.reverse.dst_port),
+                (flow.reverse.src, flow.reverse.src_port),
+            ),
+            Direction::Reply => (
+                flow.client,
+                (flow.forward.dst, flow.forward.dst_port),
+                (flow.forward.src, flow.forward.src_port),
+            ),
+        };
+        // No template: an IPv6 underlay. Too big: an ICMP error, or a drop.
+        let template = match out.tunnel_of() {
+            None => None,
+            Some((cluster, gateway)) => {
+                let template = template(&self.templates, cluster, gateway)?;
+                let overhead = rialto_tables::vxlan_overhead(false);
+                if found.len + overhead > usize::from(self.tables.node.mtu) {
+                    return None;
+                }
+                Some(template)
+            }
+        };
+        // From here on, what the general path does once it has the flow.
+        let changed = self.flows.touch(id, direction, tcp_flags, now);
+        let (at, end) = (start + found.at, start + found.at + found.len);
+        let (ip, l4) = frame.buffer_mut()[at..end].split_at_mut(ipv4::HEADER_LEN);
+        nat::forward_v4(ip, l4, proto, (v4(&src), src_port), (v4(&dst), dst_port));
+        let ethertype = ethernet::ethertype::IPV4;
+        let sent = match template {
+            None => {
+                let link = Link {
+                    src: self.mac,
+                    dst: self.next_hop,
+                    tag: None,
+                };
+                encap::ethernet_out(frame, at, end, ethertype, &link)
+            }
+            Some(template) => template.encapsulate(frame, at, end, ethertype, tos, hash),
+        };
+        if changed && self.changes.is_some() {
+            self.note(Replica::UP, id, now);
+        }
+        if !sent {
+            return Some(Verdict::Drop(DropReason::NoHeadroom));
+        }
+        match direction {
+            Direction::Forward => self.counters.forward += 1,
+            Direction::Reply => self.counters.reply += 1,
+        }
+        Some(Verdict::Tx)
+    }
+
+    /// Where the IPv4 packet of the shape is in frame `d`: right after the
+    /// Ethernet header, or inside VXLAN from a tunnel peer to Rialto's VTEP.
+    #[inline]
+    fn shape(&self, d: &[u8]) -> Option<Found> {
+        if word(d.get(..IP)?, 12) != ethernet::ethertype::IPV4 {
+            return None;
+        }
+        let (outer, len) = ipv4_at(d, IP, d.len())?;
+        let vxlan_port = self.tables.node.vxlan_port;
+        if outer[9] != UDP || word(d.get(..L4 + udp::HEADER_LEN)?, L4 + 2) != vxlan_port {
+            return Some(Found {
+                at: IP,
+                len,
+                side: Side::UPLINK,
+                vni: UPLINK,
+            });
+        }
+        let to_vtep = self.roles.of(&mapped(outer[16..20].try_into().ok()?)) & Roles::VTEP != 0;
+        let (cluster, gateway) = self.roles.peer(&mapped(outer[12..16].try_into().ok()?))?;
+        let udp_len = usize::from(word(d, L4 + 4));
+        let end = L4 + udp_len;
+        if !to_vtep || udp_len < INNER_IP - L4 || end > IP + len {
+            return None;
+        }
+        let vni = u32::from_be_bytes([0, d[VXLAN + 4], d[VXLAN + 5], d[VXLAN + 6]]);
+        let c = &self.tables.clusters[usize::from(cluster)];
+        if d[VXLAN] & vxlan::FLAG_I == 0 || vni != c.vni {
+            return None;
+        }
+        if word(d, INNER_IP - 2) != ethernet::ethertype::IPV4 {
+            return None;
+        }
+        let (_, len) = ipv4_at(d, INNER_IP, end)?;
+        Some(Found {
+            at: INNER_IP,
+            len,
+            side: Side::tunnel(cluster, gateway),
+            vni,
+        })
+    }
+}
+
+/// The ports and TCP control bits of the whole TCP or UDP header `l4` (up
+/// to the IP packet's end): `None` for anything else, and for a SYN.
+#[inline]
+fn ports(l4: &[u8], proto: u8) -> Option<(u16, u16, u8)> {
+    match proto {
+        TCP if l4.len() >= TCP_HEADER => {
+            let header = usize::from(l4[12] >> 4) * 4;
+            let bits = l4[13];
+            let ok = header >= TCP_HEADER
+                && header <= l4.len()
+                && flags::valid(bits)
+                && bits & flags::SYN == 0;
+            ok.then(|| (word(l4, 0), word(l4, 2), bits))
+        }
+        UDP if l4.len() >= udp::HEADER_LEN => {
+            let len = usize::from(word(l4, 4));
+            (udp::HEADER_LEN..=l4.len())
+                .contains(&len)
+                .then(|| (word(l4, 0), word(l4, 2), 0))
+        }
+        _ => None,
+    }
+}
