@@ -52,8 +52,9 @@ with two workers and the return path: the generator first sends each of
 10,000 flows once and learns from its forwarded frame what the backend
 would answer, then sends those replies, so that each arrives on the queue
 of the worker that owns its flow, or each on the other queue (the worker
-there hands it over); it reports the return packets/s both ways (--repeat
-runs, default 3) and the CPU per return packet at --cost-rate both ways:
+there hands it over, and wakes the owner at once, or once within
+--handoff-wake-us); it reports the return packets/s each way (--repeat
+runs, default 3) and the CPU per return packet at --cost-rate each way:
 the difference is the cost of a handed-over frame.
 
 --fleet prices sharing flows across a fleet (issue 17): a second Rialto,
@@ -200,9 +201,9 @@ def api(ns, path):
 class Device:
     """Starts and stops one system on the device-under-test end."""
 
-    def __init__(self, system, bed, workdir, config=CONFIG, api=False):
+    def __init__(self, system, bed, workdir, config=CONFIG, api=False, run_args=()):
         self.system, self.bed, self.workdir = system, bed, Path(workdir)
-        self.config, self.api = config, api
+        self.config, self.api, self.run_args = config, api, list(run_args)
         self.proc = None
         self.summary = None
         # Frames the device says it transmitted (the kernel's are not counted).
@@ -216,6 +217,7 @@ class Device:
             args = ["run", "--iface", bed.dut_if, "--cores", cores]
             args += ["--config", self.config] if name == "rialto" else ["--mode", "reflect", "--vip", VIP + "/UDP"]
             args += ["--api", "127.0.0.1:9600"] if self.api else ["--no-api"]
+            args += self.run_args
             self.out = open(self.workdir / f"{name}.json", "w+")
             self.proc = run_rialto(bed.dut_ns, args, self.out, self.log)
         elif name == "kernel":
@@ -591,10 +593,11 @@ def bpf_stats():
         knob.write_text(was)
 
 
-def cost(bed, system, rate, seconds, workdir, extra=(), lead=1.5):
-    """Runs `system` at `rate` packets/s offered (64 B, 10,000 flows), and
-    measures for `seconds`, after `lead` seconds, what it spends."""
-    with Device(system, bed, workdir) as device:
+def cost(bed, system, rate, seconds, workdir, extra=(), lead=1.5, run_args=()):
+    """Runs `system` (Rialto with `run_args`) at `rate` packets/s offered
+    (64 B, 10,000 flows), and measures for `seconds`, after `lead` seconds,
+    what it spends."""
+    with Device(system, bed, workdir, run_args=run_args) as device:
         gen = generator(bed, system, 64, 10_000, seconds + lead, extra=["--rate", rate, *extra])
         time.sleep(lead)
         own = device.pid() if device.proc else None
@@ -606,7 +609,7 @@ def cost(bed, system, rate, seconds, workdir, extra=(), lead=1.5):
         raise RuntimeError(f"{system.name}: frames not as expected: {report['mismatches']}")
     busy, code, xdp = (1e9 * (b - a) / (rate * seconds) for a, b in zip(before, after))
     c = Cost(system.name, report["loss"], busy, code, xdp)
-    log(f"  {system.name:12} {' '.join(map(str, extra))} at {rate:,} packets/s: {c.busy:6.0f} ns of CPU per packet (its code {c.code:.0f}, "
+    log(f"  {system.name:12} {' '.join(map(str, [*extra, *run_args]))} at {rate:,} packets/s: {c.busy:6.0f} ns of CPU per packet (its code {c.code:.0f}, "
         f"its XDP program {c.xdp:.0f}), loss {c.loss:.3%}")
     return c
 
@@ -964,64 +967,77 @@ def fleet_bench(args):
     return 0 if adopted >= held and delays_flat and all(d["flows"] for d in delays_flat) else 1
 
 
-# The return path's two cases: every reply arrives on the queue of the
-# worker that owns its flow, or on the other one (and is handed over).
-REPLY_QUEUES = ("same", "other")
-# Before the replies are sent, the generator learns them (each flow's frame
-# forwarded once): at most 3 s, well under 1 s with 10,000 flows.
+# Before the return path's replies are sent, the generator learns them
+# (each flow's frame forwarded once): at most 3 s, well under 1 s with
+# 10,000 flows.
 LEARNING = 1.5
+
+
+# The return path's cases: (key, where the replies arrive, Rialto's extra
+# arguments, what it says). A sleeping worker handed frames is woken at
+# once, or once within --handoff-wake-us (Rialto's default: 50).
+HANDOFF_CASES = (
+    ("same", "same", [], "none handed over"),
+    ("other-at-once", "other", ["--handoff-wake-us", "0"], "every one handed over, its worker woken at once"),
+    ("other", "other", [], "every one handed over, wakes put off (at most 50 us)"),
+)
 
 
 def handoff_bench(args):
     """The cost of handing replies over (issue 19, deliverable 4): Rialto
     with two workers, the generator sending its flows' replies (10,000
     flows, 64 B) so that every one arrives on its owner's queue, or every
-    one on the other queue; flat out (return packets/s), then at a fixed
-    rate (CPU per return packet)."""
+    one on the other queue, its owner woken at once or with wakes put off;
+    flat out (return packets/s), then at a fixed rate (CPU per return
+    packet)."""
     rialto = next(s for s in SYSTEMS if s.name == "rialto")
-    pps = {q: [] for q in REPLY_QUEUES}
-    handed = {q: [] for q in REPLY_QUEUES}
-    costs = {q: [] for q in REPLY_QUEUES}
+    pps = {k: [] for k, *_ in HANDOFF_CASES}
+    handed = {k: [] for k, *_ in HANDOFF_CASES}
+    costs = {k: [] for k, *_ in HANDOFF_CASES}
     with tempfile.TemporaryDirectory(prefix="rialto-sbs.") as work, Testbed(2) as bed, bpf_stats():
         log(f"== the return path, 2 workers (cores {bed.cores()}), replies on the owner's queue or the other's")
         for _ in range(args.repeat):
-            for q in REPLY_QUEUES:
-                with Device(rialto, bed, work) as device:
+            for key, q, run_args, _ in HANDOFF_CASES:
+                with Device(rialto, bed, work, run_args=run_args) as device:
                     report = generate(bed, rialto, 64, 10_000, args.seconds, extra=["--replies", q])
                 if report["mismatches"] or not report["ok"]:
-                    log(f"error: replies on the {q} queue: {report['ok']} as expected, {report['mismatches']}")
+                    log(f"error: replies {key}: {report['ok']} as expected, {report['mismatches']}")
                     return 1
                 workers = device.summary["workers"]
                 out = sum(w["handoff_out"] for w in workers)
                 received = sum(w["rx_packets"] for w in workers)
-                pps[q].append(report["median_rx_pps"])
-                handed[q].append((out, received))
-                log(f"  replies on the {q:5} queue: {report['median_rx_pps']:9,} packets/s back, {out:,} of "
+                pps[key].append(report["median_rx_pps"])
+                handed[key].append((out, received))
+                log(f"  replies {key:13}: {report['median_rx_pps']:9,} packets/s back, {out:,} of "
                     f"{received:,} frames handed over")
         if args.cost_seconds:
             for _ in range(args.cost_repeat):
-                for q in REPLY_QUEUES:
-                    costs[q].append(cost(bed, rialto, args.cost_rate, args.cost_seconds, work,
-                                         extra=["--replies", q], lead=1.0 + LEARNING))
-    same, other = (statistics.median(pps[q]) for q in REPLY_QUEUES)
+                for key, q, run_args, _ in HANDOFF_CASES:
+                    costs[key].append(cost(bed, rialto, args.cost_rate, args.cost_seconds, work,
+                                           extra=["--replies", q], lead=1.0 + LEARNING, run_args=run_args))
     print(f"The return path: Rialto, 2 workers, 10,000 flows, 64 B; the generator sends each flow's reply "
           f"from its backend (median of {args.repeat} runs of {args.seconds:g} s, interleaved)")
-    for q in REPLY_QUEUES:
-        out, received = handed[q][-1]
-        print(f"  replies on the {'owner' if q == 'same' else 'other'}'s queue: {statistics.median(pps[q]):,.0f} "
-              f"packets/s back to the clients (runs: {', '.join(f'{p:,}' for p in pps[q])}); "
-              f"handed over: {out:,} of {received:,} frames received (last run)")
-    print(f"  return packets/s, every reply handed over / none: {other / same:.2f}")
+    for key, _, _, what in HANDOFF_CASES:
+        out, received = handed[key][-1]
+        print(f"  {what}: {statistics.median(pps[key]):,.0f} packets/s back to the clients "
+              f"(runs: {', '.join(f'{p:,}' for p in pps[key])}); handed over: {out:,} of {received:,} frames "
+              f"received (last run)")
+    same = statistics.median(pps["same"])
+    print(f"  return packets/s, every reply handed over / none: {statistics.median(pps['other']) / same:.2f} "
+          f"(woken at once: {statistics.median(pps['other-at-once']) / same:.2f})")
     result = {"pps": pps, "handed": handed}
     if args.cost_seconds:
-        med = {q: median_cost(q, costs[q]) for q in REPLY_QUEUES}
-        a, b = med["same"], med["other"]
-        print(f"CPU per return packet at {args.cost_rate:,} packets/s (the machine's; median of {args.cost_repeat} runs "
-              f"of {args.cost_seconds:g} s): none handed over {a.busy:.0f} ns (Rialto's code {a.code:.0f}), every "
-              f"one handed over {b.busy:.0f} ns (Rialto's code {b.code:.0f})")
-        print(f"  a handed-over frame costs {b.busy - a.busy:.0f} ns more ({b.code - a.code:.0f} ns of it in "
-              f"Rialto's code); the pipeline's own code per packet: {a.code:.0f} ns")
-        result["cost"] = {q: [c.__dict__ for c in costs[q]] for q in REPLY_QUEUES}
+        med = {k: median_cost(k, costs[k]) for k, *_ in HANDOFF_CASES}
+        print(f"CPU per return packet at {args.cost_rate:,} packets/s (the machine's; median of {args.cost_repeat} "
+              f"runs of {args.cost_seconds:g} s):")
+        for key, _, _, what in HANDOFF_CASES:
+            print(f"  {what}: {med[key].busy:.0f} ns (Rialto's code {med[key].code:.0f})")
+        a = med["same"]
+        for key, label in (("other", "wakes put off"), ("other-at-once", "woken at once")):
+            b = med[key]
+            print(f"  a handed-over frame costs {b.busy - a.busy:.0f} ns more, {label} ({b.code - a.code:.0f} ns of "
+                  f"it in Rialto's code); the pipeline's own code per packet: {a.code:.0f} ns")
+        result["cost"] = {k: [c.__dict__ for c in costs[k]] for k, *_ in HANDOFF_CASES}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "handoff.json").write_text(json.dumps(result, indent=1))

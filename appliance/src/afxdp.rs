@@ -68,6 +68,10 @@ pub struct PortConfig {
     pub batch: usize,
     /// Frames each port's handoff inbox holds; 0: as many as a ring.
     pub inbox: usize,
+    /// How long a sleeping port handed frames may be left asleep, so that
+    /// one wake brings it the frames of several steps (or [`WAKE_BATCH`]
+    /// of them, whichever comes first); zero: woken at once.
+    pub wake_delay: Duration,
     /// Try zero-copy before copy mode.
     pub zero_copy: bool,
 }
@@ -80,6 +84,7 @@ impl Default for PortConfig {
             ring_size: 2048,
             batch: 64,
             inbox: 0,
+            wake_delay: Duration::from_micros(50),
             zero_copy: true,
         }
     }
@@ -182,6 +187,10 @@ impl Ledger {
 /// The most frames a step takes off the RX ring ([`PortConfig::batch`]);
 /// as many again may come from the inbox.
 pub const MAX_BATCH: usize = 256;
+
+/// Frames waiting in a sleeping port's inbox that wake it without waiting
+/// for [`PortConfig::wake_delay`].
+pub const WAKE_BATCH: usize = 32;
 
 /// Wakes every port of a UMEM from its `wait` ([`XskPort::alarm`]).
 #[derive(Clone, Debug)]
@@ -344,6 +353,12 @@ pub struct XskPort {
     tx_batch: Vec<FrameDesc>,
     /// Ports handed a frame in the current step (bit per port index).
     handed_to: u64,
+    /// Ports handed frames while they slept and not woken yet (bit per
+    /// port index), and since when (monotonic ns; see
+    /// [`PortConfig::wake_delay`]).
+    deferred: u64,
+    deferred_since: u64,
+    wake_delay: u64,
     /// For the warnings that could otherwise repeat every step.
     warnings: Throttle,
 }
@@ -534,6 +549,9 @@ impl XskPort {
                 lent: 0,
                 borrowed: 0,
                 handed_to: 0,
+                deferred: 0,
+                deferred_since: 0,
+                wake_delay: cfg.wake_delay.as_nanos() as u64,
                 warnings: Throttle::new(WARNING_INTERVAL),
             };
             if mode == BindMode::Copy {
@@ -834,23 +852,57 @@ impl XskPort {
         }
     }
 
-    /// Wakes the ports handed frames this step, if they sleep in `poll`.
+    /// Wakes the ports handed frames, if they sleep in `poll`: at once
+    /// with no [`PortConfig::wake_delay`]; else once the first of them has
+    /// waited that long, or [`WAKE_BATCH`] frames wait for one of them.
+    /// One wake, a write to an eventfd and the sleeper's trip through the
+    /// scheduler, then brings several steps' frames.
     fn wake_receivers(&mut self) {
-        if self.handed_to == 0 {
+        if self.handed_to != 0 {
+            // Pairs with the fence in `wait`: either the receiver sees the
+            // frames before it sleeps, or we see it sleeping.
+            fence(Ordering::SeqCst);
+            for (i, mailbox) in self.exchange.mailboxes.iter().enumerate() {
+                if self.handed_to & (1 << i) != 0 && mailbox.sleeping.load(Ordering::Relaxed) {
+                    self.deferred |= 1 << i;
+                }
+            }
+            self.handed_to = 0;
+        }
+        if self.deferred == 0 {
             return;
         }
-        // Pairs with the fence in `wait`: either the receiver sees the
-        // frames before it sleeps, or we see it sleeping.
-        fence(Ordering::SeqCst);
+        let now = crate::worker::monotonic_ns();
+        if self.deferred_since == 0 {
+            self.deferred_since = now;
+        }
+        let waiting =
+            |i: usize, m: &Mailbox| self.deferred & (1 << i) != 0 && m.inbox.len() >= WAKE_BATCH;
+        let due = now.saturating_sub(self.deferred_since) >= self.wake_delay
+            || self
+                .exchange
+                .mailboxes
+                .iter()
+                .enumerate()
+                .any(|(i, m)| waiting(i, m));
+        if due {
+            self.wake_deferred();
+        }
+    }
+
+    /// Wakes the ports whose wake was put off, those still asleep (one
+    /// awake has seen its frames, or will before it sleeps).
+    fn wake_deferred(&mut self) {
         for (i, mailbox) in self.exchange.mailboxes.iter().enumerate() {
-            if self.handed_to & (1 << i) != 0
+            if self.deferred & (1 << i) != 0
                 && mailbox.sleeping.load(Ordering::Relaxed)
                 && let Err(e) = mailbox.wake.write(1)
             {
                 debug!("cannot wake port {i}: {e}");
             }
         }
-        self.handed_to = 0;
+        self.deferred = 0;
+        self.deferred_since = 0;
     }
 
     fn owns(&self, desc: &FrameDesc) -> bool {
@@ -959,15 +1011,26 @@ impl XskPort {
     }
 
     /// Sleeps until a frame arrives, another port hands one over, or
-    /// `timeout` passes.
-    pub fn wait(&mut self, timeout: Duration) {
+    /// `timeout` passes; or, if a port this one handed frames to waits to
+    /// be woken, until it is due to be.
+    pub fn wait(&mut self, mut timeout: Duration) {
+        if self.deferred != 0 {
+            let waited = crate::worker::monotonic_ns().saturating_sub(self.deferred_since);
+            match self.wake_delay.checked_sub(waited) {
+                Some(left) if left > 0 => timeout = timeout.min(Duration::from_nanos(left)),
+                _ => self.wake_deferred(),
+            }
+        }
         let fd = self.raw_fd();
         let mailbox = &self.exchange.mailboxes[self.index];
         mailbox.sleeping.store(true, Ordering::Relaxed);
         // Pairs with the fence in `wake_receivers`.
         fence(Ordering::SeqCst);
         if mailbox.inbox.is_empty() && self.exchange.injected.is_empty() {
-            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            let timeout = libc::timespec {
+                tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                tv_nsec: timeout.subsec_nanos().into(),
+            };
             let mut fds = [
                 libc::pollfd {
                     fd,
@@ -980,13 +1043,15 @@ impl XskPort {
                     revents: 0,
                 },
             ];
-            // SAFETY: poll reads and writes exactly the two pollfd structs of
-            // this live array; both descriptors are open for its duration.
-            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) } < 0
+            let (n, no_mask) = (fds.len() as libc::nfds_t, std::ptr::null());
+            // SAFETY: ppoll reads and writes exactly the two pollfd structs of
+            // this live array and reads the live timespec; both descriptors
+            // are open for its duration; a null mask leaves the signals be.
+            if unsafe { libc::ppoll(fds.as_mut_ptr(), n, &timeout, no_mask) } < 0
                 && let Some(held) = self.warnings.allow()
             {
                 let e = std::io::Error::last_os_error();
-                warn!(held_back = held, "poll failed: {e}");
+                warn!(held_back = held, "ppoll failed: {e}");
             }
         }
         mailbox.sleeping.store(false, Ordering::Relaxed);

@@ -138,6 +138,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "FRAMES")]
     handoff_queue: Option<usize>,
 
+    /// Microseconds a worker may leave another asleep with frames it
+    /// handed it, so one wake brings several steps' frames (32 waiting
+    /// wake it at once); 0: woken at once.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = PortConfig::default().wake_delay.as_micros() as u64)]
+    handoff_wake_us: u64,
+
     /// Bind in copy mode without trying zero-copy first.
     #[arg(long)]
     copy: bool,
@@ -334,6 +340,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         ring_size: args.ring_size,
         batch: args.batch,
         inbox: args.handoff_queue.unwrap_or(0),
+        wake_delay: Duration::from_micros(args.handoff_wake_us),
         zero_copy: !args.copy,
         ..PortConfig::default()
     };

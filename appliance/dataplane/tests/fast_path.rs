@@ -38,8 +38,12 @@ enum What {
     /// A client's datagram to `dns` (east) or `echo` (west).
     Udp { east: bool },
     /// The backend's answer to the client's last forwarded packet of that
-    /// protocol, through east's tunnel (TCP with these control bits).
-    Answer { tcp: Option<&'static str> },
+    /// protocol, through east's tunnel (TCP with these control bits); or
+    /// the same to a SNAT port of the other worker's (handed over).
+    Answer {
+        tcp: Option<&'static str>,
+        elsewhere: bool,
+    },
 }
 
 /// What happens to the frame on the way.
@@ -78,7 +82,8 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
     let what = prop_oneof![
         3 => tcp.clone().prop_map(What::Tcp),
         2 => any::<bool>().prop_map(|east| What::Udp { east }),
-        3 => prop::option::weighted(0.7, tcp).prop_map(|tcp| What::Answer { tcp }),
+        3 => (prop::option::weighted(0.7, tcp), prop::bool::weighted(0.2))
+            .prop_map(|(tcp, elsewhere)| What::Answer { tcp, elsewhere }),
     ];
     let damage = prop_oneof![
         6 => Just(Damage::None),
@@ -214,12 +219,14 @@ proptest! {
                 What::Udp { east: false } => {
                     to_vip(i, east, fixtures::ECHO, L4::Udp(40000, 7), step.payload)
                 }
-                What::Answer { tcp } => {
+                What::Answer { tcp, elsewhere } => {
                     let proto = if tcp.is_some() { 6 } else { 17 };
                     let Some(&((backend, bport), (snat, sport))) = last.get(&(i, east, proto)) else {
                         continue;
                     };
                     let ip = Ip::V4 { src: backend, dst: snat, ttl: 64 };
+                    // This worker's ports are the lower half of 1024-60999.
+                    let sport = if elsewhere { sport + 30_000 } else { sport };
                     let l4 = match tcp {
                         Some(flags) => L4::Tcp(bport, sport, flags, 9),
                         None => L4::Udp(bport, sport),

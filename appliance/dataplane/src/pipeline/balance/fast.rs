@@ -9,9 +9,11 @@
 //! uplink or by a gateway's [`Template`](super::Template), the fast path
 //! does what the general path ([`Balancer::run`]) does, byte for byte and
 //! counter for counter, without the general path's views, per-field bounds
-//! checks and branches for what the packet is not. Anything else (another
-//! shape; a packet the general path drops, punts, hands over or answers;
-//! a new flow) it leaves untouched to the general path. A property test
+//! checks and branches for what the packet is not; and a packet of that
+//! shape to another worker's SNAT port it hands over, as the general path
+//! does, without parsing it twice. Anything else (another shape; a packet
+//! the general path drops, punts or answers; a new flow) it leaves
+//! untouched to the general path. A property test
 //! (`tests/properties.rs`) and the fuzz corpus's replay run both ways and
 //! compare.
 
@@ -94,8 +96,14 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         let snat = to & Roles::SNAT != 0;
         let check_answer = found.side != Side::UPLINK
             && (self.tables.check_ports).is_some_and(|(a, b)| (a..=b).contains(&dst_port));
-        if to == 0 || (snat && (check_answer || !self.flows.snat().owns(dst_port))) {
+        if to == 0 || (snat && check_answer) {
             return None;
+        }
+        let ports = self.flows.snat();
+        if snat && !ports.owns(dst_port) {
+            // Another worker's SNAT port: its flow is there, where the
+            // frame goes as it came.
+            return Some(Verdict::Handoff(ports.owner(dst_port)));
         }
         let key = FlowKey {
             src,
