@@ -143,8 +143,8 @@ impl<V: Copy> AddrMap<V> {
     }
 
     /// The value of `key`. Ends at an empty entry, and at most a quarter
-    /// of them are taken.
-    #[inline]
+    /// of them are taken. Inlined: it is read two to four times a packet.
+    #[inline(always)]
     fn get(&self, key: u128) -> Option<V> {
         let mask = self.entries.len() - 1;
         let mut at = Self::home(key, self.shift);

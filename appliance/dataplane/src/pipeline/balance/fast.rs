@@ -24,7 +24,6 @@ use crate::{
     DropReason, FrameBuf, Verdict,
     pipeline::{
         conntrack::{Direction, FlowKey, Side, Slot, UPLINK},
-        encap::{self, Link},
         nat,
         packet::{TCP, UDP, mapped, v4},
         replica::Replica,
@@ -164,14 +163,17 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         nat::forward_v4(ip, l4, proto, (v4(&src), src_port), (v4(&dst), dst_port));
         let ethertype = ethernet::ethertype::IPV4;
         let sent = match template {
-            None => {
-                let link = Link {
-                    src: self.mac,
-                    dst: self.next_hop,
-                    tag: None,
-                };
-                encap::ethernet_out(frame, at, end, ethertype, &link)
+            // Plain Ethernet, untagged, to the next hop.
+            None if at >= ethernet::HEADER_LEN
+                && frame.set_bounds(at - ethernet::HEADER_LEN, end) =>
+            {
+                let h = &mut frame.buffer_mut()[at - ethernet::HEADER_LEN..at];
+                h[..6].copy_from_slice(&self.next_hop);
+                h[6..12].copy_from_slice(&self.mac);
+                h[12..].copy_from_slice(&ethertype.to_be_bytes());
+                true
             }
+            None => false,
             Some(template) => template.encapsulate(frame, at, end, ethertype, tos, hash),
         };
         if changed && self.changes.is_some() {
