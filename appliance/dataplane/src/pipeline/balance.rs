@@ -15,7 +15,8 @@ use rialto_tables::{Endpoint, FlowContext, Proto, Snapshot};
 
 use super::{
     conntrack::{
-        Conntrack, Direction, Flow, FlowKey, InsertError, Restored, Side, Slot, TcpState, UPLINK,
+        Conntrack, Direction, Flow, FlowKey, InsertError, Restored, Rewrite, Side, Slot, TcpState,
+        UPLINK,
     },
     encap::{self, Link, Template, Tunnel},
     icmp::{self, ErrorKind, Quoted, RateLimit},
@@ -510,18 +511,11 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         // Only what the rewrite needs is read out of the flow, not the flow.
         let flow = self.flows.flow(id);
         let hash = flow.hash;
-        let (to, (src, src_port), (dst, dst_port)) = match direction {
-            Direction::Forward => (
-                flow.backend,
-                (flow.reverse.dst, flow.reverse.dst_port),
-                (flow.reverse.src, flow.reverse.src_port),
-            ),
-            Direction::Reply => (
-                flow.client,
-                (flow.forward.dst, flow.forward.dst_port),
-                (flow.forward.src, flow.forward.src_port),
-            ),
-        };
+        let Rewrite {
+            to,
+            src: (src, src_port),
+            dst: (dst, dst_port),
+        } = flow.rewrite(direction);
         if let Some(mtu) = self.too_big(&ip, to) {
             if !ip.dont_fragment {
                 return Err(Verdict::Drop(DropReason::TooBig));

@@ -174,6 +174,34 @@ pub struct Flow {
     pub state: TcpState,
 }
 
+/// Where a packet of a flow goes and what it becomes: the side it leaves
+/// by, its new source and destination (address, port).
+#[derive(Clone, Copy, Debug)]
+pub struct Rewrite {
+    pub to: Side,
+    pub src: (Addr, u16),
+    pub dst: (Addr, u16),
+}
+
+impl Flow {
+    /// What a packet going `direction` becomes: forward, from the SNAT
+    /// address to the backend; back, from the VIP to the client.
+    #[inline]
+    pub fn rewrite(&self, direction: Direction) -> Rewrite {
+        // The reply's key, read backwards, is what a forwarded packet
+        // becomes; and the other way round.
+        let (to, key) = match direction {
+            Direction::Forward => (self.backend, &self.reverse),
+            Direction::Reply => (self.client, &self.forward),
+        };
+        Rewrite {
+            to,
+            src: (key.dst, key.dst_port),
+            dst: (key.src, key.src_port),
+        }
+    }
+}
+
 /// The bytes of a flow its checksum covers: all but what each packet
 /// changes (`expires`, `state`).
 const CHECKED: usize = std::mem::offset_of!(Flow, expires);

@@ -23,7 +23,7 @@ use super::{Balancer, Roles, template};
 use crate::{
     DropReason, FrameBuf, Verdict,
     pipeline::{
-        conntrack::{Direction, FlowKey, Side, Slot, UPLINK},
+        conntrack::{Direction, FlowKey, Rewrite, Side, Slot, UPLINK},
         nat,
         packet::{TCP, UDP, mapped, v4},
         replica::Replica,
@@ -132,18 +132,11 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             .lookup_in(&key, now, to & Roles::VIP != 0, snat)?;
         let flow = self.flows.flow(id);
         let hash = flow.hash;
-        let (out, (src, src_port), (dst, dst_port)) = match direction {
-            Direction::Forward => (
-                flow.backend,
-                (flow.reverse.dst, flow.reverse.dst_port),
-                (flow.reverse.src, flow.reverse.src_port),
-            ),
-            Direction::Reply => (
-                flow.client,
-                (flow.forward.dst, flow.forward.dst_port),
-                (flow.forward.src, flow.forward.src_port),
-            ),
-        };
+        let Rewrite {
+            to: out,
+            src: (src, src_port),
+            dst: (dst, dst_port),
+        } = flow.rewrite(direction);
         // No template: an IPv6 underlay. Too big: an ICMP error, or a drop.
         let template = match out.tunnel_of() {
             None => None,
