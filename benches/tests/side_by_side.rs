@@ -182,16 +182,20 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
         (run[0].as_u64().unwrap(), run[1].as_u64().unwrap())
     };
     assert_eq!(handed("same").0, 0, "{report}");
+    let loss = |case: &str| report["cost"][case][0]["loss"].as_f64().unwrap();
     for case in ["other", "other-at-once"] {
         let (out, received) = handed(case);
         assert!(out > received / 2, "{case}: {report}");
         // A sleeping owner is woken, its wake put off or not: were one
         // missed, the owner would sleep out its idle poll (100 ms) while
-        // 10,000 frames came for it, and its inbox would overflow.
-        let loss = report["cost"][case][0]["loss"].as_f64().unwrap();
+        // 10,000 frames came for it into an inbox of 2,048, and most would
+        // be lost. (Not much more than with no handoff at all: a slower
+        // machine may lose some at this rate either way.)
         assert!(
-            loss <= 0.001,
-            "{case}: {loss} lost at a fixed rate: {report}"
+            loss(case) <= loss("same") + 0.05,
+            "{case}: {} lost at a fixed rate, {} with none handed over: {report}",
+            loss(case),
+            loss("same")
         );
     }
     std::fs::remove_dir_all(&out_dir).unwrap();
