@@ -112,11 +112,11 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         if to == 0 || (snat && check_answer) {
             return None;
         }
-        let ports = self.flows.snat();
-        if snat && !ports.owns(dst_port) {
+        let snat_ports = self.flows.snat();
+        if snat && !snat_ports.owns(dst_port) {
             // Another worker's SNAT port: its flow is there, where the
             // frame goes as it came.
-            return Some(Verdict::Handoff(ports.owner(dst_port)));
+            return Some(Verdict::Handoff(snat_ports.owner(dst_port)));
         }
         let key = FlowKey {
             src,
