@@ -1080,6 +1080,9 @@ impl XskPort {
         for i in 0..interrupted {
             self.release(self.rx_batch[i]);
         }
+        // Frames handed before the worker stopped: their owners are not
+        // left asleep until their idle poll.
+        self.wake_deferred();
         self.idle_turn(&mut Tally::default());
     }
 

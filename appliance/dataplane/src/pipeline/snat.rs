@@ -33,7 +33,6 @@ pub struct SnatPorts {
     index: HashMap<(Addr, u8), usize>,
     first: u16,
     span: u32,
-    worker: u32,
     workers: u32,
     /// This worker's slice, `first..end` (empty when there are more workers
     /// than ports).
@@ -97,7 +96,6 @@ impl SnatPorts {
             index,
             first: pool.ports.0,
             span,
-            worker,
             workers,
             slice: lo..hi,
             owned,
@@ -186,11 +184,6 @@ impl SnatPorts {
                 bits[bit / 64] & 1 << (bit % 64) == 0
             });
         }
-    }
-
-    /// The worker whose slice this is.
-    pub fn worker(&self) -> u32 {
-        self.worker
     }
 
     /// Free ports per (address, protocol).
