@@ -16,8 +16,12 @@
 
 use std::sync::Arc;
 
+use arrayvec::ArrayVec;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use rialto_dataplane::{OwnedFrame, Pipeline, Verdict, pipeline::conntrack::Slot};
+use rialto::afxdp::MAX_BATCH;
+use rialto_dataplane::{
+    FrameBuf, HEADROOM, OwnedFrame, Pipeline, Verdict, pipeline::conntrack::Slot,
+};
 use rialto_fixtures::{self as fixtures, Ip, L4};
 use rialto_rules::Snapshot;
 
@@ -144,6 +148,29 @@ pub fn forward<S: std::ops::DerefMut<Target = [Slot]>>(
     buf.load(frame);
     let verdict = buf.with(|f| pipeline.process_frame(std::hint::black_box(f), now));
     assert_eq!(verdict, Verdict::Tx);
+}
+
+/// Runs `frames` through `pipeline` as one batch, each in the buffer of
+/// `bufs` of the same place (with [`HEADROOM`] in front); all must be
+/// transmitted.
+#[inline]
+pub fn forward_batch<S: std::ops::DerefMut<Target = [Slot]>>(
+    pipeline: &mut Pipeline<S>,
+    bufs: &mut [Vec<u8>],
+    frames: &[Vec<u8>],
+    verdicts: &mut [Verdict],
+    now: u64,
+) {
+    let mut batch: ArrayVec<FrameBuf<'_>, MAX_BATCH> = bufs
+        .iter_mut()
+        .zip(frames)
+        .map(|(buf, frame)| {
+            buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+            FrameBuf::new(buf, HEADROOM, frame.len())
+        })
+        .collect();
+    pipeline.process(std::hint::black_box(&mut batch), verdicts, now);
+    assert!(verdicts.iter().all(|v| *v == Verdict::Tx), "{verdicts:?}");
 }
 
 /// This process's resident memory, in bytes (`VmRSS`).

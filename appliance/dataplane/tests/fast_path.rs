@@ -5,12 +5,14 @@
 //! tunnel, some of them damaged on the way (a byte changed, with the IPv4
 //! checksums made right again or not, the frame cut short, the TTL run
 //! out), and time that passes. After every step the two give the same
-//! verdict and the same frame, and their counters are the same.
+//! verdict and the same frame, and their counters are the same. And a
+//! batch, whose flows the fast path finds ahead, does what its frames do
+//! one at a time.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use proptest::prelude::*;
-use rialto_dataplane::{OwnedFrame, Pipeline, Verdict, wire::checksum};
+use rialto_dataplane::{FrameBuf, HEADROOM, OwnedFrame, Pipeline, Verdict, wire::checksum};
 use rialto_fixtures::{self as fixtures, EAST_VNI, Ip, L4, NODE_MAC, POD_SIDE_MAC};
 use rialto_tables::Snapshot;
 
@@ -184,6 +186,59 @@ fn damage(mut frame: Vec<u8>, damage: Damage) -> Vec<u8> {
     frame
 }
 
+/// The last forwarded packet per client, pod side and protocol: the
+/// backend, the SNAT address and port.
+type Last = HashMap<(usize, bool, u8), (Endpoint, Endpoint)>;
+
+/// The frame `step` sends, damaged as it says; `None` for an answer to a
+/// flow not seen yet.
+fn frame_for(step: &Step, last: &Last) -> Option<Vec<u8>> {
+    let (i, east) = (step.client, step.from_east);
+    let frame = match step.what {
+        What::Tcp(flags) => to_vip(
+            i,
+            east,
+            fixtures::WEB,
+            L4::Tcp(40000, 80, flags, 7),
+            step.payload,
+        ),
+        What::Udp { east: true } => to_vip(i, east, DNS, L4::Udp(40000, 53), step.payload),
+        What::Udp { east: false } => {
+            to_vip(i, east, fixtures::ECHO, L4::Udp(40000, 7), step.payload)
+        }
+        What::Answer { tcp, elsewhere } => {
+            let proto = if tcp.is_some() { 6 } else { 17 };
+            let &((backend, bport), (snat, sport)) = last.get(&(i, east, proto))?;
+            let ip = Ip::V4 {
+                src: backend,
+                dst: snat,
+                ttl: 64,
+            };
+            // This worker's ports are the lower half of 1024-60999.
+            let sport = if elsewhere { sport + 30_000 } else { sport };
+            let l4 = match tcp {
+                Some(flags) => L4::Tcp(bport, sport, flags, 9),
+                None => L4::Udp(bport, sport),
+            };
+            let inner = fixtures::ip(ip, l4, &vec![0xa5; step.payload]);
+            let mut frame = fixtures::from_east(&inner);
+            // From the pod's own MAC, as the fixtures' gateways send.
+            frame[56..62].copy_from_slice(&POD_SIDE_MAC);
+            frame
+        }
+    };
+    Some(damage(frame, step.damage))
+}
+
+/// Notes what a forwarded frame toward east carries, for the answers.
+fn remember(last: &mut Last, step: &Step, verdict: Verdict, out: &[u8]) {
+    if verdict == Verdict::Tx
+        && let Some((backend, snat, proto)) = forwarded(out)
+    {
+        last.insert((step.client, step.from_east, proto), (backend, snat));
+    }
+}
+
 /// A worker of two, so answers on the other worker's ports are handed over.
 fn balancer(tables: &Arc<Snapshot>, fast: bool) -> Pipeline {
     let mut pipeline = Pipeline::balance(Arc::clone(tables), 0, 2, NODE_MAC);
@@ -205,46 +260,68 @@ proptest! {
     fn the_fast_path_does_what_the_general_path_does(steps in steps()) {
         let tables = tables();
         let (mut fast, mut general) = (balancer(&tables, true), balancer(&tables, false));
-        // The last forwarded packet per client, pod side and protocol.
-        let mut last = std::collections::HashMap::new();
+        let mut last = Last::new();
         let mut now = 1_000_000_000u64;
         for (n, step) in steps.iter().enumerate() {
             now += u64::from(step.wait) * 1_000_000_000;
-            let (i, east) = (step.client, step.from_east);
-            let frame = match step.what {
-                What::Tcp(flags) => {
-                    to_vip(i, east, fixtures::WEB, L4::Tcp(40000, 80, flags, 7), step.payload)
-                }
-                What::Udp { east: true } => to_vip(i, east, DNS, L4::Udp(40000, 53), step.payload),
-                What::Udp { east: false } => {
-                    to_vip(i, east, fixtures::ECHO, L4::Udp(40000, 7), step.payload)
-                }
-                What::Answer { tcp, elsewhere } => {
-                    let proto = if tcp.is_some() { 6 } else { 17 };
-                    let Some(&((backend, bport), (snat, sport))) = last.get(&(i, east, proto)) else {
-                        continue;
-                    };
-                    let ip = Ip::V4 { src: backend, dst: snat, ttl: 64 };
-                    // This worker's ports are the lower half of 1024-60999.
-                    let sport = if elsewhere { sport + 30_000 } else { sport };
-                    let l4 = match tcp {
-                        Some(flags) => L4::Tcp(bport, sport, flags, 9),
-                        None => L4::Udp(bport, sport),
-                    };
-                    let inner = fixtures::ip(ip, l4, &vec![0xa5; step.payload]);
-                    let mut frame = fixtures::from_east(&inner);
-                    // From the pod's own MAC, as the fixtures' gateways send.
-                    frame[56..62].copy_from_slice(&POD_SIDE_MAC);
-                    frame
-                }
+            let Some(frame) = frame_for(step, &last) else {
+                continue;
             };
-            let frame = damage(frame, step.damage);
             let (a, b) = (run(&mut fast, &frame, now), run(&mut general, &frame, now));
             prop_assert_eq!(&a, &b, "step {}: {:?}", n, step);
             prop_assert_eq!(fast.stats(), general.stats(), "step {}: {:?}", n, step);
-            if a.0 == Verdict::Tx && let Some((backend, snat, proto)) = forwarded(&a.1) {
-                last.insert((i, east, proto), (backend, snat));
+            remember(&mut last, step, a.0, &a.1);
+        }
+    }
+
+    /// A batch does what its frames do one at a time: the fast path reads
+    /// a batch's frames, and the index entries and slots of their flows,
+    /// before it processes the first (`Balancer::process_batch`). Batches
+    /// of random sizes, each at one time, against the general path frame
+    /// by frame; in a batch, a SYN that reopens a flow or a packet that
+    /// finds it expired changes what a later frame finds.
+    #[test]
+    fn a_batch_does_what_its_frames_do_one_at_a_time(
+        steps in steps(),
+        sizes in prop::collection::vec(1..24usize, 1..8),
+    ) {
+        let tables = tables();
+        let (mut batched, mut general) = (balancer(&tables, true), balancer(&tables, false));
+        let mut last = Last::new();
+        let mut now = 1_000_000_000u64;
+        let mut rest = &steps[..];
+        for &size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
             }
+            let (batch, after) = rest.split_at(size.min(rest.len()));
+            rest = after;
+            now += batch.iter().map(|s| u64::from(s.wait)).sum::<u64>() * 1_000_000_000;
+            let (steps, frames): (Vec<&Step>, Vec<Vec<u8>>) = batch
+                .iter()
+                .filter_map(|step| Some((step, frame_for(step, &last)?)))
+                .unzip();
+            let mut bufs: Vec<Vec<u8>> = frames
+                .iter()
+                .map(|f| [&[0; HEADROOM][..], f, &[0; 2048]].concat())
+                .collect();
+            let mut batch: Vec<FrameBuf<'_>> = bufs
+                .iter_mut()
+                .zip(&frames)
+                .map(|(buf, f)| FrameBuf::new(buf, HEADROOM, f.len()))
+                .collect();
+            let mut verdicts = vec![Verdict::Tx; frames.len()];
+            batched.process(&mut batch, &mut verdicts, now);
+            batched.tick(now, false);
+            for (k, (frame, step)) in frames.iter().zip(&steps).enumerate() {
+                let mut one = OwnedFrame::new(frame);
+                let verdict = one.with(|f| general.process_frame(f, now));
+                let got = (verdicts[k], batch[k].data());
+                prop_assert_eq!(got, (verdict, one.data()), "frame {}: {:?}", k, step);
+                remember(&mut last, step, verdict, one.data());
+            }
+            general.tick(now, false);
+            prop_assert_eq!(batched.stats(), general.stats());
         }
     }
 }

@@ -5,25 +5,40 @@
 //!   instructions reflect|forward|return|new FLOWS PACKETS
 //!
 //! `forward-general` and `return-general` take the general path alone
-//! (the fast path off): the fast path's baseline in the same run.
+//! (the fast path off): the fast path's baseline in the same run;
+//! `forward-batch` and `return-batch` the fast path, [`BATCH`] frames per
+//! call (the flows of a batch read ahead).
 
-use rialto_benches::{balancer, forward, packet, reflect_frame, tables, with_flows};
-use rialto_dataplane::{OwnedFrame, Pipeline};
+use rialto_benches::{balancer, forward, forward_batch, packet, reflect_frame, tables, with_flows};
+use rialto_dataplane::{HEADROOM, OwnedFrame, Pipeline, Verdict};
 
 /// Room in the table for new flows.
 const NEW_ROOM: usize = 1 << 18;
 
+/// Frames per call of the `-batch` paths: `rialto run`'s default.
+const BATCH: usize = 64;
+
+/// How a path's packets are handed to the pipeline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    One,
+    General,
+    Batch,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: instructions reflect|forward[-general]|return[-general]|new FLOWS PACKETS";
+    let usage = "usage: instructions reflect|forward[-general|-batch]|return[-general|-batch]|new FLOWS PACKETS";
     let [_, path, flows, packets] = &args[..] else {
         panic!("{usage}")
     };
     let (flows, packets): (usize, usize) =
         (flows.parse().expect(usage), packets.parse().expect(usage));
-    let (path, general) = match path.strip_suffix("-general") {
-        Some(path) => (path, true),
-        None => (path.as_str(), false),
+    let (path, way) = match path.split_once('-') {
+        Some((path, "general")) => (path, Way::General),
+        Some((path, "batch")) => (path, Way::Batch),
+        Some(_) => panic!("{usage}"),
+        None => (path.as_str(), Way::One),
     };
     let (mut pipeline, frames) = match path {
         "reflect" => (Pipeline::Reflect, vec![reflect_frame()]),
@@ -47,7 +62,18 @@ fn main() {
         }
         _ => panic!("{usage}"),
     };
-    pipeline.set_fast_path(!general);
+    pipeline.set_fast_path(way != Way::General);
+    if way == Way::Batch {
+        assert!(frames.len() % BATCH == 0, "whole batches of frames");
+        let mut bufs = vec![vec![0; HEADROOM + 2048]; BATCH];
+        let mut verdicts = [Verdict::Tx; BATCH];
+        for i in (0..packets).step_by(BATCH) {
+            let (at, n) = (i % frames.len(), BATCH.min(packets - i));
+            let (bufs, verdicts) = (&mut bufs[..n], &mut verdicts[..n]);
+            forward_batch(&mut pipeline, bufs, &frames[at..at + n], verdicts, 1);
+        }
+        return;
+    }
     let mut buf = OwnedFrame::new(&[]);
     for i in 0..packets {
         forward(&mut pipeline, &mut buf, &frames[i % frames.len()], 1);

@@ -408,22 +408,16 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     /// general one ([`Balancer::set_fast_path`]).
     pub fn process(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Verdict {
         self.now_ns = now_ns;
-        let now = seconds(now_ns);
-        if self.fast_path
-            && let Some(verdict) = self.fast(frame, now)
-        {
-            return verdict;
-        }
-        match self.run(frame, now) {
-            Ok(verdict) | Err(verdict) => verdict,
-        }
+        let stage = self.stage(frame.data());
+        self.complete(frame, &stage, seconds(now_ns))
     }
 
     /// The fast path alone: what [`Balancer::process`] does with `frame` if
     /// the fast path takes it; `None`, and the frame untouched, if not.
     pub fn process_fast(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Option<Verdict> {
         self.now_ns = now_ns;
-        self.fast(frame, seconds(now_ns))
+        let stage = self.stage(frame.data());
+        self.fast(frame, &stage, seconds(now_ns))
     }
 
     /// Whether [`Balancer::process`] tries the fast path first (the

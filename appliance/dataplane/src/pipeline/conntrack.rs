@@ -184,6 +184,15 @@ pub struct Rewrite {
 }
 
 impl Flow {
+    /// The key a packet going `direction` arrives with.
+    #[inline]
+    pub fn key(&self, direction: Direction) -> &FlowKey {
+        match direction {
+            Direction::Forward => &self.forward,
+            Direction::Reply => &self.reverse,
+        }
+    }
+
     /// What a packet going `direction` becomes: forward, from the SNAT
     /// address to the backend; back, from the VIP to the client.
     #[inline]
@@ -354,8 +363,8 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         Self {
             slots,
             free: (0..capacity as u32).rev().collect(),
-            forward: Index::new(capacity, By::Forward),
-            reverse: Index::new(capacity, By::Reverse),
+            forward: Index::new(capacity, Direction::Forward),
+            reverse: Index::new(capacity, Direction::Reply),
             hasher: DefaultHashBuilder::default(),
             snat,
             timeouts,
@@ -429,7 +438,26 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         forward: bool,
         reverse: bool,
     ) -> Option<(u32, Direction)> {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hash(key);
+        self.lookup_hashed(key, hash, now, (forward, reverse))
+    }
+
+    /// The hash the indexes file `key` under.
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// [`Conntrack::lookup_in`] of `key`, whose hash is `hash`, in the
+    /// indexes `(forward, reverse)` says.
+    #[inline]
+    pub fn lookup_hashed(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        now: u32,
+        (forward, reverse): (bool, bool),
+    ) -> Option<(u32, Direction)> {
         let found = if forward {
             self.forward.get(hash, key, &self.slots)
         } else {
@@ -446,6 +474,30 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             return None;
         }
         Some((id, direction))
+    }
+
+    /// The slot a lookup of a key of hash `hash`, in the indexes
+    /// `(forward, reverse)` says, compares first: a guess, from the index
+    /// alone (no key is compared), that brings the index's cache line near.
+    /// With [`Conntrack::warm`], what a batch does for all its frames
+    /// before it processes the first, so that their cache misses overlap.
+    #[inline]
+    pub fn candidate(&self, hash: u64, (forward, reverse): (bool, bool)) -> Option<u32> {
+        match (forward, reverse) {
+            (true, _) => self.forward.candidate(hash),
+            (false, true) => self.reverse.candidate(hash),
+            (false, false) => None,
+        }
+    }
+
+    /// Reads slot `id`'s first and last word, and does nothing with them:
+    /// brings both cache lines of the flow near (see
+    /// [`Conntrack::candidate`]).
+    #[inline]
+    pub fn warm(&self, id: u32) {
+        if let Some(slot) = self.slots.get(id as usize) {
+            std::hint::black_box((slot.mark, slot.flow.state));
+        }
     }
 
     /// Every flow in the table, expired ones not yet removed included,
@@ -781,22 +833,6 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     }
 }
 
-/// Which of a flow's keys an [`Index`] finds it by.
-#[derive(Clone, Copy, Debug)]
-enum By {
-    Forward,
-    Reverse,
-}
-
-impl By {
-    fn key(self, flow: &Flow) -> &FlowKey {
-        match self {
-            Self::Forward => &flow.forward,
-            Self::Reverse => &flow.reverse,
-        }
-    }
-}
-
 /// Slot numbers of live flows, found by one of their keys: an open-addressed
 /// table of buckets of one cache line each, so that a lookup reads one line
 /// of the index (hashbrown's tables read two: the control bytes, then the
@@ -813,7 +849,8 @@ impl By {
 struct Index {
     buckets: Box<[Bucket]>,
     len: usize,
-    by: By,
+    /// Which of a flow's keys it finds the flow by.
+    by: Direction,
 }
 
 /// Eight entries in one cache line, and how many entries went past it.
@@ -850,7 +887,7 @@ impl Index {
     /// per flow.
     const LOAD: usize = 6;
 
-    fn new(capacity: usize, by: By) -> Self {
+    fn new(capacity: usize, by: Direction) -> Self {
         assert!(capacity < u32::MAX as usize, "slot numbers fit 32 bits");
         let empty = Bucket {
             tags: [0; 8],
@@ -904,7 +941,7 @@ impl Index {
             let mut lanes = bucket.matching(tag);
             while lanes != 0 {
                 let id = bucket.ids[lanes.trailing_zeros() as usize / 16];
-                if id != Bucket::EMPTY && self.by.key(&slots[id as usize].flow) == key {
+                if id != Bucket::EMPTY && slots[id as usize].flow.key(self.by) == key {
                     return Some(id);
                 }
                 lanes &= lanes - 1;
@@ -915,6 +952,16 @@ impl Index {
             b = self.next(b);
         }
         None
+    }
+
+    /// The slot of the first entry of the home bucket whose tag is
+    /// `hash`'s ([`Conntrack::candidate`]).
+    #[inline]
+    fn candidate(&self, hash: u64) -> Option<u32> {
+        let bucket = &self.buckets[self.home(hash)];
+        let lanes = bucket.matching(Self::tag(hash));
+        let id = bucket.ids[(lanes.trailing_zeros() as usize / 16).min(7)];
+        (lanes != 0 && id != Bucket::EMPTY).then_some(id)
     }
 
     /// Indexes slot `id`, whose key's hash is `hash`.
@@ -1040,7 +1087,7 @@ mod tests {
             let key = |id: u32| slots[id as usize].flow.forward;
             // Few tags (collisions to sort out by key) and homes.
             let hash = |id: u32| u64::from(id % 5) << 48 | u64::from(id % 3);
-            let mut index = Index::new(SLOTS, By::Forward);
+            let mut index = Index::new(SLOTS, Direction::Forward);
             let mut held = std::collections::BTreeSet::new();
             for (insert, id) in ops {
                 if insert {
@@ -1128,6 +1175,11 @@ mod tests {
             Some((id, Direction::Reply))
         );
         assert_eq!(t.lookup_in(&reverse, 1, true, false), None);
+        // The slot a batch reads ahead is the flow's, in the index asked.
+        let (there, back) = (t.hash(&key(40000)), t.hash(&reverse));
+        assert_eq!(t.candidate(there, (true, false)), Some(id));
+        assert_eq!(t.candidate(back, (false, true)), Some(id));
+        assert_eq!(t.candidate(there, (false, false)), None);
     }
 
     #[test]

@@ -115,8 +115,13 @@ impl<S: DerefMut<Target = [Slot]>> Pipeline<S> {
     /// If the two slices differ in length.
     pub fn process(&mut self, frames: &mut [FrameBuf<'_>], verdicts: &mut [Verdict], now: u64) {
         assert_eq!(frames.len(), verdicts.len(), "a verdict per frame");
-        for (frame, verdict) in frames.iter_mut().zip(verdicts) {
-            *verdict = self.process_frame(frame, now);
+        match self {
+            Self::Balance(b) => b.process_batch(frames, verdicts, now),
+            Self::Reflect => {
+                for (frame, verdict) in frames.iter_mut().zip(verdicts) {
+                    *verdict = reflect::process(frame.data_mut());
+                }
+            }
         }
     }
 
