@@ -10,7 +10,7 @@
 //! each at 1 thousand and 1 million live flows: by the fast path and by the
 //! general path alone (`_general`), one frame per call; and by the fast
 //! path 64 frames per call (`_batch`: the index entries and slots of a
-//! batch's flows read ahead, together). Each case cycles over a packet of
+//! batch's flows read ahead, together; `_batch_in_turn`: not). Each case cycles over a packet of
 //! every live flow in turn: a million flows take some 150 MB, far more
 //! than the caches hold, so most of their packets miss, as a large table's
 //! do live. Every iteration copies the 64- to 114-byte frame into place first: the
@@ -28,9 +28,9 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rialto_benches::{client, forward, forward_batch, reflect_frame, tables, with_flows};
+use rialto_benches::{BATCH, Batch, client, forward, reflect_frame, tables, with_flows};
 use rialto_dataplane::{
-    HEADROOM, OwnedFrame, Pipeline, Verdict,
+    OwnedFrame, Pipeline,
     pipeline::{
         conntrack::{Conntrack, Flow, FlowKey, Side, TcpState},
         packet::mapped,
@@ -53,11 +53,8 @@ fn cycle(c: &mut Criterion, group: &str, name: &str, pipeline: &mut Pipeline, fr
     g.finish();
 }
 
-/// Frames per batch of the `_batch` cases: `rialto run`'s default.
-const BATCH: usize = 64;
-
-/// As [`cycle`], `BATCH` frames at a time in one call, as the live loop
-/// hands them: the flows of a batch are found ahead, together.
+/// As [`cycle`], [`BATCH`] frames at a time in one call, as the live loop
+/// hands them: the flows of a batch are read ahead, together.
 fn cycle_batch(
     c: &mut Criterion,
     group: &str,
@@ -67,13 +64,11 @@ fn cycle_batch(
 ) {
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(BATCH as u64));
-    let mut bufs = vec![vec![0; HEADROOM + 2048]; BATCH];
-    let mut verdicts = [Verdict::Tx; BATCH];
+    let mut batch = Batch::default();
     let mut i = 0;
     g.bench_function(name, |b| {
         b.iter(|| {
-            let batch = &frames[i..i + BATCH];
-            forward_batch(pipeline, &mut bufs, batch, &mut verdicts, 1);
+            batch.forward(pipeline, &frames[i..i + BATCH], 1);
             i += BATCH;
             if i + BATCH > frames.len() {
                 i = 0;
@@ -97,6 +92,12 @@ fn balance(c: &mut Criterion) {
         let batch = format!("{label}_batch");
         cycle_batch(c, "balance_forward", &batch, &mut pipeline, &there);
         cycle_batch(c, "balance_return", &batch, &mut pipeline, &back);
+        // The same batches without reading ahead: its baseline.
+        pipeline.set_read_ahead(false);
+        let in_turn = format!("{label}_batch_in_turn");
+        cycle_batch(c, "balance_forward", &in_turn, &mut pipeline, &there);
+        cycle_batch(c, "balance_return", &in_turn, &mut pipeline, &back);
+        pipeline.set_read_ahead(true);
         // The same by the general path alone: the fast path's baseline.
         pipeline.set_fast_path(false);
         let general = format!("{label}_general");

@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use rialto::afxdp::MAX_BATCH;
 use rialto_dataplane::{
     FrameBuf, HEADROOM, OwnedFrame, Pipeline, Verdict, pipeline::conntrack::Slot,
 };
@@ -150,27 +149,46 @@ pub fn forward<S: std::ops::DerefMut<Target = [Slot]>>(
     assert_eq!(verdict, Verdict::Tx);
 }
 
-/// Runs `frames` through `pipeline` as one batch, each in the buffer of
-/// `bufs` of the same place (with [`HEADROOM`] in front); all must be
-/// transmitted.
-#[inline]
-pub fn forward_batch<S: std::ops::DerefMut<Target = [Slot]>>(
-    pipeline: &mut Pipeline<S>,
-    bufs: &mut [Vec<u8>],
-    frames: &[Vec<u8>],
-    verdicts: &mut [Verdict],
-    now: u64,
-) {
-    let mut batch: ArrayVec<FrameBuf<'_>, MAX_BATCH> = bufs
-        .iter_mut()
-        .zip(frames)
-        .map(|(buf, frame)| {
+/// Frames per call of the benchmarks' batches: `rialto run`'s default.
+pub const BATCH: usize = 64;
+
+/// Buffers for up to [`BATCH`] frames handed to a pipeline in one call,
+/// as the live loop hands it a step's frames.
+#[derive(Debug)]
+pub struct Batch {
+    bufs: Vec<Vec<u8>>,
+    verdicts: [Verdict; BATCH],
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self {
+            bufs: vec![vec![0; HEADROOM + 2048]; BATCH],
+            verdicts: [Verdict::Tx; BATCH],
+        }
+    }
+}
+
+impl Batch {
+    /// Runs `frames` (at most [`BATCH`]) through `pipeline` in one call,
+    /// each copied into its buffer behind [`HEADROOM`] bytes first; all
+    /// must be transmitted.
+    #[inline]
+    pub fn forward<S: std::ops::DerefMut<Target = [Slot]>>(
+        &mut self,
+        pipeline: &mut Pipeline<S>,
+        frames: &[Vec<u8>],
+        now: u64,
+    ) {
+        let mut batch = ArrayVec::<FrameBuf<'_>, BATCH>::new();
+        for (buf, frame) in self.bufs.iter_mut().zip(frames) {
             buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-            FrameBuf::new(buf, HEADROOM, frame.len())
-        })
-        .collect();
-    pipeline.process(std::hint::black_box(&mut batch), verdicts, now);
-    assert!(verdicts.iter().all(|v| *v == Verdict::Tx), "{verdicts:?}");
+            batch.push(FrameBuf::new(buf, HEADROOM, frame.len()));
+        }
+        let verdicts = &mut self.verdicts[..batch.len()];
+        pipeline.process(std::hint::black_box(&mut batch), verdicts, now);
+        assert!(verdicts.iter().all(|v| *v == Verdict::Tx), "{verdicts:?}");
+    }
 }
 
 /// This process's resident memory, in bytes (`VmRSS`).

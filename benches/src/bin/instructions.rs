@@ -9,14 +9,11 @@
 //! `forward-batch` and `return-batch` the fast path, [`BATCH`] frames per
 //! call (the flows of a batch read ahead).
 
-use rialto_benches::{balancer, forward, forward_batch, packet, reflect_frame, tables, with_flows};
-use rialto_dataplane::{HEADROOM, OwnedFrame, Pipeline, Verdict};
+use rialto_benches::{BATCH, Batch, balancer, forward, packet, reflect_frame, tables, with_flows};
+use rialto_dataplane::{OwnedFrame, Pipeline};
 
 /// Room in the table for new flows.
 const NEW_ROOM: usize = 1 << 18;
-
-/// Frames per call of the `-batch` paths: `rialto run`'s default.
-const BATCH: usize = 64;
 
 /// How a path's packets are handed to the pipeline.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -65,12 +62,10 @@ fn main() {
     pipeline.set_fast_path(way != Way::General);
     if way == Way::Batch {
         assert!(frames.len() % BATCH == 0, "whole batches of frames");
-        let mut bufs = vec![vec![0; HEADROOM + 2048]; BATCH];
-        let mut verdicts = [Verdict::Tx; BATCH];
+        let mut batch = Batch::default();
         for i in (0..packets).step_by(BATCH) {
             let (at, n) = (i % frames.len(), BATCH.min(packets - i));
-            let (bufs, verdicts) = (&mut bufs[..n], &mut verdicts[..n]);
-            forward_batch(&mut pipeline, bufs, &frames[at..at + n], verdicts, 1);
+            batch.forward(&mut pipeline, &frames[at..at + n], 1);
         }
         return;
     }

@@ -96,6 +96,9 @@ pub struct Balancer<S = Box<[Slot]>> {
     templates: Vec<Vec<Option<Template>>>,
     /// Whether the fast path is tried first (see [`Balancer::process`]).
     fast_path: bool,
+    /// Whether a batch reads its flows ahead (see
+    /// [`Balancer::process_batch`]).
+    read_ahead: bool,
 }
 
 /// What each address Rialto knows is to it, looked up once per address of
@@ -262,6 +265,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             roles: Roles::default(),
             templates: Vec::new(),
             fast_path: true,
+            read_ahead: true,
         };
         balancer.roles = Roles::new(&balancer.tables);
         balancer.set_fleet();
@@ -425,6 +429,13 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     /// oracle in tests, its baseline in benchmarks.
     pub fn set_fast_path(&mut self, on: bool) {
         self.fast_path = on;
+    }
+
+    /// Whether [`Balancer::process_batch`] reads the flows of a batch's
+    /// frames ahead (the default) or not: the reading ahead's baseline in
+    /// benchmarks.
+    pub fn set_read_ahead(&mut self, on: bool) {
+        self.read_ahead = on;
     }
 
     fn run(&mut self, frame: &mut FrameBuf<'_>, now: u32) -> Result<Verdict, Verdict> {

@@ -141,6 +141,13 @@ impl<S: DerefMut<Target = [Slot]>> Pipeline<S> {
         }
     }
 
+    /// See [`balance::Balancer::set_read_ahead`]; reflect mode has none.
+    pub fn set_read_ahead(&mut self, on: bool) {
+        if let Self::Balance(b) = self {
+            b.set_read_ahead(on);
+        }
+    }
+
     /// Once per batch, after the frames: housekeeping that must not wait
     /// for traffic (expiring flows), more of it when the batch was empty.
     pub fn tick(&mut self, now: u64, idle: bool) {

@@ -142,20 +142,30 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             for frame in frames.iter() {
                 stages.push(self.stage(frame.data()));
             }
-            let mut candidates = ArrayVec::<u32, AHEAD>::new();
-            for stage in &stages {
-                if let Stage::Lookup(s) = stage
-                    && let Some(id) = self.flows.candidate(s.hash, s.indexes)
-                {
-                    candidates.push(id);
-                }
-            }
-            for &id in &candidates {
-                self.flows.warm(id);
+            if self.read_ahead {
+                self.read_flows_ahead(&stages);
             }
             for ((frame, verdict), stage) in frames.iter_mut().zip(verdicts).zip(&stages) {
                 *verdict = self.complete(frame, stage, now);
             }
+        }
+    }
+
+    /// Reads the index entries, then the slots, that the flows of the
+    /// frames `stages` are likely in: all the first, then all the second,
+    /// each read independent of the others.
+    #[inline]
+    fn read_flows_ahead(&self, stages: &[Stage]) {
+        let mut candidates = ArrayVec::<u32, AHEAD>::new();
+        for stage in stages {
+            if let Stage::Lookup(s) = stage
+                && let Some(id) = self.flows.candidate(s.hash, s.indexes)
+            {
+                candidates.push(id);
+            }
+        }
+        for &id in &candidates {
+            self.flows.warm(id);
         }
     }
 
