@@ -253,7 +253,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         Some(Stage::Lookup(Staged {
             hash: self.flows.hash(&key),
             key,
-            // Frames are below 64 KiB (an IPv4 packet's length is 16 bits).
+            // 64 at most, and an IPv4 total length: both fit 16 bits.
             at: found.at as u16,
             len: found.len as u16,
             tos,
