@@ -137,7 +137,8 @@ fn flow(i: usize, snat: [u8; 16], port: u16) -> Flow {
         backend: Side::tunnel(0, 0),
         service: 0,
         backend_index: 0,
-        hash: i as u64,
+        hash: i as u32,
+        sums: Default::default(),
         state: TcpState::ESTABLISHED,
         expires: 0,
     }

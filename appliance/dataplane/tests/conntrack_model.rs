@@ -294,7 +294,8 @@ proptest! {
                                 backend: Side::tunnel(0, 0),
                                 service,
                                 backend_index: backend,
-                                hash: u64::from(port),
+                                hash: u32::from(port),
+                                sums: Default::default(),
                                 state: TcpState::SYN_SENT,
                                 expires: 0,
                             });

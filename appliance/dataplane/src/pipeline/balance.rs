@@ -515,7 +515,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         }
         // Only what the rewrite needs is read out of the flow, not the flow.
         let flow = self.flows.flow(id);
-        let hash = flow.hash;
+        let hash = u64::from(flow.hash);
         let Rewrite {
             to,
             src: (src, src_port),
@@ -693,7 +693,10 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
                 backend: Side::tunnel(backend.cluster, gateway),
                 service,
                 backend_index,
-                hash,
+                // The low half: what the outer port and gateway take.
+                hash: hash as u32,
+                // Worked out as the flow is written.
+                sums: nat::Sums::default(),
                 state: TcpState::SYN_SENT,
                 expires: 0,
             })
@@ -851,7 +854,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         nat::rewrite(buf, &headers, (&outer_src, 0), (&outer_dst, 0));
         nat::decrement_ttl(buf, &headers);
         icmp::fill_checksum(buf, &headers, &outer_src, &outer_dst);
-        let sent = self.pass_on(frame, ip, flow.hash, to, link)?;
+        let sent = self.pass_on(frame, ip, u64::from(flow.hash), to, link)?;
         self.counters.icmp_translated += 1;
         Ok(sent)
     }
@@ -1136,7 +1139,7 @@ impl<'a> Carry<'a> {
         })
     }
 
-    fn side(&self, side: Side, hash: u64) -> Option<Side> {
+    fn side(&self, side: Side, hash: u32) -> Option<Side> {
         let Some((cluster, gateway)) = side.tunnel_of() else {
             return Some(side);
         };
@@ -1147,7 +1150,7 @@ impl<'a> Carry<'a> {
             .get(usize::from(gateway))?;
         let gateway = (gateways.iter())
             .position(|g| g == was)
-            .unwrap_or((hash % gateways.len() as u64) as usize);
+            .unwrap_or(hash as usize % gateways.len());
         Some(Side::tunnel(index, gateway as u16))
     }
 }

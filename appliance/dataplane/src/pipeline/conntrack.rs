@@ -33,6 +33,7 @@ use hashbrown::DefaultHashBuilder;
 use rialto_tables::Timeouts;
 
 use super::{
+    nat::Sums,
     packet::{Addr, TCP, UDP},
     replica::{Adopted, Changes, REFRESH_SECONDS, Replica},
     snat::SnatPorts,
@@ -46,7 +47,7 @@ pub const UPLINK: u32 = u32::MAX;
 /// came in on (or [`UPLINK`]): two clusters may use the same pod addresses,
 /// and their flows never meet in the table.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Eq, Pod, Zeroable)]
 pub struct FlowKey {
     pub src: Addr,
     pub dst: Addr,
@@ -58,16 +59,33 @@ pub struct FlowKey {
     pub pad: [u8; 3],
 }
 
-/// Four words, not field by field (and the addresses byte by byte) as the
-/// derived `Hash` would: hashing is on every packet's path.
+impl FlowKey {
+    /// The key's bytes as three words: the addresses, then the rest.
+    #[inline]
+    fn words(&self) -> [u128; 3] {
+        let mut rest = [0; 16];
+        rest[..12].copy_from_slice(&bytemuck::bytes_of(self)[32..]);
+        let [src, dst] = [self.src, self.dst].map(u128::from_ne_bytes);
+        [src, dst, u128::from_ne_bytes(rest)]
+    }
+}
+
+/// Three words, not field by field (and the addresses byte by byte) as the
+/// derived `PartialEq` and `Hash` would: both are on every packet's path.
+impl PartialEq for FlowKey {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        let ([a, b, c], [x, y, z]) = (self.words(), other.words());
+        (a ^ x) | (b ^ y) | (c ^ z) == 0
+    }
+}
+
 impl Hash for FlowKey {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u128(u128::from_ne_bytes(self.src));
-        state.write_u128(u128::from_ne_bytes(self.dst));
-        let ports = u64::from(self.src_port) << 16 | u64::from(self.dst_port);
-        state.write_u64(ports << 32 | u64::from(self.tunnel));
-        state.write_u8(self.proto);
+        for word in self.words() {
+            state.write_u128(word);
+        }
     }
 }
 
@@ -168,7 +186,19 @@ pub struct Flow {
     pub backend: Side,
     pub service: u32,
     pub backend_index: u32,
-    pub hash: u64,
+    /// The flow's hash ([`flow_hash`](super::packet::flow_hash) of the
+    /// client's packets, its low 32 bits): its outer UDP source port, and
+    /// its gateway if its own goes.
+    pub hash: u32,
+    /// What its forward packets' rewrite adds to their checksums (the
+    /// replies' is the opposite): worked out from the keys whenever the
+    /// flow is written ([`Slot::write`]), never taken as given.
+    ///
+    /// Where the previous layout had the upper half of a 64-bit `hash`:
+    /// a state file or a peer's flows of either layout read alike (the
+    /// hash's lower half is the same, these are worked out again), and a
+    /// Rialto of that layout reads these as hash bits it does not use.
+    pub sums: Sums,
     /// Second (of the monotonic clock) after which the flow is gone.
     pub expires: u32,
     pub state: TcpState,
@@ -193,6 +223,26 @@ impl Flow {
         }
     }
 
+    /// What the rewrite of a packet going `direction` adds to its
+    /// checksums.
+    #[inline]
+    pub fn sums(&self, direction: Direction) -> Sums {
+        match direction {
+            Direction::Forward => self.sums,
+            Direction::Reply => self.sums.reversed(),
+        }
+    }
+
+    /// [`Flow::sums`] forward, worked out from the keys.
+    fn forward_sums(&self) -> Sums {
+        let Rewrite { src, dst, .. } = self.rewrite(Direction::Forward);
+        let key = &self.forward;
+        Sums::between(
+            [(&key.src, key.src_port), (&key.dst, key.dst_port)],
+            [(&src.0, src.1), (&dst.0, dst.1)],
+        )
+    }
+
     /// What a packet going `direction` becomes: forward, from the SNAT
     /// address to the backend; back, from the VIP to the client.
     #[inline]
@@ -215,8 +265,11 @@ impl Flow {
 /// changes (`expires`, `state`).
 const CHECKED: usize = std::mem::offset_of!(Flow, expires);
 
-/// A slot of the flow table, as it lies in memory (and in a state file).
-#[repr(C)]
+/// A slot of the flow table, as it lies in memory (and in a state file):
+/// two whole cache lines. Aligned to them, not to its fields' 4 bytes: a
+/// large table on the heap would otherwise start 16 bytes into a line
+/// (malloc's header), and every slot would straddle three.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct Slot {
     /// [`Slot::EMPTY`], [`Slot::WRITING`] or [`Slot::LIVE`].
@@ -266,7 +319,13 @@ impl Slot {
 
     /// Writes `flow` so that a writer stopped at any point leaves the slot
     /// empty, marked torn, or whole: the mark goes last.
+    /// Writes `flow` (its [`Flow::sums`] worked out), marked torn until
+    /// it is whole.
     fn write(&mut self, flow: Flow) {
+        let flow = Flow {
+            sums: flow.forward_sums(),
+            ..flow
+        };
         self.mark = Self::WRITING;
         compiler_fence(Ordering::Release);
         self.flow = flow;
@@ -930,8 +989,9 @@ impl Index {
     }
 
     /// The slot of the live flow whose key is `key` (of hash `hash`).
-    /// Indexed slots are live: only the key is compared.
-    #[inline]
+    /// Indexed slots are live: only the key is compared. Inlined into the
+    /// lookups: it is on every packet's path.
+    #[inline(always)]
     fn get(&self, hash: u64, key: &FlowKey, slots: &[Slot]) -> Option<u32> {
         let tag = Self::tag(hash);
         let mut b = self.home(hash);
@@ -1150,6 +1210,7 @@ mod tests {
                 service: 0,
                 backend_index: 0,
                 hash: 0,
+                sums: Sums::default(),
                 state: TcpState::SYN_SENT,
                 expires: 0,
             }
@@ -1267,11 +1328,29 @@ mod tests {
         assert_ne!(t.lookup(&key(3), 20), None);
     }
 
-    /// A slot is plain bytes of a fixed size: what a state file holds.
+    /// Keys are equal when all their bytes are, and hash the same then: a
+    /// key that differs from another in any one byte is another key.
     #[test]
-    fn a_slot_is_128_bytes() {
+    fn keys_compare_every_byte() {
+        let t = table(4, (1024, 1030));
+        let (a, same) = (key(40000), key(40000));
+        assert_eq!(a, same);
+        assert_eq!(t.hash(&a), t.hash(&same));
+        for at in 0..size_of::<FlowKey>() {
+            let mut b = a;
+            bytemuck::bytes_of_mut(&mut b)[at] ^= 0x10;
+            assert_ne!(a, b, "byte {at}");
+        }
+    }
+
+    /// A slot is plain bytes of a fixed size (what a state file holds),
+    /// two cache lines, aligned to them: a table on the heap too.
+    #[test]
+    fn a_slot_is_two_whole_cache_lines() {
         assert_eq!(std::mem::size_of::<Slot>(), 128);
-        assert_eq!(std::mem::align_of::<Slot>(), 8);
+        assert_eq!(std::mem::align_of::<Slot>(), 64);
+        let table = vec![Slot::zeroed(); 1 << 16];
+        assert_eq!(table.as_ptr() as usize % 64, 0);
     }
 
     /// What a writer stopped part way leaves is seen for what it is.

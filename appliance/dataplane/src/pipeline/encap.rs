@@ -90,7 +90,8 @@ pub fn encapsulate(
             next_header: UDP,
             hop_limit: 64,
             traffic_class: tos,
-            flow_label: (hash >> 44) as u32 & 0xf_ffff,
+            // Of the hash's low 32 bits, the ones a flow keeps.
+            flow_label: (hash >> 12) as u32 & 0xf_ffff,
             payload_len: udp_len,
         }
         .emit(&mut buf[ip_at..]);

@@ -3,8 +3,13 @@
 //! Also rewrites the packet quoted inside an ICMP error, which may be cut
 //! short: the views write each field only if it is there.
 
+use bytemuck::{Pod, Zeroable};
+
 use super::packet::{Addr, Ip, TCP, UDP, v4};
-use crate::wire::{checksum::Delta, ipv4, ipv6, tcp, udp};
+use crate::wire::{
+    checksum::{Delta, fold},
+    ipv4, ipv6, tcp, udp,
+};
 
 /// The header offsets of an IP packet, whole or quoted. The IP header is
 /// whole (its length checked); the transport header may be cut short.
@@ -60,9 +65,62 @@ pub fn forward(buf: &mut [u8], h: &Headers, src: (&Addr, u16), dst: (&Addr, u16)
     forward_v4(ip, l4, h.proto, (v4(src.0), src.1), (v4(dst.0), dst.1));
 }
 
+/// What a rewrite of a flow's addresses and ports adds to the checksums
+/// that cover them: RFC 1624's `~m + m'` of the addresses, and of the
+/// ports, each folded to 16 bits. The same for every packet of a flow one
+/// way, so a flow's are worked out once ([`Sums::between`]) and kept with
+/// it; the way back adds the opposite ([`Sums::reversed`]).
+///
+/// Folded, a sum stays in 1..=0xffff (a sum of words that is not zero
+/// folds to no less than 1), and adding it gives the checksum adding the
+/// words one by one gives: the two agree modulo 0xffff, and neither total
+/// is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Sums {
+    pub addrs: u16,
+    pub ports: u16,
+}
+
+impl Sums {
+    /// Of the rewrite of source and destination `old` (addresses, and
+    /// ports) into `new`. The addresses' words are summed, not edited one
+    /// by one: `~m + m'` over all of them is their new sum less their old
+    /// one, which is the new sum plus the old one's complement. Summed as
+    /// little-endian words, the result swapped once: a ones' complement
+    /// sum does not depend on byte order (RFC 1071 §2 (B)).
+    #[inline]
+    pub fn between<const N: usize>(old: [(&[u8; N], u16); 2], new: [(&[u8; N], u16); 2]) -> Self {
+        let sum = |ends: [(&[u8; N], u16); 2]| {
+            (ends.iter().flat_map(|(addr, _)| addr.as_chunks::<4>().0))
+                .map(|quad| u64::from(u32::from_le_bytes(*quad)))
+                .sum::<u64>()
+        };
+        let mut ports = Delta::default();
+        for ((_, from), (_, to)) in old.into_iter().zip(new) {
+            ports.add_word(from, to);
+        }
+        Self {
+            addrs: fold(sum(new) + u64::from(!fold(sum(old)))).swap_bytes(),
+            ports: ports.folded(),
+        }
+    }
+
+    /// Of the rewrite back: what undoes this one (its ones' complement,
+    /// kept in 1..=0xffff).
+    #[inline]
+    pub fn reversed(self) -> Self {
+        let back = |sum: u16| if sum == 0xffff { sum } else { !sum };
+        Self {
+            addrs: back(self.addrs),
+            ports: back(self.ports),
+        }
+    }
+}
+
 /// [`forward`] over IPv4: `ip` is the IP header, `l4` what follows it, a
 /// whole TCP or UDP header. Reads and writes at fixed offsets, the
-/// checksums updated once each: the fast path's rewrite.
+/// checksums updated once each.
 #[inline(always)]
 pub fn forward_v4(
     ip: &mut [u8],
@@ -71,22 +129,46 @@ pub fn forward_v4(
     src: ([u8; 4], u16),
     dst: ([u8; 4], u16),
 ) {
+    let Some(h) = ip.first_chunk::<{ ipv4::HEADER_LEN }>() else {
+        return;
+    };
+    // Ports only TCP and UDP have, whole: the sum of others' goes unused.
+    let port = |at: usize| {
+        l4.get(at..at + 2)
+            .map_or(0, |w| u16::from_be_bytes([w[0], w[1]]))
+    };
+    let addr = |at: usize| [h[at], h[at + 1], h[at + 2], h[at + 3]];
+    let old = [(&addr(12), port(0)), (&addr(16), port(2))];
+    let sums = Sums::between(old, [(&src.0, src.1), (&dst.0, dst.1)]);
+    forward_v4_summed(ip, l4, proto, src, dst, sums);
+}
+
+/// [`forward_v4`] of a packet whose addresses and ports `sums` says what
+/// rewriting them into `src` and `dst` adds to the checksums: a flow's,
+/// worked out once (the fast path's rewrite).
+#[inline(always)]
+pub fn forward_v4_summed(
+    ip: &mut [u8],
+    l4: &mut [u8],
+    proto: u8,
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    sums: Sums,
+) {
+    /// What the TTL's decrement adds: `~m + m'` of its word, whatever the
+    /// TTL (above zero).
+    const TTL: u64 = 0xffff - 0x100;
     let Some(ip) = ip.first_chunk_mut::<{ ipv4::HEADER_LEN }>() else {
         return;
     };
-    let read = |h: &[u8; ipv4::HEADER_LEN], at: usize| {
-        u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
-    };
-    let mut delta = Delta::default();
-    delta.add_u32(read(ip, 12), u32::from_be_bytes(src.0));
-    delta.add_u32(read(ip, 16), u32::from_be_bytes(dst.0));
+    let apply = |checksum: u16, sum: u64| !fold(u64::from(!checksum) + sum);
     ip[12..16].copy_from_slice(&src.0);
     ip[16..20].copy_from_slice(&dst.0);
-    let mut header = delta;
-    let ttl = u16::from_be_bytes([ip[8], ip[9]]);
-    header.add_word(ttl, ttl.wrapping_sub(0x100));
     ip[8] = ip[8].wrapping_sub(1);
-    let c = header.apply(u16::from_be_bytes([ip[10], ip[11]]));
+    let c = apply(
+        u16::from_be_bytes([ip[10], ip[11]]),
+        u64::from(sums.addrs) + TTL,
+    );
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     // The ports, then the transport checksum (UDP's zero is none over IPv4).
     let at = match proto {
@@ -97,12 +179,13 @@ pub fn forward_v4(
     let Some(l4) = l4.get_mut(..at + 2) else {
         return;
     };
-    delta.add_word(u16::from_be_bytes([l4[0], l4[1]]), src.1);
-    delta.add_word(u16::from_be_bytes([l4[2], l4[3]]), dst.1);
     l4[..2].copy_from_slice(&src.1.to_be_bytes());
     l4[2..4].copy_from_slice(&dst.1.to_be_bytes());
     let old = u16::from_be_bytes([l4[at], l4[at + 1]]);
-    let new = match (proto, delta.apply(old)) {
+    let new = match (
+        proto,
+        apply(old, u64::from(sums.addrs) + u64::from(sums.ports)),
+    ) {
         (UDP, _) if old == 0 => return,
         (UDP, 0) => 0xffff,
         (_, c) => c,
@@ -194,6 +277,40 @@ mod tests {
             rewrite(&mut q, &h, s, d);
             decrement_ttl(&mut q, &h);
             proptest::prop_assert_eq!(p, q);
+        }
+    }
+
+    /// What [`Sums::between`] takes, of two (address, port) ends.
+    fn refs<const N: usize>(ends: &[([u8; N], u16); 2]) -> [(&[u8; N], u16); 2] {
+        [(&ends[0].0, ends[0].1), (&ends[1].0, ends[1].1)]
+    }
+
+    proptest::proptest! {
+        /// A flow's sums, of its 16-byte (IPv4-mapped) addresses, are
+        /// those of its packets' 4-byte ones, and edit by edit; the way
+        /// back's are those of the rewrite back.
+        #[test]
+        fn a_flow_s_sums_are_its_packets(
+            old: ([u8; 4], u16, [u8; 4], u16), new: ([u8; 4], u16, [u8; 4], u16),
+        ) {
+            let ends = |(a, p, b, q): ([u8; 4], u16, [u8; 4], u16)| [(a, p), (b, q)];
+            let (old, new) = (ends(old), ends(new));
+            let m = |e: &[([u8; 4], u16); 2]| [(mapped(e[0].0), e[0].1), (mapped(e[1].0), e[1].1)];
+            let (old16, new16) = (m(&old), m(&new));
+            let sums = Sums::between(refs(&old), refs(&new));
+            proptest::prop_assert_eq!(Sums::between(refs(&old16), refs(&new16)), sums);
+            let mut edits = (Delta::default(), Delta::default());
+            for ((a, p), (b, q)) in old.iter().zip(&new) {
+                edits.0.add(a, b);
+                edits.1.add_word(*p, *q);
+            }
+            if edits.0.folded() != 0 && edits.1.folded() != 0 {
+                proptest::prop_assert_eq!(sums, Sums { addrs: edits.0.folded(), ports: edits.1.folded() });
+            }
+            let back = Sums::between(refs(&new), refs(&old));
+            if back.addrs != 0 && back.ports != 0 {
+                proptest::prop_assert_eq!(sums.reversed(), back);
+            }
         }
     }
 

@@ -278,7 +278,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         let (proto, len) = (key.proto, usize::from(staged.len));
         let (id, direction) = self.flows.lookup_hashed(key, hash, now, indexes)?;
         let flow = self.flows.flow(id);
-        let hash = flow.hash;
+        let (hash, sums) = (u64::from(flow.hash), flow.sums(direction));
         let Rewrite {
             to: out,
             src: (src, src_port),
@@ -302,7 +302,14 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         let at = start + usize::from(staged.at);
         let end = at + len;
         let (ip, l4) = frame.buffer_mut()[at..end].split_at_mut(ipv4::HEADER_LEN);
-        nat::forward_v4(ip, l4, proto, (v4(&src), src_port), (v4(&dst), dst_port));
+        nat::forward_v4_summed(
+            ip,
+            l4,
+            proto,
+            (v4(&src), src_port),
+            (v4(&dst), dst_port),
+            sums,
+        );
         let ethertype = ethernet::ethertype::IPV4;
         let sent = match template {
             // Plain Ethernet, untagged, to the next hop.
