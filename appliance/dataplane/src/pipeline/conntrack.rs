@@ -1328,6 +1328,28 @@ mod tests {
         assert_ne!(t.lookup(&key(3), 20), None);
     }
 
+    /// A flow restored (or adopted) gets its sums worked out again from
+    /// its keys, whatever it came with: a state file or a peer of the
+    /// previous layout had hash bits there.
+    #[test]
+    fn sums_are_worked_out_not_taken() {
+        let mut t = table(4, (1024, 1030));
+        let id = add(&mut t, 40000, 0).unwrap();
+        let flow = *t.flow(id);
+        assert_ne!(flow.sums, Sums::default());
+        let mut fresh = table(4, (1024, 1030));
+        let garbled = Flow {
+            sums: Sums {
+                addrs: !flow.sums.addrs,
+                ports: !flow.sums.ports,
+            },
+            ..flow
+        };
+        assert_eq!(fresh.restore([garbled], 0).restored, 1);
+        let (_, back) = fresh.iter().next().expect("the flow restored");
+        assert_eq!(back.sums, flow.sums);
+    }
+
     /// Keys are equal when all their bytes are, and hash the same then: a
     /// key that differs from another in any one byte is another key.
     #[test]
