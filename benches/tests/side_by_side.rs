@@ -227,8 +227,11 @@ fn check_costs(table: &str) {
         assert!(figures[0] > 0.0, "{system} spent CPU: {figures:?}");
     }
     let (rialto, kernel) = (row("rialto"), row("kernel"));
+    // Its code's user time comes in clock ticks (10 ms: 100 ns a packet
+    // at 100,000 packets/s over the test's 1 s), so it may round to none;
+    // its XDP program's run time is counted in nanoseconds.
     assert!(
-        rialto[2] > 0.0 && rialto[3] > 0.0,
+        rialto[2] >= 0.0 && rialto[3] > 0.0,
         "rialto's code and XDP program: {rialto:?}"
     );
     assert!(
