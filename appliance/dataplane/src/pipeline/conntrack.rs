@@ -317,10 +317,9 @@ impl Slot {
         }
     }
 
-    /// Writes `flow` so that a writer stopped at any point leaves the slot
-    /// empty, marked torn, or whole: the mark goes last.
-    /// Writes `flow` (its [`Flow::sums`] worked out), marked torn until
-    /// it is whole.
+    /// Writes `flow`, its [`Flow::sums`] worked out from its keys, so that
+    /// a writer stopped at any point leaves the slot empty, marked torn, or
+    /// whole: the mark goes last.
     fn write(&mut self, flow: Flow) {
         let flow = Flow {
             sums: flow.forward_sums(),
