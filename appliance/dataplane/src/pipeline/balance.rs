@@ -11,7 +11,7 @@ mod fast;
 use std::{net::IpAddr, ops::DerefMut, sync::Arc};
 
 use bytemuck::Zeroable;
-use rialto_tables::{Endpoint, FlowContext, Proto, Snapshot};
+use rialto_tables::{FlowContext, Snapshot};
 
 use super::{
     conntrack::{
@@ -21,7 +21,7 @@ use super::{
     encap::{self, Link, Template, Tunnel},
     icmp::{self, ErrorKind, Quoted, RateLimit},
     nat::{self, Headers},
-    packet::{Addr, Ip, Ports, TCP, UDP, from_ip, is_icmp_error, is_martian, is_v4_mapped, to_ip},
+    packet::{Addr, Ip, Ports, TCP, UDP, from_ip, is_icmp_error, is_martian, is_v4_mapped},
     refuse,
     replica::{Adopted, Changes, Replica},
     snat::SnatPorts,
@@ -102,31 +102,55 @@ pub struct Balancer<S = Box<[Slot]>> {
 }
 
 /// What each address Rialto knows is to it, looked up once per address of
-/// a packet: the tables' sets hash an `IpAddr` (an enum, its bytes one by
-/// one), these maps one `u128`.
+/// a packet, and its services by VIP, looked up once per new flow: the
+/// tables' maps hash an `IpAddr` (an enum, its bytes one by one), these
+/// one `u128`.
 #[derive(Debug, Default)]
 struct Roles {
-    roles: AddrMap<u8>,
+    roles: KeyMap<u128, u8>,
     /// Tunnel peers: their cluster, and which of its gateways they are (0
     /// if none).
-    peers: AddrMap<(u16, u16)>,
+    peers: KeyMap<u128, (u16, u16)>,
+    /// (VIP address, port, protocol number) -> index into the services.
+    vips: KeyMap<(u128, u16, u8), u32>,
 }
 
-/// A map from the config's addresses (as `u128`) to `V`, read two to four
-/// times per packet: open addressing at most a quarter full, the home slot
-/// one multiply away, linear probing. Built once per tables, never
-/// changed. A lookup costs about a third of hashbrown's (foldhash of 16
-/// bytes, then a group probe) for the handful of addresses a config has;
-/// the keys are the config's, so no sender chooses the chains.
+/// A key of a [`KeyMap`]: an address, or an address with more.
+trait MapKey: Copy + Eq + std::hash::Hash {
+    /// The key in 64 bits, for its home slot.
+    fn fold(self) -> u64;
+}
+
+impl MapKey for u128 {
+    #[inline]
+    fn fold(self) -> u64 {
+        (self as u64) ^ (self >> 64) as u64
+    }
+}
+
+impl MapKey for (u128, u16, u8) {
+    #[inline]
+    fn fold(self) -> u64 {
+        self.0.fold() ^ (u64::from(self.1) << 8 | u64::from(self.2))
+    }
+}
+
+/// A map from the config's addresses (as `u128`, with a port and protocol
+/// for a VIP) to `V`, read two to four times per packet: open addressing
+/// at most a quarter full, the home slot one multiply away, linear
+/// probing. Built once per tables, never changed. A lookup costs about a
+/// third of hashbrown's (foldhash of 16 bytes, then a group probe) for the
+/// handful of addresses a config has; the keys are the config's, so no
+/// sender chooses the chains.
 #[derive(Debug)]
-struct AddrMap<V> {
-    entries: Box<[Option<(u128, V)>]>,
+struct KeyMap<K, V> {
+    entries: Box<[Option<(K, V)>]>,
     /// 64 less log2 of the entries: the home is the hash's top bits.
     shift: u32,
 }
 
-impl<V: Copy> AddrMap<V> {
-    fn new(map: hashbrown::HashMap<u128, V>) -> Self {
+impl<K: MapKey, V: Copy> KeyMap<K, V> {
+    fn new(map: hashbrown::HashMap<K, V>) -> Self {
         let size = (map.len() * 4).next_power_of_two().max(4);
         let shift = 64 - size.trailing_zeros();
         let mut entries = vec![None; size].into_boxed_slice();
@@ -141,15 +165,14 @@ impl<V: Copy> AddrMap<V> {
     }
 
     #[inline]
-    fn home(key: u128, shift: u32) -> usize {
-        let folded = (key as u64) ^ (key >> 64) as u64;
-        (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as usize
+    fn home(key: K, shift: u32) -> usize {
+        (key.fold().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as usize
     }
 
     /// The value of `key`. Ends at an empty entry, and at most a quarter
     /// of them are taken. Inlined: it is read two to four times a packet.
     #[inline(always)]
-    fn get(&self, key: u128) -> Option<V> {
+    fn get(&self, key: K) -> Option<V> {
         let mask = self.entries.len() - 1;
         let mut at = Self::home(key, self.shift);
         loop {
@@ -162,7 +185,7 @@ impl<V: Copy> AddrMap<V> {
     }
 }
 
-impl<V: Copy> Default for AddrMap<V> {
+impl<K: MapKey, V: Copy> Default for KeyMap<K, V> {
     fn default() -> Self {
         Self::new(hashbrown::HashMap::new())
     }
@@ -204,9 +227,13 @@ impl Roles {
                 (key(addr), (cluster, gateway as u16))
             })
             .collect();
+        let vips = (tables.vips.iter())
+            .map(|(vip, &service)| ((key(vip.addr), vip.port, vip.proto.number()), service))
+            .collect();
         Self {
-            roles: AddrMap::new(roles),
-            peers: AddrMap::new(peers),
+            roles: KeyMap::new(roles),
+            peers: KeyMap::new(peers),
+            vips: KeyMap::new(vips),
         }
     }
 
@@ -219,6 +246,12 @@ impl Roles {
     #[inline]
     fn peer(&self, addr: &Addr) -> Option<(u16, u16)> {
         self.peers.get(u128::from_ne_bytes(*addr))
+    }
+
+    /// The service at `addr`, `port` for protocol `proto` (its number).
+    #[inline]
+    fn service(&self, addr: &Addr, port: u16, proto: u8) -> Option<u32> {
+        self.vips.get((u128::from_ne_bytes(*addr), port, proto))
     }
 }
 
@@ -573,7 +606,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             return Ok(None);
         }
         let to_vtep = self.roles.of(&outer.dst) & Roles::VTEP != 0;
-        if !to_vtep && self.serves_udp(to_ip(&outer.dst), datagram.dst_port()) {
+        if !to_vtep && (self.roles.service(&outer.dst, datagram.dst_port(), UDP)).is_some() {
             // A UDP service on the VXLAN port, which is not a tunnel.
             return Ok(None);
         }
@@ -632,17 +665,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         link: &Link,
         now: u32,
     ) -> Result<u32, Verdict> {
-        let proto = if ip.proto == TCP {
-            Proto::Tcp
-        } else {
-            Proto::Udp
-        };
-        let vip = Endpoint {
-            addr: to_ip(&ip.dst),
-            port: ports.dst,
-            proto,
-        };
-        let Some(&service) = self.tables.vips.get(&vip) else {
+        let Some(service) = self.roles.service(&ip.dst, ports.dst, ip.proto) else {
             // To a SNAT address (a reply after its flow's end), or to a
             // VIP's address on a port or protocol no service has.
             return Err(Verdict::Drop(if self.is_snat(&ip.dst) {
@@ -992,16 +1015,6 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     fn is_snat(&self, addr: &Addr) -> bool {
         self.roles.of(addr) & Roles::SNAT != 0
     }
-
-    /// Whether a UDP service listens on `addr`, `port`.
-    fn serves_udp(&self, addr: IpAddr, port: u16) -> bool {
-        let vip = Endpoint {
-            addr,
-            port,
-            proto: Proto::Udp,
-        };
-        self.tables.vips.contains_key(&vip)
-    }
 }
 
 /// The headers toward `cluster`'s gateway `gateway`, if it has a template.
@@ -1198,9 +1211,25 @@ mod tests {
             let keys: Vec<u128> = near.iter().map(|&n| v4(n)).chain(far).collect();
             let map: hashbrown::HashMap<u128, u32> =
                 keys.iter().enumerate().map(|(i, &k)| (k, i as u32)).collect();
-            let addrs = AddrMap::new(map.clone());
+            let addrs = KeyMap::new(map.clone());
             for key in keys.iter().copied().chain(probes.iter().map(|&n| v4(n))) {
                 proptest::prop_assert_eq!(addrs.get(key), map.get(&key).copied());
+            }
+        }
+
+        /// So does the VIP map, its keys a few addresses each with several
+        /// ports and both protocols, looked up with each part changed.
+        #[test]
+        fn the_vip_map_agrees_with_a_hash_map(
+            vips in proptest::collection::vec((0u16..8, 0u16..6, proptest::prelude::any::<bool>()), 0..40),
+            probes in proptest::collection::vec((0u16..10, 0u16..8, proptest::prelude::any::<bool>()), 0..40),
+        ) {
+            let key = |(addr, port, udp): (u16, u16, bool)| (v4(addr), 80 + port, if udp { UDP } else { TCP });
+            let map: hashbrown::HashMap<(u128, u16, u8), u32> =
+                vips.iter().enumerate().map(|(i, &v)| (key(v), i as u32)).collect();
+            let vips_map = KeyMap::new(map.clone());
+            for k in vips.iter().chain(&probes).map(|&v| key(v)) {
+                proptest::prop_assert_eq!(vips_map.get(k), map.get(&k).copied());
             }
         }
     }

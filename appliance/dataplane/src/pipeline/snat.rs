@@ -31,6 +31,9 @@ pub struct SnatPorts {
     pools: Vec<Ports>,
     /// (address, protocol) -> index into `pools`.
     index: HashMap<(Addr, u8), usize>,
+    /// The indices into `pools` of each family and protocol
+    /// ([`Self::group`]).
+    groups: [Vec<usize>; 4],
     first: u16,
     span: u32,
     workers: u32,
@@ -75,6 +78,10 @@ impl SnatPorts {
         let index = (pools.iter().enumerate())
             .map(|(i, p)| ((p.addr, p.proto), i))
             .collect();
+        let mut groups: [Vec<usize>; 4] = Default::default();
+        for (i, p) in pools.iter().enumerate() {
+            groups[Self::group(p.v6, p.proto)].push(i);
+        }
         // `owner` of the ports below the pool is the first worker, of the
         // ports above it the last.
         let from = if worker == 0 {
@@ -94,6 +101,7 @@ impl SnatPorts {
         Self {
             pools,
             index,
+            groups,
             first: pool.ports.0,
             span,
             workers,
@@ -102,21 +110,21 @@ impl SnatPorts {
         }
     }
 
+    /// Which of `groups` the pools of a family and protocol are in.
+    fn group(v6: bool, proto: u8) -> usize {
+        usize::from(v6) * 2 + usize::from(proto == UDP)
+    }
+
     /// Takes a free port of an address of the family, starting the search
-    /// at the address `hash` picks.
+    /// at the address `hash` picks (its upper half scaled to the number of
+    /// addresses: no division).
     pub fn take(&mut self, v6: bool, proto: u8, hash: u64) -> Option<(Addr, u16)> {
-        let n = self.pools.len();
-        let start = (hash % n.max(1) as u64) as usize;
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| {
-                let p = &self.pools[i];
-                p.v6 == v6 && p.proto == proto && !p.free.is_empty()
-            })
-            .map(|i| {
-                let p = &mut self.pools[i];
-                (p.addr, p.free.pop().expect("checked non-empty"))
-            })
+        let group = &self.groups[Self::group(v6, proto)];
+        let start = (((hash >> 32) * group.len() as u64) >> 32) as usize;
+        let (after, before) = group.split_at(start);
+        let i = *(before.iter().chain(after)).find(|&&i| !self.pools[i].free.is_empty())?;
+        let p = &mut self.pools[i];
+        Some((p.addr, p.free.pop().expect("checked non-empty")))
     }
 
     /// Returns a port taken with [`Self::take`].
@@ -310,5 +318,32 @@ mod tests {
         );
         p.give_back(&addr, UDP, port);
         assert_eq!(p.take(true, UDP, 0).unwrap().1, 1000);
+    }
+
+    /// A hash picks where the search starts among the family's addresses
+    /// (its upper half: the lower is the flow's port and gateway), each
+    /// address as often; once an address has no port left, the next one
+    /// of the family and protocol gives, until all are taken.
+    #[test]
+    fn the_hash_picks_the_address_and_the_next_gives_when_it_runs_out() {
+        let addrs: Vec<std::net::Ipv4Addr> = (1..=3).map(|i| [198, 18, 200, i].into()).collect();
+        let pool = SnatPool {
+            v4: addrs.clone(),
+            ..pool()
+        };
+        let mut p = SnatPorts::new(&pool, 0, 1);
+        let third = u64::MAX / 3;
+        for (i, addr) in addrs.iter().enumerate() {
+            let hash = i as u64 * third + third / 2;
+            assert_eq!(p.take(false, TCP, hash).unwrap().0, mapped(addr.octets()));
+        }
+        let mut taken = 3;
+        while let Some((addr, _)) = p.take(false, TCP, u64::MAX) {
+            assert!(addrs.iter().any(|a| mapped(a.octets()) == addr));
+            taken += 1;
+        }
+        assert_eq!(taken, 3 * 10, "every port of every address, then none");
+        assert!(p.take(false, UDP, u64::MAX).is_some(), "UDP's are its own");
+        assert!(p.take(true, TCP, u64::MAX).is_some(), "so are IPv6's");
     }
 }
