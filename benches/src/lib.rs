@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use rand::{SeedableRng, rngs::SmallRng, seq::SliceRandom};
 use rialto_dataplane::{
     FrameBuf, HEADROOM, OwnedFrame, Pipeline, Verdict, pipeline::conntrack::Slot,
 };
@@ -83,20 +84,25 @@ pub fn packet(i: usize, flags: &'static str) -> Vec<u8> {
 }
 
 /// A balancer holding `flows` live TCP flows, and the forward and return
-/// frames of `sample` of them spread over the table.
+/// frames of `sample` of them spread over the table, in an order unrelated
+/// to the flows' (the same for both): a live table's packets do not come
+/// in the order its slots and SNAT ports were taken, and frames in that
+/// order would let the processor fetch the next flow before it is asked
+/// for.
 pub fn with_flows(flows: usize, sample: usize) -> (Pipeline, Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut pipeline = balancer(tables(flows));
     let mut frame = OwnedFrame::new(&[]);
     let step = flows / sample.min(flows);
-    let (mut forward, mut back) = (Vec::new(), Vec::new());
+    let mut pairs = Vec::new();
     for i in 0..flows {
         frame.load(&packet(i, "S"));
         assert_eq!(frame.with(|f| pipeline.process_frame(f, 0)), Verdict::Tx);
-        if i % step == 0 && forward.len() < sample {
-            forward.push(packet(i, "A"));
-            back.push(reply_to(frame.data()));
+        if i % step == 0 && pairs.len() < sample {
+            pairs.push((packet(i, "A"), reply_to(frame.data())));
         }
     }
+    pairs.shuffle(&mut SmallRng::seed_from_u64(0x5249_414c_544f));
+    let (forward, back) = pairs.into_iter().unzip();
     (pipeline, forward, back)
 }
 
