@@ -18,8 +18,8 @@ use std::{
 use hashbrown::{HashMap, HashSet};
 use rialto_tables::{
     Backend, BackendState, Bgp, Check, CheckKind, Cluster, Endpoint, FLOW_BYTES, Fleet, FleetPeer,
-    Limits, MAX_VNI, MaglevParams, Node, Preference, SNAT_PORT_BYTES, Service, Snapshot, SnatPool,
-    Timeouts, health,
+    Limits, MAX_VNI, MaglevParams, Node, Preference, REPLY_PORT_BYTES, SNAT_PORT_BYTES, Service,
+    Snapshot, SnatPool, Timeouts, health,
     maglev::{self, MaglevError},
     not_a_host, steering_capacity, vxlan_overhead,
 };
@@ -1194,10 +1194,14 @@ fn check_memory(config: &Config, budget: &Budget, p: &mut Problems) {
     let workers = u64::from(budget.workers.max(1));
     let flow_bytes = workers * flows * FLOW_BYTES;
     let ports = config.snat.ports.get_ref();
-    let snat_bytes = config.snat.addresses.get_ref().len() as u64
+    // The replies' index has a row per address of the fleet's pools.
+    let peers = (config.fleet.iter().flat_map(|f| f.peers.get_ref()))
+        .map(|p| p.snat.get_ref().len() as u64)
+        .sum::<u64>();
+    let snat_bytes = (config.snat.addresses.get_ref().len() as u64 * SNAT_PORT_BYTES
+        + peers * REPLY_PORT_BYTES)
         * 2
-        * (u64::from(ports.1) - u64::from(ports.0) + 1)
-        * SNAT_PORT_BYTES;
+        * (u64::from(ports.1) - u64::from(ports.0) + 1);
     let maglev_bytes: u64 = 2 * config
         .services
         .iter()

@@ -269,6 +269,13 @@ fn a_peers_udp_flow_is_found_on_the_worker_that_adopted_it() {
         .next()
         .expect("the new flow noted");
     let owner = SnatPorts::new(&b_tables.snat, 0, 2).owner(replica.flow.reverse.dst_port);
+    // On an address that is no SNAT address of the fleet's: refused.
+    let mut stranger = replica;
+    stranger.flow.reverse.dst = rialto_dataplane::pipeline::packet::mapped([198, 18, 202, 1]);
+    assert_eq!(
+        b[owner as usize].adopt(&stranger, now),
+        Some(Adopted::NotHere)
+    );
     assert_eq!(b[owner as usize].adopt(&replica, now), Some(Adopted::Added));
     let other = 1 - owner;
     assert_eq!(

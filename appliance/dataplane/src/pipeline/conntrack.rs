@@ -13,9 +13,11 @@
 //! it is empty, being written or live ([`Slot::mark`]), and carries a
 //! checksum of the flow's fields that only a reload changes, so what is
 //! read back after a crash is checked, not trusted. Two indexes, on the
-//! heap, find a flow's slot by its forward or its reverse key. An index
-//! entry is the slot number alone (4 bytes and hashbrown's control byte):
-//! the keys are stored once, in the slot, and compared there.
+//! heap, find a flow's slot: by its forward key, hashed (`Index`), and
+//! by its reverse key's SNAT address, protocol and port, directly (a SNAT
+//! port is one flow's at most: `Replies`). An index entry is the slot
+//! number alone: the keys are stored once, in the slot, and compared
+//! there.
 //!
 //! Expiry does not scan the table per packet: a lookup drops an expired
 //! entry it meets, and [`Conntrack::sweep`] visits a bounded number of slots
@@ -33,6 +35,7 @@ use hashbrown::DefaultHashBuilder;
 use rialto_tables::Timeouts;
 
 use super::{
+    keymap::KeyMap,
     nat::Sums,
     packet::{Addr, TCP, UDP},
     replica::{Adopted, Changes, REFRESH_SECONDS, Replica},
@@ -214,15 +217,6 @@ pub struct Rewrite {
 }
 
 impl Flow {
-    /// The key a packet going `direction` arrives with.
-    #[inline]
-    pub fn key(&self, direction: Direction) -> &FlowKey {
-        match direction {
-            Direction::Forward => &self.forward,
-            Direction::Reply => &self.reverse,
-        }
-    }
-
     /// What the rewrite of a packet going `direction` adds to its
     /// checksums.
     #[inline]
@@ -386,7 +380,7 @@ pub struct Conntrack<S = Box<[Slot]>> {
     slots: S,
     free: Vec<u32>,
     forward: Index,
-    reverse: Index,
+    replies: Replies,
     hasher: DefaultHashBuilder,
     snat: SnatPorts,
     timeouts: Timeouts,
@@ -421,8 +415,8 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         Self {
             slots,
             free: (0..capacity as u32).rev().collect(),
-            forward: Index::new(capacity, Direction::Forward),
-            reverse: Index::new(capacity, Direction::Reply),
+            forward: Index::new(capacity),
+            replies: Replies::new(snat.owned()),
             hasher: DefaultHashBuilder::default(),
             snat,
             timeouts,
@@ -484,10 +478,10 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         self.lookup_in(key, now, true, true)
     }
 
-    /// [`Conntrack::lookup`] in the forward index only if `forward`, in
-    /// the reverse one only if `reverse`: a caller that knows the key
-    /// cannot be in one (a packet to an address that is no VIP matches no
-    /// forward key) saves its probe.
+    /// [`Conntrack::lookup`] among the forward keys only if `forward`,
+    /// among the reverse ones only if `reverse`: a caller that knows the
+    /// key cannot be one (a packet to an address that is no VIP matches no
+    /// forward key) saves the search, and the key's hash if not `forward`.
     #[inline]
     pub fn lookup_in(
         &mut self,
@@ -496,7 +490,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         forward: bool,
         reverse: bool,
     ) -> Option<(u32, Direction)> {
-        let hash = self.hash(key);
+        let hash = if forward { self.hash(key) } else { 0 };
         self.lookup_hashed(key, hash, now, (forward, reverse))
     }
 
@@ -506,8 +500,8 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         self.hasher.hash_one(key)
     }
 
-    /// [`Conntrack::lookup_in`] of `key`, whose hash is `hash`, in the
-    /// indexes `(forward, reverse)` says.
+    /// [`Conntrack::lookup_in`] of `key`, whose hash is `hash` (only a
+    /// forward key's is needed), among the keys `(forward, reverse)` says.
     #[inline]
     pub fn lookup_hashed(
         &mut self,
@@ -523,7 +517,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         };
         let (id, direction) = match found {
             Some(id) => (id, Direction::Forward),
-            None if reverse => (self.reverse.get(hash, key, &self.slots)?, Direction::Reply),
+            None if reverse => (self.replies.get(key, &self.slots)?, Direction::Reply),
             None => return None,
         };
         if self.flow(id).expires < now {
@@ -534,16 +528,22 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         Some((id, direction))
     }
 
-    /// The slot a lookup of a key of hash `hash`, in the indexes
-    /// `(forward, reverse)` says, compares first: a guess, from the index
-    /// alone (no key is compared), that brings the index's cache line near.
-    /// With [`Conntrack::warm`], what a batch does for all its frames
-    /// before it processes the first, so that their cache misses overlap.
+    /// The slot a lookup of `key` (of hash `hash`), among the keys
+    /// `(forward, reverse)` says, compares first: a guess, from the
+    /// indexes alone (no key is compared), that brings the index's cache
+    /// line near. With [`Conntrack::warm`], what a batch does for all its
+    /// frames before it processes the first, so that their cache misses
+    /// overlap.
     #[inline]
-    pub fn candidate(&self, hash: u64, (forward, reverse): (bool, bool)) -> Option<u32> {
+    pub fn candidate(
+        &self,
+        key: &FlowKey,
+        hash: u64,
+        (forward, reverse): (bool, bool),
+    ) -> Option<u32> {
         match (forward, reverse) {
             (true, _) => self.forward.candidate(hash),
-            (false, true) => self.reverse.candidate(hash),
+            (false, true) => self.replies.holder(key),
             (false, false) => None,
         }
     }
@@ -604,8 +604,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
                     self.free.pop();
                     self.count(&flow, true);
                     self.write(id, flow);
-                    let hash = self.hasher.hash_one(flow.reverse);
-                    self.reverse.insert(hash, id);
+                    self.replies.insert(&flow.reverse, id);
                     &mut done.restored
                 } else {
                     &mut done.duplicate
@@ -617,12 +616,13 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         done
     }
 
-    /// Writes `flow` into free slot `id` and indexes it.
-    fn put(&mut self, id: u32, flow: Flow, hashes: (u64, u64)) {
+    /// Writes `flow` into free slot `id` and indexes it (its forward key
+    /// of hash `hash`).
+    fn put(&mut self, id: u32, flow: Flow, hash: u64) {
         self.count(&flow, true);
         self.write(id, flow);
-        self.forward.insert(hashes.0, id);
-        self.reverse.insert(hashes.1, id);
+        self.forward.insert(hash, id);
+        self.replies.insert(&flow.reverse, id);
     }
 
     /// Creates a flow: takes a SNAT port of the backend's family, inserts
@@ -648,11 +648,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         let mut flow = make(addr, port);
         flow.expires = now.saturating_add(self.timeout(flow.forward.proto, flow.state));
         let id = self.free.pop().expect("a slot was freed above");
-        let hashes = (
-            self.hasher.hash_one(flow.forward),
-            self.hasher.hash_one(flow.reverse),
-        );
-        self.put(id, flow, hashes);
+        self.put(id, flow, self.hasher.hash_one(flow.forward));
         self.stats.created += 1;
         Ok(id)
     }
@@ -682,20 +678,22 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
 
     /// Puts in, updates or removes a flow a peer of the fleet speaks for
     /// (its SNAT address is the peer's): what it replaces goes, a flow with
-    /// the same forward key or the same reverse key (its port reused by its
+    /// the same forward key or on the same SNAT port (reused by its
     /// owner). A flow on one of this table's own addresses is refused: only
-    /// this node speaks for those. No SNAT port is taken. When the table is
-    /// full, a flow close to expiry makes room, as for a new one.
+    /// this node speaks for those; so is one whose replies cannot come to
+    /// this table (a SNAT port it does not own). No SNAT port is taken.
+    /// When the table is full, a flow close to expiry makes room, as for a
+    /// new one.
     pub fn adopt(&mut self, replica: &Replica, now: u32) -> Adopted {
         let flow = replica.flow;
         if self.snat.has_addr(&flow.reverse.dst, flow.reverse.proto) {
             return Adopted::Own;
         }
-        let hashes = (
-            self.hasher.hash_one(flow.forward),
-            self.hasher.hash_one(flow.reverse),
-        );
-        let same = self.forward.get(hashes.0, &flow.forward, &self.slots);
+        if !self.replies.takes(&flow.reverse) {
+            return Adopted::NotHere;
+        }
+        let hash = self.hasher.hash_one(flow.forward);
+        let same = self.forward.get(hash, &flow.forward, &self.slots);
         if replica.kind == Replica::DOWN {
             return match same {
                 Some(id) => {
@@ -721,14 +719,14 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         if let Some(id) = same {
             self.remove(id);
         }
-        if let Some(id) = self.reverse.get(hashes.1, &flow.reverse, &self.slots) {
+        if let Some(id) = self.replies.holder(&flow.reverse) {
             self.remove(id);
         }
         if self.free.is_empty() {
             self.evict();
         }
         let id = self.free.pop().expect("a slot was freed above");
-        self.put(id, flow, hashes);
+        self.put(id, flow, hash);
         Adopted::Added
     }
 
@@ -797,9 +795,10 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     /// After a config reload: each live flow becomes what `remap` makes of
     /// it (same keys, new table indices), or is removed when `remap` says
     /// `None`. With a new SNAT pool (`snat`), flows whose port is not in
-    /// its slice are removed first, and the ports the others hold are taken
-    /// out of its free lists. Runs on the worker, between batches: it visits
-    /// every slot once and allocates, which a reload may.
+    /// its slice are removed first, the ports the others hold are taken
+    /// out of its free lists, and the replies' index is made again for the
+    /// ports the worker now owns. Runs on the worker, between batches: it
+    /// visits every slot once and allocates, which a reload may.
     pub fn reload(
         &mut self,
         timeouts: Timeouts,
@@ -828,6 +827,13 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
                 );
             }
             snat.settle(&claims);
+            self.replies = Replies::new(snat.owned());
+            for id in 0..self.used {
+                let slot = &self.slots[id];
+                if slot.mark == Slot::LIVE {
+                    self.replies.insert(&slot.flow.reverse, id as u32);
+                }
+            }
             self.snat = snat;
         }
         for id in 0..self.used {
@@ -880,7 +886,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         slot.mark = Slot::EMPTY;
         self.count(&flow, false);
         self.forward.remove(self.hasher.hash_one(flow.forward), id);
-        self.reverse.remove(self.hasher.hash_one(flow.reverse), id);
+        self.replies.remove(&flow.reverse, id);
         self.snat
             .give_back(&flow.reverse.dst, flow.reverse.proto, flow.reverse.dst_port);
         self.free.push(id);
@@ -891,7 +897,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     }
 }
 
-/// Slot numbers of live flows, found by one of their keys: an open-addressed
+/// Slot numbers of live flows, found by their forward key: an open-addressed
 /// table of buckets of one cache line each, so that a lookup reads one line
 /// of the index (hashbrown's tables read two: the control bytes, then the
 /// entry) before the flow's slot. A bucket holds eight slot numbers and,
@@ -907,8 +913,6 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
 struct Index {
     buckets: Box<[Bucket]>,
     len: usize,
-    /// Which of a flow's keys it finds the flow by.
-    by: Direction,
 }
 
 /// Eight entries in one cache line, and how many entries went past it.
@@ -945,7 +949,7 @@ impl Index {
     /// per flow.
     const LOAD: usize = 6;
 
-    fn new(capacity: usize, by: Direction) -> Self {
+    fn new(capacity: usize) -> Self {
         assert!(capacity < u32::MAX as usize, "slot numbers fit 32 bits");
         let empty = Bucket {
             tags: [0; 8],
@@ -955,7 +959,6 @@ impl Index {
         Self {
             buckets: vec![empty; capacity.div_ceil(Self::LOAD).max(1)].into_boxed_slice(),
             len: 0,
-            by,
         }
     }
 
@@ -1000,7 +1003,7 @@ impl Index {
             let mut lanes = bucket.matching(tag);
             while lanes != 0 {
                 let id = bucket.ids[lanes.trailing_zeros() as usize / 16];
-                if id != Bucket::EMPTY && slots[id as usize].flow.key(self.by) == key {
+                if id != Bucket::EMPTY && slots[id as usize].flow.forward == *key {
                     return Some(id);
                 }
                 lanes &= lanes - 1;
@@ -1076,6 +1079,112 @@ impl Index {
     }
 }
 
+/// Slot numbers of live flows, found by their reverse key's SNAT address,
+/// protocol and port: no hash, no probe. A SNAT port is held by one live
+/// flow at most (this table takes each once, and a peer's flow adopted
+/// here replaces the one before it on its port), so the port says which
+/// flow it is, and the rest of the key is compared in its slot. For each
+/// SNAT address a flow here has been on, a row per protocol of the ports
+/// this worker owns ([`SnatPorts::owned`]: a reply to another worker's port
+/// is handed over before it is looked up), 4 bytes a port, allocated
+/// zeroed: pages of ports never taken are never touched, so never in
+/// memory.
+#[derive(Debug)]
+struct Replies {
+    /// SNAT address -> its TCP row in `rows` (its UDP row is the next).
+    rows_of: KeyMap<u128, u32>,
+    /// The addresses of `rows_of`, in row order.
+    addrs: Vec<u128>,
+    /// Per port `first..first + len`: its flow's slot number + 1, or 0.
+    rows: Vec<Box<[u32]>>,
+    first: u32,
+    len: u32,
+}
+
+impl Replies {
+    /// An index of the replies to ports `owned`.
+    fn new(owned: std::ops::Range<u32>) -> Self {
+        Self {
+            rows_of: KeyMap::default(),
+            addrs: Vec::new(),
+            rows: Vec::new(),
+            first: owned.start,
+            len: owned.len() as u32,
+        }
+    }
+
+    /// Whether a flow of reverse key `key` can be indexed here: TCP or
+    /// UDP, to a port of the worker's.
+    fn takes(&self, key: &FlowKey) -> bool {
+        matches!(key.proto, TCP | UDP)
+            && u32::from(key.dst_port).wrapping_sub(self.first) < self.len
+    }
+
+    /// The row and the entry of the port of reverse key `key`, if its
+    /// address has rows.
+    #[inline(always)]
+    fn place(&self, key: &FlowKey) -> Option<(usize, usize)> {
+        let proto = match key.proto {
+            TCP => 0,
+            UDP => 1,
+            _ => return None,
+        };
+        let port = u32::from(key.dst_port).wrapping_sub(self.first);
+        if port >= self.len {
+            return None;
+        }
+        let row = self.rows_of.get(u128::from_ne_bytes(key.dst))? as usize + proto;
+        Some((row, port as usize))
+    }
+
+    /// The slot of the live flow on the SNAT port of `key`, whatever the
+    /// rest of its key.
+    #[inline(always)]
+    fn holder(&self, key: &FlowKey) -> Option<u32> {
+        let (row, port) = self.place(key)?;
+        self.rows[row][port].checked_sub(1)
+    }
+
+    /// The slot of the live flow whose reverse key is `key`.
+    #[inline(always)]
+    fn get(&self, key: &FlowKey, slots: &[Slot]) -> Option<u32> {
+        let id = self.holder(key)?;
+        (slots[id as usize].flow.reverse == *key).then_some(id)
+    }
+
+    /// Indexes slot `id` under reverse key `key`, which the index
+    /// [`takes`](Self::takes); its address gets its rows if it has none.
+    fn insert(&mut self, key: &FlowKey, id: u32) {
+        debug_assert!(self.takes(key), "a reverse key the index takes");
+        if self.takes(key) && self.place(key).is_none() {
+            self.addrs.push(u128::from_ne_bytes(key.dst));
+            self.rows_of = KeyMap::new(
+                (0u32..)
+                    .step_by(2)
+                    .zip(&self.addrs)
+                    .map(|(row, &a)| (a, row))
+                    .collect(),
+            );
+            for _ in [TCP, UDP] {
+                self.rows
+                    .push(vec![0; self.len as usize].into_boxed_slice());
+            }
+        }
+        if let Some((row, port)) = self.place(key) {
+            self.rows[row][port] = id + 1;
+        }
+    }
+
+    /// Forgets slot `id`, whose reverse key is `key`.
+    fn remove(&mut self, key: &FlowKey, id: u32) {
+        if let Some((row, port)) = self.place(key)
+            && self.rows[row][port] == id + 1
+        {
+            self.rows[row][port] = 0;
+        }
+    }
+}
+
 /// The live-flow count of `flow`'s backend.
 fn backend_count<'a>(per_backend: &'a mut [Vec<u32>], flow: &Flow) -> Option<&'a mut u32> {
     per_backend
@@ -1146,7 +1255,7 @@ mod tests {
             let key = |id: u32| slots[id as usize].flow.forward;
             // Few tags (collisions to sort out by key) and homes.
             let hash = |id: u32| u64::from(id % 5) << 48 | u64::from(id % 3);
-            let mut index = Index::new(SLOTS, Direction::Forward);
+            let mut index = Index::new(SLOTS);
             let mut held = std::collections::BTreeSet::new();
             for (insert, id) in ops {
                 if insert {
@@ -1235,11 +1344,19 @@ mod tests {
             Some((id, Direction::Reply))
         );
         assert_eq!(t.lookup_in(&reverse, 1, true, false), None);
-        // The slot a batch reads ahead is the flow's, in the index asked.
-        let (there, back) = (t.hash(&key(40000)), t.hash(&reverse));
-        assert_eq!(t.candidate(there, (true, false)), Some(id));
-        assert_eq!(t.candidate(back, (false, true)), Some(id));
-        assert_eq!(t.candidate(there, (false, false)), None);
+        // A reply to the flow's SNAT port from elsewhere is not the flow's.
+        let stranger = FlowKey {
+            src_port: reverse.src_port + 1,
+            ..reverse
+        };
+        assert_eq!(t.lookup(&stranger, 1), None);
+        // The slot a batch reads ahead is the flow's, in the index asked:
+        // a reply's by its SNAT port alone (no hash).
+        let there = t.hash(&key(40000));
+        assert_eq!(t.candidate(&key(40000), there, (true, false)), Some(id));
+        assert_eq!(t.candidate(&reverse, 0, (false, true)), Some(id));
+        assert_eq!(t.candidate(&stranger, 0, (false, true)), Some(id));
+        assert_eq!(t.candidate(&key(40000), there, (false, false)), None);
     }
 
     #[test]
@@ -1489,6 +1606,26 @@ mod tests {
         assert_eq!(t.adopt(&down, 14), Adopted::Removed);
         assert_eq!(t.lookup(&key(40001), 14), None);
         assert_eq!(t.adopt(&down, 14), Adopted::Ignored);
+        // A SNAT port is one flow's at a time, whatever its backend: the
+        // flow there before goes.
+        assert_eq!(t.adopt(&up, 14), Adopted::Added);
+        let mut elsewhere = replica(Replica::UP, 40003, 5000, 30);
+        elsewhere.flow.reverse.src_port += 1;
+        assert_eq!(t.adopt(&elsewhere, 14), Adopted::Added);
+        assert_eq!(t.lookup(&key(40000), 14), None);
+        assert_eq!(t.lookup(&up.flow.reverse, 14), None);
+        let (id, _) = t.lookup(&elsewhere.flow.reverse, 14).expect("by its reply");
+        assert_eq!(t.flow(id).forward, key(40003));
+        assert_eq!(
+            t.adopt(
+                &Replica {
+                    kind: Replica::DOWN,
+                    ..elsewhere
+                },
+                14
+            ),
+            Adopted::Removed
+        );
         // A flow on this table's own address is its own to speak for; no
         // SNAT port of its own was taken by the peers' flows.
         let mut own = replica(Replica::UP, 40002, 1024, 30);
@@ -1496,6 +1633,28 @@ mod tests {
         assert_eq!(t.adopt(&own, 15), Adopted::Own);
         assert_eq!(t.stats().live, 0);
         assert_eq!(t.snat().free().map(|(_, _, n)| n).sum::<usize>(), 14);
+    }
+
+    /// A peer's flow whose replies go to another worker's port is that
+    /// worker's to adopt: this one's index of the replies has no entry for
+    /// it, so it is refused, and nothing changes.
+    #[test]
+    fn a_peers_flow_on_another_workers_port_is_not_adopted() {
+        let pool = SnatPool {
+            v4: vec![[198, 18, 200, 1].into()],
+            v6: vec![],
+            ports: (1024, 1031),
+        };
+        let snat = SnatPorts::new(&pool, 0, 2);
+        let mut t = Conntrack::new(4, snat, Timeouts::default());
+        let theirs = replica(Replica::UP, 40000, 1030, 30);
+        assert_eq!(t.snat().owner(1030), 1);
+        assert_eq!(t.adopt(&theirs, 10), Adopted::NotHere);
+        assert_eq!(t.stats().live, 0);
+        let ours = replica(Replica::UP, 40000, 1025, 30);
+        assert_eq!(t.adopt(&ours, 10), Adopted::Added);
+        let reply = ours.flow.reverse;
+        assert_eq!(t.lookup(&reply, 10).map(|(_, d)| d), Some(Direction::Reply));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod balance;
 pub mod conntrack;
 pub mod encap;
 pub mod icmp;
+mod keymap;
 pub mod nat;
 pub mod packet;
 pub mod reflect;

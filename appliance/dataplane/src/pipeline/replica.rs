@@ -185,4 +185,7 @@ pub enum Adopted {
     /// On one of this node's own SNAT addresses: only this node speaks for
     /// those.
     Own,
+    /// Its replies cannot come here: its address is no SNAT address of the
+    /// fleet's, or its port is another worker's.
+    NotHere,
 }

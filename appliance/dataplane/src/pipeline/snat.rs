@@ -147,6 +147,11 @@ impl SnatPorts {
         self.owned.contains(&u32::from(port))
     }
 
+    /// The ports whose [`Self::owner`] is this worker.
+    pub fn owned(&self) -> std::ops::Range<u32> {
+        self.owned.clone()
+    }
+
     /// Whether `addr` is one of the pool's for `proto` (in any slice).
     #[inline]
     pub fn has_addr(&self, addr: &Addr, proto: u8) -> bool {

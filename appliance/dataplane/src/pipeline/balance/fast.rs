@@ -105,6 +105,8 @@ pub(super) enum Stage {
 #[derive(Clone, Copy)]
 pub(super) struct Staged {
     key: FlowKey,
+    /// The key's hash if it may be a forward key (to a VIP), else 0: only
+    /// the forward keys' index hashes.
     hash: u64,
     /// Where the IP packet is in the frame, and its length.
     at: u16,
@@ -159,7 +161,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         let mut candidates = ArrayVec::<u32, AHEAD>::new();
         for stage in stages {
             if let Stage::Lookup(s) = stage
-                && let Some(id) = self.flows.candidate(s.hash, s.indexes)
+                && let Some(id) = self.flows.candidate(&s.key, s.hash, s.indexes)
             {
                 candidates.push(id);
             }
@@ -250,15 +252,17 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             tunnel: found.vni,
             pad: [0; 3],
         };
+        let vip = to & Roles::VIP != 0;
         Some(Stage::Lookup(Staged {
-            hash: self.flows.hash(&key),
+            // Only a forward key's is needed.
+            hash: if vip { self.flows.hash(&key) } else { 0 },
             key,
             // 64 at most, and an IPv4 total length: both fit 16 bits.
             at: found.at as u16,
             len: found.len as u16,
             tos,
             tcp_flags,
-            indexes: (to & Roles::VIP != 0, snat),
+            indexes: (vip, snat),
         }))
     }
 
