@@ -1194,14 +1194,14 @@ fn check_memory(config: &Config, budget: &Budget, p: &mut Problems) {
     let workers = u64::from(budget.workers.max(1));
     let flow_bytes = workers * flows * FLOW_BYTES;
     let ports = config.snat.ports.get_ref();
-    // The replies' index has a row per address of the fleet's pools.
+    let own = config.snat.addresses.get_ref().len() as u64;
+    // The replies' index: for each protocol and SNAT address of the
+    // fleet's, a row of every port (the workers' rows together).
     let peers = (config.fleet.iter().flat_map(|f| f.peers.get_ref()))
         .map(|p| p.snat.get_ref().len() as u64)
         .sum::<u64>();
-    let snat_bytes = (config.snat.addresses.get_ref().len() as u64 * SNAT_PORT_BYTES
-        + peers * REPLY_PORT_BYTES)
-        * 2
-        * (u64::from(ports.1) - u64::from(ports.0) + 1);
+    let snat_bytes = own * 2 * (u64::from(ports.1) - u64::from(ports.0) + 1) * SNAT_PORT_BYTES
+        + (own + peers) * 2 * (1 << 16) * REPLY_PORT_BYTES;
     let maglev_bytes: u64 = 2 * config
         .services
         .iter()

@@ -132,7 +132,7 @@ fn the_cap_decides() {
     let e = rialto_rules::load("memory.toml", &tight)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("the tables would take 16 MiB"), "{e}");
+    assert!(e.contains("the tables would take 17 MiB"), "{e}");
     assert!(e.ends_with("above limits.memory_mib = 8"), "{e}");
 }
 

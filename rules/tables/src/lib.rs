@@ -33,14 +33,13 @@ pub const MAX_VNI: u32 = 0xff_ffff;
 /// dataplane's tests hold its flow table to it.
 pub const FLOW_BYTES: u64 = 160;
 
-/// The memory a SNAT port of this node's takes, per address and protocol:
-/// 2 bytes in its worker's free list, and its entry in the worker's index
-/// of the replies ([`REPLY_PORT_BYTES`]).
-pub const SNAT_PORT_BYTES: u64 = 2 + REPLY_PORT_BYTES;
+/// The memory a worker's SNAT ports take: a free list of 2-byte ports per
+/// address and protocol.
+pub const SNAT_PORT_BYTES: u64 = 2;
 
-/// The memory a SNAT port of the fleet's takes, per address and protocol,
-/// in the index of the replies of the worker that owns it: the slot number
-/// of the flow on it, once a flow has been.
+/// The memory a port takes in the index of the replies, per SNAT address
+/// of the fleet's and protocol: its flow's slot number, in a row of the
+/// worker that owns the port (the workers' rows cover every port).
 pub const REPLY_PORT_BYTES: u64 = 4;
 
 /// What VXLAN adds to a packet against the uplink's MTU: the inner

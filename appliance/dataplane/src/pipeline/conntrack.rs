@@ -1087,8 +1087,8 @@ impl Index {
 /// SNAT address a flow here has been on, a row per protocol of the ports
 /// this worker owns ([`SnatPorts::owned`]: a reply to another worker's port
 /// is handed over before it is looked up), 4 bytes a port, allocated
-/// zeroed: pages of ports never taken are never touched, so never in
-/// memory.
+/// zeroed: the pages of a large row where no port was taken are not
+/// touched.
 #[derive(Debug)]
 struct Replies {
     /// SNAT address -> its TCP row in `rows` (its UDP row is the next).
