@@ -15,8 +15,11 @@
 //! boot is left aside; a slot marked torn (being written when the process
 //! died) is skipped; a slot whose checksum does not match, or any other
 //! inconsistency, means the file is corrupt and none of it is trusted. The
-//! flows are carried over to the new tables as a reload would, restored
-//! into new files (`.new`), which then replace the old ones.
+//! flows are carried over to the new tables as a reload would, each from
+//! the saved context whose indices name its keys (a crash can cut a reload
+//! short after some slots were rewritten under the next tables, before the
+//! header names them), restored into new files (`.new`), which then
+//! replace the old ones.
 
 use std::{
     fs::{File, OpenOptions},
@@ -104,6 +107,9 @@ impl DerefMut for MappedSlots {
 pub struct Saved {
     /// Whole flows read back, with the context their indices refer to.
     pub flows: Vec<(FlowContext, Vec<Flow>)>,
+    /// Every context saved in the directory: after a crash in the middle
+    /// of a reload, some flows' slots were written under the next one.
+    pub contexts: Vec<FlowContext>,
     /// Slots being written when the writer stopped: skipped.
     pub torn: u64,
     /// Flows of files that were not read, and why (one line each).
@@ -315,6 +321,9 @@ impl StateDir {
                 .into_owned();
             match table {
                 Ok(Some((context, flows, torn))) => {
+                    if !saved.contexts.contains(&context) {
+                        saved.contexts.push(context.clone());
+                    }
                     saved.torn += torn;
                     saved.flows.push((context, flows));
                 }
@@ -325,6 +334,16 @@ impl StateDir {
                         .push(format!("{name}: {why}: {live} flows discarded"));
                     saved.lost += live;
                 }
+            }
+        }
+        for (path, _) in self.files("context-", ".json") {
+            let context = std::fs::read(&path)
+                .ok()
+                .and_then(|text| serde_json::from_slice::<FlowContext>(&text).ok());
+            if let Some(context) = context
+                && !saved.contexts.contains(&context)
+            {
+                saved.contexts.push(context);
             }
         }
         saved
@@ -520,7 +539,7 @@ pub fn resume(
     pipelines: &mut [&mut rialto_dataplane::Pipeline<MappedSlots>],
     now_ns: u64,
 ) -> Resumed {
-    use rialto_dataplane::pipeline::{balance::Carry, snat::SnatPorts};
+    use rialto_dataplane::pipeline::snat::SnatPorts;
     let mut resumed = Resumed {
         torn: saved.torn,
         discarded: saved.lost,
@@ -530,17 +549,11 @@ pub fn resume(
     let owner = SnatPorts::new(&tables.snat, 0, workers as u32);
     let total = saved.flows.iter().map(|(_, flows)| flows.len()).sum();
     let mut per_worker: Vec<Vec<Flow>> = (0..workers).map(|_| Vec::with_capacity(total)).collect();
-    for (context, flows) in &saved.flows {
-        let carry = Carry::new(context, tables);
-        for flow in flows {
-            match carry.flow(flow) {
-                Some(flow) => {
-                    let worker = owner.owner(flow.reverse.dst_port) as usize;
-                    per_worker[worker.min(workers - 1)].push(flow);
-                }
-                None => resumed.gone += 1,
-            }
-        }
+    let (flows, gone) = carry_saved(&saved, tables);
+    resumed.gone = gone;
+    for flow in flows {
+        let worker = owner.owner(flow.reverse.dst_port) as usize;
+        per_worker[worker.min(workers - 1)].push(flow);
     }
     // Each worker's table on a thread of its own, as the workers run.
     let restored: Vec<_> = std::thread::scope(|scope| {
@@ -560,4 +573,98 @@ pub fn resume(
         resumed.full += done.full;
     }
     resumed
+}
+
+/// The saved flows carried to `tables`, and how many could not be: each
+/// from the context its table's header names; or, if its keys are not
+/// what its indices name there, from another context saved beside it
+/// whose they are (its slot was rewritten under the next tables by a
+/// reload that a crash cut short, before the header named them).
+fn carry_saved(saved: &Saved, tables: &rialto_tables::Snapshot) -> (Vec<Flow>, u64) {
+    use rialto_dataplane::pipeline::balance::Carry;
+    let others: Vec<Carry> = (saved.contexts.iter())
+        .map(|context| Carry::new(context, tables))
+        .collect();
+    let (mut carried, mut gone) = (Vec::new(), 0);
+    for (context, flows) in &saved.flows {
+        let carry = Carry::new(context, tables);
+        for flow in flows {
+            let named_by = |c: &&Carry| c.names(flow);
+            let by = if carry.names(flow) {
+                Some(&carry)
+            } else {
+                others.iter().find(named_by)
+            };
+            match by.and_then(|c| c.flow(flow)) {
+                Some(flow) => carried.push(flow),
+                None => gone += 1,
+            }
+        }
+    }
+    (carried, gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rialto_dataplane::{OwnedFrame, pipeline::balance::Balancer};
+    use rialto_fixtures::{self as fixtures, L4};
+
+    use super::*;
+
+    /// A crash in the middle of a reload leaves, in a table whose header
+    /// names the old context, slots the reload rewrote under the new
+    /// tables. Carried by their indices from the old context, those flows
+    /// would get another service's backend; carried from the context that
+    /// names their keys, every flow comes back as it was.
+    #[test]
+    fn flows_rewritten_by_a_reload_cut_short_come_back_by_their_own_context() {
+        let old = fixtures::compile(fixtures::CONFIG);
+        // The same services, the first moved last: every index changes.
+        let mut next = (*old).clone();
+        next.services.rotate_left(1);
+        let n = next.services.len() as u32;
+        for service in next.vips.values_mut() {
+            *service = (*service + n - 1) % n;
+        }
+        let next = Arc::new(next);
+        let mut balancer = Balancer::new(Arc::clone(&old), 0, 1, fixtures::NODE_MAC);
+        let now = fixtures::START * 1_000_000_000;
+        for (vip, l4) in [
+            (fixtures::WEB, L4::Tcp(40000, 80, "S", 1)),
+            (fixtures::ECHO, L4::Udp(40001, 7)),
+        ] {
+            let v4 = fixtures::Ip::V4 {
+                src: fixtures::CLIENT,
+                dst: vip,
+                ttl: 64,
+            };
+            let mut frame = OwnedFrame::new(&fixtures::from_router(&fixtures::ip(v4, l4, b"")));
+            frame.with(|f| balancer.process(f, now));
+        }
+        let made: Vec<Flow> = balancer.flows().iter().map(|(_, f)| *f).collect();
+        assert_eq!(made.len(), 2, "a flow per service");
+        let (in_old, in_next) = (FlowContext::of(&old), FlowContext::of(&next));
+        let carry = rialto_dataplane::pipeline::balance::Carry::new(&in_old, &next);
+        let rewritten = carry.flow(&made[1]).expect("kept by the reload");
+        assert_ne!(rewritten.service, made[1].service);
+        // Its indices name another service in the old context: not carried
+        // from it.
+        let from_old = rialto_dataplane::pipeline::balance::Carry::new(&in_old, &old);
+        assert_eq!(from_old.flow(&rewritten), None);
+        // The header still names the old context: the first flow is as
+        // the old tables made it, the second as the reload rewrote it.
+        let saved = |contexts| Saved {
+            flows: vec![(in_old.clone(), vec![made[0], rewritten])],
+            contexts,
+            ..Saved::default()
+        };
+        let (flows, gone) = carry_saved(&saved(vec![in_old.clone(), in_next.clone()]), &old);
+        assert_eq!((flows, gone), (made.clone(), 0));
+        // Without the next context saved, the rewritten flow is dropped,
+        // not given another service's backend.
+        let (flows, gone) = carry_saved(&saved(vec![in_old.clone()]), &old);
+        assert_eq!((flows, gone), (vec![made[0]], 1));
+    }
 }

@@ -1020,8 +1020,10 @@ pub fn to_cluster(
 /// same name) is in the same service (by VIP), draining or not; its
 /// clusters must keep their name and VNI, and it keeps its gateway if the
 /// cluster still has it (else another of the cluster's: the pod behind it
-/// is the same). Anything else, or an index the context does not have,
-/// and the flow is dropped.
+/// is the same). Anything else, an index the context does not have, or a
+/// flow whose keys are not what its indices name there (its slot was
+/// written under other tables: a crash cut a reload short), and the flow
+/// is dropped.
 #[derive(Debug)]
 pub struct Carry<'a> {
     old: &'a FlowContext,
@@ -1067,9 +1069,41 @@ impl<'a> Carry<'a> {
         }
     }
 
+    /// Whether `flow`'s keys are what its indices name in the old context:
+    /// its VIP its service's, its backend's address, port and tunnel its
+    /// backend's, its client's tunnel its client's cluster's (or the
+    /// uplink). A flow written under other tables is not, and carrying it
+    /// by its indices would give it another service's backend.
+    pub fn names(&self, flow: &Flow) -> bool {
+        let old = self.old;
+        let Some(service) = old.services.get(flow.service as usize) else {
+            return false;
+        };
+        let Some(&(backend, cluster)) = service.backends.get(flow.backend_index as usize) else {
+            return false;
+        };
+        let vni = |c: u16| old.clusters.get(usize::from(c)).map(|c| c.vni);
+        let client_tunnel = match flow.client.tunnel_of() {
+            None => Some(UPLINK),
+            Some((c, _)) => vni(c),
+        };
+        let (forward, reverse) = (&flow.forward, &flow.reverse);
+        from_ip(service.vip.addr) == forward.dst
+            && service.vip.port == forward.dst_port
+            && service.vip.proto.number() == forward.proto
+            && client_tunnel == Some(forward.tunnel)
+            && from_ip(backend.ip()) == reverse.src
+            && backend.port() == reverse.src_port
+            && flow.backend.tunnel_of().map(|(c, _)| c) == Some(cluster)
+            && vni(cluster) == Some(reverse.tunnel)
+    }
+
     /// What `flow` becomes in the new tables, or `None` if it cannot stay.
     #[inline]
     pub fn flow(&self, flow: &Flow) -> Option<Flow> {
+        if !self.names(flow) {
+            return None;
+        }
         let (service, backend_index) = (self.backends.get(flow.service as usize)?)
             .get(flow.backend_index as usize)
             .copied()??;
