@@ -321,9 +321,6 @@ impl StateDir {
                 .into_owned();
             match table {
                 Ok(Some((context, flows, torn))) => {
-                    if !saved.contexts.contains(&context) {
-                        saved.contexts.push(context.clone());
-                    }
                     saved.torn += torn;
                     saved.flows.push((context, flows));
                 }
@@ -589,13 +586,9 @@ fn carry_saved(saved: &Saved, tables: &rialto_tables::Snapshot) -> (Vec<Flow>, u
     for (context, flows) in &saved.flows {
         let carry = Carry::new(context, tables);
         for flow in flows {
-            let named_by = |c: &&Carry| c.names(flow);
-            let by = if carry.names(flow) {
-                Some(&carry)
-            } else {
-                others.iter().find(named_by)
-            };
-            match by.and_then(|c| c.flow(flow)) {
+            // A context that names the flow's keys carries it as any other
+            // that does; `Carry::flow` refuses it from one that does not.
+            match (carry.flow(flow)).or_else(|| others.iter().find_map(|c| c.flow(flow))) {
                 Some(flow) => carried.push(flow),
                 None => gone += 1,
             }
