@@ -12,12 +12,12 @@ use anyhow::{Context, Result, bail};
 use rialto::{
     afxdp::Ledger,
     health::{self, BackendHealth, Board},
-    state::{Resumed, StateDir},
+    state::{NamesId, Resumed, StateDir},
     stats::{StatsSnapshot, WorkerStats},
     worker::{Published, SharedTables},
 };
 use rialto_dataplane::pipeline::SnatUse;
-use rialto_rules::{FlowContext, Snapshot, Steering as SteeringRules, config::BackendState};
+use rialto_rules::{Snapshot, Steering as SteeringRules, config::BackendState};
 use serde::Serialize;
 use tracing::{error, warn};
 use xdp_redirect::{Counter, CounterReader, Steering};
@@ -290,23 +290,21 @@ impl Control {
         };
         // What the flows' indices will mean, saved before any flow refers
         // to it, so that a restart at any point finds it.
-        let context = match &self.state {
-            Some(state) => state
-                .save_context(&FlowContext::of(&tables))
-                .map_err(ReloadError::Io)?,
-            None => 0,
+        let names = match &self.state {
+            Some(state) => state.save_names(&tables).map_err(ReloadError::Io)?,
+            None => NamesId::default(),
         };
         let (added, removed) = self.rules.diff(&rules);
         let running = shared.published();
         // All or nothing: each step undoes the ones before it if it fails.
         if let Err(e) = self.steering.remove(&removed) {
             self.restore_steering(&removed, None);
-            self.keep_context(running.context);
+            self.keep_names(running.names);
             return Err(ReloadError::RolledBack(format!(
                 "the XDP maps refused a removal: {e}"
             )));
         }
-        let generation = shared.publish(Arc::new(tables), context);
+        let generation = shared.publish(Arc::new(tables), names);
         if let Err(e) = self.await_workers(generation) {
             self.restore_tables(&shared, &running);
             self.restore_steering(&removed, None);
@@ -319,7 +317,7 @@ impl Control {
                 "the XDP maps refused an entry: {e:#}"
             )));
         }
-        self.keep_context(context);
+        self.keep_names(names);
         self.rules = rules;
         if let Some(pending) = pending
             && let Err(e) = pending.replace(&path)
@@ -347,7 +345,7 @@ impl Control {
         if !changed {
             return Ok(None);
         }
-        let generation = shared.publish(Arc::new(next), running.context);
+        let generation = shared.publish(Arc::new(next), running.names);
         self.await_workers(generation)?;
         Ok(Some(generation))
     }
@@ -390,17 +388,17 @@ impl Control {
 
     /// Puts the running tables back in force after a failed reload.
     fn restore_tables(&self, shared: &SharedTables, running: &Published) {
-        let generation = shared.publish(Arc::clone(&running.tables), running.context);
+        let generation = shared.publish(Arc::clone(&running.tables), running.names);
         if let Err(e) = self.await_workers(generation) {
             warn!("rolling a reload back: {e}");
         }
-        self.keep_context(running.context);
+        self.keep_names(running.names);
     }
 
-    /// Only the saved context `id` is referred to from now on.
-    fn keep_context(&self, id: u32) {
+    /// Only the saved names `names` are referred to from now on.
+    fn keep_names(&self, names: NamesId) {
         if let Some(state) = &self.state {
-            state.retain_contexts(&[id]);
+            state.retain_names(names);
         }
     }
 

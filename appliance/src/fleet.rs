@@ -539,7 +539,7 @@ impl Sync {
         let owner = SnatPorts::new(&published.tables.snat, 0, workers);
         self.owner = Some((
             published.generation,
-            published.context,
+            published.names.context,
             Arc::clone(&published.tables),
             owner,
         ));

@@ -21,12 +21,15 @@ use rialto::{
     fleet, health,
     host::{self, XdpMode, iface_mac, load_config, rx_queue_count},
     nexthop::NextHop,
-    state::{MappedSlots, Resumed, STATE_VERSION, StateDir, longest, resume},
+    state::{
+        MappedSlots, NamesId, Resumed, STATE_VERSION, STATE_VERSIONS_READ, StateDir, longest,
+        resume,
+    },
     stats::{StatsSnapshot, WorkerStats},
     worker::{SharedTables, Worker, WorkerFault, monotonic_ns},
 };
 use rialto_dataplane::{Pipeline, pipeline::balance::slots_for};
-use rialto_rules::{Endpoint, FlowContext, Steering as SteeringRules, VXLAN_PORT};
+use rialto_rules::{Endpoint, Steering as SteeringRules, VXLAN_PORT};
 use sd_notify::NotifyState;
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
@@ -279,7 +282,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 true => takeover::PROTOCOL + 1000,
                 false => takeover::PROTOCOL,
             };
-            let predecessor = Predecessor::greet(&state_path, STATE_VERSION, protocol)?;
+            let predecessor = Predecessor::greet(&state_path, &STATE_VERSIONS_READ, protocol)?;
             info!(
                 pid = predecessor.pid,
                 "taking over: the running rialto agreed"
@@ -290,11 +293,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     // Everything that needs neither the interface nor the state directory
     // is made ready first: a take-over asks for the release only then.
     let mut steering = Steering::load(&rules)?;
-    // What the flows' table indices mean, and its id, known before it is
+    // The ids of what the flows' table indices mean, known before it is
     // saved.
-    let flow_context = config.as_deref().map(FlowContext::of);
-    let context = flow_context.as_ref().map_or(0, StateDir::context_id);
-    let tables = config.map(|config| Arc::new(SharedTables::new(config, context)));
+    let names = config
+        .as_deref()
+        .map(StateDir::names_id)
+        .unwrap_or_default();
+    let tables = config.map(|config| Arc::new(SharedTables::new(config, names)));
     let mac = iface_mac(&args.iface)?;
     let following = Arc::new(AtomicBool::new(false));
     let follower = match &tables {
@@ -319,7 +324,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         let pipeline = match (&tables, &state) {
             (Some(tables), Some(state)) => {
                 let tables = tables.current();
-                let slots = state.create_flows(queue, slots_for(&tables), context)?;
+                let slots = state.create_flows(queue, slots_for(&tables), names)?;
                 Pipeline::balance_in(slots, tables, i as u32, queues.len() as u32, mac)
             }
             _ => Pipeline::Reflect,
@@ -362,8 +367,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    if let (Some(state), Some(flow_context)) = (&state, &flow_context) {
-        state.save_context(flow_context)?;
+    if let (Some(state), Some(tables)) = (&state, &tables) {
+        state.save_names(&tables.current())?;
     }
     let state = state.map(Arc::new);
     // Where the predecessor had to bind in copy mode, so will this one.
@@ -379,7 +384,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let (resumed, ports) = std::thread::scope(|scope| -> Result<_> {
         let resuming = state.as_ref().zip(tables.as_ref()).map(|(state, tables)| {
             let (pipelines, queues) = (&mut pipelines, &queues);
-            scope.spawn(move || resume_flows(state, &tables.current(), pipelines, queues, context))
+            scope.spawn(move || resume_flows(state, &tables.current(), pipelines, queues, names))
         });
         let ports = umem.bind();
         let resumed = (resuming.map(|r| r.join().expect("resuming does not panic"))).transpose()?;
@@ -635,7 +640,7 @@ fn resume_flows(
     tables: &rialto_rules::Snapshot,
     pipelines: &mut [Pipeline<MappedSlots>],
     queues: &[u32],
-    context: u32,
+    names: NamesId,
 ) -> Result<Resumed> {
     let started = Instant::now();
     let now = monotonic_ns();
@@ -646,7 +651,7 @@ fn resume_flows(
     let mut pipelines: Vec<&mut Pipeline<MappedSlots>> = pipelines.iter_mut().collect();
     let mut resumed = resume(saved, tables, &mut pipelines, now);
     state.commit(queues)?;
-    state.retain_contexts(&[context]);
+    state.retain_names(names);
     resumed.millis = started.elapsed().as_millis() as u64;
     info!(
         recovered = resumed.recovered,

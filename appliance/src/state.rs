@@ -5,21 +5,27 @@
 //! the process but not the machine) holds, per worker, `flows-qN.bin`: a
 //! header page, then the worker's flow table itself ([`Slot`]s), mapped
 //! shared, so the worker writes its flows there as it goes and nothing is
-//! saved at exit; and `context-ID.json`, the [`FlowContext`] the flows'
-//! table indices refer to (one per config in force, written before the
-//! workers take it). A `lock` file, held while Rialto runs, keeps a second
-//! one off the same directory.
+//! saved at exit; and what the slots' indices name (one of each per config
+//! in force, written before the workers take it): `context-ID.json`, the
+//! [`FlowContext`], and `snat-ID.json`, the fleet's SNAT addresses in
+//! order. A slot's mark says which of two generations of names it is
+//! packed under, and the header names both ([`NamesId`]): a reload packs
+//! every slot again under the next, so a crash in the middle of one leaves
+//! slots of both, each read under its own. A `lock` file, held while
+//! Rialto runs, keeps a second one off the same directory.
 //!
 //! After a crash or a stop, the next `rialto run` reads the tables back
 //! ([`StateDir::read_saved`]): a file of another state version, layout or
-//! boot is left aside; a slot marked torn (being written when the process
-//! died) is skipped; a slot whose checksum does not match, or any other
-//! inconsistency, means the file is corrupt and none of it is trusted. The
-//! flows are carried over to the new tables as a reload would, each from
-//! the saved context whose indices name its keys (a crash can cut a reload
-//! short after some slots were rewritten under the next tables, before the
-//! header names them), restored into new files (`.new`), which then
-//! replace the old ones.
+//! boot is left aside (version 1's, whole flows in 128-byte slots, is still
+//! read: an upgrade keeps its flows); a slot marked torn (being written
+//! when the process died) is skipped; a slot whose check does not match,
+//! or any other inconsistency, means the file is corrupt and none of it is
+//! trusted. The flows are carried over to the new tables as a reload would,
+//! each from the saved context whose indices name its keys (a version 1
+//! table holds whole flows, and a crash could cut its reload short after
+//! some slots were rewritten under the next tables, before its header named
+//! them), restored into new files (`.new`), which then replace the old
+//! ones.
 
 use std::{
     fs::{File, OpenOptions},
@@ -32,18 +38,32 @@ use std::{
 use anyhow::{Context, Result, bail};
 use bytemuck::{Pod, Zeroable};
 use nix::fcntl::{Flock, FlockArg};
-use rialto_dataplane::pipeline::conntrack::{Flow, Slot, SlotState};
-use rialto_tables::{FlowContext, Timeouts};
+use rialto_dataplane::pipeline::{
+    balance,
+    conntrack::{Flow, Names, Slot, SlotState},
+};
+use rialto_tables::{FlowContext, Snapshot, Timeouts};
 
 use crate::shm::SharedMap;
 
-/// The layout of what this Rialto writes; a state directory of another
-/// version is not read.
-pub const STATE_VERSION: u32 = 1;
+/// The layout of what this Rialto writes.
+pub const STATE_VERSION: u32 = 2;
+/// The layouts it reads, newest first: an upgrade from a Rialto that wrote
+/// version 1 keeps its flows.
+pub const STATE_VERSIONS_READ: [u32; 2] = [STATE_VERSION, 1];
 
 const MAGIC: [u8; 8] = *b"RIALTOFT";
 /// The header takes a page: the slots that follow are page-aligned.
 const HEADER_LEN: usize = 4096;
+
+/// What a table's slots are packed under: the ids of a saved context and
+/// of a saved SNAT list ([`StateDir::save_names`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NamesId {
+    pub context: u32,
+    pub snat: u32,
+}
 
 /// A flow table file's header.
 #[repr(C)]
@@ -54,17 +74,73 @@ struct Header {
     slot_size: u32,
     capacity: u32,
     queue: u32,
-    /// The context the flows' indices refer to.
-    context: u32,
     /// CRC-32 of the header with this field zero.
     check: u32,
     /// The boot the monotonic clock of the flows' expiry is of.
     boot_id: [u8; 16],
+    /// What the live slots of each generation (the low bit of their
+    /// mark) are packed under.
+    names: [NamesId; 2],
 }
 
 impl Header {
     fn checksum(&self) -> u32 {
         crc32fast::hash(bytemuck::bytes_of(&Self { check: 0, ..*self }))
+    }
+}
+
+/// A flow table file's header in state version 1 (read only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct HeaderV1 {
+    magic: [u8; 8],
+    version: u32,
+    slot_size: u32,
+    capacity: u32,
+    queue: u32,
+    /// The context the flows' indices refer to.
+    context: u32,
+    check: u32,
+    boot_id: [u8; 16],
+}
+
+impl HeaderV1 {
+    fn checksum(&self) -> u32 {
+        crc32fast::hash(bytemuck::bytes_of(&Self { check: 0, ..*self }))
+    }
+}
+
+/// A slot of state version 1 (read only): the whole [`Flow`], in two
+/// cache lines.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct SlotV1 {
+    /// 0 empty, 1 being written, 2 live.
+    mark: u32,
+    /// CRC-32 of the flow's fields that only a reload changes (those
+    /// before its expiry).
+    check: u32,
+    flow: Flow,
+}
+
+impl SlotV1 {
+    fn check_of(flow: &Flow) -> u32 {
+        crc32fast::hash(&bytemuck::bytes_of(flow)[..std::mem::offset_of!(Flow, expires)])
+    }
+
+    fn state(&self) -> SlotState {
+        match self.mark {
+            0 => SlotState::Empty,
+            1 => SlotState::Torn,
+            2 if self.check == Self::check_of(&self.flow)
+                && self.flow.state.is_valid()
+                && self.flow.forward.pad == [0; 3]
+                && self.flow.reverse.pad == [0; 3] =>
+            {
+                SlotState::Live
+            }
+            _ => SlotState::Corrupt,
+        }
     }
 }
 
@@ -79,11 +155,11 @@ impl MappedSlots {
         bytemuck::from_bytes_mut(&mut self.map[..size_of::<Header>()])
     }
 
-    /// Records that the flows' indices now refer to context `id` (a reload
-    /// carried them over).
-    pub fn set_context(&mut self, id: u32) {
+    /// Records that the slots of `generation` are packed under `names`:
+    /// before a reload packs any slot under them.
+    pub fn set_names(&mut self, generation: u8, names: NamesId) {
         let header = self.header();
-        header.context = id;
+        header.names[usize::from(generation & 1)] = names;
         header.check = header.checksum();
     }
 }
@@ -118,8 +194,9 @@ pub struct Saved {
     pub lost: u64,
 }
 
-/// A saved table read back: its context, its whole flows, its torn slots.
-type Table = (FlowContext, Vec<Flow>, u64);
+/// A saved table read back: its whole flows with the context their
+/// indices refer to (one per generation of its slots), its torn slots.
+type Table = (Vec<(FlowContext, Vec<Flow>)>, u64);
 
 /// A state directory: new flow tables may be staged in it (`.new` files,
 /// which nobody else writes) before it is locked; everything else needs
@@ -187,48 +264,74 @@ impl StateDir {
         &self.path
     }
 
-    /// The id a context is saved under: a checksum of its text, so the
-    /// same context always has the same id (known before it is saved).
-    pub fn context_id(context: &FlowContext) -> u32 {
-        crc32fast::hash(&Self::context_text(context))
+    /// The ids the names of `tables` are saved under: checksums of their
+    /// text, so the same names always have the same ids (known before they
+    /// are saved). The context's is also what the fleet's peers compare.
+    pub fn names_id(tables: &Snapshot) -> NamesId {
+        let (context, snat) = Self::names_text(tables);
+        NamesId {
+            context: crc32fast::hash(&context),
+            snat: crc32fast::hash(&snat),
+        }
     }
 
-    fn context_text(context: &FlowContext) -> Vec<u8> {
-        serde_json::to_vec(context).expect("a context serializes")
+    /// The context and the SNAT list of `tables`, as saved.
+    fn names_text(tables: &Snapshot) -> (Vec<u8>, Vec<u8>) {
+        let context = serde_json::to_vec(&FlowContext::of(tables)).expect("a context serializes");
+        let snat = serde_json::to_vec(&balance::snat_list(tables)).expect("addresses serialize");
+        (context, snat)
     }
 
-    /// Saves the context of `tables` (if not saved already); its id goes in
-    /// the flow tables' headers.
-    pub fn save_context(&self, context: &FlowContext) -> Result<u32> {
-        let text = Self::context_text(context);
-        let id = crc32fast::hash(&text);
-        let path = self.context_path(id);
+    /// Saves what the slots' indices name under `tables` (what is not
+    /// saved already); its ids go in the flow tables' headers.
+    pub fn save_names(&self, tables: &Snapshot) -> Result<NamesId> {
+        let (context, snat) = Self::names_text(tables);
+        Ok(NamesId {
+            context: self.save(CONTEXT, &context)?,
+            snat: self.save(SNAT, &snat)?,
+        })
+    }
+
+    /// Saves `text` as `KIND-ID.json`, ID its checksum, unless it is.
+    fn save(&self, kind: &str, text: &[u8]) -> Result<u32> {
+        let id = crc32fast::hash(text);
+        let path = self.names_path(kind, id);
         if !path.exists() {
             let staged = path.with_extension("json.new");
-            std::fs::write(&staged, &text)
+            std::fs::write(&staged, text)
                 .and_then(|()| std::fs::rename(&staged, &path))
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(id)
     }
 
-    /// Removes every saved context but `keep`.
-    pub fn retain_contexts(&self, keep: &[u32]) {
-        for (path, id) in self.files("context-", ".json") {
-            if !keep.contains(&id) {
-                let _ = std::fs::remove_file(path);
+    /// Removes every saved context and SNAT list but those of `keep`.
+    pub fn retain_names(&self, keep: NamesId) {
+        for (kind, keep) in [(CONTEXT, keep.context), (SNAT, keep.snat)] {
+            for (path, id) in self.files(&format!("{kind}-"), ".json") {
+                if id != keep {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         }
     }
 
-    fn context_path(&self, id: u32) -> PathBuf {
-        self.path.join(format!("context-{id:08x}.json"))
+    fn names_path(&self, kind: &str, id: u32) -> PathBuf {
+        self.path.join(format!("{kind}-{id:08x}.json"))
+    }
+
+    /// Saved `KIND-ID.json`, read back.
+    fn read_names<T: serde::de::DeserializeOwned>(&self, kind: &str, id: u32) -> Result<T, String> {
+        std::fs::read(self.names_path(kind, id))
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_slice(&text).map_err(|e| e.to_string()))
+            .map_err(|e| format!("its {kind} {id:08x} cannot be read ({e})"))
     }
 
     /// A new, empty flow table of `capacity` slots for `queue`, whose flows
-    /// will refer to context `context`: written beside the saved one until
+    /// will be packed under `names`: written beside the saved one until
     /// [`StateDir::commit`].
-    pub fn create_flows(&self, queue: u32, capacity: usize, context: u32) -> Result<MappedSlots> {
+    pub fn create_flows(&self, queue: u32, capacity: usize, names: NamesId) -> Result<MappedSlots> {
         let path = self.flows_path(queue).with_extension("bin.new");
         let len = HEADER_LEN + capacity * size_of::<Slot>();
         let file = OpenOptions::new()
@@ -249,11 +352,11 @@ impl StateDir {
             slot_size: size_of::<Slot>() as u32,
             capacity: capacity as u32,
             queue,
-            context,
             check: 0,
             boot_id: self.boot_id,
+            names: [NamesId::default(); 2],
         };
-        slots.set_context(context);
+        slots.set_names(0, names);
         Ok(slots)
     }
 
@@ -277,13 +380,13 @@ impl StateDir {
         self.path.join(format!("flows-q{queue}.bin"))
     }
 
-    /// The files named `PREFIX<number>SUFFIX` (a hexadecimal number for
-    /// contexts, decimal for queues), with their number.
+    /// The files named `PREFIX<number>SUFFIX` (a decimal number for
+    /// queues, hexadecimal for the rest), with their number.
     fn files(&self, prefix: &str, suffix: &str) -> Vec<(PathBuf, u32)> {
         let Ok(entries) = std::fs::read_dir(&self.path) else {
             return Vec::new();
         };
-        let radix = if prefix == "context-" { 16 } else { 10 };
+        let radix = if prefix == "flows-q" { 10 } else { 16 };
         entries
             .filter_map(|e| {
                 let path = e.ok()?.path();
@@ -320,9 +423,9 @@ impl StateDir {
                 .to_string_lossy()
                 .into_owned();
             match table {
-                Ok(Some((context, flows, torn))) => {
+                Ok(Some((flows, torn))) => {
                     saved.torn += torn;
-                    saved.flows.push((context, flows));
+                    saved.flows.extend(flows);
                 }
                 Ok(None) => {}
                 Err((why, live)) => {
@@ -333,7 +436,7 @@ impl StateDir {
                 }
             }
         }
-        for (path, _) in self.files("context-", ".json") {
+        for (path, _) in self.files(&format!("{CONTEXT}-"), ".json") {
             let context = std::fs::read(&path)
                 .ok()
                 .and_then(|text| serde_json::from_slice::<FlowContext>(&text).ok());
@@ -346,10 +449,11 @@ impl StateDir {
         saved
     }
 
-    /// One table: its context, flows and torn slots; `None` if it is of
-    /// another boot (its clock is gone); else why it is not trusted and
-    /// how many flows it held. Only the parts of the file that hold data
-    /// are read: the pages no flow ever touched are holes.
+    /// One table: its flows by context, and its torn slots; `None` if it
+    /// is of another boot (its clock is gone); else why it is not trusted
+    /// and how many flows it held. A flow's expiry is held to
+    /// `timeouts_bound` seconds after `now` (it is not checked: every
+    /// packet moves it).
     fn read_table(
         &self,
         path: &Path,
@@ -357,86 +461,173 @@ impl StateDir {
         now: u32,
     ) -> std::result::Result<Option<Table>, (String, u64)> {
         let mut file = File::open(path).map_err(|e| (format!("cannot open: {e}"), 0))?;
-        let mut header = Header::zeroed();
-        file.read_exact(bytemuck::bytes_of_mut(&mut header))
+        let mut page = [0; size_of::<Header>()];
+        file.read_exact(&mut page)
             .map_err(|e| (format!("no header: {e}"), 0))?;
-        if header.magic != MAGIC {
+        if page[..8] != MAGIC {
             return Err(("not a flow table".into(), 0));
         }
-        if header.version != STATE_VERSION || header.slot_size != size_of::<Slot>() as u32 {
-            return Err((
-                format!(
-                    "state version {} (slots of {} bytes); this rialto reads version {STATE_VERSION} \
-                     ({} bytes)",
-                    header.version,
+        let held = |flow: &Flow| Flow {
+            expires: flow.expires.min(now.saturating_add(timeouts_bound)),
+            ..*flow
+        };
+        match u32::from_ne_bytes([page[8], page[9], page[10], page[11]]) {
+            1 => {
+                let header: HeaderV1 = bytemuck::pod_read_unaligned(&page[..size_of::<HeaderV1>()]);
+                let checks = header.check == header.checksum();
+                if !self.of_this_boot(
+                    checks,
+                    header.boot_id,
                     header.slot_size,
-                    size_of::<Slot>()
+                    size_of::<SlotV1>(),
+                )? {
+                    return Ok(None);
+                }
+                let mut flows = Vec::new();
+                let torn = read_slots(&file, header.capacity, SlotV1::state, |slot: &SlotV1| {
+                    flows.push(held(&slot.flow));
+                })?;
+                let context = self
+                    .read_names(CONTEXT, header.context)
+                    .map_err(|e| (e, flows.len() as u64))?;
+                Ok(Some((vec![(context, flows)], torn)))
+            }
+            STATE_VERSION => {
+                let header: Header = bytemuck::pod_read_unaligned(&page);
+                let checks = header.check == header.checksum();
+                if !self.of_this_boot(
+                    checks,
+                    header.boot_id,
+                    header.slot_size,
+                    size_of::<Slot>(),
+                )? {
+                    return Ok(None);
+                }
+                // What each generation's slots are packed under; an error
+                // only if a slot of it is live.
+                let names = header.names.map(|id| {
+                    let context: FlowContext = self.read_names(CONTEXT, id.context)?;
+                    let snat: Vec<std::net::IpAddr> = self.read_names(SNAT, id.snat)?;
+                    let names = Names::new(&context, &snat);
+                    Ok::<_, String>((context, names))
+                });
+                let mut flows = [Vec::new(), Vec::new()];
+                let mut unnamed = None;
+                let torn = read_slots(&file, header.capacity, Slot::slot_state, |slot: &Slot| {
+                    let generation = usize::from(slot.generation());
+                    let why = match &names[generation] {
+                        Ok((_, names)) => match names.unpack(slot) {
+                            Some(flow) => return flows[generation].push(held(&flow)),
+                            None => "a live slot names nothing under its names",
+                        },
+                        Err(e) => e,
+                    };
+                    if unnamed.is_none() {
+                        unnamed = Some(why.to_owned());
+                    }
+                })?;
+                let live = flows.iter().map(Vec::len).sum::<usize>() as u64;
+                if let Some(why) = unnamed {
+                    return Err((why, live));
+                }
+                Ok(Some((
+                    names
+                        .into_iter()
+                        .zip(flows)
+                        .filter(|(_, flows)| !flows.is_empty())
+                        .filter_map(|(names, flows)| Some((names.ok()?.0, flows)))
+                        .collect(),
+                    torn,
+                )))
+            }
+            version => Err((
+                format!(
+                    "state version {version}; this rialto reads versions {STATE_VERSIONS_READ:?}"
                 ),
                 0,
-            ));
+            )),
         }
-        if header.check != header.checksum() {
+    }
+
+    /// Whether a header (whether its checksum matches, its boot, its slots'
+    /// size against the `expected` one) is of this boot; an error if it is
+    /// not to be trusted.
+    fn of_this_boot(
+        &self,
+        checks: bool,
+        boot_id: [u8; 16],
+        slot_size: u32,
+        expected: usize,
+    ) -> std::result::Result<bool, (String, u64)> {
+        if slot_size != expected as u32 {
+            return Err((format!("slots of {slot_size} bytes, not {expected}"), 0));
+        }
+        if !checks {
             return Err(("its header's checksum does not match".into(), 0));
         }
-        if header.boot_id != self.boot_id {
-            return Ok(None);
-        }
-        let end = (HEADER_LEN + header.capacity as usize * size_of::<Slot>()) as u64;
-        let short = |e: &dyn std::fmt::Display| {
-            (
-                format!("shorter than its {} slots: {e}", header.capacity),
-                0,
-            )
-        };
-        let len = file.metadata().map_err(|e| short(&e))?.len();
-        if len < end {
-            return Err(short(&format!("{len} bytes")));
-        }
-        let (mut flows, mut torn, mut live, mut corrupt) = (Vec::new(), 0, 0, None);
-        let mut chunk = vec![Slot::zeroed(); READ_CHUNK / size_of::<Slot>()];
-        for (from, to) in data_extents(&file, HEADER_LEN as u64, end) {
-            let mut at = from;
-            while at < to {
-                let n = ((to - at) as usize).min(READ_CHUNK) / size_of::<Slot>();
-                let bytes = bytemuck::cast_slice_mut(&mut chunk[..n]);
-                file.read_exact_at(bytes, at).map_err(|e| short(&e))?;
-                let first = (at - HEADER_LEN as u64) as usize / size_of::<Slot>();
-                for (i, slot) in chunk[..n].iter().enumerate() {
-                    live += u64::from(slot.mark == Slot::LIVE);
-                    match slot.state() {
-                        SlotState::Empty => {}
-                        SlotState::Torn => torn += 1,
-                        // Expiry is not checksummed (every packet moves it):
-                        // it is held to what the timeouts in force allow.
-                        SlotState::Live => flows.push(Flow {
-                            expires: slot.flow.expires.min(now.saturating_add(timeouts_bound)),
-                            ..slot.flow
-                        }),
-                        SlotState::Corrupt => {
-                            corrupt = corrupt.or(Some(first + i));
-                        }
-                    }
-                }
-                at += (n * size_of::<Slot>()) as u64;
-            }
-        }
-        if let Some(i) = corrupt {
-            return Err((format!("slot {i} does not check out"), live));
-        }
-        let context = std::fs::read(self.context_path(header.context))
-            .map_err(|e| e.to_string())
-            .and_then(|text| serde_json::from_slice(&text).map_err(|e| e.to_string()))
-            .map_err(|e| {
-                (
-                    format!("its context {:08x} cannot be read ({e})", header.context),
-                    live,
-                )
-            })?;
-        Ok(Some((context, flows, torn)))
+        Ok(boot_id == self.boot_id)
     }
 }
 
-/// How much of a flow table is read at a time (a whole number of slots).
+/// What a context's file is named after.
+const CONTEXT: &str = "context";
+/// What a SNAT list's file is named after.
+const SNAT: &str = "snat";
+
+/// Reads the `capacity` slots of type `T` that follow the header of
+/// `file`, where it holds data (the pages no flow ever touched are holes),
+/// and gives each live one to `live`; says how many were torn. A slot that
+/// does not check out makes the whole table untrusted: the error says
+/// which, and how many flows the table held.
+fn read_slots<T: Pod>(
+    file: &File,
+    capacity: u32,
+    state: impl Fn(&T) -> SlotState,
+    mut live: impl FnMut(&T),
+) -> std::result::Result<u64, (String, u64)> {
+    let size = size_of::<T>();
+    let end = (HEADER_LEN + capacity as usize * size) as u64;
+    let short = |e: &dyn std::fmt::Display| (format!("shorter than its {capacity} slots: {e}"), 0);
+    let len = file.metadata().map_err(|e| short(&e))?.len();
+    if len < end {
+        return Err(short(&format!("{len} bytes")));
+    }
+    let (mut torn, mut held, mut corrupt) = (0, 0, None);
+    let mut chunk = vec![T::zeroed(); READ_CHUNK / size];
+    // Extents are of pages; slots may straddle them: whole slots are read.
+    let slot_of = |at: u64| (at - HEADER_LEN as u64) / size as u64;
+    for (from, to) in data_extents(file, HEADER_LEN as u64, end) {
+        let mut slot = slot_of(from);
+        let last = slot_of(to + size as u64 - 1).min(u64::from(capacity));
+        while slot < last {
+            let n = ((last - slot) as usize).min(chunk.len());
+            let bytes = bytemuck::cast_slice_mut(&mut chunk[..n]);
+            let at = HEADER_LEN as u64 + slot * size as u64;
+            file.read_exact_at(bytes, at).map_err(|e| short(&e))?;
+            for (i, s) in chunk[..n].iter().enumerate() {
+                match state(s) {
+                    SlotState::Empty => {}
+                    SlotState::Torn => torn += 1,
+                    SlotState::Live => {
+                        held += 1;
+                        live(s);
+                    }
+                    SlotState::Corrupt => {
+                        held += 1;
+                        corrupt = corrupt.or(Some(slot as usize + i));
+                    }
+                }
+            }
+            slot += n as u64;
+        }
+    }
+    match corrupt {
+        Some(i) => Err((format!("slot {i} does not check out"), held)),
+        None => Ok(torn),
+    }
+}
+
+/// How many bytes of a flow table are read at a time, at most.
 const READ_CHUNK: usize = 1 << 20;
 
 /// The ranges of `file` between `from` and `to` that hold data (tmpfs and
@@ -505,7 +696,8 @@ pub struct Resumed {
     /// Expired meanwhile.
     pub expired: u64,
     /// Whose backend, service or cluster the config in force no longer has
-    /// (as a reload would have removed them).
+    /// (as a reload would have removed them), or that its tables cannot
+    /// name.
     pub gone: u64,
     /// Whose SNAT address or port the config in force no longer has.
     pub no_port: u64,
@@ -568,6 +760,9 @@ pub fn resume(
         resumed.no_port += done.no_port;
         resumed.duplicate += done.duplicate;
         resumed.full += done.full;
+        // Carried to the tables in force, so named by them: none, unless
+        // something is wrong.
+        resumed.gone += done.unnamed;
     }
     resumed
 }
@@ -606,23 +801,22 @@ mod tests {
 
     use super::*;
 
-    /// A crash in the middle of a reload leaves, in a table whose header
-    /// names the old context, slots the reload rewrote under the new
-    /// tables. Carried by their indices from the old context, those flows
-    /// would get another service's backend; carried from the context that
-    /// names their keys, every flow comes back as it was.
-    #[test]
-    fn flows_rewritten_by_a_reload_cut_short_come_back_by_their_own_context() {
+    /// The fixtures' tables, and the same services with the first moved
+    /// last: every service's index changes.
+    fn old_and_next() -> (Arc<Snapshot>, Arc<Snapshot>) {
         let old = fixtures::compile(fixtures::CONFIG);
-        // The same services, the first moved last: every index changes.
         let mut next = (*old).clone();
         next.services.rotate_left(1);
         let n = next.services.len() as u32;
         for service in next.vips.values_mut() {
             *service = (*service + n - 1) % n;
         }
-        let next = Arc::new(next);
-        let mut balancer = Balancer::new(Arc::clone(&old), 0, 1, fixtures::NODE_MAC);
+        (old, Arc::new(next))
+    }
+
+    /// Two flows made by `balancer` (TCP to web, UDP to echo), as its table
+    /// holds them.
+    fn two_flows<S: DerefMut<Target = [Slot]>>(balancer: &mut Balancer<S>) -> Vec<Flow> {
         let now = fixtures::START * 1_000_000_000;
         for (vip, l4) in [
             (fixtures::WEB, L4::Tcp(40000, 80, "S", 1)),
@@ -636,8 +830,138 @@ mod tests {
             let mut frame = OwnedFrame::new(&fixtures::from_router(&fixtures::ip(v4, l4, b"")));
             frame.with(|f| balancer.process(f, now));
         }
-        let made: Vec<Flow> = balancer.flows().iter().map(|(_, f)| *f).collect();
+        let made: Vec<Flow> = balancer.flows().iter().map(|(_, f)| f).collect();
         assert_eq!(made.len(), 2, "a flow per service");
+        made
+    }
+
+    /// A state directory of a test's own, removed when dropped.
+    struct TestDir(StateDir);
+
+    impl TestDir {
+        fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("rialto-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            Self(StateDir::open(&path).expect("a state directory"))
+        }
+
+        /// Its flows read back (none expired).
+        fn read_saved(&self, tables: &Snapshot) -> Saved {
+            let saved = self
+                .0
+                .read_saved(longest(&tables.timeouts), fixtures::START as u32);
+            assert_eq!(saved.discarded, Vec::<String>::new());
+            saved
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.path());
+        }
+    }
+
+    /// A crash in the middle of a reload leaves slots packed under the old
+    /// names and slots packed under the next: the header names both, each
+    /// slot's mark says which, and every flow is read back as it was.
+    #[test]
+    fn a_reload_cut_short_leaves_each_slot_read_under_its_own_names() {
+        let (old, next) = old_and_next();
+        let dir = TestDir::new("cut-short");
+        let state = &dir.0;
+        let ids = (
+            state.save_names(&old).unwrap(),
+            state.save_names(&next).unwrap(),
+        );
+        let slots = state.create_flows(0, 16, ids.0).unwrap();
+        let mut balancer = Balancer::with_slots(slots, Arc::clone(&old), 0, 1, fixtures::NODE_MAC);
+        let made = two_flows(&mut balancer);
+        // The reload: the header names the next generation's names, and
+        // every slot is packed again under them...
+        let generation = balancer.flows().generation();
+        balancer.storage_mut().set_names(generation ^ 1, ids.1);
+        balancer.reload(Arc::clone(&next));
+        let rewritten: Vec<(u32, Flow)> = balancer.flows().iter().collect();
+        assert_ne!(rewritten[1].1.service, made[1].service);
+        // ...but the crash came before the first slot's turn: it is as the
+        // old tables packed it.
+        let packed = balance::names(&old).pack(&made[0]).expect("packs");
+        balancer.storage_mut()[rewritten[0].0 as usize] = Slot {
+            mark: Slot::LIVE | generation,
+            check: Slot::check_of(&packed),
+            ..packed
+        };
+        drop(balancer);
+        state.commit(&[0]).unwrap();
+        let saved = dir.read_saved(&old);
+        assert_eq!(
+            saved.flows,
+            vec![
+                (FlowContext::of(&old), vec![made[0]]),
+                (FlowContext::of(&next), vec![rewritten[1].1]),
+            ]
+        );
+        assert_eq!(carry_saved(&saved, &old), (made, 0));
+    }
+
+    /// A table of state version 1 (whole flows in 128-byte slots, what the
+    /// Rialto before wrote) is read back and its flows carried over: an
+    /// upgrade keeps them.
+    #[test]
+    fn a_version_1_table_is_read_back() {
+        let old = fixtures::compile(fixtures::CONFIG);
+        let made = two_flows(&mut Balancer::new(
+            Arc::clone(&old),
+            0,
+            1,
+            fixtures::NODE_MAC,
+        ));
+        let dir = TestDir::new("version-1");
+        let state = &dir.0;
+        // Version 1 saved the context alike.
+        let context = state.save_names(&old).unwrap().context;
+        let mut header = HeaderV1 {
+            magic: MAGIC,
+            version: 1,
+            slot_size: size_of::<SlotV1>() as u32,
+            capacity: 4,
+            queue: 0,
+            context,
+            check: 0,
+            boot_id: state.boot_id,
+        };
+        header.check = header.checksum();
+        let mut file = vec![0; HEADER_LEN + 4 * size_of::<SlotV1>()];
+        file[..size_of::<HeaderV1>()].copy_from_slice(bytemuck::bytes_of(&header));
+        for (i, flow) in [(1, made[0]), (3, made[1])] {
+            let slot = SlotV1 {
+                mark: 2,
+                check: SlotV1::check_of(&flow),
+                flow,
+            };
+            let at = HEADER_LEN + i * size_of::<SlotV1>();
+            file[at..at + size_of::<SlotV1>()].copy_from_slice(bytemuck::bytes_of(&slot));
+        }
+        std::fs::write(state.path().join("flows-q0.bin"), file).unwrap();
+        let saved = dir.read_saved(&old);
+        assert_eq!(saved.flows, vec![(FlowContext::of(&old), made.clone())]);
+        assert_eq!(carry_saved(&saved, &old), (made, 0));
+    }
+
+    /// A crash in the middle of a reload of state version 1 leaves, in a
+    /// table whose header names the old context, slots the reload rewrote
+    /// under the new tables. Carried by their indices from the old context,
+    /// those flows would get another service's backend; carried from the
+    /// context that names their keys, every flow comes back as it was.
+    #[test]
+    fn flows_rewritten_by_a_reload_cut_short_come_back_by_their_own_context() {
+        let (old, next) = old_and_next();
+        let made = two_flows(&mut Balancer::new(
+            Arc::clone(&old),
+            0,
+            1,
+            fixtures::NODE_MAC,
+        ));
         let (in_old, in_next) = (FlowContext::of(&old), FlowContext::of(&next));
         let carry = rialto_dataplane::pipeline::balance::Carry::new(&in_old, &next);
         let rewritten = carry.flow(&made[1]).expect("kept by the reload");

@@ -199,9 +199,27 @@ pub struct Predecessor {
 }
 
 impl Predecessor {
-    /// Says hello to the Rialto serving with `state_dir`: fails, with its
-    /// reason, if there is none or it refuses.
-    pub fn greet(state_dir: &Path, state_version: u32, protocol: u32) -> Result<Self> {
+    /// Says hello to the Rialto serving with `state_dir`, with each state
+    /// version this one reads (`state_versions`, newest first) until it
+    /// agrees: a Rialto hands over only to one that reads what it writes,
+    /// and says so by the version alone (an older one writes an older
+    /// version). Fails, with its first reason, if there is none or it
+    /// refuses them all.
+    pub fn greet(state_dir: &Path, state_versions: &[u32], protocol: u32) -> Result<Self> {
+        let mut first = None;
+        for &state_version in state_versions {
+            match Self::hello(state_dir, state_version, protocol)? {
+                Ok(predecessor) => return Ok(predecessor),
+                Err(why) => {
+                    first.get_or_insert(why);
+                }
+            }
+        }
+        bail!("take-over refused: {}", first.unwrap_or_default())
+    }
+
+    /// One hello: welcomed, or refused and why.
+    fn hello(state_dir: &Path, state_version: u32, protocol: u32) -> Result<Result<Self, String>> {
         let path = socket_path(state_dir);
         let mut stream = UnixStream::connect(&path).with_context(|| {
             format!(
@@ -222,12 +240,12 @@ impl Predecessor {
             },
         )?;
         match receive(&mut reader)? {
-            Message::Welcome { pid } => Ok(Self {
+            Message::Welcome { pid } => Ok(Ok(Self {
                 stream,
                 reader,
                 pid,
-            }),
-            Message::Refused { why } => bail!("take-over refused: {why}"),
+            })),
+            Message::Refused { why } => Ok(Err(why)),
             other => bail!("take-over: unexpected answer {other:?}"),
         }
     }
@@ -273,4 +291,32 @@ fn receive(reader: &mut BufReader<UnixStream>) -> Result<Message> {
         bail!("the other side closed the connection");
     }
     serde_json::from_str(&line).with_context(|| format!("not a take-over message: {line:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Rialto of state version 1 (an upgrade's predecessor) hands over to
+    /// one that reads versions 2 and 1: refused the first hello, welcomed
+    /// by the second. One that reads neither is refused, with the reason.
+    #[test]
+    fn an_older_state_version_is_greeted_with_the_version_it_writes() {
+        let dir = std::env::temp_dir().join(format!("rialto-greet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (releases, released) = mpsc::channel();
+        listen(&dir, 1, releases).unwrap();
+        let refused = Predecessor::greet(&dir, &[3], PROTOCOL).map(|p| p.pid);
+        let welcomed = Predecessor::greet(&dir, &[2, 1], PROTOCOL).map(|p| p.pid);
+        let _ = std::fs::remove_dir_all(&dir);
+        let refused = refused.expect_err("version 3 alone is refused").to_string();
+        assert!(
+            refused.starts_with("take-over refused: ")
+                && refused.contains("state version 1;")
+                && refused.ends_with("asked with protocol 1 and state version 3"),
+            "{refused}"
+        );
+        assert_eq!(welcomed.expect("welcomed"), std::process::id());
+        drop(released);
+    }
 }

@@ -34,7 +34,7 @@ use tracing::{error, warn};
 use crate::{
     afxdp::{Ledger, XskPort},
     fleet::WorkerLink,
-    state::MappedSlots,
+    state::{MappedSlots, NamesId},
     stats::WorkerStats,
     tally::Tally,
 };
@@ -67,20 +67,21 @@ pub struct SharedTables {
 pub struct Published {
     pub generation: u64,
     pub tables: Arc<Snapshot>,
-    /// The id of their saved context (`StateDir::save_context`), which the
-    /// workers' flow tables record once they run on them.
-    pub context: u32,
+    /// The ids of their saved names (`StateDir::save_names`), which the
+    /// workers' flow tables record before they run on them; the context's
+    /// goes with the replicas sent to the fleet's peers.
+    pub names: NamesId,
 }
 
 const NOT_LEARNED: u64 = u64::MAX;
 
 impl SharedTables {
-    pub fn new(tables: Arc<Snapshot>, context: u32) -> Self {
+    pub fn new(tables: Arc<Snapshot>, names: NamesId) -> Self {
         Self {
             current: ArcSwap::from_pointee(Published {
                 generation: 0,
                 tables,
-                context,
+                names,
             }),
             generation: AtomicU64::new(0),
             next_hop: AtomicU64::new(NOT_LEARNED),
@@ -103,13 +104,13 @@ impl SharedTables {
         })
     }
 
-    /// Publishes new tables, whose context is saved as `context`; returns
+    /// Publishes new tables, whose names are saved as `names`; returns
     /// their generation.
-    pub fn publish(&self, tables: Arc<Snapshot>, context: u32) -> u64 {
+    pub fn publish(&self, tables: Arc<Snapshot>, names: NamesId) -> u64 {
         let previous = self.current.rcu(|p| Published {
             generation: p.generation + 1,
             tables: Arc::clone(&tables),
-            context,
+            names,
         });
         let generation = previous.generation + 1;
         self.generation.fetch_max(generation, Ordering::AcqRel);
@@ -285,7 +286,10 @@ impl Worker {
     fn serve(&mut self, stop: &AtomicBool, generation: &mut u64) {
         let mut next_slow = 0;
         let mut next_hop = None;
-        let mut context = self.tables.as_ref().map_or(0, |t| t.published().context);
+        let mut context = self
+            .tables
+            .as_ref()
+            .map_or(0, |t| t.published().names.context);
         // The last burst the syncer asked for that this worker started.
         let mut burst = 0;
         while !stop.load(Ordering::Relaxed) {
@@ -294,11 +298,13 @@ impl Worker {
             {
                 let published = tables.published();
                 *generation = published.generation;
-                context = published.context;
-                self.pipeline.reload(Arc::clone(&published.tables));
-                if let Some(slots) = self.pipeline.storage_mut() {
-                    slots.set_context(published.context);
+                context = published.names.context;
+                // The file's header names the next generation's names before
+                // the reload packs any slot under them.
+                if let Some((slots, names_generation)) = self.pipeline.storage_mut() {
+                    slots.set_names(names_generation ^ 1, published.names);
                 }
+                self.pipeline.reload(Arc::clone(&published.tables));
                 self.stats.set_generation(*generation);
                 next_slow = 0;
                 next_hop = None;

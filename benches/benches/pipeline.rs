@@ -153,6 +153,7 @@ fn conntrack(c: &mut Criterion) {
             SLOTS,
             SnatPorts::new(&snapshot.snat, 0, 1),
             snapshot.timeouts,
+            rialto_dataplane::pipeline::balance::names(&snapshot),
         )
     };
     let full = |now: u32| {

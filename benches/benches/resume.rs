@@ -18,7 +18,6 @@ use rialto::state::{MappedSlots, StateDir, longest, resume};
 use rialto_benches::{forward, packet, tables};
 use rialto_dataplane::{OwnedFrame, Pipeline, pipeline::balance::slots_for};
 use rialto_fixtures as fixtures;
-use rialto_rules::FlowContext;
 
 const FLOWS: usize = 1_000_000;
 const WORKERS: u32 = 2;
@@ -39,10 +38,9 @@ fn main() {
         .expect("not shared yet")
         .limits
         .flows_per_worker = 600_000;
-    let context = FlowContext::of(&tables);
     let queues: Vec<u32> = (0..WORKERS).collect();
     let balancers = |state: &StateDir| -> Vec<Pipeline<MappedSlots>> {
-        let id = state.save_context(&context).unwrap();
+        let id = state.save_names(&tables).unwrap();
         (queues.iter())
             .map(|&q| {
                 let slots = state.create_flows(q, slots_for(&tables), id).unwrap();

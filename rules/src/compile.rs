@@ -18,8 +18,8 @@ use std::{
 use hashbrown::{HashMap, HashSet};
 use rialto_tables::{
     Backend, BackendState, Bgp, Check, CheckKind, Cluster, Endpoint, FLOW_BYTES, Fleet, FleetPeer,
-    Limits, MAX_VNI, MaglevParams, Node, Preference, REPLY_PORT_BYTES, SNAT_PORT_BYTES, Service,
-    Snapshot, SnatPool, Timeouts, health,
+    Limits, MAX_BACKENDS, MAX_VNI, MaglevParams, Node, Preference, REPLY_PORT_BYTES,
+    SNAT_PORT_BYTES, Service, Snapshot, SnatPool, Timeouts, health,
     maglev::{self, MaglevError},
     not_a_host, steering_capacity, vxlan_overhead,
 };
@@ -109,6 +109,11 @@ pub enum CompileError {
         what: &'static str,
         max: usize,
     },
+    #[error(
+        "service: backends: {count} backends, but a flow names its backend in 16 bits: \
+         {MAX_BACKENDS} at most"
+    )]
+    TooManyBackends { count: usize },
     #[error("{what}: name: empty, expected a name")]
     EmptyName { what: &'static str },
     #[error("cluster {name:?}: vni: {vni} is out of range (0..={MAX_VNI})")]
@@ -1144,7 +1149,7 @@ fn check_mtu(config: &Config, p: &mut Problems) {
     }
 }
 
-/// Within what the XDP program's maps hold.
+/// Within what the XDP program's maps and a flow's slot hold.
 fn check_capacities(config: &Config, peers: &HashMap<IpAddr, u16>, p: &mut Problems) {
     let checks = [
         (
@@ -1169,6 +1174,15 @@ fn check_capacities(config: &Config, peers: &HashMap<IpAddr, u16>, p: &mut Probl
             Some(config.snat.addresses.span()),
         ),
     ];
+    for service in &config.services {
+        let count = service.backends.get_ref().len();
+        if count > MAX_BACKENDS {
+            p.report(
+                service.backends.span(),
+                CompileError::TooManyBackends { count },
+            );
+        }
+    }
     for (field, count, what, max, span) in checks {
         if count > max {
             let field = field.to_owned();
@@ -1273,5 +1287,38 @@ mod tests {
             snapshot.steering().tunnel_peers,
             vec!["198.18.2.1".parse::<IpAddr>().unwrap()]
         );
+    }
+
+    /// A flow's slot names its backend in 16 bits: a service of more
+    /// backends is refused, at its backends.
+    #[test]
+    fn a_service_of_more_backends_than_a_slot_names_is_refused() {
+        let config = |n: usize| {
+            let backends: Vec<String> = (0..n)
+                .map(|i| {
+                    format!(
+                        "{{ cluster = \"east\", addr = \"198.19.{}.{}:{}\" }}",
+                        i >> 13,
+                        (i >> 5) & 0xff,
+                        8000 + (i & 31)
+                    )
+                })
+                .collect();
+            let line = format!("backends = [{}]", backends.join(", "));
+            EXAMPLE.replace(
+                r#"backends = [{ cluster = "east", addr = "198.19.0.5:8080", weight = 3 }]"#,
+                &line,
+            )
+        };
+        let refused = crate::load("x", &config(MAX_BACKENDS + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains(
+                "service: backends: 65537 backends, but a flow names its backend in 16 bits"
+            ),
+            "{refused}"
+        );
+        assert!(refused.contains("x:"), "names the file: {refused}");
     }
 }

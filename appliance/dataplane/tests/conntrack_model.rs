@@ -10,18 +10,26 @@
 //! - no lookup returns an expired flow;
 //! - the per-backend counts and the table's statistics add up.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+};
 
 use proptest::prelude::*;
 use rialto_dataplane::{
     pipeline::{
-        conntrack::{Conntrack, Direction, Flow, FlowKey, InsertError, Side, TcpState, UPLINK},
+        conntrack::{
+            Conntrack, Direction, Flow, FlowKey, InsertError, Names, Side, TcpState, UPLINK,
+        },
         packet::{TCP, mapped},
         snat::SnatPorts,
     },
     wire::tcp::flags,
 };
-use rialto_tables::{SnatPool, Timeouts};
+use rialto_tables::{
+    Endpoint, FlowContext, Proto, SnatPool, Timeouts,
+    context::{ContextCluster, ContextService},
+};
 
 const CAPACITY: usize = 8;
 const PORTS: (u16, u16) = (1000, 1011);
@@ -104,6 +112,30 @@ fn pool(last: u16) -> SnatPool {
         v6: vec![],
         ports: (PORTS.0, last),
     }
+}
+
+/// What the table's slots are packed under: the services of [`LAYOUT`]
+/// (one VIP), their backends (one address, in the cluster of VNI 100), the
+/// pool's address.
+fn names() -> Names {
+    let context = FlowContext {
+        clusters: vec![ContextCluster {
+            name: "c0".into(),
+            vni: 100,
+            gateways: vec![IpAddr::from([198, 18, 2, 1])],
+        }],
+        services: (LAYOUT.iter())
+            .map(|&n| ContextService {
+                vip: Endpoint {
+                    addr: IpAddr::from([198, 18, 100, 1]),
+                    port: 80,
+                    proto: Proto::Tcp,
+                },
+                backends: vec![(SocketAddr::from(([198, 19, 0, 5], 8080)), 0); n],
+            })
+            .collect(),
+    };
+    Names::new(&context, &[IpAddr::from([198, 18, 200, 1])])
 }
 
 fn forward(port: u16) -> FlowKey {
@@ -201,7 +233,7 @@ fn check(
     now: u32,
     evicted: Option<usize>,
 ) -> Result<(), TestCaseError> {
-    let flows: Vec<(u32, &Flow)> = table.iter().collect();
+    let flows: Vec<(u32, Flow)> = table.iter().collect();
     let forwards: HashSet<_> = flows.iter().map(|(_, f)| f.forward.src_port).collect();
     let reverses: HashSet<_> = flows.iter().map(|(_, f)| f.reverse.dst_port).collect();
     prop_assert_eq!(forwards.len(), flows.len(), "forward keys are distinct");
@@ -266,7 +298,7 @@ proptest! {
 
     #[test]
     fn the_table_agrees_with_its_model(script in proptest::collection::vec(ops(), 1..120)) {
-        let mut table = Conntrack::new(CAPACITY, SnatPorts::new(&pool(PORTS.1), 0, 1), TIMEOUTS);
+        let mut table = Conntrack::new(CAPACITY, SnatPorts::new(&pool(PORTS.1), 0, 1), TIMEOUTS, names());
         table.recount(&LAYOUT);
         let mut model: HashMap<FlowKey, Model> = HashMap::new();
         let mut now = 1u32;
@@ -313,6 +345,9 @@ proptest! {
                                     });
                                     id
                                 }
+                                Err(InsertError::Unnamed) => {
+                                    return Err(TestCaseError::fail("the names name every flow made"));
+                                }
                                 Err(InsertError::SnatExhausted) => {
                                     // Only when every port is held.
                                     prop_assert_eq!(table.iter().count(), table.snat().slice_len());
@@ -346,14 +381,14 @@ proptest! {
                 Op::Advance(seconds) => now += seconds,
                 Op::Sweep(budget) => table.sweep(now, budget),
                 Op::Remove { service, backend } => {
-                    table.reload(TIMEOUTS, None, |f| {
+                    table.reload(TIMEOUTS, None, names(), |f| {
                         (f.service != service || f.backend_index != backend).then_some(*f)
                     });
                     model.retain(|_, m| m.service != service || m.backend != backend);
                 }
                 Op::Shrink(ports) => {
                     let last = PORTS.0 + ports - 1;
-                    table.reload(TIMEOUTS, Some(SnatPorts::new(&pool(last), 0, 1)), |f| Some(*f));
+                    table.reload(TIMEOUTS, Some(SnatPorts::new(&pool(last), 0, 1)), names(), |f| Some(*f));
                     model.retain(|_, m| m.reverse.dst_port <= last);
                 }
             }

@@ -15,9 +15,12 @@ use std::{
 use proptest::{prelude::*, test_runner::TestRunner};
 use rialto_dataplane::{
     Pipeline,
-    pipeline::{conntrack::Conntrack, snat::SnatPorts},
+    pipeline::{
+        conntrack::{Conntrack, Names},
+        snat::SnatPorts,
+    },
 };
-use rialto_tables::{FLOW_BYTES, SnatPool, Timeouts};
+use rialto_tables::{FLOW_BYTES, FlowContext, SnatPool, Timeouts};
 
 /// The system allocator, counting.
 struct Counting;
@@ -74,8 +77,24 @@ fn a_flow_table_takes_at_most_flow_bytes_per_flow() {
         ports: (1024, 1024),
     };
     for capacity in [1, 10, 1000, 100_000, 1 << 20] {
-        let (bytes, table) =
-            peak_of(|| Conntrack::new(capacity, SnatPorts::new(&pool, 0, 1), Timeouts::default()));
+        let names = || {
+            let context = FlowContext {
+                clusters: Vec::new(),
+                services: Vec::new(),
+            };
+            Names::new(
+                &context,
+                &pool.v4.iter().map(|&a| a.into()).collect::<Vec<_>>(),
+            )
+        };
+        let (bytes, table) = peak_of(|| {
+            Conntrack::new(
+                capacity,
+                SnatPorts::new(&pool, 0, 1),
+                Timeouts::default(),
+                names(),
+            )
+        });
         let bound = capacity as u64 * FLOW_BYTES + 4096;
         assert!(
             bytes as u64 <= bound,
@@ -128,12 +147,12 @@ fn the_cap_decides() {
     let _alone = alone();
     let fits = config(100_000, 64, &[65537], 1, 1000);
     assert!(rialto_rules::load("memory.toml", &fits).is_ok());
-    let tight = config(100_000, 8, &[65537], 1, 1000);
+    let tight = config(100_000, 4, &[65537], 1, 1000);
     let e = rialto_rules::load("memory.toml", &tight)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("the tables would take 17 MiB"), "{e}");
-    assert!(e.ends_with("above limits.memory_mib = 8"), "{e}");
+    assert!(e.contains("the tables would take 8 MiB"), "{e}");
+    assert!(e.ends_with("above limits.memory_mib = 4"), "{e}");
 }
 
 /// Whatever the sizes asked for, a config the check accepts builds its

@@ -28,10 +28,16 @@ pub const VXLAN_PORT: u16 = 4789;
 /// The largest VXLAN network identifier (24 bits, RFC 7348 §5).
 pub const MAX_VNI: u32 = 0xff_ffff;
 
-/// The most memory one slot of a worker's flow table takes, its two
-/// indexes included: what the config check counts per flow. The
-/// dataplane's tests hold its flow table to it.
-pub const FLOW_BYTES: u64 = 160;
+/// The most backends a service may have: a flow's slot names its backend
+/// by its index in 16 bits.
+pub const MAX_BACKENDS: usize = 1 << 16;
+
+/// The most memory one slot of a worker's flow table takes, its index of
+/// the forward keys and its entry in the free list included (48, about 9
+/// and 4 bytes; the replies' index is counted by port, [`REPLY_PORT_BYTES`]):
+/// what the config check counts per flow. The dataplane's tests hold its
+/// flow table to it.
+pub const FLOW_BYTES: u64 = 64;
 
 /// The memory a worker's SNAT ports take: a free list of 2-byte ports per
 /// address and protocol.

@@ -15,8 +15,8 @@ use rialto_tables::{FlowContext, Snapshot};
 
 use super::{
     conntrack::{
-        Conntrack, Direction, Flow, FlowKey, InsertError, Restored, Rewrite, Side, Slot, TcpState,
-        UPLINK,
+        Conntrack, Direction, Flow, FlowKey, InsertError, Names, Restored, Rewrite, Side, Slot,
+        TcpState, UPLINK,
     },
     encap::{self, Link, Template, Tunnel},
     icmp::{self, ErrorKind, Quoted, RateLimit},
@@ -189,6 +189,21 @@ impl Balancer {
     }
 }
 
+/// What a flow table's packed slots name under `tables`: its services and
+/// clusters, and the fleet's SNAT addresses ([`snat_list`]).
+pub fn names(tables: &Snapshot) -> Names {
+    Names::new(&FlowContext::of(tables), &snat_list(tables))
+}
+
+/// The fleet's SNAT addresses under `tables` in the order a slot's index
+/// names them: sorted, so every node of a fleet of one config has the same
+/// list (its own pool and its peers' are the same union everywhere).
+pub fn snat_list(tables: &Snapshot) -> Vec<IpAddr> {
+    let mut snat: Vec<IpAddr> = tables.snat_addrs.iter().copied().collect();
+    snat.sort_unstable();
+    snat
+}
+
 /// The slots a worker's flow table has under `tables`.
 pub fn slots_for(tables: &Snapshot) -> usize {
     (tables.limits.flows_per_worker as usize).max(1)
@@ -205,7 +220,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         mac: [u8; 6],
     ) -> Self {
         let snat = SnatPorts::new(&tables.snat, worker, workers);
-        let flows = Conntrack::with_slots(slots, snat, tables.timeouts);
+        let flows = Conntrack::with_slots(slots, snat, tables.timeouts, names(&tables));
         let mut balancer = Self {
             iface_mac: mac,
             mac,
@@ -273,7 +288,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             && self.flows.is_own(id)
         {
             let flow = self.flows.flow(id);
-            changes.note(kind, flow, flow.expires.saturating_sub(now));
+            changes.note(kind, &flow, flow.expires.saturating_sub(now));
         }
     }
 
@@ -331,7 +346,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         let context = FlowContext::of(&old);
         let carry = Carry::new(&context, &new);
         self.flows
-            .reload(new.timeouts, snat, |flow| carry.flow(flow));
+            .reload(new.timeouts, snat, names(&new), |flow| carry.flow(flow));
         self.flows.recount(&layout(&new));
     }
 
@@ -655,6 +670,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             })
             .map_err(|e| match e {
                 InsertError::SnatExhausted => Verdict::Drop(DropReason::SnatExhausted),
+                InsertError::Unnamed => Verdict::Drop(DropReason::Unnamed),
             })
     }
 
@@ -779,7 +795,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         let Some((id, direction)) = self.flows.lookup(&key, now) else {
             return Err(Verdict::Drop(DropReason::NoFlow));
         };
-        let flow = *self.flows.flow(id);
+        let flow = self.flows.flow(id);
         if ip.ttl <= 1 {
             // No error about an error (RFC 1812 §4.3.2.7).
             return Err(Verdict::Drop(DropReason::TtlExceeded));

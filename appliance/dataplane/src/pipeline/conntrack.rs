@@ -9,25 +9,29 @@
 //!
 //! The flows live in a slab of fixed size, [`Slot`]s of plain bytes: on the
 //! heap, or in memory the caller maps (a file under `/dev/shm` that outlives
-//! the process, so a restarted Rialto finds its flows). A slot says whether
-//! it is empty, being written or live ([`Slot::mark`]), and carries a
-//! checksum of the flow's fields that only a reload changes, so what is
-//! read back after a crash is checked, not trusted. Two indexes, on the
-//! heap, find a flow's slot: by its forward key, hashed (`Index`), and
-//! by its reverse key's SNAT address, protocol and port, directly (a SNAT
-//! port is one flow's at most: `Replies`). An index entry is the slot
-//! number alone: the keys are stored once, in the slot, and compared
-//! there.
+//! the process, so a restarted Rialto finds its flows). A slot is a flow
+//! packed in 48 bytes by the indices of the table's [`Names`] (its service,
+//! backend, clusters and SNAT address: see [`packed`]); it says whether it
+//! is empty, being written or live, and of which generation of names
+//! ([`Slot::mark`]), and carries a check of the fields that only a reload
+//! changes, so what is read back after a crash is checked, not trusted.
+//! Two indexes, on the heap, find a flow's slot: by its forward key,
+//! hashed (`Index`), and by its reverse key's SNAT address, protocol and
+//! port, directly (a SNAT port is one flow's at most: `Replies`). An index
+//! entry is the slot number alone: a packet's key is compared with what
+//! the slot and the names make of it.
 //!
 //! Expiry does not scan the table per packet: a lookup drops an expired
 //! entry it meets, and [`Conntrack::sweep`] visits a bounded number of slots
 //! per call, once per batch, like a clock hand. Expiry times are seconds
 //! of the system's monotonic clock, which a restart does not reset.
 
+pub mod packed;
+
+pub use packed::{Names, Packed as Slot};
 use std::{
     hash::{BuildHasher, Hash, Hasher},
     ops::DerefMut,
-    sync::atomic::{Ordering, compiler_fence},
 };
 
 use bytemuck::{Pod, Zeroable};
@@ -175,8 +179,8 @@ impl std::fmt::Debug for TcpState {
     }
 }
 
-/// What Rialto remembers of a flow: plain bytes, with no padding, as it
-/// lies in a [`Slot`].
+/// What Rialto remembers of a flow, whole: what a [`Slot`] packs, a peer
+/// sends, and a state file of version 1 held; plain bytes, with no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Flow {
@@ -195,7 +199,7 @@ pub struct Flow {
     pub hash: u32,
     /// What its forward packets' rewrite adds to their checksums (the
     /// replies' is the opposite): worked out from the keys whenever the
-    /// flow is written ([`Slot::write`]), never taken as given.
+    /// flow is packed into a slot, never taken as given.
     ///
     /// Where the previous layout had the upper half of a 64-bit `hash`:
     /// a state file or a peer's flows of either layout read alike (the
@@ -255,24 +259,6 @@ impl Flow {
     }
 }
 
-/// The bytes of a flow its checksum covers: all but what each packet
-/// changes (`expires`, `state`).
-const CHECKED: usize = std::mem::offset_of!(Flow, expires);
-
-/// A slot of the flow table, as it lies in memory (and in a state file):
-/// two whole cache lines. Aligned to them, not to its fields' 4 bytes: a
-/// large table on the heap would otherwise start 16 bytes into a line
-/// (malloc's header), and every slot would straddle three.
-#[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-pub struct Slot {
-    /// [`Slot::EMPTY`], [`Slot::WRITING`] or [`Slot::LIVE`].
-    pub mark: u32,
-    /// CRC-32 of the flow's fields that only a reload changes.
-    pub check: u32,
-    pub flow: Flow,
-}
-
 /// What a slot read back holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotState {
@@ -282,50 +268,6 @@ pub enum SlotState {
     Live,
     /// Neither of the above, or a checksum that does not match.
     Corrupt,
-}
-
-impl Slot {
-    pub const EMPTY: u32 = 0;
-    pub const WRITING: u32 = 1;
-    pub const LIVE: u32 = 2;
-
-    /// The checksum of `flow`.
-    pub fn check_of(flow: &Flow) -> u32 {
-        crc32fast::hash(&bytemuck::bytes_of(flow)[..CHECKED])
-    }
-
-    /// Whether the slot holds a flow, and a whole one.
-    pub fn state(&self) -> SlotState {
-        match self.mark {
-            Self::EMPTY => SlotState::Empty,
-            Self::WRITING => SlotState::Torn,
-            Self::LIVE
-                if self.check == Self::check_of(&self.flow)
-                    && self.flow.state.is_valid()
-                    && self.flow.forward.pad == [0; 3]
-                    && self.flow.reverse.pad == [0; 3] =>
-            {
-                SlotState::Live
-            }
-            _ => SlotState::Corrupt,
-        }
-    }
-
-    /// Writes `flow`, its [`Flow::sums`] worked out from its keys, so that
-    /// a writer stopped at any point leaves the slot empty, marked torn, or
-    /// whole: the mark goes last.
-    fn write(&mut self, flow: Flow) {
-        let flow = Flow {
-            sums: flow.forward_sums(),
-            ..flow
-        };
-        self.mark = Self::WRITING;
-        compiler_fence(Ordering::Release);
-        self.flow = flow;
-        self.check = Self::check_of(&flow);
-        compiler_fence(Ordering::Release);
-        self.mark = Self::LIVE;
-    }
 }
 
 /// Which entry a packet matched.
@@ -342,6 +284,10 @@ pub enum Direction {
 pub enum InsertError {
     /// No SNAT port left in the worker's slice of the pool.
     SnatExhausted,
+    /// The flow's slot cannot name it: an index beyond 16 bits, or its
+    /// keys not what its indices name (the tables and the table's names
+    /// out of step).
+    Unnamed,
 }
 
 /// Counters of the table's own events.
@@ -369,6 +315,8 @@ pub struct Restored {
     pub duplicate: u64,
     /// The table was full.
     pub full: u64,
+    /// Whose keys are not what its indices name in the tables in force.
+    pub unnamed: u64,
 }
 
 /// Slots sampled for the flow to evict when the table is full.
@@ -393,13 +341,18 @@ pub struct Conntrack<S = Box<[Slot]>> {
     stats: ConntrackStats,
     /// Live flows per service and backend (indices of the tables in force).
     per_backend: Vec<Vec<u32>>,
+    /// What the slots' indices name (the tables in force), and their
+    /// generation (the low bit of a live slot's mark: one more per reload).
+    names: Names,
+    generation: u8,
 }
 
 impl Conntrack {
-    /// A table of at most `capacity` flows, on the heap.
-    pub fn new(capacity: usize, snat: SnatPorts, timeouts: Timeouts) -> Self {
+    /// A table of at most `capacity` flows, on the heap, its slots packed
+    /// under `names`.
+    pub fn new(capacity: usize, snat: SnatPorts, timeouts: Timeouts, names: Names) -> Self {
         let slots = vec![Slot::zeroed(); capacity.max(1)].into_boxed_slice();
-        Self::with_slots(slots, snat, timeouts)
+        Self::with_slots(slots, snat, timeouts, names)
     }
 }
 
@@ -409,7 +362,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     /// mapping that is not touched is not allocated (reading it would
     /// allocate it). Everything else is allocated here: the hot path
     /// never allocates.
-    pub fn with_slots(slots: S, snat: SnatPorts, timeouts: Timeouts) -> Self {
+    pub fn with_slots(slots: S, snat: SnatPorts, timeouts: Timeouts, names: Names) -> Self {
         assert!(!slots.is_empty(), "a flow table has a slot at least");
         let capacity = slots.len();
         Self {
@@ -424,6 +377,8 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             used: 0,
             stats: ConntrackStats::default(),
             per_backend: Vec::new(),
+            names,
+            generation: 0,
         }
     }
 
@@ -443,7 +398,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     pub fn recount(&mut self, layout: &[usize]) {
         let mut per_backend: Vec<Vec<u32>> = layout.iter().map(|&n| vec![0; n]).collect();
         for (_, flow) in self.iter() {
-            if let Some(n) = backend_count(&mut per_backend, flow) {
+            if let Some(n) = backend_count(&mut per_backend, &flow) {
                 *n += 1;
             }
         }
@@ -511,16 +466,19 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         (forward, reverse): (bool, bool),
     ) -> Option<(u32, Direction)> {
         let found = if forward {
-            self.forward.get(hash, key, &self.slots)
+            self.forward.get(hash, key, &self.slots, &self.names)
         } else {
             None
         };
         let (id, direction) = match found {
             Some(id) => (id, Direction::Forward),
-            None if reverse => (self.replies.get(key, &self.slots)?, Direction::Reply),
+            None if reverse => (
+                self.replies.get(key, &self.slots, &self.names)?,
+                Direction::Reply,
+            ),
             None => return None,
         };
-        if self.flow(id).expires < now {
+        if self.slots[id as usize].expires < now {
             self.remove(id);
             self.stats.expired += 1;
             return None;
@@ -554,24 +512,46 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     #[inline]
     pub fn warm(&self, id: u32) {
         if let Some(slot) = self.slots.get(id as usize) {
-            std::hint::black_box((slot.mark, slot.flow.state));
+            std::hint::black_box((slot.client[0], slot.check));
         }
     }
 
     /// Every flow in the table, expired ones not yet removed included,
     /// with its slot, in slot order. Not for the hot path: it visits every
     /// slot.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &Flow)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (u32, Flow)> + '_ {
         (0u32..)
             .zip(self.slots[..self.used].iter())
-            .filter(|(_, slot)| slot.mark == Slot::LIVE)
-            .map(|(id, slot)| (id, &slot.flow))
+            .filter(|(_, slot)| slot.is_live())
+            .filter_map(|(id, slot)| Some((id, self.names.unpack(slot)?)))
     }
 
-    pub fn flow(&self, id: u32) -> &Flow {
+    /// Live flow `id`, unpacked. Every live slot unpacks under the
+    /// table's names: slots are packed under them, and a reload packs
+    /// every slot again under the new ones.
+    pub fn flow(&self, id: u32) -> Flow {
         let slot = &self.slots[id as usize];
-        debug_assert_eq!(slot.mark, Slot::LIVE, "live flow id");
-        &slot.flow
+        debug_assert!(slot.is_live(), "live flow id");
+        self.names
+            .unpack(slot)
+            .expect("a live slot unpacks under the table's names")
+    }
+
+    /// Live flow `id`'s slot, as it is packed.
+    #[inline]
+    pub fn slot(&self, id: u32) -> &Slot {
+        &self.slots[id as usize]
+    }
+
+    /// What the slots' indices name.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The generation of the names (0 or 1): what a live slot's mark says
+    /// it is packed under. A reload packs every slot under the other.
+    pub fn generation(&self) -> u8 {
+        self.generation
     }
 
     /// Puts flows kept from before (another process's table, read back
@@ -585,10 +565,13 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         for flow in flows {
             let (addr, proto, port) = (flow.reverse.dst, flow.reverse.proto, flow.reverse.dst_port);
             let hash = self.hasher.hash_one(flow.forward);
+            let packed = self.pack(&flow);
             let reason = if flow.expires < now {
                 &mut done.expired
             } else if !self.snat.holds(&addr, proto, port) {
                 &mut done.no_port
+            } else if packed.is_none() {
+                &mut done.unnamed
             } else if self.free.is_empty() {
                 &mut done.full
             } else if !self.snat.claim(&mut claims, &addr, proto, port) {
@@ -597,13 +580,12 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
                 // A reverse key holds its SNAT port, so only the forward key
                 // can be taken yet: looked for and indexed in one probe.
                 let id = *self.free.last().expect("checked above");
-                if self
-                    .forward
-                    .insert_new(hash, id, &flow.forward, &self.slots)
+                if (self.forward).insert_new(hash, id, &flow.forward, &self.slots, &self.names)
+                    && let Some(packed) = packed
                 {
                     self.free.pop();
                     self.count(&flow, true);
-                    self.write(id, flow);
+                    self.write(id, packed);
                     self.replies.insert(&flow.reverse, id);
                     &mut done.restored
                 } else {
@@ -616,11 +598,20 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         done
     }
 
-    /// Writes `flow` into free slot `id` and indexes it (its forward key
-    /// of hash `hash`).
-    fn put(&mut self, id: u32, flow: Flow, hash: u64) {
-        self.count(&flow, true);
-        self.write(id, flow);
+    /// `flow` packed under the table's names, its [`Flow::sums`] worked
+    /// out from its keys (never taken as given), if it packs.
+    fn pack(&self, flow: &Flow) -> Option<Slot> {
+        self.names.pack(&Flow {
+            sums: flow.forward_sums(),
+            ..*flow
+        })
+    }
+
+    /// Writes `flow`, packed as `packed`, into free slot `id` and indexes
+    /// it (its forward key of hash `hash`).
+    fn put(&mut self, id: u32, flow: &Flow, packed: Slot, hash: u64) {
+        self.count(flow, true);
+        self.write(id, packed);
         self.forward.insert(hash, id);
         self.replies.insert(&flow.reverse, id);
     }
@@ -647,8 +638,12 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         }
         let mut flow = make(addr, port);
         flow.expires = now.saturating_add(self.timeout(flow.forward.proto, flow.state));
+        let Some(packed) = self.pack(&flow) else {
+            self.snat.give_back(&addr, proto, port);
+            return Err(InsertError::Unnamed);
+        };
         let id = self.free.pop().expect("a slot was freed above");
-        self.put(id, flow, self.hasher.hash_one(flow.forward));
+        self.put(id, &flow, packed, self.hasher.hash_one(flow.forward));
         self.stats.created += 1;
         Ok(id)
     }
@@ -659,21 +654,25 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     #[inline]
     pub fn touch(&mut self, id: u32, direction: Direction, tcp_flags: u8, now: u32) -> bool {
         let timeouts = self.timeouts;
-        let flow = &mut self.slots[id as usize].flow;
-        let before = flow.state;
-        if flow.forward.proto == TCP {
-            flow.state = next_state(flow.state, direction, tcp_flags);
+        let proto = self.names.proto(&self.slots[id as usize]);
+        let slot = &mut self.slots[id as usize];
+        let before = slot.tcp_state();
+        let mut state = before;
+        if proto == TCP {
+            state = next_state(state, direction, tcp_flags);
+            // One of the five states: it fits its byte.
+            slot.state = state.0 as u8;
         }
-        flow.expires = now.saturating_add(timeout(&timeouts, flow.forward.proto, flow.state));
-        flow.state != before
+        slot.expires = now.saturating_add(timeout(&timeouts, proto, state));
+        state != before
     }
 
     /// Whether flow `id` is on one of this table's own SNAT addresses (not
     /// a peer's, adopted).
     #[inline]
     pub fn is_own(&self, id: u32) -> bool {
-        let reverse = &self.slots[id as usize].flow.reverse;
-        self.snat.has_addr(&reverse.dst, reverse.proto)
+        let slot = &self.slots[id as usize];
+        (self.names.snat_addr(slot)).is_some_and(|a| self.snat.has_addr(a, self.names.proto(slot)))
     }
 
     /// Puts in, updates or removes a flow a peer of the fleet speaks for
@@ -693,7 +692,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             return Adopted::NotHere;
         }
         let hash = self.hasher.hash_one(flow.forward);
-        let same = self.forward.get(hash, &flow.forward, &self.slots);
+        let same = (self.forward).get(hash, &flow.forward, &self.slots, &self.names);
         if replica.kind == Replica::DOWN {
             return match same {
                 Some(id) => {
@@ -710,10 +709,15 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             expires: now.saturating_add(replica.remaining),
             ..flow
         };
+        // Packed under this table's names: a flow they do not name
+        // (another config's) cannot be carried here.
+        let Some(packed) = self.pack(&flow) else {
+            return Adopted::NotHere;
+        };
         if let Some(id) = same
-            && self.slots[id as usize].flow.reverse == flow.reverse
+            && self.flow(id).reverse == flow.reverse
         {
-            self.slots[id as usize].write(flow);
+            self.slots[id as usize].write(packed, self.generation);
             return Adopted::Updated;
         }
         if let Some(id) = same {
@@ -726,7 +730,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             self.evict();
         }
         let id = self.free.pop().expect("a slot was freed above");
-        self.put(id, flow, hash);
+        self.put(id, &flow, packed, hash);
         Adopted::Added
     }
 
@@ -760,12 +764,12 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             visited += 1;
             changes.hand = (changes.hand + 1) % self.used.max(1);
             let slot = &self.slots[changes.hand];
-            let flow = &slot.flow;
-            if slot.mark == Slot::LIVE
-                && flow.expires >= now
-                && (bursting || self.snat.has_addr(&flow.reverse.dst, flow.reverse.proto))
+            if slot.is_live()
+                && slot.expires >= now
+                && (bursting || self.is_own(changes.hand as u32))
+                && let Some(flow) = self.names.unpack(slot)
             {
-                changes.note(Replica::UP, flow, flow.expires - now);
+                changes.note(Replica::UP, &flow, flow.expires - now);
             }
         }
         if changes.bursting() {
@@ -785,7 +789,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         for _ in 0..budget.min(used) {
             self.hand = (self.hand + 1) % used;
             let slot = &self.slots[self.hand];
-            if slot.mark == Slot::LIVE && slot.flow.expires < now {
+            if slot.is_live() && slot.expires < now {
                 self.remove(self.hand as u32);
                 self.stats.expired += 1;
             }
@@ -803,17 +807,18 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         &mut self,
         timeouts: Timeouts,
         snat: Option<SnatPorts>,
+        names: Names,
         mut remap: impl FnMut(&Flow) -> Option<Flow>,
     ) {
         self.timeouts = timeouts;
         let before = self.forward.len();
         if let Some(mut snat) = snat {
             for id in 0..self.used {
-                let slot = &self.slots[id];
-                let f = &slot.flow;
-                if slot.mark == Slot::LIVE
-                    && !snat.holds(&f.reverse.dst, f.reverse.proto, f.reverse.dst_port)
-                {
+                if !self.slots[id].is_live() {
+                    continue;
+                }
+                let f = self.flow(id as u32);
+                if !snat.holds(&f.reverse.dst, f.reverse.proto, f.reverse.dst_port) {
                     self.remove(id as u32);
                 }
             }
@@ -828,28 +833,34 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             }
             snat.settle(&claims);
             self.replies = Replies::new(snat.owned());
-            for id in 0..self.used {
-                let slot = &self.slots[id];
-                if slot.mark == Slot::LIVE {
-                    self.replies.insert(&slot.flow.reverse, id as u32);
-                }
+            for (id, flow) in self.iter().collect::<Vec<_>>() {
+                self.replies.insert(&flow.reverse, id);
             }
             self.snat = snat;
         }
+        // Each slot unpacked under the old names (still the table's until
+        // every slot is done), carried over, and packed under the new, of
+        // the next generation.
+        let next = self.generation ^ 1;
         for id in 0..self.used {
-            let slot = &self.slots[id];
-            if slot.mark != Slot::LIVE {
+            if !self.slots[id].is_live() {
                 continue;
             }
-            let flow = slot.flow;
-            match remap(&flow) {
-                Some(new) => {
-                    debug_assert_eq!((new.forward, new.reverse), (flow.forward, flow.reverse));
-                    self.slots[id].write(new);
-                }
+            let flow = self.flow(id as u32);
+            let new = remap(&flow).and_then(|new| {
+                debug_assert_eq!((new.forward, new.reverse), (flow.forward, flow.reverse));
+                names.pack(&Flow {
+                    sums: new.forward_sums(),
+                    ..new
+                })
+            });
+            match new {
+                Some(packed) => self.slots[id].write(packed, next),
                 None => self.remove(id as u32),
             }
         }
+        self.names = names;
+        self.generation = next;
         self.stats.reload_removed += (before - self.forward.len()) as u64;
     }
 
@@ -857,8 +868,8 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         let len = self.slots.len();
         let victim = (1..=EVICTION_SAMPLE.min(len))
             .map(|i| (self.hand + i) % len)
-            .filter(|&i| self.slots[i].mark == Slot::LIVE)
-            .map(|i| (self.slots[i].flow.expires, i))
+            .filter(|&i| self.slots[i].is_live())
+            .map(|i| (self.slots[i].expires, i))
             .min();
         self.hand = (self.hand + EVICTION_SAMPLE) % len;
         if let Some((_, i)) = victim {
@@ -874,16 +885,14 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     }
 
     /// Writes a new flow into free slot `id`.
-    fn write(&mut self, id: u32, flow: Flow) {
-        self.slots[id as usize].write(flow);
+    fn write(&mut self, id: u32, packed: Slot) {
+        self.slots[id as usize].write(packed, self.generation);
         self.used = self.used.max(id as usize + 1);
     }
 
     fn remove(&mut self, id: u32) {
-        let slot = &mut self.slots[id as usize];
-        debug_assert_eq!(slot.mark, Slot::LIVE, "live flow id");
-        let flow = slot.flow;
-        slot.mark = Slot::EMPTY;
+        let flow = self.flow(id);
+        self.slots[id as usize].mark = Slot::EMPTY;
         self.count(&flow, false);
         self.forward.remove(self.hasher.hash_one(flow.forward), id);
         self.replies.remove(&flow.reverse, id);
@@ -994,7 +1003,7 @@ impl Index {
     /// Indexed slots are live: only the key is compared. Inlined into the
     /// lookups: it is on every packet's path.
     #[inline(always)]
-    fn get(&self, hash: u64, key: &FlowKey, slots: &[Slot]) -> Option<u32> {
+    fn get(&self, hash: u64, key: &FlowKey, slots: &[Slot], names: &Names) -> Option<u32> {
         let tag = Self::tag(hash);
         let mut b = self.home(hash);
         // Bounded, though a chain never goes round the whole table.
@@ -1003,7 +1012,9 @@ impl Index {
             let mut lanes = bucket.matching(tag);
             while lanes != 0 {
                 let id = bucket.ids[lanes.trailing_zeros() as usize / 16];
-                if id != Bucket::EMPTY && slots[id as usize].flow.forward == *key {
+                if id != Bucket::EMPTY
+                    && names.forward_key(&slots[id as usize]).as_ref() == Some(key)
+                {
                     return Some(id);
                 }
                 lanes &= lanes - 1;
@@ -1045,8 +1056,15 @@ impl Index {
 
     /// Indexes slot `id` under `key` (of hash `hash`) unless a live flow
     /// has that key already: whether it did. The slot is written after.
-    fn insert_new(&mut self, hash: u64, id: u32, key: &FlowKey, slots: &[Slot]) -> bool {
-        if self.get(hash, key, slots).is_some() {
+    fn insert_new(
+        &mut self,
+        hash: u64,
+        id: u32,
+        key: &FlowKey,
+        slots: &[Slot],
+        names: &Names,
+    ) -> bool {
+        if self.get(hash, key, slots, names).is_some() {
             return false;
         }
         self.insert(hash, id);
@@ -1147,9 +1165,10 @@ impl Replies {
 
     /// The slot of the live flow whose reverse key is `key`.
     #[inline(always)]
-    fn get(&self, key: &FlowKey, slots: &[Slot]) -> Option<u32> {
+    fn get(&self, key: &FlowKey, slots: &[Slot], names: &Names) -> Option<u32> {
         let id = self.holder(key)?;
-        (slots[id as usize].flow.reverse == *key).then_some(id)
+        let slot = &slots[id as usize];
+        (names.reverse_key(slot).map(|(k, _)| k).as_ref() == Some(key)).then_some(id)
     }
 
     /// Indexes slot `id` under reverse key `key`, which the index
@@ -1233,7 +1252,10 @@ fn next_state(state: TcpState, direction: Direction, tcp_flags: u8) -> TcpState 
 
 #[cfg(test)]
 mod tests {
-    use rialto_tables::SnatPool;
+    use rialto_tables::{
+        Endpoint, FlowContext, Proto, SnatPool,
+        context::{ContextCluster, ContextService},
+    };
 
     use super::*;
     use crate::pipeline::packet::mapped;
@@ -1250,23 +1272,24 @@ mod tests {
             const SLOTS: usize = 40;
             let mut slots = vec![Slot::zeroed(); SLOTS];
             for (id, slot) in slots.iter_mut().enumerate() {
-                slot.flow.forward.src_port = id as u16;
+                slot.client_port = id as u16;
             }
-            let key = |id: u32| slots[id as usize].flow.forward;
+            let names = names();
+            let key = |id: u32| names.forward_key(&slots[id as usize]).expect("named");
             // Few tags (collisions to sort out by key) and homes.
             let hash = |id: u32| u64::from(id % 5) << 48 | u64::from(id % 3);
             let mut index = Index::new(SLOTS);
             let mut held = std::collections::BTreeSet::new();
             for (insert, id) in ops {
                 if insert {
-                    let added = index.insert_new(hash(id), id, &key(id), &slots);
+                    let added = index.insert_new(hash(id), id, &key(id), &slots, &names);
                     proptest::prop_assert_eq!(added, held.insert(id));
                 } else if held.remove(&id) {
                     index.remove(hash(id), id);
                 }
                 proptest::prop_assert_eq!(index.len(), held.len());
                 for probe in 0..SLOTS as u32 {
-                    let found = index.get(hash(probe), &key(probe), &slots);
+                    let found = index.get(hash(probe), &key(probe), &slots, &names);
                     proptest::prop_assert_eq!(found, held.contains(&probe).then_some(probe));
                 }
             }
@@ -1284,7 +1307,41 @@ mod tests {
             v6: vec![],
             ports,
         };
-        Conntrack::new(capacity, SnatPorts::new(&pool, 0, 1), Timeouts::default())
+        Conntrack::new(
+            capacity,
+            SnatPorts::new(&pool, 0, 1),
+            Timeouts::default(),
+            names(),
+        )
+    }
+
+    /// What the tests' flows are packed under: one service (198.18.100.1,
+    /// port 80, TCP) of two backends (198.19.0.5, ports 8080 and 8081) in
+    /// a cluster of VNI 100; the tables' SNAT address and a peer's
+    /// (198.18.200.33).
+    fn names() -> Names {
+        let context = FlowContext {
+            clusters: vec![ContextCluster {
+                name: "east".into(),
+                vni: 100,
+                gateways: vec![[198, 18, 2, 1].into()],
+            }],
+            services: vec![ContextService {
+                vip: Endpoint {
+                    addr: [198, 18, 100, 1].into(),
+                    port: 80,
+                    proto: Proto::Tcp,
+                },
+                backends: vec![
+                    (([198, 19, 0, 5], 8080).into(), 0),
+                    (([198, 19, 0, 5], 8081).into(), 0),
+                ],
+            }],
+        };
+        Names::new(
+            &context,
+            &[[198, 18, 200, 1].into(), [198, 18, 200, 33].into()],
+        )
     }
 
     fn key(src_port: u16) -> FlowKey {
@@ -1451,7 +1508,7 @@ mod tests {
     fn sums_are_worked_out_not_taken() {
         let mut t = table(4, (1024, 1030));
         let id = add(&mut t, 40000, 0).unwrap();
-        let flow = *t.flow(id);
+        let flow = t.flow(id);
         assert_ne!(flow.sums, Sums::default());
         let mut fresh = table(4, (1024, 1030));
         let garbled = Flow {
@@ -1481,40 +1538,43 @@ mod tests {
         }
     }
 
-    /// A slot is plain bytes of a fixed size (what a state file holds),
-    /// two cache lines, aligned to them: a table on the heap too.
-    #[test]
-    fn a_slot_is_two_whole_cache_lines() {
-        assert_eq!(std::mem::size_of::<Slot>(), 128);
-        assert_eq!(std::mem::align_of::<Slot>(), 64);
-        let table = vec![Slot::zeroed(); 1 << 16];
-        assert_eq!(table.as_ptr() as usize % 64, 0);
-    }
-
     /// What a writer stopped part way leaves is seen for what it is.
     #[test]
     fn slots_read_back_are_checked() {
         let mut t = table(4, (1024, 1030));
         let id = add(&mut t, 40000, 0).unwrap();
         let live = t.slots[id as usize];
-        assert_eq!(live.state(), SlotState::Live);
-        assert_eq!(Slot::zeroed().state(), SlotState::Empty);
+        assert_eq!(live.slot_state(), SlotState::Live);
+        assert_eq!(Slot::zeroed().slot_state(), SlotState::Empty);
         let torn = Slot {
             mark: Slot::WRITING,
             ..live
         };
-        assert_eq!(torn.state(), SlotState::Torn);
+        assert_eq!(torn.slot_state(), SlotState::Torn);
         let mut flipped = live;
-        flipped.flow.backend_index ^= 1;
-        assert_eq!(flipped.state(), SlotState::Corrupt, "a checked field");
+        flipped.backend ^= 1;
+        assert_eq!(flipped.slot_state(), SlotState::Corrupt, "a checked field");
         let mut state = live;
-        state.flow.state = TcpState(9);
-        assert_eq!(state.state(), SlotState::Corrupt, "no such TCP state");
+        state.state = 9;
+        assert_eq!(state.slot_state(), SlotState::Corrupt, "no such TCP state");
         let mut touched = live;
-        touched.flow.expires += 100;
-        assert_eq!(touched.state(), SlotState::Live, "expiry is not checked");
+        touched.expires += 100;
+        assert_eq!(
+            touched.slot_state(),
+            SlotState::Live,
+            "expiry is not checked"
+        );
+        let next = Slot {
+            mark: Slot::LIVE | 1,
+            ..live
+        };
+        assert_eq!(
+            (next.slot_state(), live.generation(), next.generation()),
+            (SlotState::Live, 0, 1),
+            "live, of either generation"
+        );
         let mark = Slot { mark: 7, ..live };
-        assert_eq!(mark.state(), SlotState::Corrupt);
+        assert_eq!(mark.slot_state(), SlotState::Corrupt);
     }
 
     /// Flows kept from before go back as they were, their ports held; what
@@ -1527,7 +1587,7 @@ mod tests {
         }
         let id = before.lookup(&key(2), 0).unwrap().0;
         before.touch(id, Direction::Reply, flags::SYN | flags::ACK, 10);
-        let flows: Vec<Flow> = before.iter().map(|(_, f)| *f).collect();
+        let flows: Vec<Flow> = before.iter().map(|(_, f)| f).collect();
         let mut outside = flows[0];
         outside.reverse.dst_port = 2000;
         outside.forward.src_port = 9;
@@ -1546,10 +1606,11 @@ mod tests {
                 no_port: 1,
                 duplicate: 1,
                 full: 0,
+                unnamed: 0,
             }
         );
         let (id, _) = after.lookup(&key(2), 35).expect("flow 2 is back");
-        assert_eq!(*after.flow(id), flows[1], "as it was");
+        assert_eq!(after.flow(id), flows[1], "as it was");
         let (_, proto, free) = after.snat().free().find(|(_, p, _)| *p == TCP).unwrap();
         assert_eq!((proto, free), (TCP, 3), "its port is held");
         let fresh = add(&mut after, 50, 35).unwrap();
@@ -1567,7 +1628,7 @@ mod tests {
     fn replica(kind: u32, src_port: u16, snat_port: u16, remaining: u32) -> Replica {
         let mut t = table(1, (snat_port, snat_port));
         let id = add(&mut t, src_port, 0).unwrap();
-        let mut flow = *t.flow(id);
+        let mut flow = t.flow(id);
         flow.reverse.dst = mapped([198, 18, 200, 33]);
         Replica {
             kind,
@@ -1611,6 +1672,7 @@ mod tests {
         assert_eq!(t.adopt(&up, 14), Adopted::Added);
         let mut elsewhere = replica(Replica::UP, 40003, 5000, 30);
         elsewhere.flow.reverse.src_port += 1;
+        elsewhere.flow.backend_index = 1;
         assert_eq!(t.adopt(&elsewhere, 14), Adopted::Added);
         assert_eq!(t.lookup(&key(40000), 14), None);
         assert_eq!(t.lookup(&up.flow.reverse, 14), None);
@@ -1646,7 +1708,7 @@ mod tests {
             ports: (1024, 1031),
         };
         let snat = SnatPorts::new(&pool, 0, 2);
-        let mut t = Conntrack::new(4, snat, Timeouts::default());
+        let mut t = Conntrack::new(4, snat, Timeouts::default(), names());
         let theirs = replica(Replica::UP, 40000, 1030, 30);
         assert_eq!(t.snat().owner(1030), 1);
         assert_eq!(t.adopt(&theirs, 10), Adopted::NotHere);

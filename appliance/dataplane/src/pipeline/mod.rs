@@ -86,10 +86,15 @@ impl<S: DerefMut<Target = [Slot]>> Pipeline<S> {
         )))
     }
 
-    /// A balancer's flow storage (see [`conntrack::Conntrack::storage_mut`]).
-    pub fn storage_mut(&mut self) -> Option<&mut S> {
+    /// A balancer's flow storage (see [`conntrack::Conntrack::storage_mut`]),
+    /// and the generation of names its live slots are packed under
+    /// ([`conntrack::Conntrack::generation`]).
+    pub fn storage_mut(&mut self) -> Option<(&mut S, u8)> {
         match self {
-            Self::Balance(b) => Some(b.storage_mut()),
+            Self::Balance(b) => {
+                let generation = b.flows().generation();
+                Some((b.storage_mut(), generation))
+            }
             Self::Reflect => None,
         }
     }

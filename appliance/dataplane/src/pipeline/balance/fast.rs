@@ -281,13 +281,17 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         } = *staged;
         let (proto, len) = (key.proto, usize::from(staged.len));
         let (id, direction) = self.flows.lookup_hashed(key, hash, now, indexes)?;
-        let flow = self.flows.flow(id);
-        let (hash, sums) = (u64::from(flow.hash), flow.sums(direction));
+        let slot = self.flows.slot(id);
+        let sums = match direction {
+            Direction::Forward => slot.sums,
+            Direction::Reply => slot.sums.reversed(),
+        };
+        let hash = u64::from(slot.hash);
         let Rewrite {
             to: out,
             src: (src, src_port),
             dst: (dst, dst_port),
-        } = flow.rewrite(direction);
+        } = self.flows.names().rewrite(slot, direction)?;
         // No template: an IPv6 underlay. Too big: an ICMP error, or a drop.
         let template = match out.tunnel_of() {
             None => None,
