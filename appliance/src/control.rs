@@ -386,13 +386,15 @@ impl Control {
         Ok(self.steering.apply(added)?)
     }
 
-    /// Puts the running tables back in force after a failed reload.
+    /// Puts the running tables back in force after a failed reload. The
+    /// names of the failed one stay saved: a worker late to roll back may
+    /// still hold slots packed under them (the next reload, which every
+    /// worker takes, or a restart removes them).
     fn restore_tables(&self, shared: &SharedTables, running: &Published) {
         let generation = shared.publish(Arc::clone(&running.tables), running.names);
         if let Err(e) = self.await_workers(generation) {
             warn!("rolling a reload back: {e}");
         }
-        self.keep_names(running.names);
     }
 
     /// Only the saved names `names` are referred to from now on.

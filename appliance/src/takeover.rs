@@ -2,10 +2,11 @@
 //! that serves the interface, which then exits.
 //!
 //! The running Rialto listens on `control.sock` in its state directory.
-//! The new one connects and says hello: its handover protocol and state
-//! version. If the running one cannot hand over to it (another protocol,
-//! another state version), it says why and goes on serving untouched; the
-//! new one exits with that reason. Otherwise the new one gets ready (its
+//! The new one connects and says hello: its handover protocol and a state
+//! version it reads. If the running one cannot hand over to it (another
+//! protocol, not the state version it writes), it says why and goes on
+//! serving untouched; the new one says hello again with each older version
+//! it reads, and exits with the first reason if all are refused. Otherwise the new one gets ready (its
 //! config compiled and checked, its XDP program loaded, the next hop
 //! resolved) and asks for the release: the running one stops its workers,
 //! drains what it was transmitting, detaches its XDP program, closes its

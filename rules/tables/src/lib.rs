@@ -33,7 +33,7 @@ pub const MAX_VNI: u32 = 0xff_ffff;
 pub const MAX_BACKENDS: usize = 1 << 16;
 
 /// The most memory one slot of a worker's flow table takes, its index of
-/// the forward keys and its entry in the free list included (48, about 9
+/// the forward keys and its entry in the free list included (48, about 11
 /// and 4 bytes; the replies' index is counted by port, [`REPLY_PORT_BYTES`]):
 /// what the config check counts per flow. The dataplane's tests hold its
 /// flow table to it.

@@ -221,17 +221,8 @@ pub struct Rewrite {
 }
 
 impl Flow {
-    /// What the rewrite of a packet going `direction` adds to its
-    /// checksums.
-    #[inline]
-    pub fn sums(&self, direction: Direction) -> Sums {
-        match direction {
-            Direction::Forward => self.sums,
-            Direction::Reply => self.sums.reversed(),
-        }
-    }
-
-    /// [`Flow::sums`] forward, worked out from the keys.
+    /// What the rewrite of a forward packet adds to its checksums (a
+    /// reply's is the opposite), worked out from the keys.
     fn forward_sums(&self) -> Sums {
         let Rewrite { src, dst, .. } = self.rewrite(Direction::Forward);
         let key = &self.forward;
@@ -565,31 +556,26 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         for flow in flows {
             let (addr, proto, port) = (flow.reverse.dst, flow.reverse.proto, flow.reverse.dst_port);
             let hash = self.hasher.hash_one(flow.forward);
-            let packed = self.pack(&flow);
-            let reason = if flow.expires < now {
-                &mut done.expired
-            } else if !self.snat.holds(&addr, proto, port) {
-                &mut done.no_port
-            } else if packed.is_none() {
-                &mut done.unnamed
-            } else if self.free.is_empty() {
-                &mut done.full
-            } else if !self.snat.claim(&mut claims, &addr, proto, port) {
-                &mut done.duplicate
-            } else {
+            let reason = match self.pack(&flow) {
+                _ if flow.expires < now => &mut done.expired,
+                _ if !self.snat.holds(&addr, proto, port) => &mut done.no_port,
+                None => &mut done.unnamed,
+                Some(_) if self.free.is_empty() => &mut done.full,
+                Some(_) if !self.snat.claim(&mut claims, &addr, proto, port) => &mut done.duplicate,
                 // A reverse key holds its SNAT port, so only the forward key
                 // can be taken yet: looked for and indexed in one probe.
-                let id = *self.free.last().expect("checked above");
-                if (self.forward).insert_new(hash, id, &flow.forward, &self.slots, &self.names)
-                    && let Some(packed) = packed
-                {
-                    self.free.pop();
-                    self.count(&flow, true);
-                    self.write(id, packed);
-                    self.replies.insert(&flow.reverse, id);
-                    &mut done.restored
-                } else {
-                    &mut done.duplicate
+                Some(packed) => {
+                    let id = *self.free.last().expect("checked above");
+                    if (self.forward).insert_new(hash, id, &flow.forward, &self.slots, &self.names)
+                    {
+                        self.free.pop();
+                        self.count(&flow, true);
+                        self.write(id, packed);
+                        self.replies.insert(&flow.reverse, id);
+                        &mut done.restored
+                    } else {
+                        &mut done.duplicate
+                    }
                 }
             };
             *reason += 1;
@@ -598,8 +584,8 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         done
     }
 
-    /// `flow` packed under the table's names, its [`Flow::sums`] worked
-    /// out from its keys (never taken as given), if it packs.
+    /// `flow` packed under the table's names, its sums worked out from its
+    /// keys (never taken as given), if it packs.
     fn pack(&self, flow: &Flow) -> Option<Slot> {
         self.names.pack(&Flow {
             sums: flow.forward_sums(),
@@ -633,15 +619,15 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             .snat
             .take(v6, proto, hash)
             .ok_or(InsertError::SnatExhausted)?;
-        if self.free.is_empty() {
-            self.evict();
-        }
         let mut flow = make(addr, port);
         flow.expires = now.saturating_add(self.timeout(flow.forward.proto, flow.state));
         let Some(packed) = self.pack(&flow) else {
             self.snat.give_back(&addr, proto, port);
             return Err(InsertError::Unnamed);
         };
+        if self.free.is_empty() {
+            self.evict();
+        }
         let id = self.free.pop().expect("a slot was freed above");
         self.put(id, &flow, packed, self.hasher.hash_one(flow.forward));
         self.stats.created += 1;
@@ -833,8 +819,12 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             }
             snat.settle(&claims);
             self.replies = Replies::new(snat.owned());
-            for (id, flow) in self.iter().collect::<Vec<_>>() {
-                self.replies.insert(&flow.reverse, id);
+            for (id, slot) in self.slots[..self.used].iter().enumerate() {
+                if slot.is_live()
+                    && let Some((reverse, _)) = self.names.reverse_key(slot)
+                {
+                    self.replies.insert(&reverse, id as u32);
+                }
             }
             self.snat = snat;
         }
@@ -1356,29 +1346,34 @@ mod tests {
         }
     }
 
+    /// The flow from client port `src_port` to the names' first backend,
+    /// on SNAT address `snat` and port `snat_port`.
+    fn flow(src_port: u16, snat: Addr, snat_port: u16) -> Flow {
+        Flow {
+            forward: key(src_port),
+            reverse: FlowKey {
+                src: mapped([198, 19, 0, 5]),
+                dst: snat,
+                src_port: 8080,
+                dst_port: snat_port,
+                proto: TCP,
+                tunnel: 100,
+                pad: [0; 3],
+            },
+            client: Side::UPLINK,
+            backend: Side::tunnel(0, 0),
+            service: 0,
+            backend_index: 0,
+            hash: 0,
+            sums: Sums::default(),
+            state: TcpState::SYN_SENT,
+            expires: 0,
+        }
+    }
+
     fn add(t: &mut Conntrack, src_port: u16, now: u32) -> Result<u32, InsertError> {
         t.insert(false, TCP, u64::from(src_port), now, |snat, snat_port| {
-            let forward = key(src_port);
-            Flow {
-                forward,
-                reverse: FlowKey {
-                    src: mapped([198, 19, 0, 5]),
-                    dst: snat,
-                    src_port: 8080,
-                    dst_port: snat_port,
-                    proto: TCP,
-                    tunnel: 100,
-                    pad: [0; 3],
-                },
-                client: Side::UPLINK,
-                backend: Side::tunnel(0, 0),
-                service: 0,
-                backend_index: 0,
-                hash: 0,
-                sums: Sums::default(),
-                state: TcpState::SYN_SENT,
-                expires: 0,
-            }
+            flow(src_port, snat, snat_port)
         })
     }
 
@@ -1575,6 +1570,24 @@ mod tests {
         );
         let mark = Slot { mark: 7, ..live };
         assert_eq!(mark.slot_state(), SlotState::Corrupt);
+    }
+
+    /// A flow the names do not name is not made, and makes no room: a full
+    /// table keeps its flows, and the SNAT port goes back.
+    #[test]
+    fn a_flow_the_names_do_not_name_is_refused_before_any_eviction() {
+        let mut t = table(1, (1024, 1030));
+        let id = add(&mut t, 40000, 0).unwrap();
+        let free = |t: &Conntrack| t.snat().free().map(|(_, _, n)| n).sum::<usize>();
+        let before = free(&t);
+        let unnamed = t.insert(false, TCP, 1, 0, |snat, snat_port| Flow {
+            service: 5,
+            ..flow(40001, snat, snat_port)
+        });
+        assert_eq!(unnamed, Err(InsertError::Unnamed));
+        assert_eq!((t.stats().evicted, t.stats().live), (0, 1));
+        assert_eq!(t.lookup(&key(40000), 0), Some((id, Direction::Forward)));
+        assert_eq!(free(&t), before, "the port went back");
     }
 
     /// Flows kept from before go back as they were, their ports held; what

@@ -158,7 +158,7 @@ impl Names {
             })
             .collect();
         let snat: Vec<Addr> = snat.iter().map(|&a| from_ip(a)).collect();
-        let snat_of = (0u16..)
+        let snat_of = (0..=u16::MAX)
             .zip(&snat)
             .map(|(i, a)| (u128::from_ne_bytes(*a), i))
             .collect();
@@ -170,7 +170,7 @@ impl Names {
         }
     }
 
-    /// The tunnel of side `side`: its cluster's VNI, or [`UPLINK`].
+    /// The tunnel of cluster `cluster`: its VNI, or [`UPLINK`].
     fn tunnel(&self, cluster: u16) -> Option<u32> {
         match cluster {
             UPLINK_CLUSTER => Some(UPLINK),
@@ -391,7 +391,8 @@ mod tests {
 
     proptest! {
         /// A flow made under the names packs, and unpacks to itself; with
-        /// any one field of its keys or sides changed, it does not pack.
+        /// any one field of its keys that an index names changed, it does
+        /// not pack.
         #[test]
         fn a_flow_packs_to_what_unpacks_to_it(
             backends in prop::collection::vec(1u16..4, 1..4),
