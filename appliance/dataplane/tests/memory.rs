@@ -76,17 +76,17 @@ fn a_flow_table_takes_at_most_flow_bytes_per_flow() {
         v6: vec![],
         ports: (1024, 1024),
     };
-    for capacity in [1, 10, 1000, 100_000, 1 << 20] {
-        let names = || {
-            let context = FlowContext {
-                clusters: Vec::new(),
-                services: Vec::new(),
-            };
-            Names::new(
-                &context,
-                &pool.v4.iter().map(|&a| a.into()).collect::<Vec<_>>(),
-            )
+    let names = || {
+        let context = FlowContext {
+            clusters: Vec::new(),
+            services: Vec::new(),
         };
+        Names::new(
+            &context,
+            &pool.v4.iter().map(|&a| a.into()).collect::<Vec<_>>(),
+        )
+    };
+    for capacity in [1, 10, 1000, 100_000, 1 << 20] {
         let (bytes, table) = peak_of(|| {
             Conntrack::new(
                 capacity,

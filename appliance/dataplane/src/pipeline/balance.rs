@@ -1090,7 +1090,7 @@ impl<'a> Carry<'a> {
     /// backend's, its client's tunnel its client's cluster's (or the
     /// uplink). A flow written under other tables is not, and carrying it
     /// by its indices would give it another service's backend.
-    pub fn names(&self, flow: &Flow) -> bool {
+    fn names(&self, flow: &Flow) -> bool {
         let old = self.old;
         let Some(service) = old.services.get(flow.service as usize) else {
             return false;
