@@ -187,6 +187,61 @@ fn a_failed_backend_s_connections_are_reset_where_the_service_says_so() {
     }
 }
 
+/// A reload whose tables name every flow as before (a health check's)
+/// rewrites no slot: the flows' bytes and their generation of names stay;
+/// one that changes what the indices name (a cluster's new gateway)
+/// packs every slot again, under the next generation.
+#[test]
+fn a_health_check_s_reload_rewrites_no_slot() {
+    let now = fixtures::START * 1_000_000_000;
+    let tables = fixtures::compile(fixtures::CONFIG);
+    let mut pipeline = Pipeline::balance(std::sync::Arc::clone(&tables), 0, 1, fixtures::NODE_MAC);
+    for port in 40300..40310 {
+        let syn = from_client(fixtures::WEB, fixtures::L4::Tcp(port, 80, "S", 1), b"");
+        assert_eq!(
+            OwnedFrame::new(&syn).with(|f| pipeline.process_frame(f, now)),
+            Verdict::Tx
+        );
+    }
+    let slots = |pipeline: &mut Pipeline| {
+        let (slots, generation) = pipeline.storage_mut().expect("a balancer");
+        (slots.to_vec(), generation)
+    };
+    let before = slots(&mut pipeline);
+    let counts = pipeline.per_backend();
+    let mut healthy: Vec<Vec<bool>> = (tables.services.iter())
+        .map(|s| vec![true; s.backends.len()])
+        .collect();
+    healthy[0][0] = false;
+    pipeline.reload(std::sync::Arc::new(tables.with_health(&healthy).unwrap()));
+    assert!(
+        slots(&mut pipeline) == before,
+        "a health check's reload rewrote slots"
+    );
+    assert_eq!(
+        pipeline.per_backend(),
+        counts,
+        "each backend's flows counted still"
+    );
+    let mut changed = (*tables).clone();
+    changed.clusters[0]
+        .gateways
+        .push(std::net::IpAddr::from([198, 18, 99, 1]));
+    pipeline.reload(std::sync::Arc::new(changed));
+    let (after, generation) = slots(&mut pipeline);
+    assert_eq!(
+        generation,
+        before.1 ^ 1,
+        "packed again under the next generation"
+    );
+    assert_eq!(
+        pipeline.stats().expect("a balancer").flows.live,
+        10,
+        "every flow kept"
+    );
+    assert!(after != before.0);
+}
+
 /// A frame from the fixtures' client to `dst` through the router, TTL 64.
 fn from_client(dst: [u8; 4], l4: fixtures::L4, payload: &[u8]) -> Vec<u8> {
     let v4 = fixtures::Ip::V4 {

@@ -783,54 +783,68 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     }
 
     /// After a config reload: each live flow becomes what `remap` makes of
-    /// it (same keys, new table indices), or is removed when `remap` says
-    /// `None`. With a new SNAT pool (`snat`), flows whose port is not in
-    /// its slice are removed first, the ports the others hold are taken
-    /// out of its free lists, and the replies' index is made again for the
-    /// ports the worker now owns. Runs on the worker, between batches: it
-    /// visits every slot once and allocates, which a reload may.
+    /// it (same keys, new table indices) and is packed under `names`, or
+    /// is removed when `remap` says `None`; with no `carry` (the tables
+    /// name every flow as before: a health check's reload), every flow
+    /// stays as it is, and no slot is rewritten. With a new SNAT pool
+    /// (`snat`), flows whose port is not in its slice are removed first,
+    /// the ports the others hold are taken out of its free lists, and the
+    /// replies' index is made again for the ports the worker now owns.
+    /// Runs on the worker, between batches: it visits every slot once and
+    /// allocates, which a reload may.
     pub fn reload(
         &mut self,
         timeouts: Timeouts,
         snat: Option<SnatPorts>,
-        names: Names,
-        mut remap: impl FnMut(&Flow) -> Option<Flow>,
+        carry: Option<(Names, &Remap<'_>)>,
     ) {
         self.timeouts = timeouts;
         let before = self.forward.len();
-        if let Some(mut snat) = snat {
-            for id in 0..self.used {
-                if !self.slots[id].is_live() {
-                    continue;
-                }
-                let f = self.flow(id as u32);
-                if !snat.holds(&f.reverse.dst, f.reverse.proto, f.reverse.dst_port) {
-                    self.remove(id as u32);
-                }
-            }
-            let mut claims = snat.claims();
-            for (_, f) in self.iter() {
-                snat.claim(
-                    &mut claims,
-                    &f.reverse.dst,
-                    f.reverse.proto,
-                    f.reverse.dst_port,
-                );
-            }
-            snat.settle(&claims);
-            self.replies = Replies::new(snat.owned());
-            for (id, slot) in self.slots[..self.used].iter().enumerate() {
-                if slot.is_live()
-                    && let Some((reverse, _)) = self.names.reverse_key(slot)
-                {
-                    self.replies.insert(&reverse, id as u32);
-                }
-            }
-            self.snat = snat;
+        if let Some(snat) = snat {
+            self.resnat(snat);
         }
-        // Each slot unpacked under the old names (still the table's until
-        // every slot is done), carried over, and packed under the new, of
-        // the next generation.
+        if let Some((names, remap)) = carry {
+            self.repack(names, remap);
+        }
+        self.stats.reload_removed += (before - self.forward.len()) as u64;
+    }
+
+    /// The SNAT part of [`Conntrack::reload`].
+    fn resnat(&mut self, mut snat: SnatPorts) {
+        for id in 0..self.used {
+            if !self.slots[id].is_live() {
+                continue;
+            }
+            let f = self.flow(id as u32);
+            if !snat.holds(&f.reverse.dst, f.reverse.proto, f.reverse.dst_port) {
+                self.remove(id as u32);
+            }
+        }
+        let mut claims = snat.claims();
+        for (_, f) in self.iter() {
+            snat.claim(
+                &mut claims,
+                &f.reverse.dst,
+                f.reverse.proto,
+                f.reverse.dst_port,
+            );
+        }
+        snat.settle(&claims);
+        self.replies = Replies::new(snat.owned());
+        for (id, slot) in self.slots[..self.used].iter().enumerate() {
+            if slot.is_live()
+                && let Some((reverse, _)) = self.names.reverse_key(slot)
+            {
+                self.replies.insert(&reverse, id as u32);
+            }
+        }
+        self.snat = snat;
+    }
+
+    /// The carrying part of [`Conntrack::reload`]: each slot unpacked
+    /// under the old names (still the table's until every slot is done),
+    /// carried over, and packed under the new, of the next generation.
+    fn repack(&mut self, names: Names, remap: &Remap<'_>) {
         let next = self.generation ^ 1;
         for id in 0..self.used {
             if !self.slots[id].is_live() {
@@ -851,7 +865,6 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         }
         self.names = names;
         self.generation = next;
-        self.stats.reload_removed += (before - self.forward.len()) as u64;
     }
 
     fn evict(&mut self) {
@@ -896,6 +909,10 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     }
 }
 
+/// What a reload makes of a flow ([`Conntrack::reload`]): the same keys
+/// under the new tables' indices, or `None` if it cannot stay.
+pub type Remap<'a> = dyn Fn(&Flow) -> Option<Flow> + 'a;
+
 /// Slot numbers of live flows, found by their forward key: an open-addressed
 /// table of buckets of one cache line each, so that a lookup reads one line
 /// of the index (hashbrown's tables read two: the control bytes, then the
@@ -928,17 +945,22 @@ impl Bucket {
     const EMPTY: u32 = u32::MAX;
 
     /// The entries whose tag is `tag` (empty ones may be among them), as
-    /// the top bit of each 16-bit lane: the eight tags are compared at once
-    /// in one 128-bit number (SIMD within a register; exact, no lane
-    /// borrows from another).
+    /// a bit mask, bit `2i` for entry `i`: the eight tags compared at
+    /// once, in one SSE2 comparison (as hashbrown matches its control
+    /// bytes; SSE2 is part of x86-64, the one architecture Rialto runs on).
     #[inline]
-    fn matching(&self, tag: u16) -> u128 {
-        const LANES: u128 = 0x0001_0001_0001_0001_0001_0001_0001_0001;
-        const LOW: u128 = 0x7fff * LANES;
-        // A lane's top bit set where the lane of x is zero.
-        let zero_lanes = |x: u128| !(((x & LOW) + LOW) | x | LOW);
-        let tags: u128 = bytemuck::cast(self.tags);
-        zero_lanes(tags ^ (u128::from(tag) * LANES))
+    fn matching(&self, tag: u16) -> u32 {
+        use safe_arch::{cmp_eq_mask_i16_m128i, m128i, move_mask_i8_m128i, set_splat_i16_m128i};
+        let tags = m128i::from(bytemuck::cast::<[u16; 8], [i16; 8]>(self.tags));
+        let equal = cmp_eq_mask_i16_m128i(tags, set_splat_i16_m128i(tag as i16));
+        // Both bytes of an equal lane are set: keep the low one's bit.
+        move_mask_i8_m128i(equal) as u32 & 0x5555
+    }
+
+    /// The entry a bit of [`Bucket::matching`]'s mask stands for.
+    #[inline]
+    fn entry(bit: u32) -> usize {
+        bit as usize / 2
     }
 }
 
@@ -1001,10 +1023,8 @@ impl Index {
             let bucket = &self.buckets[b];
             let mut lanes = bucket.matching(tag);
             while lanes != 0 {
-                let id = bucket.ids[lanes.trailing_zeros() as usize / 16];
-                if id != Bucket::EMPTY
-                    && names.forward_key(&slots[id as usize]).as_ref() == Some(key)
-                {
+                let id = bucket.ids[Bucket::entry(lanes.trailing_zeros())];
+                if id != Bucket::EMPTY && names.is_forward(&slots[id as usize], key) {
                     return Some(id);
                 }
                 lanes &= lanes - 1;
@@ -1023,7 +1043,7 @@ impl Index {
     fn candidate(&self, hash: u64) -> Option<u32> {
         let bucket = &self.buckets[self.home(hash)];
         let lanes = bucket.matching(Self::tag(hash));
-        let id = bucket.ids[(lanes.trailing_zeros() as usize / 16).min(7)];
+        let id = bucket.ids[Bucket::entry(lanes.trailing_zeros()).min(7)];
         (lanes != 0 && id != Bucket::EMPTY).then_some(id)
     }
 
@@ -1158,7 +1178,7 @@ impl Replies {
     fn get(&self, key: &FlowKey, slots: &[Slot], names: &Names) -> Option<u32> {
         let id = self.holder(key)?;
         let slot = &slots[id as usize];
-        (names.reverse_key(slot).map(|(k, _)| k).as_ref() == Some(key)).then_some(id)
+        names.is_reverse(slot, key).then_some(id)
     }
 
     /// Indexes slot `id` under reverse key `key`, which the index

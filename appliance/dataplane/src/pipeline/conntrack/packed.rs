@@ -243,6 +243,42 @@ impl Names {
         Some((key, cluster))
     }
 
+    /// Whether `key` is `packed`'s forward key: [`Names::forward_key`]
+    /// compared field by field where it lies, without building it (on
+    /// every packet's path).
+    #[inline]
+    pub fn is_forward(&self, packed: &Packed, key: &FlowKey) -> bool {
+        let Some(service) = self.services.get(usize::from(packed.service)) else {
+            return false;
+        };
+        let word = u128::from_ne_bytes;
+        let addrs = (word(packed.client) ^ word(key.src)) | (word(service.vip) ^ word(key.dst));
+        addrs == 0
+            && (packed.client_port, service.port, service.proto)
+                == (key.src_port, key.dst_port, key.proto)
+            && self.tunnel(packed.client_cluster) == Some(key.tunnel)
+    }
+
+    /// Whether `key` is `packed`'s reverse key ([`Names::reverse_key`]),
+    /// compared where it lies.
+    #[inline]
+    pub fn is_reverse(&self, packed: &Packed, key: &FlowKey) -> bool {
+        let Some(service) = self.services.get(usize::from(packed.service)) else {
+            return false;
+        };
+        let (Some(&(backend, port, cluster)), Some(snat)) = (
+            service.backends.get(usize::from(packed.backend)),
+            self.snat.get(usize::from(packed.snat)),
+        ) else {
+            return false;
+        };
+        let word = u128::from_ne_bytes;
+        let addrs = (word(backend) ^ word(key.src)) | (word(*snat) ^ word(key.dst));
+        addrs == 0
+            && (port, packed.snat_port, service.proto) == (key.src_port, key.dst_port, key.proto)
+            && self.tunnel(cluster) == Some(key.tunnel)
+    }
+
     /// The protocol of `packed`'s service (0 if none).
     #[inline]
     pub fn proto(&self, packed: &Packed) -> u8 {
@@ -421,6 +457,46 @@ mod tests {
                 _ => other.forward.pad[0] = 1,
             }
             prop_assert_eq!(names.pack(&other), None);
+        }
+
+        /// The lookups' comparisons in place agree with building the key
+        /// and comparing it: for a flow's own keys, and for each with any
+        /// one field changed.
+        #[test]
+        fn a_key_is_compared_in_place_as_it_would_be_built(
+            backends in prop::collection::vec(1u16..4, 1..4),
+            pick in (any::<u16>(), any::<u16>(), 0u16..3),
+            client in prop::option::of((0u16..3, 0u16..2)),
+            rest in (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>(), 0u8..5),
+            field in 0usize..8,
+        ) {
+            let (context, snat) = names(3, &backends, 3);
+            let names = Names::new(&context, &snat);
+            let service = pick.0 % backends.len() as u16;
+            let backend = pick.1 % backends[usize::from(service)];
+            let flow = flow(&names, (service, backend, pick.2), client, rest);
+            let packed = names.pack(&flow).expect("packs");
+            let change = |mut key: FlowKey| {
+                match field {
+                    0 => key.src[15] ^= 1,
+                    1 => key.dst[0] ^= 1,
+                    2 => key.src_port ^= 1,
+                    3 => key.dst_port ^= 1,
+                    4 => key.proto ^= 1,
+                    5 => key.tunnel ^= 1,
+                    6 => key.tunnel = UPLINK,
+                    _ => {}
+                }
+                key
+            };
+            for key in [flow.forward, change(flow.forward)] {
+                let built = names.forward_key(&packed);
+                prop_assert_eq!(names.is_forward(&packed, &key), built == Some(key));
+            }
+            for key in [flow.reverse, change(flow.reverse)] {
+                let built = names.reverse_key(&packed).map(|(k, _)| k);
+                prop_assert_eq!(names.is_reverse(&packed, &key), built == Some(key));
+            }
         }
     }
 }
