@@ -448,7 +448,8 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
 
     /// [`Conntrack::lookup_in`] of `key`, whose hash is `hash` (only a
     /// forward key's is needed), among the keys `(forward, reverse)` says.
-    #[inline]
+    /// Inlined: it is on every packet's path.
+    #[inline(always)]
     pub fn lookup_hashed(
         &mut self,
         key: &FlowKey,
