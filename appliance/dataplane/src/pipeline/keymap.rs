@@ -15,6 +15,13 @@ impl MapKey for u128 {
     }
 }
 
+impl MapKey for u32 {
+    #[inline]
+    fn fold(self) -> u64 {
+        u64::from(self)
+    }
+}
+
 impl MapKey for (u128, u16, u8) {
     #[inline]
     fn fold(self) -> u64 {
@@ -106,6 +113,14 @@ mod tests {
             let addrs = KeyMap::new(map.clone());
             for key in keys.iter().copied().chain(probes.iter().map(|&n| v4(n))) {
                 proptest::prop_assert_eq!(addrs.get(key), map.get(&key).copied());
+            }
+            // The same IPv4 addresses by their 32 bits, as the fast path
+            // looks them up.
+            let ipv4: hashbrown::HashMap<u32, u32> =
+                map.iter().map(|(&k, &v)| ((k >> 96) as u32, v)).collect();
+            let addrs = KeyMap::new(ipv4.clone());
+            for key in near.iter().chain(&probes).map(|&n| (v4(n) >> 96) as u32) {
+                proptest::prop_assert_eq!(addrs.get(key), ipv4.get(&key).copied());
             }
         }
 

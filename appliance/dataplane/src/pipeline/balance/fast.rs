@@ -70,11 +70,18 @@ fn ipv4_at(d: &[u8], at: usize, end: usize) -> Option<(&[u8; ipv4::HEADER_LEN], 
 }
 
 /// Whether the IPv4 header at `at` of `d` (whole: [`ipv4_at`] said so)
-/// has the right checksum.
+/// has the right checksum. Summed in the machine's byte order, no swap: a
+/// ones'-complement sum of byte-swapped words is the sum byte-swapped
+/// (RFC 1071 §2 (B)), and all ones swapped is all ones.
 #[inline]
 fn header_sums(d: &[u8], at: usize) -> bool {
-    d.get(at..at + ipv4::HEADER_LEN)
-        .is_some_and(|h| checksum::verifies(checksum::sum(h)))
+    let Some(h) = d.get(at..at + ipv4::HEADER_LEN) else {
+        return false;
+    };
+    let sum = (h.chunks_exact(4))
+        .map(|q| u64::from(u32::from_ne_bytes([q[0], q[1], q[2], q[3]])))
+        .sum();
+    checksum::verifies(sum)
 }
 
 /// Where a packet of the shape is and where it came from.
@@ -224,13 +231,14 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         if !sums {
             return None;
         }
-        let src = mapped(h[12..16].try_into().ok()?);
-        let dst = mapped(h[16..20].try_into().ok()?);
+        let src: [u8; 4] = h[12..16].try_into().ok()?;
+        let dst: [u8; 4] = h[16..20].try_into().ok()?;
         // Martian sources: what `is_martian` says of IPv4 by the first byte.
-        if ttl <= 1 || matches!(src[12], 0 | 127 | 224..) || self.roles.of(&src) & Roles::OWN != 0 {
+        if ttl <= 1 || matches!(src[0], 0 | 127 | 224..) || self.roles.of_v4(src) & Roles::OWN != 0
+        {
             return None;
         }
-        let to = self.roles.of(&dst) & (Roles::VIP | Roles::SNAT);
+        let to = self.roles.of_v4(dst) & (Roles::VIP | Roles::SNAT);
         let snat = to & Roles::SNAT != 0;
         let check_answer = found.side != Side::UPLINK
             && (self.tables.check_ports).is_some_and(|(a, b)| (a..=b).contains(&dst_port));
@@ -244,8 +252,8 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             return Some(Stage::Done(Verdict::Handoff(snat_ports.owner(dst_port))));
         }
         let key = FlowKey {
-            src,
-            dst,
+            src: mapped(src),
+            dst: mapped(dst),
             src_port,
             dst_port,
             proto,
@@ -363,8 +371,8 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
                 vni: UPLINK,
             });
         }
-        let to_vtep = self.roles.of(&mapped(outer[16..20].try_into().ok()?)) & Roles::VTEP != 0;
-        let (cluster, gateway) = self.roles.peer(&mapped(outer[12..16].try_into().ok()?))?;
+        let to_vtep = self.roles.of_v4(outer[16..20].try_into().ok()?) & Roles::VTEP != 0;
+        let (cluster, gateway) = self.roles.peer_v4(outer[12..16].try_into().ok()?)?;
         let udp_len = usize::from(word(d, L4 + 4));
         let end = L4 + udp_len;
         if !to_vtep || udp_len < INNER_IP - L4 || end > IP + len {
