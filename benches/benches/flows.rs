@@ -110,7 +110,7 @@ fn main() {
         let start = Instant::now();
         pipeline.reload(tables);
         println!(
-            "reload with {live} live flows, {what}: {:.1} ms",
+            "reload with {live} live flows, {what}: {:.3} ms",
             start.elapsed().as_secs_f64() * 1e3
         );
     }
