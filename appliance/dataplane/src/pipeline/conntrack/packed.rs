@@ -205,7 +205,22 @@ impl Names {
             mark: 0,
             check: 0,
         };
-        (self.unpack(&packed).as_ref() == Some(flow)).then_some(packed)
+        // What unpacking would give back, compared where it lies: both
+        // keys, the backend's cluster, and the client's side (the rest is
+        // copied, or converted without loss above).
+        let backend_cluster = (self.services.get(usize::from(service)))
+            .and_then(|s| s.backends.get(usize::from(backend)))
+            .map(|&(_, _, cluster)| cluster);
+        let client = match flow.client.tunnel_of() {
+            None => Side::UPLINK,
+            Some((c, g)) => Side::tunnel(c, g),
+        };
+        let same = self.is_forward(&packed, &flow.forward)
+            && self.is_reverse(&packed, &flow.reverse)
+            && backend_cluster == flow.backend.tunnel_of().map(|(c, _)| c)
+            && client == flow.client
+            && (flow.forward.pad, flow.reverse.pad) == ([0; 3], [0; 3]);
+        same.then_some(packed)
     }
 
     /// The forward key of `packed` (client -> VIP), if its indices name
@@ -435,7 +450,7 @@ mod tests {
             pick in (any::<u16>(), any::<u16>(), 0u16..3),
             client in prop::option::of((0u16..3, 0u16..2)),
             rest in (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>(), 0u8..5),
-            field in 0usize..9,
+            field in 0usize..11,
         ) {
             let (context, snat) = names(3, &backends, 3);
             let names = Names::new(&context, &snat);
@@ -454,7 +469,14 @@ mod tests {
                 5 => other.reverse.tunnel ^= 1,
                 6 => other.reverse.proto ^= 1,
                 7 => other.reverse.dst[15] ^= 0x80,
-                _ => other.forward.pad[0] = 1,
+                8 => other.forward.pad[0] = 1,
+                // The backend's side in another cluster (its keys as they were).
+                9 => {
+                    let (cluster, gateway) = other.backend.tunnel_of().expect("a tunnel");
+                    other.backend = Side::tunnel(cluster ^ 1, gateway);
+                }
+                // The client's side neither the uplink nor a cluster's.
+                _ => other.client = Side::tunnel(u16::MAX, 5),
             }
             prop_assert_eq!(names.pack(&other), None);
         }
