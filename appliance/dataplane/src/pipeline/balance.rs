@@ -529,14 +529,16 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         if ip.ttl <= 1 {
             return self.send_error(frame, &ip, ErrorKind::TimeExceeded, side, &link);
         }
-        // Only what the rewrite needs is read out of the flow, not the flow.
-        let flow = self.flows.flow(id);
-        let hash = u64::from(flow.hash);
+        // Only what the rewrite needs is read out of the slot and the
+        // names, the flow not unpacked (as the fast path does).
+        let slot = self.flows.slot(id);
+        let hash = u64::from(slot.hash);
         let Rewrite {
             to,
             src: (src, src_port),
             dst: (dst, dst_port),
-        } = flow.rewrite(direction);
+        } = (self.flows.names().rewrite(slot, direction))
+            .expect("a live slot names its rewrite under the table's names");
         if let Some(mtu) = self.too_big(&ip, to) {
             if !ip.dont_fragment {
                 return Err(Verdict::Drop(DropReason::TooBig));

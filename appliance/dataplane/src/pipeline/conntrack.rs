@@ -213,7 +213,7 @@ pub struct Flow {
 
 /// Where a packet of a flow goes and what it becomes: the side it leaves
 /// by, its new source and destination (address, port).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rewrite {
     pub to: Side,
     pub src: (Addr, u16),

@@ -459,6 +459,10 @@ mod tests {
             let flow = flow(&names, (service, backend, pick.2), client, rest);
             let packed = names.pack(&flow).expect("packs");
             prop_assert_eq!(names.unpack(&packed), Some(flow));
+            // Both paths rewrite from the slot: it says what the flow does.
+            for direction in [Direction::Forward, Direction::Reply] {
+                prop_assert_eq!(names.rewrite(&packed, direction), Some(flow.rewrite(direction)));
+            }
             let mut other = flow;
             match field {
                 0 => other.forward.dst[15] ^= 1,
