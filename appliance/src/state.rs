@@ -194,9 +194,18 @@ pub struct Saved {
     pub lost: u64,
 }
 
-/// A saved table read back: its whole flows with the context their
-/// indices refer to (one per generation of its slots), its torn slots.
-type Table = (Vec<(FlowContext, Vec<Flow>)>, u64);
+/// A saved table read back.
+#[derive(Debug, Default)]
+struct Table {
+    /// Its whole flows with the context their indices refer to (one per
+    /// generation of its slots).
+    flows: Vec<(FlowContext, Vec<Flow>)>,
+    /// Slots being written when the writer stopped.
+    torn: u64,
+    /// Flows of a generation whose names cannot be read: why, and how
+    /// many. The other generation's are read all the same.
+    discarded: Vec<(String, u64)>,
+}
 
 /// A state directory: new flow tables may be staged in it (`.new` files,
 /// which nobody else writes) before it is locked; everything else needs
@@ -423,9 +432,15 @@ impl StateDir {
                 .to_string_lossy()
                 .into_owned();
             match table {
-                Ok(Some((flows, torn))) => {
-                    saved.torn += torn;
-                    saved.flows.extend(flows);
+                Ok(Some(table)) => {
+                    saved.torn += table.torn;
+                    saved.flows.extend(table.flows);
+                    for (why, lost) in table.discarded {
+                        saved
+                            .discarded
+                            .push(format!("{name}: {why}: {lost} flows discarded"));
+                        saved.lost += lost;
+                    }
                 }
                 Ok(None) => {}
                 Err((why, live)) => {
@@ -490,7 +505,11 @@ impl StateDir {
                 let context = self
                     .read_names(CONTEXT, header.context)
                     .map_err(|e| (e, flows.len() as u64))?;
-                Ok(Some((vec![(context, flows)], torn)))
+                Ok(Some(Table {
+                    flows: vec![(context, flows)],
+                    torn,
+                    discarded: Vec::new(),
+                }))
             }
             STATE_VERSION => {
                 let header: Header = bytemuck::pod_read_unaligned(&page);
@@ -504,7 +523,8 @@ impl StateDir {
                     return Ok(None);
                 }
                 // What each generation's slots are packed under; an error
-                // only if a slot of it is live.
+                // only if a slot of it is live, and then only its slots are
+                // lost.
                 let names = header.names.map(|id| {
                     let context: FlowContext = self.read_names(CONTEXT, id.context)?;
                     let snat: Vec<std::net::IpAddr> = self.read_names(SNAT, id.snat)?;
@@ -512,33 +532,36 @@ impl StateDir {
                     Ok::<_, String>((context, names))
                 });
                 let mut flows = [Vec::new(), Vec::new()];
-                let mut unnamed = None;
+                let mut unnamed = [0; 2];
+                let mut nameless = false;
                 let torn = read_slots(&file, header.capacity, Slot::slot_state, |slot: &Slot| {
                     let generation = usize::from(slot.generation());
-                    let why = match &names[generation] {
+                    match &names[generation] {
                         Ok((_, names)) => match names.unpack(slot) {
-                            Some(flow) => return flows[generation].push(held(&flow)),
-                            None => "a live slot names nothing under its names",
+                            Some(flow) => flows[generation].push(held(&flow)),
+                            None => nameless = true,
                         },
-                        Err(e) => e,
-                    };
-                    if unnamed.is_none() {
-                        unnamed = Some(why.to_owned());
+                        Err(_) => unnamed[generation] += 1,
                     }
                 })?;
-                let live = flows.iter().map(Vec::len).sum::<usize>() as u64;
-                if let Some(why) = unnamed {
-                    return Err((why, live));
+                let live =
+                    (flows.iter().map(Vec::len).sum::<usize>() as u64) + unnamed[0] + unnamed[1];
+                // Inconsistent with names that are there: nothing of it is trusted.
+                if nameless {
+                    return Err(("a live slot names nothing under its names".into(), live));
                 }
-                Ok(Some((
-                    names
-                        .into_iter()
-                        .zip(flows)
+                let discarded = (names.iter().zip(unnamed))
+                    .filter(|&(_, lost)| lost > 0)
+                    .filter_map(|(names, lost)| Some((names.as_ref().err()?.clone(), lost)))
+                    .collect();
+                Ok(Some(Table {
+                    flows: (names.into_iter().zip(flows))
                         .filter(|(_, flows)| !flows.is_empty())
                         .filter_map(|(names, flows)| Some((names.ok()?.0, flows)))
                         .collect(),
                     torn,
-                )))
+                    discarded,
+                }))
             }
             version => Err((
                 format!(
@@ -861,25 +884,34 @@ mod tests {
         }
     }
 
-    /// A crash in the middle of a reload leaves slots packed under the old
-    /// names and slots packed under the next: the header names both, each
-    /// slot's mark says which, and every flow is read back as it was.
-    #[test]
-    fn a_reload_cut_short_leaves_each_slot_read_under_its_own_names() {
+    /// A table cut short in the middle of a reload (see the test below),
+    /// in a directory of its own.
+    struct CutShort {
+        dir: TestDir,
+        old: Arc<Snapshot>,
+        next: Arc<Snapshot>,
+        /// The old and the next tables' names.
+        ids: [NamesId; 2],
+        /// The two flows as made, and as the reload rewrote them.
+        made: Vec<Flow>,
+        rewritten: Vec<(u32, Flow)>,
+    }
+
+    fn cut_short(name: &str) -> CutShort {
         let (old, next) = old_and_next();
-        let dir = TestDir::new("cut-short");
+        let dir = TestDir::new(name);
         let state = &dir.0;
-        let ids = (
+        let ids = [
             state.save_names(&old).unwrap(),
             state.save_names(&next).unwrap(),
-        );
-        let slots = state.create_flows(0, 16, ids.0).unwrap();
+        ];
+        let slots = state.create_flows(0, 16, ids[0]).unwrap();
         let mut balancer = Balancer::with_slots(slots, Arc::clone(&old), 0, 1, fixtures::NODE_MAC);
         let made = two_flows(&mut balancer);
         // The reload: the header names the next generation's names, and
         // every slot is packed again under them...
         let generation = balancer.flows().generation();
-        balancer.storage_mut().set_names(generation ^ 1, ids.1);
+        balancer.storage_mut().set_names(generation ^ 1, ids[1]);
         balancer.reload(Arc::clone(&next));
         let rewritten: Vec<(u32, Flow)> = balancer.flows().iter().collect();
         assert_ne!(rewritten[1].1.service, made[1].service);
@@ -893,6 +925,29 @@ mod tests {
         };
         drop(balancer);
         state.commit(&[0]).unwrap();
+        CutShort {
+            dir,
+            old,
+            next,
+            ids,
+            made,
+            rewritten,
+        }
+    }
+
+    /// A crash in the middle of a reload leaves slots packed under the old
+    /// names and slots packed under the next: the header names both, each
+    /// slot's mark says which, and every flow is read back as it was.
+    #[test]
+    fn a_reload_cut_short_leaves_each_slot_read_under_its_own_names() {
+        let CutShort {
+            dir,
+            old,
+            next,
+            made,
+            rewritten,
+            ..
+        } = cut_short("cut-short");
         let saved = dir.read_saved(&old);
         assert_eq!(
             saved.flows,
@@ -902,6 +957,33 @@ mod tests {
             ]
         );
         assert_eq!(carry_saved(&saved, &old), (made, 0));
+    }
+
+    /// Names that cannot be read (their file gone) lose only the flows of
+    /// their generation, counted and said why; the other generation's are
+    /// read back as they were.
+    #[test]
+    fn a_generation_whose_names_are_gone_loses_only_its_own_flows() {
+        let CutShort {
+            dir,
+            old,
+            ids,
+            made,
+            ..
+        } = cut_short("names-gone");
+        let state = &dir.0;
+        std::fs::remove_file(state.names_path(CONTEXT, ids[1].context)).unwrap();
+        let saved = state.read_saved(longest(&old.timeouts), fixtures::START as u32);
+        assert_eq!(saved.flows, vec![(FlowContext::of(&old), vec![made[0]])]);
+        assert_eq!(saved.lost, 1);
+        let context = format!("{:08x}", ids[1].context);
+        assert!(
+            matches!(&saved.discarded[..], [line] if line.contains(&context)
+                && line.contains("cannot be read")
+                && line.ends_with(": 1 flows discarded")),
+            "{:?}",
+            saved.discarded
+        );
     }
 
     /// A table of state version 1 (whole flows in 128-byte slots, what the
