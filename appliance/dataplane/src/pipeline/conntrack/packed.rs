@@ -440,6 +440,25 @@ mod tests {
         names.unpack(&packed).expect("indices in range")
     }
 
+    /// Names of 3 clusters, services of `backends` backends and 3 SNAT
+    /// addresses; the flow that `pick` (service, backend, SNAT address,
+    /// each modulo their count), `client` and `rest` make under them
+    /// ([`flow`]), and its packing.
+    fn packed_flow(
+        backends: &[u16],
+        pick: (u16, u16, u16),
+        client: Option<(u16, u16)>,
+        rest: (u16, u16, u32, u32, u8),
+    ) -> (Names, Flow, Packed) {
+        let (context, snat) = names(3, backends, 3);
+        let names = Names::new(&context, &snat);
+        let service = pick.0 % backends.len() as u16;
+        let backend = pick.1 % backends[usize::from(service)];
+        let flow = flow(&names, (service, backend, pick.2), client, rest);
+        let packed = names.pack(&flow).expect("packs");
+        (names, flow, packed)
+    }
+
     proptest! {
         /// A flow made under the names packs, and unpacks to itself; with
         /// any one field of its keys that an index names changed, it does
@@ -452,12 +471,7 @@ mod tests {
             rest in (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>(), 0u8..5),
             field in 0usize..11,
         ) {
-            let (context, snat) = names(3, &backends, 3);
-            let names = Names::new(&context, &snat);
-            let service = pick.0 % backends.len() as u16;
-            let backend = pick.1 % backends[usize::from(service)];
-            let flow = flow(&names, (service, backend, pick.2), client, rest);
-            let packed = names.pack(&flow).expect("packs");
+            let (names, flow, packed) = packed_flow(&backends, pick, client, rest);
             prop_assert_eq!(names.unpack(&packed), Some(flow));
             // Both paths rewrite from the slot: it says what the flow does.
             for direction in [Direction::Forward, Direction::Reply] {
@@ -496,12 +510,7 @@ mod tests {
             rest in (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>(), 0u8..5),
             field in 0usize..8,
         ) {
-            let (context, snat) = names(3, &backends, 3);
-            let names = Names::new(&context, &snat);
-            let service = pick.0 % backends.len() as u16;
-            let backend = pick.1 % backends[usize::from(service)];
-            let flow = flow(&names, (service, backend, pick.2), client, rest);
-            let packed = names.pack(&flow).expect("packs");
+            let (names, flow, packed) = packed_flow(&backends, pick, client, rest);
             let change = |mut key: FlowKey| {
                 match field {
                     0 => key.src[15] ^= 1,
