@@ -533,21 +533,23 @@ impl StateDir {
                 });
                 let mut flows = [Vec::new(), Vec::new()];
                 let mut unnamed = [0; 2];
-                let mut nameless = false;
+                let mut nameless = 0;
                 let torn = read_slots(&file, header.capacity, Slot::slot_state, |slot: &Slot| {
                     let generation = usize::from(slot.generation());
                     match &names[generation] {
                         Ok((_, names)) => match names.unpack(slot) {
                             Some(flow) => flows[generation].push(held(&flow)),
-                            None => nameless = true,
+                            None => nameless += 1,
                         },
                         Err(_) => unnamed[generation] += 1,
                     }
                 })?;
-                let live =
-                    (flows.iter().map(Vec::len).sum::<usize>() as u64) + unnamed[0] + unnamed[1];
+                let live = (flows.iter().map(Vec::len).sum::<usize>() as u64)
+                    + unnamed[0]
+                    + unnamed[1]
+                    + nameless;
                 // Inconsistent with names that are there: nothing of it is trusted.
-                if nameless {
+                if nameless > 0 {
                     return Err(("a live slot names nothing under its names".into(), live));
                 }
                 let discarded = (names.iter().zip(unnamed))

@@ -15,8 +15,8 @@ use rialto_tables::{FlowContext, Snapshot};
 
 use super::{
     conntrack::{
-        Conntrack, Direction, Flow, FlowKey, InsertError, Names, Remap, Restored, Rewrite, Side,
-        Slot, TcpState, UPLINK,
+        Conntrack, Direction, Flow, FlowKey, InsertError, Names, Restored, Rewrite, Side, Slot,
+        TcpState, UPLINK,
     },
     encap::{self, Link, Template, Tunnel},
     icmp::{self, ErrorKind, Quoted, RateLimit},
@@ -375,13 +375,17 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         let snat =
             (new.snat != old.snat).then(|| SnatPorts::new(&new.snat, self.worker, self.workers));
         let context = FlowContext::of(&old);
-        let carry = Carry::new(&context, &new);
         // A reload that names every flow as before (a health check's,
-        // most often) rewrites no slot: at 10 M flows that is seconds.
+        // most often) rewrites no slot: at 10 M flows that is more than a
+        // second.
         let same = context == FlowContext::of(&new) && snat_list(&old) == snat_list(&new);
-        let remap = |flow: &Flow| carry.flow(flow);
-        let carry = (!same).then(|| (names(&new), &remap as &Remap<'_>));
-        self.flows.reload(new.timeouts, snat, carry);
+        if same {
+            self.flows.reload(new.timeouts, snat, None);
+        } else {
+            let carry = Carry::new(&context, &new);
+            let remap = |flow: &Flow| carry.flow(flow);
+            (self.flows).reload(new.timeouts, snat, Some((names(&new), &remap)));
+        }
         // Kept, the flows' counts are right: a removal takes its own back.
         if !same {
             self.flows.recount(&layout(&new));

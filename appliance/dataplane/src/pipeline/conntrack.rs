@@ -519,8 +519,8 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     }
 
     /// Live flow `id`, unpacked. Every live slot unpacks under the
-    /// table's names: slots are packed under them, and a reload packs
-    /// every slot again under the new ones.
+    /// table's names: slots are packed under them, and a reload that
+    /// changes them packs every slot again under the new ones.
     pub fn flow(&self, id: u32) -> Flow {
         let slot = &self.slots[id as usize];
         debug_assert!(slot.is_live(), "live flow id");
@@ -541,7 +541,8 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     }
 
     /// The generation of the names (0 or 1): what a live slot's mark says
-    /// it is packed under. A reload packs every slot under the other.
+    /// it is packed under. A reload that changes the names packs every
+    /// slot under the other.
     pub fn generation(&self) -> u8 {
         self.generation
     }

@@ -48,6 +48,19 @@ pub fn verifies(acc: u64) -> bool {
     fold(acc) == 0xffff
 }
 
+/// Whether `data`, whole 32-bit words that include their checksum field,
+/// sums to all ones ([`verifies`]), summed in the machine's byte order: a
+/// ones'-complement sum of byte-swapped words is the sum byte-swapped (RFC
+/// 1071 §2 (B)), and all ones swapped is all ones, so no word is swapped.
+#[inline]
+pub fn verifies_words(data: &[u8]) -> bool {
+    debug_assert!(data.len().is_multiple_of(4), "whole 32-bit words");
+    let sum = (data.chunks_exact(4))
+        .map(|q| u64::from(u32::from_ne_bytes([q[0], q[1], q[2], q[3]])))
+        .sum();
+    verifies(sum)
+}
+
 /// The checksum after the covered bytes `old` became `new` (equal, even
 /// lengths, 16-bit aligned within the covered data): RFC 1624 eqn. 3,
 /// `HC' = ~(~HC + ~m + m')`, applied word by word.
@@ -142,6 +155,24 @@ mod tests {
                 by16 += u64::from(*last) << 8;
             }
             proptest::prop_assert_eq!(fold(sum(&data)), fold(by16));
+        }
+
+        /// Verified by whole words in the machine's byte order as by
+        /// [`sum`]: data made to verify (its first word's checksum field
+        /// set), and the same with a byte changed.
+        #[test]
+        fn words_verify_unswapped_as_swapped(
+            mut data in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..50),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            data.resize(data.len().div_ceil(4) * 4, 0);
+            data[..2].fill(0);
+            let c = finish(sum(&data));
+            data[..2].copy_from_slice(&c.to_be_bytes());
+            proptest::prop_assert!(verifies_words(&data));
+            let at = at.index(data.len());
+            data[at] ^= 0x5a;
+            proptest::prop_assert_eq!(verifies_words(&data), verifies(sum(&data)));
         }
     }
 

@@ -70,18 +70,11 @@ fn ipv4_at(d: &[u8], at: usize, end: usize) -> Option<(&[u8; ipv4::HEADER_LEN], 
 }
 
 /// Whether the IPv4 header at `at` of `d` (whole: [`ipv4_at`] said so)
-/// has the right checksum. Summed in the machine's byte order, no swap: a
-/// ones'-complement sum of byte-swapped words is the sum byte-swapped
-/// (RFC 1071 §2 (B)), and all ones swapped is all ones.
+/// has the right checksum (summed without swapping bytes).
 #[inline]
 fn header_sums(d: &[u8], at: usize) -> bool {
-    let Some(h) = d.get(at..at + ipv4::HEADER_LEN) else {
-        return false;
-    };
-    let sum = (h.chunks_exact(4))
-        .map(|q| u64::from(u32::from_ne_bytes([q[0], q[1], q[2], q[3]])))
-        .sum();
-    checksum::verifies(sum)
+    d.get(at..at + ipv4::HEADER_LEN)
+        .is_some_and(checksum::verifies_words)
 }
 
 /// Where a packet of the shape is and where it came from.

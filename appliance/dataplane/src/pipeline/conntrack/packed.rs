@@ -7,9 +7,10 @@
 //! there, so unpacking gives back the very flow.
 //!
 //! A slot says whether it is empty, being written or live (`mark`), and of
-//! which generation of names (a reload packs every slot again, under the
-//! next generation: a state file's header names both, so a crash in the
-//! middle of a reload leaves no slot read under the wrong names), and
+//! which generation of names (a reload that changes what the indices name
+//! packs every slot again, under the next generation: a state file's
+//! header names both, so a crash in the middle of a reload leaves no slot
+//! read under the wrong names), and
 //! carries a check of the fields only a reload changes, so what is read
 //! back after a crash is checked, not trusted.
 
@@ -260,7 +261,9 @@ impl Names {
 
     /// Whether `key` is `packed`'s forward key: [`Names::forward_key`]
     /// compared field by field where it lies, without building it (on
-    /// every packet's path).
+    /// every packet's path). Its padding is not compared: every key
+    /// looked up is built with none (the pipeline's; a peer's flow with
+    /// any is refused before it is adopted, `fleet::valid`).
     #[inline]
     pub fn is_forward(&self, packed: &Packed, key: &FlowKey) -> bool {
         let Some(service) = self.services.get(usize::from(packed.service)) else {
@@ -275,7 +278,7 @@ impl Names {
     }
 
     /// Whether `key` is `packed`'s reverse key ([`Names::reverse_key`]),
-    /// compared where it lies.
+    /// compared where it lies (its padding not: see [`Names::is_forward`]).
     #[inline]
     pub fn is_reverse(&self, packed: &Packed, key: &FlowKey) -> bool {
         let Some(service) = self.services.get(usize::from(packed.service)) else {
@@ -501,7 +504,7 @@ mod tests {
 
         /// The lookups' comparisons in place agree with building the key
         /// and comparing it: for a flow's own keys, and for each with any
-        /// one field changed.
+        /// one field but its padding changed (see `Names::is_forward`).
         #[test]
         fn a_key_is_compared_in_place_as_it_would_be_built(
             backends in prop::collection::vec(1u16..4, 1..4),
