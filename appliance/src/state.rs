@@ -9,8 +9,8 @@
 //! in force, written before the workers take it): `context-ID.json`, the
 //! [`FlowContext`], and `snat-ID.json`, the fleet's SNAT addresses in
 //! order. A slot's mark says which of two generations of names it is
-//! packed under, and the header names both ([`NamesId`]): a reload packs
-//! every slot again under the next, so a crash in the middle of one leaves
+//! packed under, and the header names both ([`NamesId`]): a reload that
+//! changes them packs every slot again under the next, so a crash in the middle of one leaves
 //! slots of both, each read under its own. A `lock` file, held while
 //! Rialto runs, keeps a second one off the same directory.
 //!

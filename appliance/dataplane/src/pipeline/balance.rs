@@ -379,15 +379,13 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         // most often) rewrites no slot: at 10 M flows that is more than a
         // second.
         let same = context == FlowContext::of(&new) && snat_list(&old) == snat_list(&new);
+        // Kept, the flows' counts stay right: a removal takes its own back.
         if same {
             self.flows.reload(new.timeouts, snat, None);
         } else {
             let carry = Carry::new(&context, &new);
             let remap = |flow: &Flow| carry.flow(flow);
             (self.flows).reload(new.timeouts, snat, Some((names(&new), &remap)));
-        }
-        // Kept, the flows' counts are right: a removal takes its own back.
-        if !same {
             self.flows.recount(&layout(&new));
         }
     }

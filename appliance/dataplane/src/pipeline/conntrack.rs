@@ -702,8 +702,11 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         let Some(packed) = self.pack(&flow) else {
             return Adopted::NotHere;
         };
+        // Compared in place: the flow packed, its padding is none.
         if let Some(id) = same
-            && self.flow(id).reverse == flow.reverse
+            && self
+                .names
+                .is_reverse(&self.slots[id as usize], &flow.reverse)
         {
             self.slots[id as usize].write(packed, self.generation);
             return Adopted::Updated;
