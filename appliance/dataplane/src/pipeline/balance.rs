@@ -431,7 +431,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     pub fn process(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Verdict {
         self.now_ns = now_ns;
         let stage = self.stage(frame.data());
-        self.complete(frame, &stage, seconds(now_ns))
+        self.complete::<false>(frame, &stage, seconds(now_ns))
     }
 
     /// The fast path alone: what [`Balancer::process`] does with `frame` if
@@ -439,7 +439,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     pub fn process_fast(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Option<Verdict> {
         self.now_ns = now_ns;
         let stage = self.stage(frame.data());
-        self.fast(frame, &stage, seconds(now_ns))
+        self.fast::<false>(frame, &stage, seconds(now_ns))
     }
 
     /// Whether [`Balancer::process`] tries the fast path first (the

@@ -437,7 +437,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         reverse: bool,
     ) -> Option<(u32, Direction)> {
         let hash = if forward { self.hash(key) } else { 0 };
-        self.lookup_hashed(key, hash, now, (forward, reverse))
+        self.lookup_hashed(key, hash, now, (forward, reverse), None)
     }
 
     /// The hash the indexes file `key` under.
@@ -448,7 +448,9 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
 
     /// [`Conntrack::lookup_in`] of `key`, whose hash is `hash` (only a
     /// forward key's is needed), among the keys `(forward, reverse)` says.
-    /// Inlined: it is on every packet's path.
+    /// `candidate`, if any, is the slot [`Conntrack::candidate`] said
+    /// earlier (the table may have changed since): if it holds the flow,
+    /// no index is searched. Inlined: it is on every packet's path.
     #[inline(always)]
     pub fn lookup_hashed(
         &mut self,
@@ -456,14 +458,17 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         hash: u64,
         now: u32,
         (forward, reverse): (bool, bool),
+        candidate: Option<u32>,
     ) -> Option<(u32, Direction)> {
-        let found = if forward {
-            self.forward.get(hash, key, &self.slots, &self.names)
-        } else {
-            None
+        let confirmed = candidate.and_then(|id| self.confirm(id, key, forward));
+        let found = match confirmed {
+            Some(id) => Some(id),
+            None if forward => self.forward.get(hash, key, &self.slots, &self.names),
+            None => None,
         };
         let (id, direction) = match found {
-            Some(id) => (id, Direction::Forward),
+            Some(id) if forward => (id, Direction::Forward),
+            Some(id) => (id, Direction::Reply),
             None if reverse => (
                 self.replies.get(key, &self.slots, &self.names)?,
                 Direction::Reply,
@@ -496,6 +501,21 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             (false, true) => self.replies.holder(key),
             (false, false) => None,
         }
+    }
+
+    /// `candidate`, if slot `candidate` holds the live flow whose forward
+    /// key (if `forward`; else reverse key) is `key`: then the index holds
+    /// it under `key` too (live flows' keys are unique, and each is
+    /// indexed), and a lookup need not search it.
+    #[inline(always)]
+    fn confirm(&self, candidate: u32, key: &FlowKey, forward: bool) -> Option<u32> {
+        let slot = self.slots.get(candidate as usize)?;
+        let holds = if forward {
+            self.names.is_forward(slot, key)
+        } else {
+            self.names.is_reverse(slot, key)
+        };
+        (slot.is_live() && holds).then_some(candidate)
     }
 
     /// Reads slot `id`'s first and last word, and does nothing with them:
@@ -1434,6 +1454,62 @@ mod tests {
         assert_eq!(t.candidate(&reverse, 0, (false, true)), Some(id));
         assert_eq!(t.candidate(&stranger, 0, (false, true)), Some(id));
         assert_eq!(t.candidate(&key(40000), there, (false, false)), None);
+    }
+
+    /// A lookup given the slot a batch read ahead takes it if it holds the
+    /// flow, and searches the index as if it had none if it does not: the
+    /// slot emptied, or holding another flow, since it was read.
+    #[test]
+    fn a_slot_read_ahead_is_compared_not_trusted() {
+        let mut t = table(4, (1024, 1030));
+        let (a, b) = (
+            add(&mut t, 40000, 0).unwrap(),
+            add(&mut t, 40001, 0).unwrap(),
+        );
+        let reverse = |t: &Conntrack, id| t.flow(id).reverse;
+        let (a_back, b_back) = (reverse(&t, a), reverse(&t, b));
+        let find = |t: &mut Conntrack, key: &FlowKey, indexes, guess| {
+            let hash = if indexes == (true, false) {
+                t.hash(key)
+            } else {
+                0
+            };
+            t.lookup_hashed(key, hash, 1, indexes, guess)
+        };
+        let there = (true, false);
+        let back = (false, true);
+        for (guess, found) in [(Some(a), a), (Some(b), a), (Some(99), a), (None, a)] {
+            assert_eq!(
+                find(&mut t, &key(40000), there, guess),
+                Some((found, Direction::Forward))
+            );
+        }
+        // Another flow's forward key is no reply, whatever the guess.
+        assert_eq!(find(&mut t, &key(40000), back, Some(a)), None);
+        assert_eq!(
+            find(&mut t, &a_back, back, Some(b)),
+            Some((a, Direction::Reply))
+        );
+        assert_eq!(
+            find(&mut t, &b_back, back, Some(b)),
+            Some((b, Direction::Reply))
+        );
+        // Emptied since: its bytes are still there, and not taken.
+        t.remove(a);
+        assert_eq!(find(&mut t, &key(40000), there, Some(a)), None);
+        assert_eq!(find(&mut t, &a_back, back, Some(a)), None);
+        // Reused by another flow: the guess is that flow's, not the key's.
+        let c = add(&mut t, 40002, 0).unwrap();
+        assert_eq!(c, a, "the emptied slot is taken first");
+        assert_eq!(find(&mut t, &key(40000), there, Some(c)), None);
+        assert_eq!(
+            find(&mut t, &key(40002), there, Some(c)),
+            Some((c, Direction::Forward))
+        );
+        assert_eq!(
+            find(&mut t, &key(40001), there, Some(c)),
+            Some((b, Direction::Forward))
+        );
     }
 
     #[test]

@@ -21,8 +21,11 @@
 //! checks over several frames first, then reads the index entries and
 //! slots their flows are likely in, all in a row, before it processes the
 //! first frame: the cache misses of a large table overlap instead of
-//! coming one after another. The same property test checks that a batch
-//! does what its frames do one at a time.
+//! coming one after another. Each frame's lookup then compares the slot
+//! read ahead for it first, and searches the index only if that slot no
+//! longer holds the flow (an earlier frame of the batch changed it). The
+//! same property test checks that a batch does what its frames do one at
+//! a time.
 
 use std::ops::DerefMut;
 
@@ -116,6 +119,9 @@ pub(super) struct Staged {
     /// Which indexes the key may be in: to a VIP, the forward one; to a
     /// SNAT address, the reverse one.
     indexes: (bool, bool),
+    /// The slot a batch read ahead for the flow, if any: the lookup
+    /// compares it first, and searches no index if it holds the flow.
+    candidate: Option<u32>,
 }
 
 /// Frames a batch looks ahead over at most: the cache lines of their flows
@@ -144,43 +150,53 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             for frame in frames.iter() {
                 stages.push(self.stage(frame.data()));
             }
-            if self.read_ahead {
-                self.read_flows_ahead(&stages);
+            let guessed = self.read_ahead;
+            if guessed {
+                self.read_flows_ahead(&mut stages);
             }
             for ((frame, verdict), stage) in frames.iter_mut().zip(verdicts).zip(&stages) {
-                *verdict = self.complete(frame, stage, now);
+                *verdict = if guessed {
+                    self.complete::<true>(frame, stage, now)
+                } else {
+                    self.complete::<false>(frame, stage, now)
+                };
             }
         }
     }
 
     /// Reads the index entries, then the slots, that the flows of the
     /// frames `stages` are likely in: all the first, then all the second,
-    /// each read independent of the others.
+    /// each read independent of the others. Each frame keeps its slot, its
+    /// lookup's first guess.
     #[inline]
-    fn read_flows_ahead(&self, stages: &[Stage]) {
-        let mut candidates = ArrayVec::<u32, AHEAD>::new();
-        for stage in stages {
-            if let Stage::Lookup(s) = stage
-                && let Some(id) = self.flows.candidate(&s.key, s.hash, s.indexes)
-            {
-                candidates.push(id);
+    fn read_flows_ahead(&self, stages: &mut [Stage]) {
+        for stage in stages.iter_mut() {
+            if let Stage::Lookup(s) = stage {
+                s.candidate = self.flows.candidate(&s.key, s.hash, s.indexes);
             }
         }
-        for &id in &candidates {
-            self.flows.warm(id);
+        for stage in stages.iter() {
+            if let Stage::Lookup(Staged {
+                candidate: Some(id),
+                ..
+            }) = stage
+            {
+                self.flows.warm(*id);
+            }
         }
     }
 
     /// What becomes of `frame`, staged as `stage`: the fast path's verdict,
-    /// or the general path's.
+    /// or the general path's. `GUESSED`: whether the stage may hold a slot
+    /// read ahead (if not, the code that compares it is left out).
     #[inline]
-    pub(super) fn complete(
+    pub(super) fn complete<const GUESSED: bool>(
         &mut self,
         frame: &mut FrameBuf<'_>,
         stage: &Stage,
         now: u32,
     ) -> Verdict {
-        self.fast(frame, stage, now)
+        self.fast::<GUESSED>(frame, stage, now)
             .unwrap_or_else(|| match self.run(frame, now) {
                 Ok(verdict) | Err(verdict) => verdict,
             })
@@ -189,7 +205,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     /// What the general path does with `frame`, staged as `stage`, if the
     /// fast path can do it; `None`, and the frame untouched, if not.
     #[inline]
-    pub(super) fn fast(
+    pub(super) fn fast<const GUESSED: bool>(
         &mut self,
         frame: &mut FrameBuf<'_>,
         stage: &Stage,
@@ -198,7 +214,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         match stage {
             Stage::General => None,
             Stage::Done(verdict) => Some(*verdict),
-            Stage::Lookup(staged) => self.finish(frame, staged, now),
+            Stage::Lookup(staged) => self.finish::<GUESSED>(frame, staged, now),
         }
     }
 
@@ -264,6 +280,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             tos,
             tcp_flags,
             indexes: (vip, snat),
+            candidate: None,
         }))
     }
 
@@ -271,17 +288,26 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     /// lookup, the rewrite and the way out. `None`, and the frame
     /// untouched, if the general path must take it.
     #[inline]
-    fn finish(&mut self, frame: &mut FrameBuf<'_>, staged: &Staged, now: u32) -> Option<Verdict> {
+    fn finish<const GUESSED: bool>(
+        &mut self,
+        frame: &mut FrameBuf<'_>,
+        staged: &Staged,
+        now: u32,
+    ) -> Option<Verdict> {
         let Staged {
             ref key,
             hash,
             tos,
             tcp_flags,
             indexes,
+            candidate,
             ..
         } = *staged;
         let (proto, len) = (key.proto, usize::from(staged.len));
-        let (id, direction) = self.flows.lookup_hashed(key, hash, now, indexes)?;
+        let candidate = if GUESSED { candidate } else { None };
+        let (id, direction) = self
+            .flows
+            .lookup_hashed(key, hash, now, indexes, candidate)?;
         let slot = self.flows.slot(id);
         let sums = match direction {
             Direction::Forward => slot.sums,
