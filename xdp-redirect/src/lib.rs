@@ -15,7 +15,9 @@ use std::{io, os::fd::AsRawFd, sync::Arc};
 use aya::{
     Ebpf, EbpfError, include_bytes_aligned,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, XskMap},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, TestRun, TestRunOptions, TestRunResult, Xdp, XdpMode, xdp::XdpLinkId,
+    },
 };
 
 use maps::{AddrKey, Config, CounterValue, VipKey, addr_key};
@@ -321,6 +323,22 @@ impl Steering {
     /// Runs the program once over `frame` in the kernel (`BPF_PROG_TEST_RUN`)
     /// and returns its action (`XDP_PASS` = 2, `XDP_REDIRECT` = 4).
     pub fn test_run(&self, frame: &[u8]) -> Result<u32, SteeringError> {
+        self.run(frame, 1).map(|r| r.return_value)
+    }
+
+    /// Runs the program `repeat` times over `frame` in the kernel, in a
+    /// row, and returns its action and the time one run took, on average
+    /// (the kernel's own clock, around the runs alone).
+    pub fn time_run(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), SteeringError> {
+        self.run(frame, repeat)
+            .map(|r| (r.return_value, r.duration))
+    }
+
+    fn run(&self, frame: &[u8], repeat: u32) -> Result<TestRunResult, SteeringError> {
         let program: &Xdp = self
             .ebpf
             .program(PROGRAM)
@@ -329,12 +347,10 @@ impl Steering {
             .expect("rialto_steer is an XDP program");
         let opts = TestRunOptions {
             data_in: Some(frame),
+            repeat,
             ..TestRunOptions::default()
         };
-        program
-            .test_run(opts)
-            .map(|r| r.return_value)
-            .map_err(SteeringError::TestRun)
+        program.test_run(opts).map_err(SteeringError::TestRun)
     }
 
     fn program_mut(&mut self) -> &mut Xdp {
