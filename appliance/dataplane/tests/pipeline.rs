@@ -277,6 +277,50 @@ fn a_port_reused_after_a_close_is_balanced_anew() {
     assert_eq!(stats.flows.live, 0, "{stats:?}");
 }
 
+/// `tables` as node 1 of a fleet (no peers yet): a balancer notes its
+/// flows for the peers.
+fn in_fleet(tables: &rialto_tables::Snapshot) -> rialto_tables::Snapshot {
+    rialto_tables::Snapshot {
+        fleet: Some(rialto_tables::Fleet {
+            node: 1,
+            listen: "198.18.1.1:7946".parse().unwrap(),
+            key: vec![7; 32],
+            vtep_prefix: ("198.18.3.0".parse().unwrap(), 24),
+            peers: Vec::new(),
+        }),
+        ..tables.clone()
+    }
+}
+
+/// In a fleet, a connection the fast path opens (a SYN to a VIP) is noted
+/// for the peers as the general path notes it, and its SYN leaves the same.
+#[test]
+fn a_connection_the_fast_path_opens_is_noted_as_the_general_path_notes_it() {
+    use std::sync::Arc;
+
+    let tables = Arc::new(in_fleet(&fixtures::compile(fixtures::CONFIG)));
+    let now = fixtures::START * 1_000_000_000;
+    let syn = from_client(fixtures::WEB, fixtures::L4::Tcp(40500, 80, "S", 1), b"");
+    let opened = |fast: bool| {
+        let mut pipeline = Pipeline::balance(Arc::clone(&tables), 0, 1, fixtures::NODE_MAC);
+        let Pipeline::Balance(balancer) = &mut pipeline else {
+            unreachable!("a balancer")
+        };
+        balancer.set_fast_path(fast);
+        let mut frame = OwnedFrame::new(&syn);
+        let verdict = frame.with(|f| match fast {
+            true => balancer.process_fast(f, now),
+            false => Some(balancer.process(f, now)),
+        });
+        let noted: Vec<_> = balancer.changes().expect("in a fleet").drain().collect();
+        (verdict, frame.data().to_vec(), noted)
+    };
+    let (fast, general) = (opened(true), opened(false));
+    assert_eq!(fast.0, Some(Verdict::Tx), "the fast path opened it");
+    assert_eq!(fast.2.len(), 1, "the new flow noted");
+    assert_eq!(fast, general);
+}
+
 /// In a fleet, a datagram of a flow a peer made, adopted here by the
 /// worker that owns its SNAT port, is found wherever RSS brings it: a
 /// worker without the flow hands it on, and the owner forwards it as the
@@ -291,14 +335,7 @@ fn a_peers_udp_flow_is_found_on_the_worker_that_adopted_it() {
     let datagram = |port| from_client(fixtures::ECHO, fixtures::L4::Udp(port, 7), b"query");
     let now = fixtures::START * 1_000_000_000;
     let alone = fixtures::compile(fixtures::CONFIG);
-    let mut a_tables = (*alone).clone();
-    a_tables.fleet = Some(rialto_tables::Fleet {
-        node: 1,
-        listen: "198.18.1.1:7946".parse().unwrap(),
-        key: vec![7; 32],
-        vtep_prefix: ("198.18.3.0".parse().unwrap(), 24),
-        peers: Vec::new(),
-    });
+    let mut a_tables = in_fleet(&alone);
     // The fleet's SNAT addresses: A's and B's (as compiling the fleet's
     // peers would give).
     let b_snat: std::net::IpAddr = "198.18.201.1".parse().unwrap();

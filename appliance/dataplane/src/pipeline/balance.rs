@@ -677,18 +677,35 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
                 .send_error(frame, ip, ErrorKind::TimeExceeded, side, link)
                 .unwrap_or_else(|v| v));
         }
+        match self.balance(key, ip.v6, service, side, now) {
+            Some(opened) => opened,
+            None => Err(self.refuse(frame, ip, side, link)),
+        }
+    }
+
+    /// The flow a connection of `key` (to service `service`, from `side`)
+    /// opens: its backend by Maglev, its gateway, a SNAT port; `None`, and
+    /// nothing done, if the service has no backend to take it.
+    fn balance(
+        &mut self,
+        key: &FlowKey,
+        v6: bool,
+        service: u32,
+        side: Side,
+        now: u32,
+    ) -> Option<Result<u32, Verdict>> {
         let svc = &self.tables.services[service as usize];
-        let Some(table) = &svc.table else {
-            return Err(self.refuse(frame, ip, side, link));
-        };
-        let hash = super::packet::flow_hash(&ip.src, &ip.dst, ports.src, ports.dst, ip.proto);
+        let table = svc.table.as_ref()?;
+        let hash =
+            super::packet::flow_hash(&key.src, &key.dst, key.src_port, key.dst_port, key.proto);
         let backend_index = table.lookup(hash);
         let backend = svc.backends[backend_index as usize];
         let cluster = &self.tables.clusters[usize::from(backend.cluster)];
         let gateway = (hash % cluster.gateways.len() as u64) as u16;
         let key = *key;
-        self.flows
-            .insert(ip.v6, ip.proto, hash, now, |snat, snat_port| Flow {
+        let opened = self
+            .flows
+            .insert(v6, key.proto, hash, now, |snat, snat_port| Flow {
                 forward: key,
                 reverse: FlowKey {
                     src: from_ip(backend.addr.ip()),
@@ -713,7 +730,8 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             .map_err(|e| match e {
                 InsertError::SnatExhausted => Verdict::Drop(DropReason::SnatExhausted),
                 InsertError::Unnamed => Verdict::Drop(DropReason::Unnamed),
-            })
+            });
+        Some(opened)
     }
 
     /// Whether a segment with `tcp_flags` for flow `id` opens a new

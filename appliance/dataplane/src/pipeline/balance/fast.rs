@@ -1,21 +1,23 @@
-//! The fast path: a packet of an established flow, in the shape nearly all
-//! of them have, read at fixed offsets.
+//! The fast path: a packet of an established flow, or a SYN that opens
+//! one, in the shape nearly all of them have, read at fixed offsets.
 //!
 //! The shape: untagged Ethernet; IPv4 without options, not a fragment, its
-//! header checksum right, TTL above one; TCP without SYN (a SYN may open or
-//! reopen a connection) or UDP, the header whole. It comes from the uplink,
-//! or in VXLAN of that same outer shape from a tunnel peer to Rialto's
-//! VTEP. Of such a packet, whose flow is found and which leaves by the
-//! uplink or by a gateway's [`Template`](super::Template), the fast path
-//! does what the general path ([`Balancer::run`]) does, byte for byte and
-//! counter for counter, without the general path's views, per-field bounds
-//! checks and branches for what the packet is not; and a packet of that
-//! shape to another worker's SNAT port it hands over, as the general path
-//! does, without parsing it twice. Anything else (another shape; a packet
-//! the general path drops, punts or answers; a new flow) it leaves
-//! untouched to the general path. A property test
-//! (`tests/fast_path.rs`) and the fuzz corpus's replay run both ways and
-//! compare.
+//! header checksum right, TTL above one; TCP or UDP, the header whole (a
+//! SYN only to a VIP, not to a SNAT address too, without ACK or RST). It
+//! comes from the uplink, or in VXLAN of that same outer shape from a
+//! tunnel peer to Rialto's VTEP. Of such a packet, whose flow is found (or,
+//! for a SYN, made: Maglev, a SNAT port, both keys indexed, as the general
+//! path's `new_flow` does) and which leaves by the uplink or by a gateway's
+//! [`Template`](super::Template), the fast path does what the general path
+//! ([`Balancer::run`]) does, byte for byte and counter for counter, without
+//! the general path's views, per-field bounds checks and branches for what
+//! the packet is not; and a packet of that shape to another worker's SNAT
+//! port it hands over, as the general path does, without parsing it twice.
+//! Anything else (another shape; a packet the general path drops, punts or
+//! answers; a SYN on a closing flow's 5-tuple, which the general path
+//! closes and balances anew; a datagram of no flow) it leaves untouched to
+//! the general path. A property test (`tests/fast_path.rs`) and the fuzz
+//! corpus's replay run both ways and compare.
 //!
 //! A batch ([`Balancer::process_batch`]) runs the fast path's reading and
 //! checks over several frames first, then reads the index entries and
@@ -101,6 +103,8 @@ pub(super) enum Stage {
     Done(Verdict),
     /// Of the shape, its flow to be looked up.
     Lookup(Staged),
+    /// A SYN of the shape to a VIP: its flow to be looked up, or made.
+    Open(Staged),
 }
 
 /// A frame of the shape, read and checked; what the rest of the fast path
@@ -116,6 +120,8 @@ pub(super) struct Staged {
     len: u16,
     tos: u8,
     tcp_flags: u8,
+    /// Where it came from.
+    side: Side,
     /// Which indexes the key may be in: to a VIP, the forward one; to a
     /// SNAT address, the reverse one.
     indexes: (bool, bool),
@@ -171,12 +177,16 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     #[inline]
     fn read_flows_ahead(&self, stages: &mut [Stage]) {
         for stage in stages.iter_mut() {
-            if let Stage::Lookup(s) = stage {
+            if let Stage::Lookup(s) | Stage::Open(s) = stage {
                 s.candidate = self.flows.candidate(&s.key, s.hash, s.indexes);
             }
         }
         for stage in stages.iter() {
             if let Stage::Lookup(Staged {
+                candidate: Some(id),
+                ..
+            })
+            | Stage::Open(Staged {
                 candidate: Some(id),
                 ..
             }) = stage
@@ -215,6 +225,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             Stage::General => None,
             Stage::Done(verdict) => Some(*verdict),
             Stage::Lookup(staged) => self.finish::<GUESSED>(frame, staged, now),
+            Stage::Open(staged) => self.open(frame, staged, now),
         }
     }
 
@@ -233,7 +244,6 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         let found = self.shape(d)?;
         let h = &d[found.at..found.at + ipv4::HEADER_LEN];
         let (tos, ttl, proto) = (h[1], h[8], h[9]);
-        // First what costs least: a SYN (a new flow, most likely) leaves here.
         let l4 = &d[found.at + ipv4::HEADER_LEN..found.at + found.len];
         let (src_port, dst_port, tcp_flags) = ports(l4, proto)?;
         let sums = header_sums(d, IP) && (found.at == IP || header_sums(d, found.at));
@@ -254,6 +264,12 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         if to == 0 || (snat && check_answer) {
             return None;
         }
+        // A SYN may open a connection: the fast path opens one to a VIP
+        // alone, and leaves any other SYN to the general path.
+        let syn = tcp_flags & flags::SYN != 0;
+        if syn && (to != Roles::VIP || tcp_flags & (flags::ACK | flags::RST) != 0) {
+            return None;
+        }
         let snat_ports = self.flows.snat();
         if snat && !snat_ports.owns(dst_port) {
             // Another worker's SNAT port: its flow is there, where the
@@ -270,7 +286,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             pad: [0; 3],
         };
         let vip = to & Roles::VIP != 0;
-        Some(Stage::Lookup(Staged {
+        let staged = Staged {
             // Only a forward key's is needed.
             hash: if vip { self.flows.hash(&key) } else { 0 },
             key,
@@ -279,9 +295,42 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             len: found.len as u16,
             tos,
             tcp_flags,
+            side: found.side,
             indexes: (vip, snat),
             candidate: None,
-        }))
+        };
+        Some(match syn {
+            true => Stage::Open(staged),
+            false => Stage::Lookup(staged),
+        })
+    }
+
+    /// [`Balancer::finish`] for the SYN `staged` to a VIP, once its flow
+    /// is found (the SYN sent again) or made: what the general path's
+    /// `new_flow` makes of it, once it has checked what `staged` checked.
+    /// `None`, and nothing done, for what the general path does otherwise:
+    /// a SYN on a closing flow's 5-tuple (the old flow closed, the
+    /// connection balanced anew), no service on the VIP's port, a service
+    /// with no backend. Apart, so that the established flows' path does
+    /// not carry it; the flow is looked up again there.
+    #[inline(never)]
+    fn open(&mut self, frame: &mut FrameBuf<'_>, staged: &Staged, now: u32) -> Option<Verdict> {
+        let Staged { ref key, hash, .. } = *staged;
+        match self
+            .flows
+            .lookup_hashed(key, hash, now, staged.indexes, None)
+        {
+            Some((id, _)) if self.reopens(id, key.proto, staged.tcp_flags) => return None,
+            Some(_) => {}
+            None => {
+                let service = self.roles.service(&key.dst, key.dst_port, key.proto)?;
+                match self.balance(key, false, service, staged.side, now)? {
+                    Ok(id) => self.note(Replica::UP, id, now),
+                    Err(verdict) => return Some(verdict),
+                }
+            }
+        }
+        self.finish::<false>(frame, staged, now)
     }
 
     /// The rest of the fast path for the frame `staged`: the flow's
@@ -416,17 +465,14 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
 }
 
 /// The ports and TCP control bits of the whole TCP or UDP header `l4` (up
-/// to the IP packet's end): `None` for anything else, and for a SYN.
+/// to the IP packet's end): `None` for anything else.
 #[inline]
 fn ports(l4: &[u8], proto: u8) -> Option<(u16, u16, u8)> {
     match proto {
         TCP if l4.len() >= TCP_HEADER => {
             let header = usize::from(l4[12] >> 4) * 4;
             let bits = l4[13];
-            let ok = header >= TCP_HEADER
-                && header <= l4.len()
-                && flags::valid(bits)
-                && bits & flags::SYN == 0;
+            let ok = header >= TCP_HEADER && header <= l4.len() && flags::valid(bits);
             ok.then(|| (word(l4, 0), word(l4, 2), bits))
         }
         UDP if l4.len() >= udp::HEADER_LEN => {
