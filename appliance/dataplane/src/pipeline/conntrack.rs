@@ -1210,21 +1210,26 @@ impl Replies {
     /// [`takes`](Self::takes); its address gets its rows if it has none.
     fn insert(&mut self, key: &FlowKey, id: u32) {
         debug_assert!(self.takes(key), "a reverse key the index takes");
-        if self.takes(key) && self.place(key).is_none() {
-            self.addrs.push(u128::from_ne_bytes(key.dst));
-            self.rows_of = KeyMap::new(
-                (0u32..)
-                    .step_by(2)
-                    .zip(&self.addrs)
-                    .map(|(row, &a)| (a, row))
-                    .collect(),
-            );
-            for _ in [TCP, UDP] {
-                self.rows
-                    .push(vec![0; self.len as usize].into_boxed_slice());
+        let place = match self.place(key) {
+            Some(place) => Some(place),
+            None if self.takes(key) => {
+                self.addrs.push(u128::from_ne_bytes(key.dst));
+                self.rows_of = KeyMap::new(
+                    (0u32..)
+                        .step_by(2)
+                        .zip(&self.addrs)
+                        .map(|(row, &a)| (a, row))
+                        .collect(),
+                );
+                for _ in [TCP, UDP] {
+                    self.rows
+                        .push(vec![0; self.len as usize].into_boxed_slice());
+                }
+                self.place(key)
             }
-        }
-        if let Some((row, port)) = self.place(key) {
+            None => None,
+        };
+        if let Some((row, port)) = place {
             self.rows[row][port] = id + 1;
         }
     }

@@ -312,25 +312,34 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     /// a SYN on a closing flow's 5-tuple (the old flow closed, the
     /// connection balanced anew), no service on the VIP's port, a service
     /// with no backend. Apart, so that the established flows' path does
-    /// not carry it; the flow is looked up again there.
+    /// not carry it; that path then takes the flow's slot as read ahead.
     #[inline(never)]
     fn open(&mut self, frame: &mut FrameBuf<'_>, staged: &Staged, now: u32) -> Option<Verdict> {
         let Staged { ref key, hash, .. } = *staged;
-        match self
+        let found = self
             .flows
-            .lookup_hashed(key, hash, now, staged.indexes, None)
-        {
+            .lookup_hashed(key, hash, now, staged.indexes, None);
+        let id = match found {
             Some((id, _)) if self.reopens(id, key.proto, staged.tcp_flags) => return None,
-            Some(_) => {}
+            Some((id, _)) => id,
             None => {
                 let service = self.roles.service(&key.dst, key.dst_port, key.proto)?;
                 match self.balance(key, false, service, staged.side, now)? {
-                    Ok(id) => self.note(Replica::UP, id, now),
+                    Ok(id) => {
+                        self.note(Replica::UP, id, now);
+                        id
+                    }
                     Err(verdict) => return Some(verdict),
                 }
             }
-        }
-        self.finish::<false>(frame, staged, now)
+        };
+        // The flow's slot given, as a batch's read ahead: the lookup
+        // compares it, and searches no index.
+        let staged = Staged {
+            candidate: Some(id),
+            ..*staged
+        };
+        self.finish::<true>(frame, &staged, now)
     }
 
     /// The rest of the fast path for the frame `staged`: the flow's
