@@ -109,15 +109,16 @@ fn balance(c: &mut Criterion) {
 /// Slots of the flow table the conntrack benchmarks use.
 const SLOTS: usize = 1 << 20;
 
-/// UDP flow `i` from a client to the VIP, and its reverse from a backend
-/// to the SNAT address and port it was given.
+/// UDP flow `i` from a client to the fixture service `echo`, and its
+/// reverse from its backend (behind west) to the SNAT address and port it
+/// was given: a flow that packs under the tables' names.
 fn flow(i: usize, snat: [u8; 16], port: u16) -> Flow {
     let (addr, sport) = client(i);
     let forward = FlowKey {
         src: mapped(addr),
-        dst: mapped(fixtures::WEB),
+        dst: mapped(fixtures::ECHO),
         src_port: sport,
-        dst_port: 53,
+        dst_port: 7,
         proto: UDP,
         tunnel: rialto_dataplane::pipeline::conntrack::UPLINK,
         pad: [0; 3],
@@ -127,15 +128,15 @@ fn flow(i: usize, snat: [u8; 16], port: u16) -> Flow {
         reverse: FlowKey {
             src: mapped([198, 19, 0, 5]),
             dst: snat,
-            src_port: 53,
+            src_port: 7007,
             dst_port: port,
             proto: UDP,
-            tunnel: fixtures::EAST_VNI,
+            tunnel: fixtures::WEST_VNI,
             pad: [0; 3],
         },
         client: Side::UPLINK,
-        backend: Side::tunnel(0, 0),
-        service: 0,
+        backend: Side::tunnel(1, 0),
+        service: 1,
         backend_index: 0,
         hash: i as u32,
         sums: Default::default(),
