@@ -435,7 +435,9 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     }
 
     /// The fast path alone: what [`Balancer::process`] does with `frame` if
-    /// the fast path takes it; `None`, and the frame untouched, if not.
+    /// the fast path takes it; `None`, and the frame untouched, if not (the
+    /// flow table may have changed as the general path would change it: an
+    /// expired flow removed, a SYN's flow made).
     pub fn process_fast(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Option<Verdict> {
         self.now_ns = now_ns;
         let stage = self.stage(frame.data());

@@ -448,9 +448,10 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
 
     /// [`Conntrack::lookup_in`] of `key`, whose hash is `hash` (only a
     /// forward key's is needed), among the keys `(forward, reverse)` says.
-    /// `candidate`, if any, is the slot [`Conntrack::candidate`] said
-    /// earlier (the table may have changed since): if it holds the flow,
-    /// no index is searched. Inlined: it is on every packet's path.
+    /// `candidate`, if any, is a slot the index held for `key` earlier
+    /// (what [`Conntrack::candidate`] said, or a flow just made; the table
+    /// may have changed since): if it holds the flow, no index is searched.
+    /// Inlined: it is on every packet's path.
     #[inline(always)]
     pub fn lookup_hashed(
         &mut self,
@@ -460,7 +461,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         (forward, reverse): (bool, bool),
         candidate: Option<u32>,
     ) -> Option<(u32, Direction)> {
-        let confirmed = candidate.and_then(|id| self.confirm(id, key, forward));
+        let confirmed = candidate.and_then(|id| self.confirm(id, key, (forward, reverse)));
         let found = match confirmed {
             Some(id) => Some(id),
             None if forward => self.forward.get(hash, key, &self.slots, &self.names),
@@ -504,16 +505,22 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     }
 
     /// `candidate`, if slot `candidate` holds the live flow whose forward
-    /// key (if `forward`; else reverse key) is `key`: then the index holds
-    /// it under `key` too (live flows' keys are unique, and each is
-    /// indexed), and a lookup need not search it.
+    /// key (if `forward`; else, if `reverse`, reverse key) is `key`: then
+    /// the index holds it under `key` too (live flows' keys are unique, and
+    /// each is indexed), and a lookup need not search it.
     #[inline(always)]
-    fn confirm(&self, candidate: u32, key: &FlowKey, forward: bool) -> Option<u32> {
+    fn confirm(
+        &self,
+        candidate: u32,
+        key: &FlowKey,
+        (forward, reverse): (bool, bool),
+    ) -> Option<u32> {
         let slot = self.slots.get(candidate as usize)?;
-        let holds = if forward {
-            self.names.is_forward(slot, key)
-        } else {
-            self.names.is_reverse(slot, key)
+        let holds = match (forward, reverse) {
+            (true, _) => self.names.is_forward(slot, key),
+            (false, true) => self.names.is_reverse(slot, key),
+            // Neither index to be searched: nothing is found.
+            (false, false) => false,
         };
         (slot.is_live() && holds).then_some(candidate)
     }
@@ -1489,6 +1496,9 @@ mod tests {
                 Some((found, Direction::Forward))
             );
         }
+        // No index to search: nothing found, whatever the guess.
+        assert_eq!(find(&mut t, &key(40000), (false, false), Some(a)), None);
+        assert_eq!(find(&mut t, &a_back, (false, false), Some(a)), None);
         // Another flow's forward key is no reply, whatever the guess.
         assert_eq!(find(&mut t, &key(40000), back, Some(a)), None);
         assert_eq!(

@@ -125,8 +125,9 @@ pub(super) struct Staged {
     /// Which indexes the key may be in: to a VIP, the forward one; to a
     /// SNAT address, the reverse one.
     indexes: (bool, bool),
-    /// The slot a batch read ahead for the flow, if any: the lookup
-    /// compares it first, and searches no index if it holds the flow.
+    /// The slot a batch read ahead for the flow (or, for a SYN, the flow
+    /// just made), if any: the lookup compares it first, and searches no
+    /// index if it holds the flow.
     candidate: Option<u32>,
 }
 
@@ -182,16 +183,10 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             }
         }
         for stage in stages.iter() {
-            if let Stage::Lookup(Staged {
-                candidate: Some(id),
-                ..
-            })
-            | Stage::Open(Staged {
-                candidate: Some(id),
-                ..
-            }) = stage
+            if let Stage::Lookup(s) | Stage::Open(s) = stage
+                && let Some(id) = s.candidate
             {
-                self.flows.warm(*id);
+                self.flows.warm(id);
             }
         }
     }
@@ -213,7 +208,9 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     }
 
     /// What the general path does with `frame`, staged as `stage`, if the
-    /// fast path can do it; `None`, and the frame untouched, if not.
+    /// fast path can do it; `None`, and the frame untouched, if not (the
+    /// table may have changed: an expired flow removed, or a SYN's flow
+    /// made; the general path then finds it as it would have made it).
     #[inline]
     pub(super) fn fast<const GUESSED: bool>(
         &mut self,
@@ -230,7 +227,8 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     }
 
     /// The fast path's reading and checks of frame `d`, up to the flow's
-    /// lookup, which changes nothing: what [`Balancer::finish`] needs.
+    /// lookup, which changes nothing: what [`Balancer::finish`] (or, for a
+    /// SYN, [`Balancer::open`]) needs.
     #[inline]
     pub(super) fn stage(&self, d: &[u8]) -> Stage {
         if !self.fast_path || self.tables.resetting {
@@ -267,7 +265,8 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         // A SYN may open a connection: the fast path opens one to a VIP
         // alone, and leaves any other SYN to the general path.
         let syn = tcp_flags & flags::SYN != 0;
-        if syn && (to != Roles::VIP || tcp_flags & (flags::ACK | flags::RST) != 0) {
+        // (`flags::valid` has refused a SYN with RST or FIN.)
+        if syn && (to != Roles::VIP || tcp_flags & flags::ACK != 0) {
             return None;
         }
         let snat_ports = self.flows.snat();
@@ -308,17 +307,19 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
     /// [`Balancer::finish`] for the SYN `staged` to a VIP, once its flow
     /// is found (the SYN sent again) or made: what the general path's
     /// `new_flow` makes of it, once it has checked what `staged` checked.
-    /// `None`, and nothing done, for what the general path does otherwise:
-    /// a SYN on a closing flow's 5-tuple (the old flow closed, the
-    /// connection balanced anew), no service on the VIP's port, a service
-    /// with no backend. Apart, so that the established flows' path does
-    /// not carry it; that path then takes the flow's slot as read ahead.
+    /// `None`, and the frame untouched, for what the general path does
+    /// otherwise: a SYN on a closing flow's 5-tuple (the old flow closed,
+    /// the connection balanced anew), no service on the VIP's port, a
+    /// service with no backend (nothing done but what the lookup does: an
+    /// expired flow removed); and, once the flow is made, what `finish`
+    /// leaves to it (too big, no template), where the general path finds
+    /// the flow made, noted, and not yet touched, as its own `new_flow`
+    /// would leave it. Apart, so that the established flows' path does not
+    /// carry it; that path then takes the flow's slot as read ahead.
     #[inline(never)]
     fn open(&mut self, frame: &mut FrameBuf<'_>, staged: &Staged, now: u32) -> Option<Verdict> {
         let Staged { ref key, hash, .. } = *staged;
-        let found = self
-            .flows
-            .lookup_hashed(key, hash, now, staged.indexes, None);
+        let found = (self.flows).lookup_hashed(key, hash, now, staged.indexes, staged.candidate);
         let id = match found {
             Some((id, _)) if self.reopens(id, key.proto, staged.tcp_flags) => return None,
             Some((id, _)) => id,
