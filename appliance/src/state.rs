@@ -10,9 +10,9 @@
 //! [`FlowContext`], and `snat-ID.json`, the fleet's SNAT addresses in
 //! order. A slot's mark says which of two generations of names it is
 //! packed under, and the header names both ([`NamesId`]): a reload that
-//! changes them packs every slot again under the next, so a crash in the middle of one leaves
-//! slots of both, each read under its own. A `lock` file, held while
-//! Rialto runs, keeps a second one off the same directory.
+//! changes them packs every slot again under the next, so a crash in the
+//! middle of one leaves slots of both, each read under its own. A `lock`
+//! file, held while Rialto runs, keeps a second one off the same directory.
 //!
 //! After a crash or a stop, the next `rialto run` reads the tables back
 //! ([`StateDir::read_saved`]): a file of another state version, layout or

@@ -10,9 +10,9 @@
 //! which generation of names (a reload that changes what the indices name
 //! packs every slot again, under the next generation: a state file's
 //! header names both, so a crash in the middle of a reload leaves no slot
-//! read under the wrong names), and
-//! carries a check of the fields only a reload changes, so what is read
-//! back after a crash is checked, not trusted.
+//! read under the wrong names), and carries a check of the fields only a
+//! reload changes, so what is read back after a crash is checked, not
+//! trusted.
 
 use std::{
     net::IpAddr,
