@@ -47,10 +47,16 @@ use rialto_tables::{FlowContext, Snapshot, Timeouts};
 use crate::shm::SharedMap;
 
 /// The layout of what this Rialto writes.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 /// The layouts it reads, newest first: an upgrade from a Rialto that wrote
-/// version 1 keeps its flows.
-pub const STATE_VERSIONS_READ: [u32; 2] = [STATE_VERSION, 1];
+/// version 2 or 1 keeps its flows.
+pub const STATE_VERSIONS_READ: [u32; 3] = [STATE_VERSION, 2, 1];
+
+/// A slot's check in state version 2 (read only): the low half of the
+/// CRC-32 of the bytes version 3 checks by XXH3 ([`Slot::check_of`]).
+fn check_v2(slot: &Slot) -> u16 {
+    crc32fast::hash(slot.checked()) as u16
+}
 
 const MAGIC: [u8; 8] = *b"RIALTOFT";
 /// The header takes a page: the slots that follow are page-aligned.
@@ -511,7 +517,7 @@ impl StateDir {
                     discarded: Vec::new(),
                 }))
             }
-            STATE_VERSION => {
+            version @ (2 | STATE_VERSION) => {
                 let header: Header = bytemuck::pod_read_unaligned(&page);
                 let checks = header.check == header.checksum();
                 if !self.of_this_boot(
@@ -534,7 +540,12 @@ impl StateDir {
                 let mut flows = [Vec::new(), Vec::new()];
                 let mut unnamed = [0; 2];
                 let mut nameless = 0;
-                let torn = read_slots(&file, header.capacity, Slot::slot_state, |slot: &Slot| {
+                // Version 2 differs only by its slots' check.
+                let state = |slot: &Slot| match version {
+                    2 => slot.slot_state_by(check_v2),
+                    _ => slot.slot_state(),
+                };
+                let torn = read_slots(&file, header.capacity, state, |slot: &Slot| {
                     let generation = usize::from(slot.generation());
                     match &names[generation] {
                         Ok((_, names)) => match names.unpack(slot) {
@@ -1030,6 +1041,43 @@ mod tests {
         let saved = dir.read_saved(&old);
         assert_eq!(saved.flows, vec![(FlowContext::of(&old), made.clone())]);
         assert_eq!(carry_saved(&saved, &old), (made, 0));
+    }
+
+    /// A table of state version 2 (this layout, each slot checked by
+    /// CRC-32, what the Rialto before wrote) is read back and its flows
+    /// carried over: an upgrade keeps them. Read as this version's, the
+    /// same slots do not check out: the version says which check is theirs.
+    #[test]
+    fn a_version_2_table_is_read_back() {
+        let old = fixtures::compile(fixtures::CONFIG);
+        let dir = TestDir::new("version-2");
+        let state = &dir.0;
+        let names = state.save_names(&old).unwrap();
+        let slots = state.create_flows(0, 16, names).unwrap();
+        let mut balancer = Balancer::with_slots(slots, Arc::clone(&old), 0, 1, fixtures::NODE_MAC);
+        let made = two_flows(&mut balancer);
+        let written = |version: u32, balancer: &mut Balancer<MappedSlots>| {
+            let storage = balancer.storage_mut();
+            let header = storage.header();
+            header.version = version;
+            header.check = header.checksum();
+            for slot in storage.iter_mut().filter(|slot| slot.is_live()) {
+                slot.check = check_v2(slot);
+            }
+        };
+        written(2, &mut balancer);
+        state.commit(&[0]).unwrap();
+        let saved = dir.read_saved(&old);
+        assert_eq!(saved.flows, vec![(FlowContext::of(&old), made.clone())]);
+        assert_eq!(carry_saved(&saved, &old), (made, 0));
+        written(STATE_VERSION, &mut balancer);
+        let saved = state.read_saved(longest(&old.timeouts), fixtures::START as u32);
+        assert!(saved.flows.is_empty(), "{:?}", saved.flows);
+        assert!(
+            matches!(&saved.discarded[..], [line] if line.contains("does not check out")),
+            "{:?}",
+            saved.discarded
+        );
     }
 
     /// A crash in the middle of a reload of state version 1 leaves, in a
