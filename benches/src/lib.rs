@@ -102,8 +102,12 @@ pub fn with_flows(flows: usize, sample: usize) -> (Pipeline, Vec<Vec<u8>>, Vec<V
         }
     }
     pairs.shuffle(&mut SmallRng::seed_from_u64(0x5249_414c_544f));
-    let (forward, back) = pairs.into_iter().unzip();
-    (pipeline, forward, back)
+    let (forward, back): (Vec<Vec<u8>>, Vec<Vec<u8>>) = pairs.into_iter().unzip();
+    // Copied again in the order they are sent, so that they lie in memory
+    // in that order: live, a frame is in the UMEM, just written, not a
+    // cache miss away in a table of a million; the flows stay in no order.
+    let in_order = |frames: Vec<Vec<u8>>| frames.iter().map(|f| f.to_vec()).collect();
+    (pipeline, in_order(forward), in_order(back))
 }
 
 /// The backend's answer to an encapsulated segment Rialto sent.
