@@ -1279,8 +1279,9 @@ fn ping_all(pair: &Pair, live: &[Connection], what: &str) {
 }
 
 /// Flips a byte of the first live flow in a saved flow table of the state
-/// directory `dir` (state versions 2 and 3: slots of 48 bytes, the mark at byte
-/// 45, 2 or 3 when live); returns how many live flows that table holds.
+/// directory `dir` (state versions 2 and 3: slots of 48 bytes, the mark
+/// at byte 45, 2 or 3 when live); returns how many live flows that table
+/// holds.
 fn corrupt_a_flow(dir: &std::path::Path) -> u64 {
     const HEADER: usize = 4096;
     const SLOT: usize = 48;
