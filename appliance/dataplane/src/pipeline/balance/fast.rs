@@ -221,7 +221,7 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         match stage {
             Stage::General => None,
             Stage::Done(verdict) => Some(*verdict),
-            Stage::Lookup(staged) => self.finish::<GUESSED>(frame, staged, now),
+            Stage::Lookup(staged) => self.finish::<GUESSED>(frame, staged, staged.candidate, now),
             Stage::Open(staged) => self.open(frame, staged, now),
         }
     }
@@ -336,21 +336,19 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
         };
         // The flow's slot given, as a batch's read ahead: the lookup
         // compares it, and searches no index.
-        let staged = Staged {
-            candidate: Some(id),
-            ..*staged
-        };
-        self.finish::<true>(frame, &staged, now)
+        self.finish::<true>(frame, staged, Some(id), now)
     }
 
     /// The rest of the fast path for the frame `staged`: the flow's
-    /// lookup, the rewrite and the way out. `None`, and the frame
-    /// untouched, if the general path must take it.
+    /// lookup (comparing the slot `candidate` first, if `GUESSED`), the
+    /// rewrite and the way out. `None`, and the frame untouched, if the
+    /// general path must take it.
     #[inline]
     fn finish<const GUESSED: bool>(
         &mut self,
         frame: &mut FrameBuf<'_>,
         staged: &Staged,
+        candidate: Option<u32>,
         now: u32,
     ) -> Option<Verdict> {
         let Staged {
@@ -359,7 +357,6 @@ impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
             tos,
             tcp_flags,
             indexes,
-            candidate,
             ..
         } = *staged;
         let (proto, len) = (key.proto, usize::from(staged.len));
