@@ -582,10 +582,10 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
     pub fn restore(&mut self, flows: impl IntoIterator<Item = Flow>, now: u32) -> Restored {
         let mut done = Restored::default();
         let mut claims = self.snat.claims();
-        for flow in flows {
+        for mut flow in flows {
             let (addr, proto, port) = (flow.reverse.dst, flow.reverse.proto, flow.reverse.dst_port);
             let hash = self.hasher.hash_one(flow.forward);
-            let reason = match self.pack(&flow) {
+            let reason = match self.pack(&mut flow) {
                 _ if flow.expires < now => &mut done.expired,
                 _ if !self.snat.holds(&addr, proto, port) => &mut done.no_port,
                 None => &mut done.unnamed,
@@ -613,13 +613,11 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         done
     }
 
-    /// `flow` packed under the table's names, its sums worked out from its
-    /// keys (never taken as given), if it packs.
-    fn pack(&self, flow: &Flow) -> Option<Slot> {
-        self.names.pack(&Flow {
-            sums: flow.forward_sums(),
-            ..*flow
-        })
+    /// `flow` packed under the table's names, if it packs; its sums first
+    /// worked out from its keys (never taken as given).
+    fn pack(&self, flow: &mut Flow) -> Option<Slot> {
+        flow.sums = flow.forward_sums();
+        self.names.pack(flow)
     }
 
     /// Writes `flow`, packed as `packed`, into free slot `id` and indexes
@@ -650,7 +648,7 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
             .ok_or(InsertError::SnatExhausted)?;
         let mut flow = make(addr, port);
         flow.expires = now.saturating_add(self.timeout(flow.forward.proto, flow.state));
-        let Some(packed) = self.pack(&flow) else {
+        let Some(packed) = self.pack(&mut flow) else {
             self.snat.give_back(&addr, proto, port);
             return Err(InsertError::Unnamed);
         };
@@ -720,13 +718,13 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         if replica.remaining == 0 {
             return Adopted::Ignored;
         }
-        let flow = Flow {
+        let mut flow = Flow {
             expires: now.saturating_add(replica.remaining),
             ..flow
         };
         // Packed under this table's names: a flow they do not name
         // (another config's) cannot be carried here.
-        let Some(packed) = self.pack(&flow) else {
+        let Some(packed) = self.pack(&mut flow) else {
             return Adopted::NotHere;
         };
         // Compared in place: the flow packed, its padding is none.
