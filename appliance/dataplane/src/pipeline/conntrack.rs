@@ -1217,26 +1217,35 @@ impl Replies {
         debug_assert!(self.takes(key), "a reverse key the index takes");
         let place = match self.place(key) {
             Some(place) => Some(place),
-            None if self.takes(key) => {
-                self.addrs.push(u128::from_ne_bytes(key.dst));
-                self.rows_of = KeyMap::new(
-                    (0u32..)
-                        .step_by(2)
-                        .zip(&self.addrs)
-                        .map(|(row, &a)| (a, row))
-                        .collect(),
-                );
-                for _ in [TCP, UDP] {
-                    self.rows
-                        .push(vec![0; self.len as usize].into_boxed_slice());
-                }
-                self.place(key)
-            }
-            None => None,
+            None => self.add_rows(key),
         };
         if let Some((row, port)) = place {
             self.rows[row][port] = id + 1;
         }
+    }
+
+    /// Gives the address of reverse key `key` its rows, if the index
+    /// [`takes`](Self::takes) the key; then its place. Once per SNAT
+    /// address: kept out of [`Replies::insert`]'s way.
+    #[cold]
+    #[inline(never)]
+    fn add_rows(&mut self, key: &FlowKey) -> Option<(usize, usize)> {
+        if !self.takes(key) {
+            return None;
+        }
+        self.addrs.push(u128::from_ne_bytes(key.dst));
+        self.rows_of = KeyMap::new(
+            (0u32..)
+                .step_by(2)
+                .zip(&self.addrs)
+                .map(|(row, &a)| (a, row))
+                .collect(),
+        );
+        for _ in [TCP, UDP] {
+            self.rows
+                .push(vec![0; self.len as usize].into_boxed_slice());
+        }
+        self.place(key)
     }
 
     /// Forgets slot `id`, whose reverse key is `key`.
