@@ -16,8 +16,9 @@
 //!
 //! After a crash or a stop, the next `rialto run` reads the tables back
 //! ([`StateDir::read_saved`]): a file of another state version, layout or
-//! boot is left aside (version 1's, whole flows in 128-byte slots, is still
-//! read: an upgrade keeps its flows); a slot marked torn (being written
+//! boot is left aside (version 2's, these slots checked by CRC-32, and
+//! version 1's, whole flows in 128-byte slots, are still read: an upgrade
+//! keeps its flows); a slot marked torn (being written
 //! when the process died) is skipped; a slot whose check does not match,
 //! or any other inconsistency, means the file is corrupt and none of it is
 //! trusted. The flows are carried over to the new tables as a reload would,
