@@ -9,8 +9,9 @@
 //!
 //! each at 1 thousand and 1 million live flows: by the fast path and by the
 //! general path alone (`_general`), one frame per call; and by the fast
-//! path 64 frames per call (`_batch`: the index entries and slots of a
-//! batch's flows read ahead, together; `_batch_in_turn`: not). Each case
+//! path 64 frames per call (`_batch`: the index entry and slot of each
+//! frame's flow read ahead, some frames before its turn; `_batch_in_turn`:
+//! not). Each case
 //! cycles over a packet of every live flow, in an order unrelated to the
 //! flows' slots and SNAT ports: a million flows' table takes some 60 MB,
 //! more than the caches hold, so most of their packets miss, as a large
@@ -57,7 +58,7 @@ fn cycle(c: &mut Criterion, group: &str, name: &str, pipeline: &mut Pipeline, fr
 }
 
 /// As [`cycle`], [`BATCH`] frames at a time in one call, as the live loop
-/// hands them: the flows of a batch are read ahead, together.
+/// hands them: the flows of a batch are read ahead.
 fn cycle_batch(
     c: &mut Criterion,
     group: &str,

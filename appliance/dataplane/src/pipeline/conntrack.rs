@@ -270,6 +270,21 @@ pub enum Direction {
     Reply,
 }
 
+/// Where the indexes file a key ([`Conntrack::filed`]): worked out once,
+/// as a batch stages a frame, for both the index entry's read ahead and
+/// the guess of the flow's slot that follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filed {
+    /// A forward key (to a VIP), of this hash: in the forward index.
+    Forward(u64),
+    /// A reverse key only (to a SNAT address): its SNAT port's entry in
+    /// the reply index, by row and port.
+    Reply(u32, u32),
+    /// In no index: not a key the lookup searches, or its SNAT address
+    /// has no rows yet.
+    Nowhere,
+}
+
 /// Why a flow could not be created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InsertError {
@@ -484,23 +499,46 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         Some((id, direction))
     }
 
-    /// The slot a lookup of `key` (of hash `hash`), among the keys
-    /// `(forward, reverse)` says, compares first: a guess, from the
-    /// indexes alone (no key is compared), that brings the index's cache
-    /// line near. With [`Conntrack::warm`], what a batch does for all its
-    /// frames before it processes the first, so that their cache misses
-    /// overlap.
+    /// Where the indexes file `key` (of hash `hash`, if a forward key),
+    /// among the keys `(forward, reverse)` says: what a batch works out as
+    /// it stages a frame, to read the index entry ahead
+    /// ([`Conntrack::prefetch`]), then the slot it names
+    /// ([`Conntrack::candidate`]).
     #[inline]
-    pub fn candidate(
-        &self,
-        key: &FlowKey,
-        hash: u64,
-        (forward, reverse): (bool, bool),
-    ) -> Option<u32> {
+    pub fn filed(&self, key: &FlowKey, hash: u64, (forward, reverse): (bool, bool)) -> Filed {
         match (forward, reverse) {
-            (true, _) => self.forward.candidate(hash),
-            (false, true) => self.replies.holder(key),
-            (false, false) => None,
+            (true, _) => Filed::Forward(hash),
+            (false, true) => self
+                .replies
+                .place(key)
+                .map_or(Filed::Nowhere, |(row, port)| Filed::Reply(row, port)),
+            (false, false) => Filed::Nowhere,
+        }
+    }
+
+    /// Starts reading the index entry `filed` names, and returns at once:
+    /// the processor brings its cache line near while other frames are
+    /// worked on.
+    #[inline]
+    pub fn prefetch(&self, filed: Filed) {
+        match filed {
+            Filed::Forward(hash) => self.forward.prefetch(hash),
+            Filed::Reply(row, port) => self.replies.prefetch(row, port),
+            Filed::Nowhere => {}
+        }
+    }
+
+    /// The slot a lookup of the key filed at `filed` compares first: a
+    /// guess, from the index entry alone (no key is compared). With
+    /// [`Conntrack::warm`], what a batch does for a frame some frames
+    /// before it processes it, so that its cache misses overlap others'.
+    /// The table may change in between: the lookup compares the guess.
+    #[inline]
+    pub fn candidate(&self, filed: Filed) -> Option<u32> {
+        match filed {
+            Filed::Forward(hash) => self.forward.candidate(hash),
+            Filed::Reply(row, port) => self.replies.holder_at(row, port),
+            Filed::Nowhere => None,
         }
     }
 
@@ -525,13 +563,14 @@ impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
         (slot.is_live() && holds).then_some(candidate)
     }
 
-    /// Reads slot `id`'s first and last word, and does nothing with them:
-    /// brings both cache lines of the flow near (see
+    /// Starts reading slot `id`'s first and last word, and returns at
+    /// once: brings both cache lines of the flow near (see
     /// [`Conntrack::candidate`]).
     #[inline]
     pub fn warm(&self, id: u32) {
         if let Some(slot) = self.slots.get(id as usize) {
-            std::hint::black_box((slot.client[0], slot.check));
+            safe_arch::prefetch_t0(&slot.client);
+            safe_arch::prefetch_t0(&slot.check);
         }
     }
 
@@ -1067,6 +1106,14 @@ impl Index {
         None
     }
 
+    /// Starts reading the home bucket of `hash` ([`Conntrack::prefetch`]).
+    #[inline]
+    fn prefetch(&self, hash: u64) {
+        if let Some(bucket) = self.buckets.get(self.home(hash)) {
+            safe_arch::prefetch_t0(bucket);
+        }
+    }
+
     /// The slot of the first entry of the home bucket whose tag is
     /// `hash`'s ([`Conntrack::candidate`]).
     #[inline]
@@ -1181,7 +1228,7 @@ impl Replies {
     /// The row and the entry of the port of reverse key `key`, if its
     /// address has rows.
     #[inline(always)]
-    fn place(&self, key: &FlowKey) -> Option<(usize, usize)> {
+    fn place(&self, key: &FlowKey) -> Option<(u32, u32)> {
         let proto = match key.proto {
             TCP => 0,
             UDP => 1,
@@ -1191,8 +1238,23 @@ impl Replies {
         if port >= self.len {
             return None;
         }
-        let row = self.rows_of.get(u128::from_ne_bytes(key.dst))? as usize + proto;
-        Some((row, port as usize))
+        let row = self.rows_of.get(u128::from_ne_bytes(key.dst))? + proto;
+        Some((row, port))
+    }
+
+    /// The entry at `row` and `port`, if the index has it.
+    #[inline(always)]
+    fn entry(&self, row: u32, port: u32) -> Option<&u32> {
+        self.rows.get(row as usize)?.get(port as usize)
+    }
+
+    /// Starts reading the entry at `row` and `port`
+    /// ([`Conntrack::prefetch`]).
+    #[inline]
+    fn prefetch(&self, row: u32, port: u32) {
+        if let Some(entry) = self.entry(row, port) {
+            safe_arch::prefetch_t0(entry);
+        }
     }
 
     /// The slot of the live flow on the SNAT port of `key`, whatever the
@@ -1200,7 +1262,13 @@ impl Replies {
     #[inline(always)]
     fn holder(&self, key: &FlowKey) -> Option<u32> {
         let (row, port) = self.place(key)?;
-        self.rows[row][port].checked_sub(1)
+        self.holder_at(row, port)
+    }
+
+    /// The slot of the live flow at `row` and `port`, if any.
+    #[inline(always)]
+    fn holder_at(&self, row: u32, port: u32) -> Option<u32> {
+        self.entry(row, port)?.checked_sub(1)
     }
 
     /// The slot of the live flow whose reverse key is `key`.
@@ -1220,7 +1288,7 @@ impl Replies {
             None => self.add_rows(key),
         };
         if let Some((row, port)) = place {
-            self.rows[row][port] = id + 1;
+            self.rows[row as usize][port as usize] = id + 1;
         }
     }
 
@@ -1229,7 +1297,7 @@ impl Replies {
     /// address: kept out of [`Replies::insert`]'s way.
     #[cold]
     #[inline(never)]
-    fn add_rows(&mut self, key: &FlowKey) -> Option<(usize, usize)> {
+    fn add_rows(&mut self, key: &FlowKey) -> Option<(u32, u32)> {
         if !self.takes(key) {
             return None;
         }
@@ -1251,9 +1319,9 @@ impl Replies {
     /// Forgets slot `id`, whose reverse key is `key`.
     fn remove(&mut self, key: &FlowKey, id: u32) {
         if let Some((row, port)) = self.place(key)
-            && self.rows[row][port] == id + 1
+            && self.rows[row as usize][port as usize] == id + 1
         {
-            self.rows[row][port] = 0;
+            self.rows[row as usize][port as usize] = 0;
         }
     }
 }
@@ -1469,10 +1537,21 @@ mod tests {
         // The slot a batch reads ahead is the flow's, in the index asked:
         // a reply's by its SNAT port alone (no hash).
         let there = t.hash(&key(40000));
-        assert_eq!(t.candidate(&key(40000), there, (true, false)), Some(id));
-        assert_eq!(t.candidate(&reverse, 0, (false, true)), Some(id));
-        assert_eq!(t.candidate(&stranger, 0, (false, true)), Some(id));
-        assert_eq!(t.candidate(&key(40000), there, (false, false)), None);
+        let guess = |key: &FlowKey, hash, indexes| t.candidate(t.filed(key, hash, indexes));
+        assert_eq!(guess(&key(40000), there, (true, false)), Some(id));
+        assert_eq!(guess(&reverse, 0, (false, true)), Some(id));
+        assert_eq!(guess(&stranger, 0, (false, true)), Some(id));
+        assert_eq!(guess(&key(40000), there, (false, false)), None);
+        assert_eq!(t.filed(&key(40000), there, (false, false)), Filed::Nowhere);
+        // A reply to an address without rows is filed nowhere; a place the
+        // index does not have names no slot.
+        let elsewhere = FlowKey {
+            dst: mapped([198, 18, 99, 1]),
+            ..reverse
+        };
+        assert_eq!(t.filed(&elsewhere, 0, (false, true)), Filed::Nowhere);
+        assert_eq!(t.candidate(Filed::Reply(u32::MAX, 0)), None);
+        assert_eq!(t.candidate(Filed::Reply(0, u32::MAX)), None);
     }
 
     /// A lookup given the slot a batch read ahead takes it if it holds the
