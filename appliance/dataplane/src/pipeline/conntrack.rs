@@ -1031,6 +1031,14 @@ impl Bucket {
     fn entry(bit: u32) -> usize {
         bit as usize / 2
     }
+
+    /// The slot of the first entry whose tag is `tag`, if any.
+    #[inline]
+    fn first(&self, tag: u16) -> Option<u32> {
+        let lanes = self.matching(tag);
+        let id = self.ids[Self::entry(lanes.trailing_zeros()).min(7)];
+        (lanes != 0 && id != Self::EMPTY).then_some(id)
+    }
 }
 
 impl Index {
@@ -1106,22 +1114,31 @@ impl Index {
         None
     }
 
-    /// Starts reading the home bucket of `hash` ([`Conntrack::prefetch`]).
+    /// Starts reading the home bucket of `hash` and the next, where the
+    /// entry is if the home bucket was full ([`Conntrack::prefetch`]).
     #[inline]
     fn prefetch(&self, hash: u64) {
-        if let Some(bucket) = self.buckets.get(self.home(hash)) {
-            safe_arch::prefetch_t0(bucket);
+        let home = self.home(hash);
+        for b in [home, self.next(home)] {
+            if let Some(bucket) = self.buckets.get(b) {
+                safe_arch::prefetch_t0(bucket);
+            }
         }
     }
 
     /// The slot of the first entry of the home bucket whose tag is
-    /// `hash`'s ([`Conntrack::candidate`]).
+    /// `hash`'s, or if it has none and entries went past it, of the next
+    /// bucket's ([`Conntrack::candidate`]): a full home bucket sends an
+    /// entry on, and a guess that missed it would leave its lookup to
+    /// wait for the next bucket and then its slot, one miss after another.
     #[inline]
     fn candidate(&self, hash: u64) -> Option<u32> {
-        let bucket = &self.buckets[self.home(hash)];
-        let lanes = bucket.matching(Self::tag(hash));
-        let id = bucket.ids[Bucket::entry(lanes.trailing_zeros()).min(7)];
-        (lanes != 0 && id != Bucket::EMPTY).then_some(id)
+        let (home, tag) = (self.home(hash), Self::tag(hash));
+        let bucket = &self.buckets[home];
+        match bucket.first(tag) {
+            None if bucket.passed != 0 => self.buckets[self.next(home)].first(tag),
+            found => found,
+        }
     }
 
     /// Indexes slot `id`, whose key's hash is `hash`.
@@ -1552,6 +1569,33 @@ mod tests {
         assert_eq!(t.filed(&elsewhere, 0, (false, true)), Filed::Nowhere);
         assert_eq!(t.candidate(Filed::Reply(u32::MAX, 0)), None);
         assert_eq!(t.candidate(Filed::Reply(0, u32::MAX)), None);
+    }
+
+    /// A batch's guess finds a flow whose home bucket was full when it came
+    /// (its entry in the next bucket) as well as one in its home bucket.
+    #[test]
+    fn a_guess_looks_past_a_full_home_bucket() {
+        let mut t = table(600, (1024, 2047));
+        let ids: Vec<(u16, u32)> = (40000..40600)
+            .map(|port| (port, add(&mut t, port, 0).unwrap()))
+            .collect();
+        let mut next = 0;
+        for (port, id) in ids {
+            let hash = t.hash(&key(port));
+            let home = t.forward.home(hash);
+            let holds = |b: usize| t.forward.buckets[b].ids.contains(&id);
+            let guess = t.candidate(t.filed(&key(port), hash, (true, false)));
+            if holds(home) {
+                assert_eq!(guess, Some(id), "port {port}, in its home bucket");
+            } else if holds(t.forward.next(home)) {
+                assert_eq!(guess, Some(id), "port {port}, in the next bucket");
+                next += 1;
+            }
+        }
+        assert!(
+            next > 0,
+            "600 flows in 100 buckets: some home bucket overflows"
+        );
     }
 
     /// A lookup given the slot a batch read ahead takes it if it holds the

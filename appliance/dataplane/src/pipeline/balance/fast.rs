@@ -133,7 +133,7 @@ pub(super) struct Staged {
 /// Frames a batch stages ahead of the one it processes: each frame's index
 /// entry starts to be read as it is staged, [`AHEAD`] frames before its
 /// turn. Measured (`--bench pipeline`): 6 and 8 did worse at a million
-/// flows; 20 and 28 no better, and worse at a thousand.
+/// flows; 20 and 28 within the noise of 12.
 const AHEAD: usize = 12;
 
 /// Frames before its turn that a frame's slot is guessed from its index
