@@ -18,13 +18,13 @@
 //! ([`StateDir::read_saved`]): a file of another state version, layout or
 //! boot is left aside (version 2's, these slots checked by CRC-32, and
 //! version 1's, whole flows in 128-byte slots, are still read: an upgrade
-//! keeps its flows); a slot marked torn (being written
-//! when the process died) is skipped; a slot whose check does not match,
-//! or any other inconsistency, means the file is corrupt and none of it is
-//! trusted. The flows are carried over to the new tables as a reload would,
-//! each from the saved context whose indices name its keys (a version 1
-//! table holds whole flows, and a crash could cut its reload short after
-//! some slots were rewritten under the next tables, before its header named
+//! keeps its flows); a slot marked torn (being written when the process
+//! died) is skipped; a slot whose check does not match, or any other
+//! inconsistency, means the file is corrupt and none of it is trusted.
+//! The flows are carried over to the new tables as a reload would, each
+//! from the saved context whose indices name its keys (a version 1 table
+//! holds whole flows, and a crash could cut its reload short after some
+//! slots were rewritten under the next tables, before its header named
 //! them), restored into new files (`.new`), which then replace the old
 //! ones.
 

@@ -11,14 +11,13 @@
 //! general path alone (`_general`), one frame per call; and by the fast
 //! path 64 frames per call (`_batch`: the index entry and slot of each
 //! frame's flow read ahead, some frames before its turn; `_batch_in_turn`:
-//! not). Each case
-//! cycles over a packet of every live flow, in an order unrelated to the
-//! flows' slots and SNAT ports: a million flows' table takes some 60 MB,
-//! more than the caches hold, so most of their packets miss, as a large
-//! table's do live. The frames themselves lie in memory in the order they
-//! are sent, as frames in the UMEM do (`with_flows`). Every iteration
-//! copies the 64- to 114-byte frame into place first: the figures include
-//! that copy.
+//! not). Each case cycles over a packet of every live flow, in an order
+//! unrelated to the flows' slots and SNAT ports: a million flows' table
+//! takes some 60 MB, more than the caches hold, so most of their packets
+//! miss, as a large table's do live. The frames themselves lie in memory
+//! in the order they are sent, as frames in the UMEM do (`with_flows`).
+//! Every iteration copies the 64- to 114-byte frame into place first: the
+//! figures include that copy.
 //!
 //! - conntrack insert: a new flow (SNAT port, forward and reverse entries)
 //!   into a table of 2^20 slots, from empty to full;

@@ -1265,6 +1265,12 @@ impl Replies {
         self.rows.get(row as usize)?.get(port as usize)
     }
 
+    /// [`Replies::entry`], to be written.
+    #[inline(always)]
+    fn entry_mut(&mut self, row: u32, port: u32) -> Option<&mut u32> {
+        self.rows.get_mut(row as usize)?.get_mut(port as usize)
+    }
+
     /// Starts reading the entry at `row` and `port`
     /// ([`Conntrack::prefetch`]).
     #[inline]
@@ -1304,8 +1310,8 @@ impl Replies {
             Some(place) => Some(place),
             None => self.add_rows(key),
         };
-        if let Some((row, port)) = place {
-            self.rows[row as usize][port as usize] = id + 1;
+        if let Some(entry) = place.and_then(|(row, port)| self.entry_mut(row, port)) {
+            *entry = id + 1;
         }
     }
 
@@ -1336,9 +1342,10 @@ impl Replies {
     /// Forgets slot `id`, whose reverse key is `key`.
     fn remove(&mut self, key: &FlowKey, id: u32) {
         if let Some((row, port)) = self.place(key)
-            && self.rows[row as usize][port as usize] == id + 1
+            && let Some(entry) = self.entry_mut(row, port)
+            && *entry == id + 1
         {
-            self.rows[row as usize][port as usize] = 0;
+            *entry = 0;
         }
     }
 }
