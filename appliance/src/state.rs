@@ -41,11 +41,11 @@ use bytemuck::{Pod, Zeroable};
 use nix::fcntl::{Flock, FlockArg};
 use rialto_dataplane::pipeline::{
     balance,
-    conntrack::{Flow, Names, Slot, SlotState},
+    conntrack::{Flow, FlowMemory, Names, Slot, SlotState},
 };
 use rialto_tables::{FlowContext, Snapshot, Timeouts};
 
-use crate::shm::SharedMap;
+use crate::shm::Mapped;
 
 /// The layout of what this Rialto writes.
 pub const STATE_VERSION: u32 = 3;
@@ -154,12 +154,12 @@ impl SlotV1 {
 /// A worker's flow table, mapped shared from its file.
 #[derive(Debug)]
 pub struct MappedSlots {
-    map: SharedMap,
+    map: Mapped<Slot>,
 }
 
 impl MappedSlots {
     fn header(&mut self) -> &mut Header {
-        bytemuck::from_bytes_mut(&mut self.map[..size_of::<Header>()])
+        bytemuck::from_bytes_mut(&mut self.map.head_mut()[..size_of::<Header>()])
     }
 
     /// Records that the slots of `generation` are packed under `names`:
@@ -175,13 +175,22 @@ impl Deref for MappedSlots {
     type Target = [Slot];
 
     fn deref(&self) -> &[Slot] {
-        bytemuck::cast_slice(&self.map[HEADER_LEN..])
+        &self.map
     }
 }
 
 impl DerefMut for MappedSlots {
     fn deref_mut(&mut self) -> &mut [Slot] {
-        bytemuck::cast_slice_mut(&mut self.map[HEADER_LEN..])
+        &mut self.map
+    }
+}
+
+/// The slots in their file, the indexes in anonymous memory.
+impl FlowMemory for MappedSlots {
+    type Array<T: Pod + std::fmt::Debug> = Mapped<T>;
+
+    fn zeroed<T: Pod + std::fmt::Debug>(len: usize) -> Mapped<T> {
+        Mapped::anon(len)
     }
 }
 
@@ -359,7 +368,7 @@ impl StateDir {
             .open(&path)
             .and_then(|f| f.set_len(len as u64).map(|()| f))
             .with_context(|| format!("cannot create {}", path.display()))?;
-        let map = SharedMap::new(&file, len)
+        let map = Mapped::file(&file, HEADER_LEN, capacity)
             .with_context(|| format!("cannot map {} ({len} bytes)", path.display()))?;
         let mut slots = MappedSlots { map };
         *slots.header() = Header {
@@ -853,7 +862,7 @@ mod tests {
 
     /// Two flows made by `balancer` (TCP to web, UDP to echo), as its table
     /// holds them.
-    fn two_flows<S: DerefMut<Target = [Slot]>>(balancer: &mut Balancer<S>) -> Vec<Flow> {
+    fn two_flows<S: FlowMemory>(balancer: &mut Balancer<S>) -> Vec<Flow> {
         let now = fixtures::START * 1_000_000_000;
         for (vip, l4) in [
             (fixtures::WEB, L4::Tcp(40000, 80, "S", 1)),

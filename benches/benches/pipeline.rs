@@ -35,14 +35,20 @@ use rialto_benches::{BATCH, Batch, client, forward, reflect_frame, tables, with_
 use rialto_dataplane::{
     OwnedFrame, Pipeline,
     pipeline::{
-        conntrack::{Conntrack, Flow, FlowKey, Side, TcpState},
+        conntrack::{Conntrack, Flow, FlowKey, FlowMemory, Side, TcpState},
         packet::mapped,
         snat::SnatPorts,
     },
 };
 use rialto_fixtures as fixtures;
 
-fn cycle(c: &mut Criterion, group: &str, name: &str, pipeline: &mut Pipeline, frames: &[Vec<u8>]) {
+fn cycle<S: FlowMemory>(
+    c: &mut Criterion,
+    group: &str,
+    name: &str,
+    pipeline: &mut Pipeline<S>,
+    frames: &[Vec<u8>],
+) {
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(1));
     let mut buf = OwnedFrame::new(&frames[0]);
@@ -58,11 +64,11 @@ fn cycle(c: &mut Criterion, group: &str, name: &str, pipeline: &mut Pipeline, fr
 
 /// As [`cycle`], [`BATCH`] frames at a time in one call, as the live loop
 /// hands them: the flows of a batch are read ahead.
-fn cycle_batch(
+fn cycle_batch<S: FlowMemory>(
     c: &mut Criterion,
     group: &str,
     name: &str,
-    pipeline: &mut Pipeline,
+    pipeline: &mut Pipeline<S>,
     frames: &[Vec<u8>],
 ) {
     let mut g = c.benchmark_group(group);
@@ -84,7 +90,13 @@ fn cycle_batch(
 fn reflect(c: &mut Criterion) {
     let frame = reflect_frame();
     assert_eq!(frame.len(), 60);
-    cycle(c, "reflect", "udp4_60B", &mut Pipeline::Reflect, &[frame]);
+    cycle(
+        c,
+        "reflect",
+        "udp4_60B",
+        &mut Pipeline::<Box<[_]>>::Reflect,
+        &[frame],
+    );
 }
 
 fn balance(c: &mut Criterion) {

@@ -19,8 +19,13 @@ use std::sync::Arc;
 use arrayvec::ArrayVec;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use rand::{SeedableRng, rngs::SmallRng, seq::SliceRandom};
+use rialto::shm::Mapped;
 use rialto_dataplane::{
-    FrameBuf, HEADROOM, OwnedFrame, Pipeline, Verdict, pipeline::conntrack::Slot,
+    FrameBuf, HEADROOM, OwnedFrame, Pipeline, Verdict,
+    pipeline::{
+        balance,
+        conntrack::{FlowMemory, Slot},
+    },
 };
 use rialto_fixtures::{self as fixtures, Ip, L4};
 use rialto_rules::Snapshot;
@@ -47,9 +52,14 @@ pub fn tables(flows: usize) -> Arc<Snapshot> {
     Arc::new(rialto_rules::load("bench", &text).unwrap_or_else(|e| panic!("{e}")))
 }
 
+/// A pipeline whose flow table is in memory as `rialto run` maps it
+/// (advised to huge pages), the slots anonymous instead of in a file.
+pub type Balancer = Pipeline<Mapped<Slot>>;
+
 /// A balancer (worker 0 of 1) on `tables`.
-pub fn balancer(tables: Arc<Snapshot>) -> Pipeline {
-    Pipeline::balance(tables, 0, 1, fixtures::NODE_MAC)
+pub fn balancer(tables: Arc<Snapshot>) -> Balancer {
+    let slots = Mapped::anon(balance::slots_for(&tables));
+    Pipeline::balance_in(slots, tables, 0, 1, fixtures::NODE_MAC)
 }
 
 /// The 60-byte UDP datagram reflect mode benchmarks on.
@@ -89,7 +99,7 @@ pub fn packet(i: usize, flags: &'static str) -> Vec<u8> {
 /// in the order its slots and SNAT ports were taken, and frames in that
 /// order would let the processor fetch the next flow before it is asked
 /// for.
-pub fn with_flows(flows: usize, sample: usize) -> (Pipeline, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+pub fn with_flows(flows: usize, sample: usize) -> (Balancer, Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let mut pipeline = balancer(tables(flows));
     let mut frame = OwnedFrame::new(&[]);
     let step = flows / sample.min(flows);
@@ -148,7 +158,7 @@ pub fn reply_to(sent: &[u8]) -> Vec<u8> {
 
 /// Runs `frame` through `pipeline`, which must transmit it.
 #[inline]
-pub fn forward<S: std::ops::DerefMut<Target = [Slot]>>(
+pub fn forward<S: FlowMemory>(
     pipeline: &mut Pipeline<S>,
     buf: &mut OwnedFrame,
     frame: &[u8],
@@ -184,7 +194,7 @@ impl Batch {
     /// each copied into its buffer behind [`HEADROOM`] bytes first; all
     /// must be transmitted.
     #[inline]
-    pub fn forward<S: std::ops::DerefMut<Target = [Slot]>>(
+    pub fn forward<S: FlowMemory>(
         &mut self,
         pipeline: &mut Pipeline<S>,
         frames: &[Vec<u8>],

@@ -8,15 +8,15 @@
 
 mod fast;
 
-use std::{net::IpAddr, ops::DerefMut, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use bytemuck::Zeroable;
 use rialto_tables::{FlowContext, Snapshot};
 
 use super::{
     conntrack::{
-        Conntrack, Direction, Flow, FlowKey, InsertError, Names, Restored, Rewrite, Side, Slot,
-        TcpState, UPLINK,
+        Conntrack, Direction, Flow, FlowKey, FlowMemory, InsertError, Names, Restored, Rewrite,
+        Side, Slot, TcpState, UPLINK,
     },
     encap::{self, Link, Template, Tunnel},
     icmp::{self, ErrorKind, Quoted, RateLimit},
@@ -70,7 +70,7 @@ pub struct Counters {
 /// One worker's balancer: the tables it indexes and the flows it owns, in
 /// slots of storage `S` (the heap by default).
 #[derive(Debug)]
-pub struct Balancer<S = Box<[Slot]>> {
+pub struct Balancer<S: FlowMemory = Box<[Slot]>> {
     tables: Arc<Snapshot>,
     flows: Conntrack<S>,
     /// The uplink's own MAC, and the MACs frames are sent from.
@@ -240,7 +240,7 @@ pub fn slots_for(tables: &Snapshot) -> usize {
     (tables.limits.flows_per_worker as usize).max(1)
 }
 
-impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
+impl<S: FlowMemory> Balancer<S> {
     /// [`Balancer::new`], its flows in `slots` (all empty: see
     /// [`Conntrack::with_slots`]).
     pub fn with_slots(

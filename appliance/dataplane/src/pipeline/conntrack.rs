@@ -15,7 +15,8 @@
 //! is empty, being written or live, and of which generation of names
 //! ([`Slot::mark`]), and carries a check of the fields that only a reload
 //! changes, so what is read back after a crash is checked, not trusted.
-//! Two indexes, on the heap, find a flow's slot: by its forward key,
+//! Two indexes, in arrays the slots' storage gives ([`FlowMemory`]: the
+//! heap, or memory on huge pages), find a flow's slot: by its forward key,
 //! hashed (`Index`), and by its reverse key's SNAT address, protocol and
 //! port, directly (a SNAT port is one flow's at most: `Replies`). An index
 //! entry is the slot number alone: a packet's key is compared with what
@@ -26,13 +27,12 @@
 //! per call, once per batch, like a clock hand. Expiry times are seconds
 //! of the system's monotonic clock, which a restart does not reset.
 
+mod memory;
 pub mod packed;
 
+pub use memory::FlowMemory;
 pub use packed::{Names, Packed as Slot};
-use std::{
-    hash::{BuildHasher, Hash, Hasher},
-    ops::DerefMut,
-};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use bytemuck::{Pod, Zeroable};
 use hashbrown::DefaultHashBuilder;
@@ -328,13 +328,14 @@ pub struct Restored {
 /// Slots sampled for the flow to evict when the table is full.
 const EVICTION_SAMPLE: usize = 8;
 
-/// A worker's flows, in slots of storage `S` (the heap by default).
+/// A worker's flows, in slots of storage `S` (the heap by default), which
+/// gives its indexes their arrays too.
 #[derive(Debug)]
-pub struct Conntrack<S = Box<[Slot]>> {
+pub struct Conntrack<S: FlowMemory = Box<[Slot]>> {
     slots: S,
     free: Vec<u32>,
-    forward: Index,
-    replies: Replies,
+    forward: Index<S>,
+    replies: Replies<S>,
     hasher: DefaultHashBuilder,
     snat: SnatPorts,
     timeouts: Timeouts,
@@ -362,7 +363,7 @@ impl Conntrack {
     }
 }
 
-impl<S: DerefMut<Target = [Slot]>> Conntrack<S> {
+impl<S: FlowMemory> Conntrack<S> {
     /// A table over `slots` (at least one), which must all be empty (zero:
     /// fresh memory, a new file). They are not read here: a page of a new
     /// mapping that is not touched is not allocated (reading it would
@@ -995,18 +996,20 @@ pub type Remap<'a> = dyn Fn(&Flow) -> Option<Flow> + 'a;
 /// go. Its size is fixed ([`Index::LOAD`] flows per bucket when the table
 /// is full), so it never grows.
 #[derive(Debug)]
-struct Index {
-    buckets: Box<[Bucket]>,
+struct Index<M: FlowMemory> {
+    buckets: M::Array<Bucket>,
     len: usize,
 }
 
 /// Eight entries in one cache line, and how many entries went past it.
 #[repr(C, align(64))]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
 struct Bucket {
     tags: [u16; 8],
     ids: [u32; 8],
     passed: u32,
+    /// The rest of the line.
+    unused: [u32; 3],
 }
 
 impl Bucket {
@@ -1041,7 +1044,7 @@ impl Bucket {
     }
 }
 
-impl Index {
+impl<M: FlowMemory> Index<M> {
     /// Flows per bucket of a full table, of the eight it holds: few
     /// buckets overflow (15% at this load), and an index takes 10.7 bytes
     /// per flow.
@@ -1049,15 +1052,11 @@ impl Index {
 
     fn new(capacity: usize) -> Self {
         assert!(capacity < u32::MAX as usize, "slot numbers fit 32 bits");
-        let empty = Bucket {
-            tags: [0; 8],
-            ids: [Bucket::EMPTY; 8],
-            passed: 0,
-        };
-        Self {
-            buckets: vec![empty; capacity.div_ceil(Self::LOAD).max(1)].into_boxed_slice(),
-            len: 0,
+        let mut buckets = M::zeroed::<Bucket>(capacity.div_ceil(Self::LOAD).max(1));
+        for bucket in buckets.iter_mut() {
+            bucket.ids = [Bucket::EMPTY; 8];
         }
+        Self { buckets, len: 0 }
     }
 
     fn len(&self) -> usize {
@@ -1212,18 +1211,18 @@ impl Index {
 /// zeroed: the pages of a large row where no port was taken are not
 /// touched.
 #[derive(Debug)]
-struct Replies {
+struct Replies<M: FlowMemory> {
     /// SNAT address -> its TCP row in `rows` (its UDP row is the next).
     rows_of: KeyMap<u128, u32>,
     /// The addresses of `rows_of`, in row order.
     addrs: Vec<u128>,
     /// Per port `first..first + len`: its flow's slot number + 1, or 0.
-    rows: Vec<Box<[u32]>>,
+    rows: Vec<M::Array<u32>>,
     first: u32,
     len: u32,
 }
 
-impl Replies {
+impl<M: FlowMemory> Replies<M> {
     /// An index of the replies to ports `owned`.
     fn new(owned: std::ops::Range<u32>) -> Self {
         Self {
@@ -1333,8 +1332,7 @@ impl Replies {
                 .collect(),
         );
         for _ in [TCP, UDP] {
-            self.rows
-                .push(vec![0; self.len as usize].into_boxed_slice());
+            self.rows.push(M::zeroed(self.len as usize));
         }
         self.place(key)
     }
@@ -1424,7 +1422,7 @@ mod tests {
             let key = |id: u32| names.forward_key(&slots[id as usize]).expect("named");
             // Few tags (collisions to sort out by key) and homes.
             let hash = |id: u32| u64::from(id % 5) << 48 | u64::from(id % 3);
-            let mut index = Index::new(SLOTS);
+            let mut index = Index::<Box<[Slot]>>::new(SLOTS);
             let mut held = std::collections::BTreeSet::new();
             for (insert, id) in ops {
                 if insert {

@@ -21,9 +21,9 @@ pub mod refuse;
 pub mod replica;
 pub mod snat;
 
-use std::{ops::DerefMut, sync::Arc};
+use std::sync::Arc;
 
-use conntrack::{Restored, Slot};
+use conntrack::{FlowMemory, Restored, Slot};
 use rialto_tables::Snapshot;
 use serde::Serialize;
 
@@ -32,7 +32,7 @@ use crate::{FrameBuf, Verdict};
 /// A worker's pipeline; a balancer keeps its flows in slots of storage
 /// `S` (the heap by default; `rialto run` maps them from a file).
 #[derive(Debug)]
-pub enum Pipeline<S = Box<[Slot]>> {
+pub enum Pipeline<S: FlowMemory = Box<[Slot]>> {
     /// The border node's job (DESIGN.md): balance VIP traffic over backends
     /// in remote clusters, through VXLAN, with NAT and connection tracking.
     Balance(Box<balance::Balancer<S>>),
@@ -71,7 +71,7 @@ impl Pipeline {
     }
 }
 
-impl<S: DerefMut<Target = [Slot]>> Pipeline<S> {
+impl<S: FlowMemory> Pipeline<S> {
     /// [`Pipeline::balance`], the flows in `slots` (all empty; as many
     /// as [`balance::slots_for`] the tables).
     pub fn balance_in(

@@ -30,13 +30,11 @@
 //! it). The same property test checks that a batch does what its frames
 //! do one at a time.
 
-use std::ops::DerefMut;
-
 use super::{Balancer, Roles, seconds, template};
 use crate::{
     DropReason, FrameBuf, Verdict,
     pipeline::{
-        conntrack::{Direction, Filed, FlowKey, Rewrite, Side, Slot, UPLINK},
+        conntrack::{Direction, Filed, FlowKey, FlowMemory, Rewrite, Side, UPLINK},
         nat,
         packet::{TCP, UDP, mapped, v4},
         replica::Replica,
@@ -144,7 +142,7 @@ const SLOT_AHEAD: usize = AHEAD / 2;
 /// ring indexed without division.
 const RING: usize = (AHEAD + 1).next_power_of_two();
 
-impl<S: DerefMut<Target = [Slot]>> Balancer<S> {
+impl<S: FlowMemory> Balancer<S> {
     /// Processes a batch: what [`Balancer::process`] does to each frame in
     /// turn, but as a pipeline, so that the cache misses of a large flow
     /// table overlap instead of coming one after another (as VPP and DPDK
