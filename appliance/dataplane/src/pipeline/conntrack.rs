@@ -376,7 +376,7 @@ impl<S: FlowMemory> Conntrack<S> {
             slots,
             free: (0..capacity as u32).rev().collect(),
             forward: Index::new(capacity),
-            replies: Replies::new(snat.owned()),
+            replies: Replies::new(snat.owned(), names.snat_count()),
             hasher: DefaultHashBuilder::default(),
             snat,
             timeouts,
@@ -900,7 +900,7 @@ impl<S: FlowMemory> Conntrack<S> {
             );
         }
         snat.settle(&claims);
-        self.replies = Replies::new(snat.owned());
+        self.replies = Replies::new(snat.owned(), self.names.snat_count());
         for (id, slot) in self.slots[..self.used].iter().enumerate() {
             if slot.is_live()
                 && let Some((reverse, _)) = self.names.reverse_key(slot)
@@ -1207,30 +1207,40 @@ impl<M: FlowMemory> Index<M> {
 /// flow it is, and the rest of the key is compared in its slot. For each
 /// SNAT address a flow here has been on, a row per protocol of the ports
 /// this worker owns ([`SnatPorts::owned`]: a reply to another worker's port
-/// is handed over before it is looked up), 4 bytes a port, allocated
-/// zeroed: the pages of a large row where no port was taken are not
-/// touched.
+/// is handed over before it is looked up), 4 bytes a port. The rows are
+/// one array, zeroed, with room for the fleet's SNAT addresses (the TCP
+/// rows, then the UDP rows): one mapping, on huge pages where the table's
+/// memory has them, and no row's pointer to read first; the pages where no
+/// port was taken are not touched.
 #[derive(Debug)]
 struct Replies<M: FlowMemory> {
-    /// SNAT address -> its TCP row in `rows` (its UDP row is the next).
+    /// SNAT address -> its TCP row in `entries` (its UDP row is `room`
+    /// rows on).
     rows_of: KeyMap<u128, u32>,
     /// The addresses of `rows_of`, in row order.
     addrs: Vec<u128>,
-    /// Per port `first..first + len`: its flow's slot number + 1, or 0.
-    rows: Vec<M::Array<u32>>,
+    /// Per row, per port `first..first + len`: its flow's slot number + 1,
+    /// or 0.
+    entries: M::Array<u32>,
+    /// The addresses the rows have room for.
+    room: u32,
     first: u32,
     len: u32,
 }
 
 impl<M: FlowMemory> Replies<M> {
-    /// An index of the replies to ports `owned`.
-    fn new(owned: std::ops::Range<u32>) -> Self {
+    /// An index of the replies to ports `owned`, with room for the rows of
+    /// `room` SNAT addresses (it makes more if it needs them).
+    fn new(owned: std::ops::Range<u32>, room: usize) -> Self {
+        let len = owned.len() as u32;
+        let room = room.max(1) as u32;
         Self {
             rows_of: KeyMap::default(),
             addrs: Vec::new(),
-            rows: Vec::new(),
+            entries: M::zeroed(2 * room as usize * len as usize),
+            room,
             first: owned.start,
-            len: owned.len() as u32,
+            len,
         }
     }
 
@@ -1254,20 +1264,27 @@ impl<M: FlowMemory> Replies<M> {
         if port >= self.len {
             return None;
         }
-        let row = self.rows_of.get(u128::from_ne_bytes(key.dst))? + proto;
+        let row = self.rows_of.get(u128::from_ne_bytes(key.dst))? + proto * self.room;
         Some((row, port))
     }
 
     /// The entry at `row` and `port`, if the index has it.
     #[inline(always)]
     fn entry(&self, row: u32, port: u32) -> Option<&u32> {
-        self.rows.get(row as usize)?.get(port as usize)
+        self.entries.get(self.at(row, port))
     }
 
     /// [`Replies::entry`], to be written.
     #[inline(always)]
     fn entry_mut(&mut self, row: u32, port: u32) -> Option<&mut u32> {
-        self.rows.get_mut(row as usize)?.get_mut(port as usize)
+        let at = self.at(row, port);
+        self.entries.get_mut(at)
+    }
+
+    /// Where the entry at `row` and `port` is in `entries`.
+    #[inline(always)]
+    fn at(&self, row: u32, port: u32) -> usize {
+        row as usize * self.len as usize + port as usize
     }
 
     /// Starts reading the entry at `row` and `port`
@@ -1323,18 +1340,33 @@ impl<M: FlowMemory> Replies<M> {
         if !self.takes(key) {
             return None;
         }
+        if self.addrs.len() == self.room as usize {
+            self.grow();
+        }
         self.addrs.push(u128::from_ne_bytes(key.dst));
         self.rows_of = KeyMap::new(
             (0u32..)
-                .step_by(2)
                 .zip(&self.addrs)
                 .map(|(row, &a)| (a, row))
                 .collect(),
         );
-        for _ in [TCP, UDP] {
-            self.rows.push(M::zeroed(self.len as usize));
-        }
         self.place(key)
+    }
+
+    /// Room for twice as many addresses' rows, the entries carried over:
+    /// only if the fleet's SNAT addresses grew after the table was made
+    /// (a reload).
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        let (room, len) = (self.room as usize, self.len as usize);
+        let mut entries = M::zeroed(4 * room * len);
+        for proto in 0..2 {
+            let (from, to) = (proto * room * len, proto * 2 * room * len);
+            entries[to..to + room * len].copy_from_slice(&self.entries[from..from + room * len]);
+        }
+        self.entries = entries;
+        self.room *= 2;
     }
 
     /// Forgets slot `id`, whose reverse key is `key`.
@@ -1601,6 +1633,41 @@ mod tests {
             next > 0,
             "600 flows in 100 buckets: some home bucket overflows"
         );
+    }
+
+    /// The reply index made with room for one SNAT address's rows takes
+    /// flows on five (a reload that added addresses): its rows grow, and
+    /// every entry made before is still found, TCP and UDP apart.
+    #[test]
+    fn the_reply_index_grows_past_its_room_and_keeps_its_entries() {
+        let mut replies = Replies::<Box<[Slot]>>::new(1024..2048, 1);
+        let reverse = |addr: u8, proto, port| FlowKey {
+            src: mapped([198, 18, 1, 1]),
+            dst: mapped([198, 18, 200, addr]),
+            src_port: 80,
+            dst_port: port,
+            proto,
+            tunnel: UPLINK,
+            pad: [0; 3],
+        };
+        let keys: Vec<FlowKey> = (1..=5)
+            .flat_map(|addr| {
+                [(TCP, 1024), (UDP, 1024), (TCP, 2047)].map(|(p, port)| reverse(addr, p, port))
+            })
+            .collect();
+        for (id, key) in (0..).zip(&keys) {
+            replies.insert(key, id);
+        }
+        assert!(
+            replies.room >= 5,
+            "room for five addresses: {}",
+            replies.room
+        );
+        for (id, key) in (0..).zip(&keys) {
+            assert_eq!(replies.holder(key), Some(id), "{key:?}");
+        }
+        assert_eq!(replies.holder(&reverse(6, TCP, 1024)), None);
+        assert_eq!(replies.holder(&reverse(1, TCP, 1025)), None);
     }
 
     /// A lookup given the slot a batch read ahead takes it if it holds the

@@ -317,6 +317,11 @@ impl Names {
             .map_or(0, |s| s.proto)
     }
 
+    /// How many SNAT addresses the fleet has.
+    pub fn snat_count(&self) -> usize {
+        self.snat.len()
+    }
+
     /// The SNAT address of `packed`.
     #[inline]
     pub fn snat_addr(&self, packed: &Packed) -> Option<&Addr> {
