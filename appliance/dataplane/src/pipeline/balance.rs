@@ -10,7 +10,6 @@ mod fast;
 
 use std::{net::IpAddr, sync::Arc};
 
-use bytemuck::Zeroable;
 use rialto_tables::{FlowContext, Snapshot};
 
 use super::{
@@ -202,7 +201,7 @@ impl Balancer {
     /// Worker `worker` of `workers`, sending from `mac` (the uplink's MAC,
     /// unless the config names one), its flows on the heap.
     pub fn new(tables: Arc<Snapshot>, worker: u32, workers: u32, mac: [u8; 6]) -> Self {
-        let slots = vec![Slot::zeroed(); slots_for(&tables)].into_boxed_slice();
+        let slots = bytemuck::zeroed_slice_box(slots_for(&tables));
         Self::with_slots(slots, tables, worker, workers, mac)
     }
 }

@@ -358,7 +358,7 @@ impl Conntrack {
     /// A table of at most `capacity` flows, on the heap, its slots packed
     /// under `names`.
     pub fn new(capacity: usize, snat: SnatPorts, timeouts: Timeouts, names: Names) -> Self {
-        let slots = vec![Slot::zeroed(); capacity.max(1)].into_boxed_slice();
+        let slots = bytemuck::zeroed_slice_box(capacity.max(1));
         Self::with_slots(slots, snat, timeouts, names)
     }
 }
