@@ -4,8 +4,8 @@
 //! table takes at most `FLOW_BYTES` per flow, beside its index of the
 //! replies (`REPLY_PORT_BYTES` per port of the worker's, per SNAT address
 //! and protocol: made with the table, its pages touched as ports are
-//! taken). Measured by this test
-//! binary's own allocator, which counts the bytes live and their peak.
+//! taken). Measured by this test binary's own allocator, which counts the
+//! bytes live and their peak.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},

@@ -21,7 +21,8 @@ pub trait FlowMemory: DerefMut<Target = [Slot]> {
     type Array<T: Pod + Debug>: DerefMut<Target = [T]> + Debug;
 
     /// `len` zeroed values, allocated as a table is made (or, for the
-    /// reply index, once per SNAT address): never per packet.
+    /// reply index, again if a reload adds SNAT addresses): never per
+    /// packet.
     fn zeroed<T: Pod + Debug>(len: usize) -> Self::Array<T>;
 }
 
