@@ -361,7 +361,7 @@ proptest! {
                             continue;
                         }
                     };
-                    table.touch(id, Direction::Forward, bits, now);
+                    table.touch(id, TCP, Direction::Forward, bits, now);
                     let m = model.get_mut(&key).unwrap();
                     m.state = next(m.state, false, bits);
                     m.expires = now + timeout(m.state);
@@ -372,7 +372,7 @@ proptest! {
                     };
                     if let Some((id, direction, f)) = look_up(&mut table, &mut model, &reverse, now)? {
                         prop_assert_eq!(direction, Direction::Reply);
-                        table.touch(id, direction, bits, now);
+                        table.touch(id, TCP, direction, bits, now);
                         let m = model.get_mut(&f).unwrap();
                         m.state = next(m.state, true, bits);
                         m.expires = now + timeout(m.state);

@@ -549,7 +549,11 @@ impl<S: FlowMemory> Balancer<S> {
             return self.send_error(frame, &ip, ErrorKind::TooBig { mtu }, side, &link);
         }
         // Only a packet that goes on moves its flow along.
-        if self.flows.touch(id, direction, ports.tcp_flags, now) && self.changes.is_some() {
+        if self
+            .flows
+            .touch(id, ip.proto, direction, ports.tcp_flags, now)
+            && self.changes.is_some()
+        {
             self.note(Replica::UP, id, now);
         }
         let buf = frame.buffer_mut();

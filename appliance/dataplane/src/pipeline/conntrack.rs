@@ -701,13 +701,21 @@ impl<S: FlowMemory> Conntrack<S> {
         Ok(id)
     }
 
-    /// Notes a packet of flow `id`: advances the TCP state and the expiry
+    /// Notes a packet of flow `id`, of protocol `proto` (its keys', which
+    /// the packet's lookup matched): advances the TCP state and the expiry
     /// (each one store, which the slot's checksum does not cover). Whether
     /// the TCP state changed.
     #[inline]
-    pub fn touch(&mut self, id: u32, direction: Direction, tcp_flags: u8, now: u32) -> bool {
+    pub fn touch(
+        &mut self,
+        id: u32,
+        proto: u8,
+        direction: Direction,
+        tcp_flags: u8,
+        now: u32,
+    ) -> bool {
+        debug_assert_eq!(proto, self.names.proto(&self.slots[id as usize]));
         let timeouts = self.timeouts;
-        let proto = self.names.proto(&self.slots[id as usize]);
         let slot = &mut self.slots[id as usize];
         let before = slot.tcp_state();
         let mut state = before;
@@ -1734,18 +1742,18 @@ mod tests {
         let mut t = table(4, (1024, 1030));
         let id = add(&mut t, 40000, 100).unwrap();
         assert_eq!(t.flow(id).expires, 100 + 30);
-        t.touch(id, Direction::Reply, flags::SYN | flags::ACK, 101);
+        t.touch(id, TCP, Direction::Reply, flags::SYN | flags::ACK, 101);
         assert_eq!(
             (t.flow(id).state, t.flow(id).expires),
             (TcpState::ESTABLISHED, 101 + 3600)
         );
-        t.touch(id, Direction::Forward, flags::FIN | flags::ACK, 102);
+        t.touch(id, TCP, Direction::Forward, flags::FIN | flags::ACK, 102);
         assert_eq!(
             (t.flow(id).state, t.flow(id).expires),
             (TcpState::CLIENT_CLOSED, 102 + 3600),
             "half closed: the backend may still send"
         );
-        t.touch(id, Direction::Reply, flags::FIN | flags::ACK, 102);
+        t.touch(id, TCP, Direction::Reply, flags::FIN | flags::ACK, 102);
         assert_eq!(
             (t.flow(id).state, t.flow(id).expires),
             (TcpState::CLOSING, 102 + 30)
@@ -1762,12 +1770,12 @@ mod tests {
     fn closing_is_tracked_per_direction() {
         let mut t = table(4, (1024, 1030));
         let id = add(&mut t, 40000, 0).unwrap();
-        t.touch(id, Direction::Reply, flags::SYN | flags::ACK, 0);
-        t.touch(id, Direction::Reply, flags::FIN | flags::ACK, 10);
+        t.touch(id, TCP, Direction::Reply, flags::SYN | flags::ACK, 0);
+        t.touch(id, TCP, Direction::Reply, flags::FIN | flags::ACK, 10);
         assert_eq!(t.flow(id).state, TcpState::BACKEND_CLOSED);
         // The client goes on uploading for longer than the closing timeout.
         for now in (20..200).step_by(20) {
-            t.touch(id, Direction::Forward, flags::ACK, now);
+            t.touch(id, TCP, Direction::Forward, flags::ACK, now);
             t.sweep(now, 8);
             assert_eq!(
                 t.lookup(&key(40000), now),
@@ -1775,19 +1783,19 @@ mod tests {
                 "at {now} s"
             );
         }
-        t.touch(id, Direction::Forward, flags::FIN | flags::ACK, 200);
+        t.touch(id, TCP, Direction::Forward, flags::FIN | flags::ACK, 200);
         assert_eq!(
             (t.flow(id).state, t.flow(id).expires),
             (TcpState::CLOSING, 230)
         );
         let other = add(&mut t, 40001, 0).unwrap();
-        t.touch(other, Direction::Forward, flags::RST, 5);
+        t.touch(other, TCP, Direction::Forward, flags::RST, 5);
         assert_eq!(
             (t.flow(other).state, t.flow(other).expires),
             (TcpState::CLOSING, 35)
         );
         // A new SYN on the closed port starts the connection over.
-        t.touch(other, Direction::Forward, flags::SYN, 6);
+        t.touch(other, TCP, Direction::Forward, flags::SYN, 6);
         assert_eq!(t.flow(other).state, TcpState::SYN_SENT);
     }
 
@@ -1917,7 +1925,7 @@ mod tests {
             add(&mut before, port, 0).unwrap();
         }
         let id = before.lookup(&key(2), 0).unwrap().0;
-        before.touch(id, Direction::Reply, flags::SYN | flags::ACK, 10);
+        before.touch(id, TCP, Direction::Reply, flags::SYN | flags::ACK, 10);
         let flows: Vec<Flow> = before.iter().map(|(_, f)| f).collect();
         let mut outside = flows[0];
         outside.reverse.dst_port = 2000;

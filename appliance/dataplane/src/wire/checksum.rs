@@ -26,13 +26,18 @@ pub fn sum(data: &[u8]) -> u64 {
     acc
 }
 
-/// Folds the carries of an unfolded sum back into 16 bits.
+/// Folds the carries of an unfolded sum back into 16 bits, without a
+/// branch: the two 32-bit halves added with their carry put back (end
+/// around), then the two 16-bit halves likewise, by adding the word to
+/// itself turned half way round: the upper half of that sum is the two
+/// halves' sum with the carry out of the lower half in it. Zero only for
+/// zero, as folding 16 bits at a time until the sum fits gives.
 #[inline]
-pub fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
+pub fn fold(acc: u64) -> u16 {
+    let (sum, carry) = (acc as u32).overflowing_add((acc >> 32) as u32);
+    // At most 2^32 - 2 when it carried: adding the carry cannot overflow.
+    let sum = sum + u32::from(carry);
+    (sum.wrapping_add(sum.rotate_left(16)) >> 16) as u16
 }
 
 /// The checksum field value for data whose unfolded sum is `acc`.
@@ -145,7 +150,40 @@ mod tests {
         assert_eq!(finish(sum(&data)), !0xddf2);
     }
 
+    /// Folding 16 bits at a time until the sum fits: what [`fold`] gives.
+    fn fold_by_loop(mut acc: u64) -> u16 {
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc as u16
+    }
+
+    #[test]
+    fn folds_at_the_edges_as_the_loop_does() {
+        for acc in [
+            0,
+            1,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0xffff_0001,
+            u64::MAX,
+            u64::MAX - 1,
+            0xffff_ffff_0000_0000,
+        ] {
+            assert_eq!(fold(acc), fold_by_loop(acc), "{acc:#x}");
+        }
+    }
+
     proptest::proptest! {
+        /// Folded without a branch as by the loop.
+        #[test]
+        fn folds_as_the_loop_does(acc in proptest::prelude::any::<u64>()) {
+            proptest::prop_assert_eq!(fold(acc), fold_by_loop(acc));
+        }
+
         /// Summing by 32 bits folds to what summing by 16 does.
         #[test]
         fn the_sum_by_32_bits_is_the_sum_by_16(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {

@@ -392,7 +392,7 @@ impl<S: FlowMemory> Balancer<S> {
             }
         };
         // From here on, what the general path does once it has the flow.
-        let changed = self.flows.touch(id, direction, tcp_flags, now);
+        let changed = self.flows.touch(id, proto, direction, tcp_flags, now);
         let start = frame.start();
         let at = start + usize::from(staged.at);
         let end = at + len;
