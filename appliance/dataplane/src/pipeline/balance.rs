@@ -12,6 +12,7 @@ use std::{net::IpAddr, sync::Arc};
 
 use rialto_tables::{FlowContext, Snapshot};
 
+use self::fast::Stage;
 use super::{
     conntrack::{
         Conntrack, Direction, Flow, FlowKey, FlowMemory, InsertError, Names, Restored, Rewrite,
@@ -429,7 +430,8 @@ impl<S: FlowMemory> Balancer<S> {
     /// general one ([`Balancer::set_fast_path`]).
     pub fn process(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Verdict {
         self.now_ns = now_ns;
-        let stage = self.stage(frame.data());
+        let mut stage = Stage::General;
+        self.stage(frame.data(), &mut stage);
         self.complete::<false>(frame, &stage, seconds(now_ns))
     }
 
@@ -439,7 +441,8 @@ impl<S: FlowMemory> Balancer<S> {
     /// expired flow removed, a SYN's flow made).
     pub fn process_fast(&mut self, frame: &mut FrameBuf<'_>, now_ns: u64) -> Option<Verdict> {
         self.now_ns = now_ns;
-        let stage = self.stage(frame.data());
+        let mut stage = Stage::General;
+        self.stage(frame.data(), &mut stage);
         self.fast::<false>(frame, &stage, seconds(now_ns))
     }
 

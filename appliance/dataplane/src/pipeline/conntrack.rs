@@ -718,12 +718,13 @@ impl<S: FlowMemory> Conntrack<S> {
         let timeouts = self.timeouts;
         let slot = &mut self.slots[id as usize];
         let before = slot.tcp_state();
-        let mut state = before;
-        if proto == TCP {
-            state = next_state(state, direction, tcp_flags);
-            // One of the five states: it fits its byte.
-            slot.state = state.0 as u8;
-        }
+        let state = match proto {
+            TCP => next_state(before, direction, tcp_flags),
+            _ => before,
+        };
+        // One of the five states, or a UDP flow's as it was: it fits its
+        // byte (stored whether it changed or not: no branch).
+        slot.state = state.0 as u8;
         slot.expires = now.saturating_add(timeout(&timeouts, proto, state));
         state != before
     }

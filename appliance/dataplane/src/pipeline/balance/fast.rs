@@ -165,12 +165,12 @@ impl<S: FlowMemory> Balancer<S> {
         let mut filed = [Filed::Nowhere; RING];
         for i in 0..frames.len() + AHEAD {
             if let Some(frame) = frames.get(i) {
-                let stage = self.stage(frame.data());
-                if guessed && let Stage::Lookup(s) | Stage::Open(s) = &stage {
+                let stage = &mut stages[i % RING];
+                self.stage(frame.data(), stage);
+                if guessed && let Stage::Lookup(s) | Stage::Open(s) = stage {
                     filed[i % RING] = self.flows.filed(&s.key, s.hash, s.indexes);
                     self.flows.prefetch(filed[i % RING]);
                 }
-                stages[i % RING] = stage;
             }
             if guessed
                 && let Some(j) = (i + SLOT_AHEAD).checked_sub(AHEAD)
@@ -232,17 +232,20 @@ impl<S: FlowMemory> Balancer<S> {
 
     /// The fast path's reading and checks of frame `d`, up to the flow's
     /// lookup, which changes nothing: what [`Balancer::finish`] (or, for a
-    /// SYN, [`Balancer::open`]) needs.
+    /// SYN, [`Balancer::open`]) needs, written to `stage` (made where it
+    /// is kept, not copied there).
     #[inline]
-    pub(super) fn stage(&self, d: &[u8]) -> Stage {
-        if !self.fast_path || self.tables.resetting {
-            return Stage::General;
+    pub(super) fn stage(&self, d: &[u8], stage: &mut Stage) {
+        *stage = Stage::General;
+        if self.fast_path && !self.tables.resetting {
+            self.staged(d, stage);
         }
-        self.staged(d).unwrap_or(Stage::General)
     }
 
+    /// [`Balancer::stage`] of a frame the fast path may take: `None`, and
+    /// `stage` left alone, if it may not after all.
     #[inline]
-    fn staged(&self, d: &[u8]) -> Option<Stage> {
+    fn staged(&self, d: &[u8], stage: &mut Stage) -> Option<()> {
         let found = self.shape(d)?;
         let h = &d[found.at..found.at + ipv4::HEADER_LEN];
         let (tos, ttl, proto) = (h[1], h[8], h[9]);
@@ -277,7 +280,8 @@ impl<S: FlowMemory> Balancer<S> {
         if snat && !snat_ports.owns(dst_port) {
             // Another worker's SNAT port: its flow is there, where the
             // frame goes as it came.
-            return Some(Stage::Done(Verdict::Handoff(snat_ports.owner(dst_port))));
+            *stage = Stage::Done(Verdict::Handoff(snat_ports.owner(dst_port)));
+            return Some(());
         }
         let key = FlowKey {
             src: mapped(src),
@@ -302,10 +306,11 @@ impl<S: FlowMemory> Balancer<S> {
             indexes: (vip, snat),
             candidate: None,
         };
-        Some(match syn {
+        *stage = match syn {
             true => Stage::Open(staged),
             false => Stage::Lookup(staged),
-        })
+        };
+        Some(())
     }
 
     /// [`Balancer::finish`] for the SYN `staged` to a VIP, once its flow
