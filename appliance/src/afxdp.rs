@@ -72,6 +72,10 @@ pub struct PortConfig {
     /// one wake brings it the frames of several steps (or [`WAKE_BATCH`]
     /// of them, whichever comes first); zero: woken at once.
     pub wake_delay: Duration,
+    /// How long frames may gather after a step that took fewer than a
+    /// batch, before the next ([`XskPort::gather`]); zero: the next step
+    /// comes at once, and a port that finds nothing sleeps in `poll`.
+    pub gather: Duration,
     /// Try zero-copy before copy mode.
     pub zero_copy: bool,
 }
@@ -85,6 +89,7 @@ impl Default for PortConfig {
             batch: 64,
             inbox: 0,
             wake_delay: Duration::from_micros(50),
+            gather: Duration::ZERO,
             zero_copy: true,
         }
     }
@@ -359,6 +364,8 @@ pub struct XskPort {
     deferred: u64,
     deferred_since: u64,
     wake_delay: u64,
+    /// See [`PortConfig::gather`].
+    gather: Duration,
     /// For the warnings that could otherwise repeat every step.
     warnings: Throttle,
 }
@@ -552,6 +559,7 @@ impl XskPort {
                 deferred: 0,
                 deferred_since: 0,
                 wake_delay: cfg.wake_delay.as_nanos() as u64,
+                gather: cfg.gather,
                 warnings: Throttle::new(WARNING_INTERVAL),
             };
             if mode == BindMode::Copy {
@@ -1013,14 +1021,8 @@ impl XskPort {
     /// Sleeps until a frame arrives, another port hands one over, or
     /// `timeout` passes; or, if a port this one handed frames to waits to
     /// be woken, until it is due to be.
-    pub fn wait(&mut self, mut timeout: Duration) {
-        if self.deferred != 0 {
-            let waited = crate::worker::monotonic_ns().saturating_sub(self.deferred_since);
-            match self.wake_delay.checked_sub(waited) {
-                Some(left) if left > 0 => timeout = timeout.min(Duration::from_nanos(left)),
-                _ => self.wake_deferred(),
-            }
-        }
+    pub fn wait(&mut self, timeout: Duration) {
+        let timeout = self.until_wake_due(timeout);
         let fd = self.raw_fd();
         let mailbox = &self.exchange.mailboxes[self.index];
         mailbox.sleeping.store(true, Ordering::Relaxed);
@@ -1057,6 +1059,35 @@ impl XskPort {
         mailbox.sleeping.store(false, Ordering::Relaxed);
         // Non-blocking: resets the counter if a sender wrote it.
         let _ = mailbox.wake.read();
+    }
+
+    /// After a step that took `taken` frames, fewer than a batch: with a
+    /// [`PortConfig::gather`] window, sleeps that long (or until a wake
+    /// this port put off is due), awake to nobody, while the RX ring and
+    /// the inbox fill, so that the next step takes several frames and a
+    /// frame costs a fraction of a wake and a TX kick (NAPI's deferred
+    /// interrupts, `napi_defer_hard_irqs`, trade the same way). A frame
+    /// waits up to the window longer; a busy port, its batches full,
+    /// never sleeps.
+    pub fn gather(&mut self, taken: usize) {
+        if self.gather.is_zero() || taken == 0 || taken >= self.batch {
+            return;
+        }
+        let window = self.until_wake_due(self.gather);
+        std::thread::sleep(window);
+    }
+
+    /// `timeout`, or less if a wake this port put off is due sooner; one
+    /// due already is done now.
+    fn until_wake_due(&mut self, timeout: Duration) -> Duration {
+        if self.deferred != 0 {
+            let waited = crate::worker::monotonic_ns().saturating_sub(self.deferred_since);
+            match self.wake_delay.checked_sub(waited) {
+                Some(left) if left > 0 => return timeout.min(Duration::from_nanos(left)),
+                _ => self.wake_deferred(),
+            }
+        }
+        timeout
     }
 
     /// What wakes every port of this UMEM from its `wait`: for a stop that

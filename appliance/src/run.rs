@@ -147,6 +147,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "MICROSECONDS", default_value_t = PortConfig::default().wake_delay.as_micros() as u64)]
     handoff_wake_us: u64,
 
+    /// Microseconds a worker lets frames gather after a step that took
+    /// fewer than a batch, before its next: at a modest rate each step then
+    /// takes several frames, for a fraction of the CPU per packet, each
+    /// frame waiting up to that much longer (busy workers, their batches
+    /// full, never wait); 0: the next step at once.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    rx_gather_us: u64,
+
     /// Bind in copy mode without trying zero-copy first.
     #[arg(long)]
     copy: bool,
@@ -346,6 +354,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         batch: args.batch,
         inbox: args.handoff_queue.unwrap_or(0),
         wake_delay: Duration::from_micros(args.handoff_wake_us),
+        gather: Duration::from_micros(args.rx_gather_us),
         zero_copy: !args.copy,
         ..PortConfig::default()
     };
