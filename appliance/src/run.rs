@@ -151,8 +151,9 @@ pub struct RunArgs {
     /// fewer than a batch, before its next: at a modest rate each step then
     /// takes several frames, for a fraction of the CPU per packet, each
     /// frame waiting up to that much longer (busy workers, their batches
-    /// full, never wait); 0: the next step at once.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    /// full, never wait); 0: the next step at once. At most 10,000.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(..=MAX_GATHER_US))]
     rx_gather_us: u64,
 
     /// Bind in copy mode without trying zero-copy first.
@@ -704,6 +705,9 @@ fn millis(since: Instant) -> u64 {
 
 /// How long a drain asked through the API lasts at most, by default.
 const DRAIN_SECONDS: u64 = 30;
+/// The longest `--rx-gather-us` window: 10 ms, beyond which a frame's
+/// wait would be a latency no user asks of a load balancer.
+const MAX_GATHER_US: u64 = 10_000;
 
 /// How long start-up waits for the next hop to answer ARP.
 const NEXT_HOP_TIMEOUT: Duration = Duration::from_secs(3);
