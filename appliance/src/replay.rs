@@ -116,7 +116,7 @@ pub fn replay(
         let verdict = frame.with(|buf| match stages {
             Stages::All => {
                 let verdict = balancer.process(buf, now);
-                balancer.tick(now, false);
+                balancer.tick(now);
                 verdict
             }
             Stages::Decapsulate => balancer.decapsulate_only(buf),

@@ -345,9 +345,8 @@ impl Worker {
                 }
                 pipeline.process(frames, verdicts, now);
             });
-            // Before going to sleep, the housekeeping does more.
             let mut sleeping = processed == 0 && !self.port.busy();
-            self.pipeline.tick(now, sleeping);
+            self.pipeline.tick(now);
             if let Some(link) = &self.fleet {
                 let idle = exchange(&mut self.pipeline, link, context, now, &mut burst);
                 sleeping &= idle;

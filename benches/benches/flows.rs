@@ -46,7 +46,7 @@ fn main() {
             let rate = SETUP_FLOWS as f64 / start.elapsed().as_secs_f64();
             now += EXPIRED;
             while pipeline.stats().is_some_and(|s| s.flows.live > 0) {
-                pipeline.tick(now, false);
+                pipeline.tick(now);
             }
             rate
         })

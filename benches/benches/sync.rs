@@ -139,7 +139,7 @@ fn bulk_sync(fleet: &Arc<Snapshot>) -> f64 {
     loop {
         let mut more = false;
         for worker in &mut a {
-            worker.tick(NOW, false);
+            worker.tick(NOW);
             let changes = worker.changes().expect("in a fleet");
             more |= changes.bursting();
             for replica in changes.drain() {

@@ -249,7 +249,7 @@ fn balancer(tables: &Arc<Snapshot>, fast: bool) -> Pipeline {
 fn run(pipeline: &mut Pipeline, input: &[u8], now: u64) -> (Verdict, Vec<u8>) {
     let mut frame = OwnedFrame::new(input);
     let verdict = frame.with(|f| pipeline.process_frame(f, now));
-    pipeline.tick(now, false);
+    pipeline.tick(now);
     (verdict, frame.data().to_vec())
 }
 
@@ -313,7 +313,7 @@ proptest! {
                 .collect();
             let mut verdicts = vec![Verdict::Tx; frames.len()];
             batched.process(&mut batch, &mut verdicts, now);
-            batched.tick(now, false);
+            batched.tick(now);
             for (k, (frame, step)) in frames.iter().zip(&steps).enumerate() {
                 let mut one = OwnedFrame::new(frame);
                 let verdict = one.with(|f| general.process_frame(f, now));
@@ -321,7 +321,7 @@ proptest! {
                 prop_assert_eq!(got, (verdict, one.data()), "frame {}: {:?}", k, step);
                 remember(&mut last, step, verdict, one.data());
             }
-            general.tick(now, false);
+            general.tick(now);
             prop_assert_eq!(batched.stats(), general.stats());
         }
     }

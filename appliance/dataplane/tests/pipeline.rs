@@ -20,7 +20,7 @@ fn run(suite: &Suite) -> (Vec<(Verdict, Vec<u8>)>, BalanceStats) {
         .map(|f| {
             let mut frame = OwnedFrame::with_headroom(&f.input, f.headroom).handed(f.hops);
             let verdict = frame.with(|buf| pipeline.process_frame(buf, f.now()));
-            pipeline.tick(f.now(), false);
+            pipeline.tick(f.now());
             (verdict, frame.data().to_vec())
         })
         .collect();
@@ -392,4 +392,56 @@ fn a_peers_udp_flow_is_found_on_the_worker_that_adopted_it() {
     assert_eq!(b[1].stats().unwrap().flows.created, 1);
     // Alone: made where it comes in.
     assert_eq!(send(&mut solo[0], &datagram(40301), 0).0, Verdict::Tx);
+}
+
+/// The sweep is paced by the time, not by the batches: a worker ticking
+/// every millisecond visits about a slot a tick, and one ticking every
+/// 100 ms (asleep, its poll timing out) more a tick; either way every slot
+/// that has held a flow is visited about once a second (2^30 ns), so the
+/// expired flows, which no lookup finds here, are gone within three
+/// seconds of their expiry (a second of rounding to whole seconds, and a
+/// pass of the hand of 2^30 ns).
+#[test]
+fn the_sweep_visits_every_slot_about_once_a_second_however_often_the_worker_ticks() {
+    const FLOWS: u16 = 1_000;
+    const SECOND: u64 = 1_000_000_000;
+    // The fixtures' UDP timeout: the config's default.
+    const UDP_TIMEOUT: u64 = 60;
+    for every_ms in [1, 100] {
+        let mut pipeline = Pipeline::balance(fixtures::tables(), 0, 1, fixtures::NODE_MAC);
+        let start = SECOND;
+        for port in 0..FLOWS {
+            let input = from_client(fixtures::ECHO, fixtures::L4::Udp(10_000 + port, 7), b"");
+            let mut frame = OwnedFrame::new(&input);
+            assert_eq!(
+                frame.with(|f| pipeline.process_frame(f, start)),
+                Verdict::Tx
+            );
+        }
+        let flows = |p: &Pipeline| p.stats().expect("a balancer").flows;
+        assert_eq!(flows(&pipeline).live, u64::from(FLOWS));
+        let (mut now, mut most) = (start, 0);
+        while flows(&pipeline).live > 0 {
+            let before = flows(&pipeline).expired;
+            pipeline.tick(now);
+            most = most.max(flows(&pipeline).expired - before);
+            assert!(
+                now <= start + (UDP_TIMEOUT + 3) * SECOND,
+                "ticks every {every_ms} ms: {} flows left 3 s after they expired",
+                flows(&pipeline).live
+            );
+            now += every_ms * 1_000_000;
+        }
+        assert!(
+            now > start + UDP_TIMEOUT * SECOND,
+            "ticks every {every_ms} ms: no flow swept before it expired"
+        );
+        // A tick's share of a pass: the slots' count over the period's
+        // ticks, and one for the rounding.
+        let share = u64::from(FLOWS) * every_ms * 1_000_000 / (1 << 30) + 1;
+        assert!(
+            most <= share,
+            "ticks every {every_ms} ms: {most} flows swept at one tick, more than {share}"
+        );
+    }
 }

@@ -32,15 +32,13 @@ use crate::{
     wire::{ethernet, ipv4, ipv6, tcp::flags, udp, vxlan},
 };
 
-/// Slots of the flow table the sweep visits per batch.
-const SWEEP_BUDGET: usize = 64;
-/// Slots it visits when the worker is idle (no frame came), at most every
-/// [`IDLE_SWEEP_EVERY_NS`]: a quarter of a million slots, the default
-/// table, in under two seconds, so an idle worker's expired flows give
-/// their SNAT ports back soon after they expire; a trickle of traffic does
-/// not pay for a big sweep per packet.
-const IDLE_SWEEP_BUDGET: usize = 16_384;
-const IDLE_SWEEP_EVERY_NS: u64 = 100_000_000;
+/// The sweep visits every slot that has held a flow once per 2^30 ns
+/// (about a second), paced by the time between batches, not their count:
+/// a worker stepping often for a frame or two visits a slot or two a
+/// step, one stepping flat out or waking from sleep more at once, and an
+/// expired flow gives its SNAT port back within about a second wherever
+/// the lookups do not find it first.
+const SWEEP_PERIOD_SHIFT: u32 = 30;
 
 /// Events of the balancer that are not drops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -84,8 +82,10 @@ pub struct Balancer<S: FlowMemory = Box<[Slot]>> {
     counters: Counters,
     /// The time of the batch, in nanoseconds.
     now_ns: u64,
-    /// When the next idle sweep may run.
-    idle_sweep_at: u64,
+    /// When the sweep last ran, and what of a slot's visit it had due
+    /// beyond the slots it visited (in slots << [`SWEEP_PERIOD_SHIFT`]).
+    swept_at: u64,
+    sweep_owed: u64,
     /// What the fleet's peers are to hear of this worker's flows (with a
     /// fleet only).
     changes: Option<Changes>,
@@ -263,7 +263,8 @@ impl<S: FlowMemory> Balancer<S> {
             workers,
             counters: Counters::default(),
             now_ns: 0,
-            idle_sweep_at: 0,
+            swept_at: 0,
+            sweep_owed: 0,
             changes: None,
             icmp_errors: RateLimit::default(),
             roles: Roles::default(),
@@ -411,16 +412,18 @@ impl<S: FlowMemory> Balancer<S> {
         self.flows.storage_mut()
     }
 
-    /// Once per batch: expire a few idle flows; many more when `idle` (no
-    /// frame came).
-    pub fn tick(&mut self, now_ns: u64, idle: bool) {
-        let budget = if idle && now_ns >= self.idle_sweep_at {
-            self.idle_sweep_at = now_ns + IDLE_SWEEP_EVERY_NS;
-            IDLE_SWEEP_BUDGET
-        } else {
-            SWEEP_BUDGET
-        };
-        self.flows.sweep(seconds(now_ns), budget);
+    /// Once per batch, with or without frames: expire the idle flows of
+    /// the slots the time since the last batch has due (a whole pass per
+    /// [`SWEEP_PERIOD_SHIFT`]; no division).
+    pub fn tick(&mut self, now_ns: u64) {
+        let period = 1u64 << SWEEP_PERIOD_SHIFT;
+        let elapsed = now_ns.saturating_sub(self.swept_at).min(period);
+        self.swept_at = now_ns;
+        // At most a pass and a slot's visit: no overflow below 2^33 slots.
+        let owed = self.sweep_owed + elapsed * self.flows.used() as u64;
+        self.sweep_owed = owed & (period - 1);
+        self.flows
+            .sweep(seconds(now_ns), (owed >> SWEEP_PERIOD_SHIFT) as usize);
         if let Some(changes) = &mut self.changes {
             self.flows.refresh(changes, now_ns);
         }

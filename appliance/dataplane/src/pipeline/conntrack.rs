@@ -24,7 +24,8 @@
 //!
 //! Expiry does not scan the table per packet: a lookup drops an expired
 //! entry it meets, and [`Conntrack::sweep`] visits a bounded number of slots
-//! per call, once per batch, like a clock hand. Expiry times are seconds
+//! per call, once per batch (as many as the time since the last has due),
+//! like a clock hand. Expiry times are seconds
 //! of the system's monotonic clock, which a restart does not reset.
 
 mod memory;
@@ -850,9 +851,12 @@ impl<S: FlowMemory> Conntrack<S> {
     /// Visits up to `budget` slots from where the last sweep stopped and
     /// removes the expired flows there.
     pub fn sweep(&mut self, now: u32, budget: usize) {
-        let used = self.used.max(1);
-        for _ in 0..budget.min(used) {
-            self.hand = (self.hand + 1) % used;
+        for _ in 0..budget.min(self.used) {
+            self.hand = if self.hand + 1 < self.used {
+                self.hand + 1
+            } else {
+                0
+            };
             let slot = &self.slots[self.hand];
             if slot.is_live() && slot.expires < now {
                 self.remove(self.hand as u32);

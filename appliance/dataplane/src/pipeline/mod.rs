@@ -154,11 +154,11 @@ impl<S: FlowMemory> Pipeline<S> {
         }
     }
 
-    /// Once per batch, after the frames: housekeeping that must not wait
-    /// for traffic (expiring flows), more of it when the batch was empty.
-    pub fn tick(&mut self, now: u64, idle: bool) {
+    /// Once per batch, after the frames (or none): housekeeping that must
+    /// not wait for traffic (expiring flows), paced by the time.
+    pub fn tick(&mut self, now: u64) {
         if let Self::Balance(b) = self {
-            b.tick(now, idle);
+            b.tick(now);
         }
     }
 
