@@ -291,9 +291,8 @@ pub enum Filed {
 pub enum InsertError {
     /// No SNAT port left in the worker's slice of the pool.
     SnatExhausted,
-    /// The flow's slot cannot name it: an index beyond 16 bits, or its
-    /// keys not what its indices name (the tables and the table's names
-    /// out of step).
+    /// The flow's slot cannot name it: an index beyond 16 bits, or one
+    /// that names nothing (the tables and the table's names out of step).
     Unnamed,
 }
 
@@ -689,7 +688,8 @@ impl<S: FlowMemory> Conntrack<S> {
             .ok_or(InsertError::SnatExhausted)?;
         let mut flow = make(addr, port);
         flow.expires = now.saturating_add(self.timeout(flow.forward.proto, flow.state));
-        let Some(packed) = self.pack(&mut flow) else {
+        flow.sums = flow.forward_sums();
+        let Some(packed) = self.names.pack_made(&flow) else {
             self.snat.give_back(&addr, proto, port);
             return Err(InsertError::Unnamed);
         };

@@ -192,8 +192,31 @@ impl Names {
     }
 
     /// `flow` packed, its expiry and state with it (mark and check left
-    /// zero), if its keys are what its indices name here.
+    /// zero), if its keys are what its indices name here: what a flow from
+    /// elsewhere (a peer's, or read back after a restart) must show.
     pub fn pack(&self, flow: &Flow) -> Option<Packed> {
+        self.fields(flow)
+            .filter(|packed| self.names_keys_of(packed, flow))
+    }
+
+    /// [`Names::pack`] of a flow made here (by the balancer, from the
+    /// tables these names come from), if its indices fit and name
+    /// something: its keys are what they name by construction, and are
+    /// not compared again (a debug build compares them all the same).
+    pub fn pack_made(&self, flow: &Flow) -> Option<Packed> {
+        let packed = self.fields(flow)?;
+        let service = self.services.get(usize::from(packed.service))?;
+        service.backends.get(usize::from(packed.backend))?;
+        self.tunnel(packed.client_cluster)?;
+        debug_assert!(
+            self.names_keys_of(&packed, flow),
+            "a flow made here packs as it is"
+        );
+        Some(packed)
+    }
+
+    /// `flow`'s fields as a slot holds them, if its indices fit.
+    fn fields(&self, flow: &Flow) -> Option<Packed> {
         let service = u16::try_from(flow.service).ok()?;
         let backend = u16::try_from(flow.backend_index).ok()?;
         let (client_cluster, client_gateway) =
@@ -201,7 +224,7 @@ impl Names {
         let (_, backend_gateway) = flow.backend.tunnel_of()?;
         let snat = self.snat_of.get(u128::from_ne_bytes(flow.reverse.dst))?;
         let state = u8::try_from(flow.state.0).ok()?;
-        let packed = Packed {
+        Some(Packed {
             client: flow.forward.src,
             client_port: flow.forward.src_port,
             snat_port: flow.reverse.dst_port,
@@ -217,10 +240,14 @@ impl Names {
             state,
             mark: 0,
             check: 0,
-        };
-        // What unpacking would give back, compared where it lies: both
-        // keys, the backend's cluster, and the client's side (the rest is
-        // copied, or converted without loss above).
+        })
+    }
+
+    /// Whether unpacking `packed` gives `flow` back, compared where it
+    /// lies: both keys, the backend's cluster, and the client's side (the
+    /// rest is copied, or converted without loss by [`Names::fields`]).
+    fn names_keys_of(&self, packed: &Packed, flow: &Flow) -> bool {
+        let (service, backend) = (packed.service, packed.backend);
         let backend_cluster = (self.services.get(usize::from(service)))
             .and_then(|s| s.backends.get(usize::from(backend)))
             .map(|&(_, _, cluster)| cluster);
@@ -228,12 +255,11 @@ impl Names {
             None => Side::UPLINK,
             Some((c, g)) => Side::tunnel(c, g),
         };
-        let same = self.is_forward(&packed, &flow.forward)
-            && self.is_reverse(&packed, &flow.reverse)
+        self.is_forward(packed, &flow.forward)
+            && self.is_reverse(packed, &flow.reverse)
             && backend_cluster == flow.backend.tunnel_of().map(|(c, _)| c)
             && client == flow.client
-            && (flow.forward.pad, flow.reverse.pad) == ([0; 3], [0; 3]);
-        same.then_some(packed)
+            && (flow.forward.pad, flow.reverse.pad) == ([0; 3], [0; 3])
     }
 
     /// The forward key of `packed` (client -> VIP), if its indices name
