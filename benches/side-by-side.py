@@ -39,7 +39,10 @@ generator and sink included), the device's (the machine's over xdp-tx's),
 and of it the device's own code (its threads' user time), its XDP
 program's (the kernel's BPF run-time statistics) and the rest, the
 kernel's: on a veth, copy-mode AF_XDP's copies and skbs, and the receive
-path that runs on the sender's core. Written to --out: side-by-side.md,
+path that runs on the sender's core; and each one's latency at that rate
+(the median and 99th percentile of the time from a frame's send to its
+return, stamped in its payload, the generator spinning so that its own
+sleeps are not timed). Written to --out: side-by-side.md,
 side-by-side.png, side-by-side.json, cost.json.
 
 --soak MINUTES runs Rialto alone that long at the highest rate it sustained
@@ -138,6 +141,7 @@ COST_TARGET = 1 / 3  # rialto's CPU per packet at most this share of the kernel'
 # Rialto once more in the CPU-per-packet measurement, its frames gathered
 # for --cost-gather-us after a step that took less than a batch.
 GATHERING = "rialto-gather"
+LATENCY_SECONDS = 2  # each cost run's latency measurement, the generator spinning
 
 
 def log(msg):
@@ -496,7 +500,9 @@ def side_by_side(args):
         cost_title = (f"CPU per packet (ns) at {args.cost_rate:,} packets/s offered (64 B, 10,000 flows, 1 worker; "
                       f"{args.cost_seconds:g} s, median of {args.cost_repeat}): the machine's (every core's busy time, "
                       f"generator and sink included); the device's, over {FLOOR}'s; of it, its own code (its "
-                      "threads' user time), its XDP program's run time and the rest, the kernel's")
+                      "threads' user time), its XDP program's run time and the rest, the kernel's; and, at the same rate "
+                      f"for {LATENCY_SECONDS} s more, the generator spinning, how long the frames took to come back, "
+                      "sent to received at the generator")
         print()
         print(cost_title + ":")
         print(render_text(cost_head, cost_rows))
@@ -554,12 +560,15 @@ class Cost:
     """What one system spent per packet (ns of CPU): the whole machine
     (every core's time not idle, /proc/stat), and of it the device's own
     code (its threads' user time), and its XDP program's run time (the
-    kernel's BPF statistics)."""
+    kernel's BPF statistics); and how long its frames took to come back,
+    sent to received at the generator (µs, median and 99th percentile)."""
     system: str
     loss: float
     busy: float
     code: float
     xdp: float
+    p50: float
+    p99: float
 
 
 def cpu_busy():
@@ -605,7 +614,8 @@ def bpf_stats():
 def cost(bed, system, rate, seconds, workdir, extra=(), lead=1.5, run_args=(), label=None):
     """Runs `system` (Rialto with `run_args`) at `rate` packets/s offered
     (64 B, 10,000 flows), and measures for `seconds`, after `lead` seconds,
-    what it spends (reported as `label`, if given)."""
+    what it spends (reported as `label`, if given); then how long its frames
+    take to come back at that rate."""
     with Device(system, bed, workdir, run_args=run_args) as device:
         gen = generator(bed, system, 64, 10_000, seconds + lead, extra=["--rate", rate, *extra])
         time.sleep(lead)
@@ -614,18 +624,25 @@ def cost(bed, system, rate, seconds, workdir, extra=(), lead=1.5, run_args=(), l
         time.sleep(seconds)
         after = (cpu_busy(), user_seconds(own) if own else 0.0, xdp_seconds(bed))
         report = report_of(gen)
-    if report["mismatches"]:
-        raise RuntimeError(f"{system.name}: frames not as expected: {report['mismatches']}")
+        # The latency apart, at the same rate, the generator spinning (not
+        # sleeping between frames, so its sleeps are not timed).
+        timed = generate(bed, system, 64, 10_000, LATENCY_SECONDS, warmup=0.5,
+                         extra=["--rate", rate, "--spin", *extra])
+    for r in (report, timed):
+        if r["mismatches"]:
+            raise RuntimeError(f"{system.name}: frames not as expected: {r['mismatches']}")
     busy, code, xdp = (1e9 * (b - a) / (rate * seconds) for a, b in zip(before, after))
-    c = Cost(label or system.name, report["loss"], busy, code, xdp)
+    latency = timed.get("latency") or {}
+    p50, p99 = (latency.get(f"{q}_ns", 0) / 1e3 for q in ("p50", "p99"))
+    c = Cost(label or system.name, report["loss"], busy, code, xdp, p50, p99)
     log(f"  {system.name:12} {' '.join(map(str, [*extra, *run_args]))} at {rate:,} packets/s: {c.busy:6.0f} ns of CPU per packet (its code {c.code:.0f}, "
-        f"its XDP program {c.xdp:.0f}), loss {c.loss:.3%}")
+        f"its XDP program {c.xdp:.0f}), loss {c.loss:.3%}, latency p50 {c.p50:.0f} µs, p99 {c.p99:.0f} µs")
     return c
 
 
 def median_cost(name, runs):
     """One Cost named `name`: each figure the median of `runs`'."""
-    return Cost(name, *(statistics.median(getattr(c, f) for c in runs) for f in ("loss", "busy", "code", "xdp")))
+    return Cost(name, *(statistics.median(getattr(c, f) for c in runs) for f in ("loss", "busy", "code", "xdp", "p50", "p99")))
 
 
 def cost_table(costs):
@@ -634,13 +651,14 @@ def cost_table(costs):
     names = dict.fromkeys(c.system for c in costs)
     med = {n: median_cost(n, [c for c in costs if c.system == n]) for n in names}
     floor = med[FLOOR]
-    head = ["system", "loss", "machine", "device", "its code", "its XDP program", "kernel"]
+    head = ["system", "loss", "machine", "device", "its code", "its XDP program", "kernel", "latency p50 (µs)",
+            "p99 (µs)"]
     rows, device = [], {}
     for n, c in med.items():
         device[n] = c.busy - floor.busy
         kernel = device[n] - c.code - c.xdp if n != FLOOR else 0
         rows.append([n, f"{c.loss:.2%}", f"{c.busy:.0f}", f"{device[n]:.0f}", f"{c.code:.0f}", f"{c.xdp:.0f}",
-                     f"{kernel:.0f}"])
+                     f"{kernel:.0f}", f"{c.p50:.1f}", f"{c.p99:.1f}"])
     lines = []
     for name in ("rialto", GATHERING):
         if name not in device or "kernel" not in device:

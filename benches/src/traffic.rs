@@ -15,7 +15,9 @@
 //! Rialto's own parser, and checks it against what the device under test was
 //! asked to do ([`Expect`]): sent back as it was (bare forwarding), or
 //! load-balanced and encapsulated toward a backend's cluster as the config
-//! says. Every frame carries [`MAGIC`] and its flow number in its payload.
+//! says. Every frame carries [`MAGIC`] and its flow number in its payload,
+//! and then the time it was sent ([`Stamp`]): the sink records how long
+//! each took to come back ([`Latency`]).
 //!
 //! The return path ([`replies`]): the generator learns from each flow's
 //! forwarded frame what its backend would answer (the frame turned round,
@@ -33,6 +35,7 @@ use std::{
 
 use etherparse::{LinkSlice, NetSlice, PacketBuilder, SlicedPacket, TransportSlice, UdpSlice};
 use hashbrown::{HashMap, HashSet};
+use hdrhistogram::Histogram;
 use rialto_rules::{Endpoint, Proto, Snapshot};
 use serde::Serialize;
 
@@ -105,6 +108,72 @@ pub const MAX_FRAME: usize = 3072;
 pub struct Flows {
     bytes: Vec<u8>,
     frame_len: usize,
+    /// Where the frames carry their send time (the same in every frame of
+    /// one build), if their payload has room.
+    stamp: Option<Stamp>,
+}
+
+/// Where a frame of ours carries the time it was sent: the 8 bytes after
+/// its payload's mark and flow number, in its (innermost) UDP datagram,
+/// whose checksum the stamp updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    /// The stamp's offset in the frame.
+    at: usize,
+    /// The datagram's checksum's offset.
+    sum: usize,
+}
+
+impl Stamp {
+    /// Bytes a stamp takes.
+    const LEN: usize = 8;
+
+    /// Where `frame`, of ours (plain or in VXLAN), carries its stamp, if
+    /// its payload has room.
+    fn of(frame: &[u8]) -> Option<Self> {
+        let offset = |part: &[u8]| part.as_ptr() as usize - frame.as_ptr() as usize;
+        let outer = SlicedPacket::from_ethernet(frame).ok()?;
+        let mut datagram = udp(&outer)?;
+        if !datagram.payload().starts_with(&MAGIC) {
+            let inner = SlicedPacket::from_ethernet(datagram.payload().get(8..)?).ok()?;
+            datagram = udp(&inner)?;
+        }
+        let payload = datagram.payload();
+        let at = MAGIC.len() + 4;
+        (payload.starts_with(&MAGIC) && payload.len() >= at + Self::LEN).then(|| Self {
+            at: offset(payload) + at,
+            sum: offset(datagram.slice()) + 6,
+        })
+    }
+
+    /// Writes `sent` (nanoseconds) into `frame` as its stamp, and updates
+    /// the datagram's checksum for it (RFC 1624: `~(~HC + ~m + m')`, word
+    /// by word); a zero checksum (none, over IPv4) stays zero.
+    fn write(self, frame: &mut [u8], sent: u64) {
+        let word = |b: &[u8]| u32::from(u16::from_be_bytes([b[0], b[1]]));
+        let checksum = word(&frame[self.sum..]);
+        if checksum == 0 {
+            frame[self.at..self.at + Self::LEN].copy_from_slice(&sent.to_be_bytes());
+            return;
+        }
+        let mut sum = !checksum & 0xffff;
+        for (old, new) in frame[self.at..self.at + Self::LEN]
+            .chunks(2)
+            .zip(sent.to_be_bytes().chunks(2))
+        {
+            sum += (!word(old) & 0xffff) + word(new);
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        // A sum of zero goes out as all ones (UDP's zero means none).
+        let checksum = match !sum as u16 {
+            0 => 0xffff,
+            c => c,
+        };
+        frame[self.at..self.at + Self::LEN].copy_from_slice(&sent.to_be_bytes());
+        frame[self.sum..self.sum + 2].copy_from_slice(&checksum.to_be_bytes());
+    }
 }
 
 impl Flows {
@@ -119,7 +188,12 @@ impl Flows {
             bytes.extend_from_slice(&frame);
         }
         let frame_len = frame_len.ok_or("no frame")?;
-        Ok(Self { bytes, frame_len })
+        let stamp = Stamp::of(&bytes[..frame_len]);
+        Ok(Self {
+            bytes,
+            frame_len,
+            stamp,
+        })
     }
 
     pub fn build(spec: &Spec) -> Result<Self, SpecError> {
@@ -191,7 +265,12 @@ impl Flows {
             }
         }
         debug_assert_eq!(bytes.len(), frame_len * spec.space as usize);
-        Ok(Self { bytes, frame_len })
+        let stamp = Stamp::of(&bytes[..frame_len]);
+        Ok(Self {
+            bytes,
+            frame_len,
+            stamp,
+        })
     }
 
     /// Flow `i`'s frame.
@@ -317,8 +396,9 @@ impl Expect {
         }
     }
 
-    /// Checks one frame that came back.
-    pub fn check(&self, frame: &[u8]) -> Result<(), Mismatch> {
+    /// Checks one frame that came back: our payload in it, if it is as
+    /// expected.
+    pub fn check<'a>(&self, frame: &'a [u8]) -> Result<&'a [u8], Mismatch> {
         let packet = SlicedPacket::from_ethernet(frame).map_err(|_| Mismatch::Undecodable)?;
         let f = match self {
             Self::Echo => return ours(&packet),
@@ -342,7 +422,7 @@ impl Expect {
         }
         let inner =
             SlicedPacket::from_ethernet(&udp.payload()[8..]).map_err(|_| Mismatch::Undecodable)?;
-        ours(&inner)?;
+        let payload = ours(&inner)?;
         let (src, dst) = addresses(&inner).ok_or(Mismatch::Undecodable)?;
         let inner_udp = self::udp(&inner).ok_or(Mismatch::NotOurs)?;
         if !f
@@ -354,14 +434,18 @@ impl Expect {
         if !f.snat.contains(&src) {
             return Err(Mismatch::NotSnat);
         }
-        Ok(())
+        Ok(payload)
     }
 }
 
 /// A reply that came back to its flow's client (`clients`: the first
 /// address) from `vip`.
-fn returned(packet: &SlicedPacket, vip: SocketAddr, clients: IpAddr) -> Result<(), Mismatch> {
-    ours(packet)?;
+fn returned<'a>(
+    packet: &SlicedPacket<'a>,
+    vip: SocketAddr,
+    clients: IpAddr,
+) -> Result<&'a [u8], Mismatch> {
+    let payload = ours(packet)?;
     let (src, dst) = addresses(packet).ok_or(Mismatch::Undecodable)?;
     let udp = udp(packet).ok_or(Mismatch::NotOurs)?;
     if SocketAddr::new(src, udp.source_port()) != vip {
@@ -371,7 +455,7 @@ fn returned(packet: &SlicedPacket, vip: SocketAddr, clients: IpAddr) -> Result<(
     if client(clients, flow) != Some((dst, udp.destination_port())) {
         return Err(Mismatch::WrongClient);
     }
-    Ok(())
+    Ok(payload)
 }
 
 /// The flow number a payload of ours carries.
@@ -380,18 +464,19 @@ fn flow_of(payload: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(mark.try_into().ok()?))
 }
 
-/// Our payload mark, and valid IP and UDP checksums.
-fn ours(packet: &SlicedPacket) -> Result<(), Mismatch> {
+/// Our payload mark, and valid IP and UDP checksums: the payload.
+fn ours<'a>(packet: &SlicedPacket<'a>) -> Result<&'a [u8], Mismatch> {
     let udp = udp(packet).ok_or(Mismatch::NotOurs)?;
     if !udp.payload().starts_with(&MAGIC) {
         return Err(Mismatch::NotOurs);
     }
-    check_sums(packet)
+    check_sums(packet)?;
+    Ok(udp.payload())
 }
 
-fn udp<'a>(packet: &'a SlicedPacket<'a>) -> Option<&'a UdpSlice<'a>> {
+fn udp<'a>(packet: &SlicedPacket<'a>) -> Option<UdpSlice<'a>> {
     match &packet.transport {
-        Some(TransportSlice::Udp(udp)) => Some(udp),
+        Some(TransportSlice::Udp(udp)) => Some(udp.clone()),
         _ => None,
     }
 }
@@ -492,12 +577,16 @@ impl Mismatch {
     }
 }
 
-/// Counts what comes back and checks it.
+/// Counts what comes back and checks it, and records how long what came
+/// back as expected took, from the stamps at and after `stamped_from`.
 #[derive(Debug)]
 pub struct Sink {
     expect: Expect,
     pub ok: u64,
     pub mismatches: [u64; Mismatch::ALL.len()],
+    /// Nanoseconds, at 3 significant figures, up to a minute.
+    latency: Histogram<u64>,
+    stamped_from: u64,
 }
 
 impl Sink {
@@ -506,15 +595,61 @@ impl Sink {
             expect,
             ok: 0,
             mismatches: [0; Mismatch::ALL.len()],
+            latency: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .expect("bounds and precision hdrhistogram takes"),
+            stamped_from: u64::MAX,
         }
     }
 
-    pub fn inspect(&mut self, frame: &[u8]) {
+    /// Checks `frame`, received at `now` (nanoseconds, the clock its stamp
+    /// was written by).
+    pub fn inspect(&mut self, frame: &[u8], now: u64) {
         match self.expect.check(frame) {
-            Ok(()) => self.ok += 1,
+            Ok(payload) => {
+                self.ok += 1;
+                let at = MAGIC.len() + 4;
+                if let Some(stamp) = payload.get(at..at + Stamp::LEN) {
+                    let sent = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
+                    if sent >= self.stamped_from {
+                        self.latency.saturating_record(now.saturating_sub(sent));
+                    }
+                }
+            }
             Err(m) => self.mismatches[m as usize] += 1,
         }
     }
+
+    /// How long the frames stamped at or after `from` took to come back
+    /// ([`Sink::latency`]); none before (frames sent before, and any
+    /// without a stamp, whose stamp reads zero).
+    pub fn stamped_from(&mut self, from: u64) {
+        self.stamped_from = from.max(1);
+    }
+
+    /// What the frames recorded took, if any was.
+    pub fn latency(&self) -> Option<Latency> {
+        let h = &self.latency;
+        (!h.is_empty()).then(|| Latency {
+            samples: h.len(),
+            p50_ns: h.value_at_quantile(0.5),
+            p90_ns: h.value_at_quantile(0.9),
+            p99_ns: h.value_at_quantile(0.99),
+            max_ns: h.max(),
+        })
+    }
+}
+
+/// How long frames took to come back, sent to received at the generator:
+/// what the device under test adds, on top of the generator's own send
+/// and receive path (the same for every system it measures; paced, it
+/// polls for what came back every 50 µs or so).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
 }
 
 /// The queue the backends' replies arrive on at the device under test.
@@ -631,7 +766,8 @@ pub fn replies(
         for (q, port) in ports.iter_mut().enumerate() {
             let got = port.receive(
                 |frame| {
-                    sink.inspect(frame);
+                    // Not stamped: no latency is recorded.
+                    sink.inspect(frame, 0);
                     if let Some((flow, reply)) = reply_to(frame)
                         && let Some(slot @ None) = learned.get_mut(flow as usize)
                     {
@@ -677,6 +813,9 @@ pub fn replies(
 pub struct Plan {
     /// Packets per second over all ports; 0: as fast as the rings take them.
     pub rate: u64,
+    /// At a rate, never sleep while sending (the latency is then not the
+    /// sleeps'); otherwise it sleeps whenever no frame is due.
+    pub spin: bool,
     /// Flows sending at any time (a window over the flow space).
     pub flows: u32,
     /// New flows per second: the window slides this fast (0: it stays).
@@ -710,6 +849,9 @@ pub struct Report {
     /// Frames that came back as expected, and the others by reason.
     pub ok: u64,
     pub mismatches: BTreeMap<&'static str, u64>,
+    /// How long the frames sent in the measurement took to come back (none
+    /// if their payload has no room for the stamp).
+    pub latency: Option<Latency>,
 }
 
 /// Sends `flows` (none: only receive) on `ports` and checks what comes back
@@ -731,6 +873,7 @@ pub fn run(
     let mut next_sample = plan.warmup;
     let mut at_sample = (0, 0);
     let mut drain_until = None;
+    sink.stamped_from(plan.warmup.as_nanos() as u64);
     loop {
         let now = start.elapsed();
         if now >= next_sample && now <= end + Duration::from_millis(100) {
@@ -762,6 +905,7 @@ pub fn run(
             let base = slide / n * n;
             due = budget > 0;
             let per_port = budget.div_ceil(ports.len());
+            let sent = start.elapsed().as_nanos() as u64;
             for (p, port) in ports.iter_mut().enumerate() {
                 let cursor = &mut cursors[p];
                 port.send(
@@ -773,6 +917,9 @@ pub fn run(
                             *cursor = p as u32 % window.max(1);
                         }
                         buf[..frame.len()].copy_from_slice(frame);
+                        if let Some(stamp) = flows.stamp {
+                            stamp.write(&mut buf[..frame.len()], sent);
+                        }
                         frame.len()
                     },
                     &mut tally,
@@ -780,17 +927,19 @@ pub fn run(
             }
         }
         let mut received = 0;
+        let now = start.elapsed().as_nanos() as u64;
         for port in ports.iter_mut() {
-            received += port.receive(|frame| sink.inspect(frame), &mut tally);
+            received += port.receive(|frame| sink.inspect(frame, now), &mut tally);
         }
         // Paced, it sleeps whenever no frame is due, replies or not: its CPU
         // then follows the rate, and what a device costs shows (a loop
         // spinning on replies would absorb the device's receive path, which
-        // on a veth runs on the sender's core). Flat out, it sleeps only
-        // while it drains.
+        // on a veth runs on the sender's core); unless it spins, to time
+        // the frames without its sleeps. Flat out, it sleeps only while it
+        // drains.
         let idle = match (sending, plan.rate) {
             (true, 0) => false,
-            (true, _) => !due,
+            (true, _) => !due && !plan.spin,
             (false, _) => received == 0,
         };
         if idle {
@@ -824,6 +973,7 @@ pub fn run(
             .filter(|&(_, n)| n > 0)
             .map(|(m, n)| (m.name(), n))
             .collect(),
+        latency: sink.latency(),
     }
 }
 
@@ -860,7 +1010,7 @@ mod tests {
             tuple(50_001),
             ("198.18.0.3".parse().unwrap(), FIRST_PORT + 1)
         );
-        assert_eq!(Expect::Echo.check(flows.frame(119_999)), Ok(()));
+        assert!(Expect::Echo.check(flows.frame(119_999)).is_ok());
     }
 
     #[test]
@@ -893,7 +1043,7 @@ mod tests {
         for i in 0..16 {
             frame.load(flows.frame(i));
             assert_eq!(frame.with(|f| pipeline.process_frame(f, 0)), Verdict::Tx);
-            assert_eq!(expect.check(frame.data()), Ok(()), "flow {i}");
+            assert_eq!(expect.check(frame.data()).err(), None, "flow {i}");
             let mut bad = frame.data().to_vec();
             let last = bad.len() - 1;
             bad[last] ^= 1;
@@ -923,12 +1073,85 @@ mod tests {
             assert_eq!(reply_to(flows.frame(i)), None, "not encapsulated");
             frame.load(&reply);
             assert_eq!(frame.with(|f| pipeline.process_frame(f, 0)), Verdict::Tx);
-            assert_eq!(expect.check(frame.data()), Ok(()), "flow {i}");
+            assert_eq!(expect.check(frame.data()).err(), None, "flow {i}");
             let elsewhere = Expect::Return {
                 vip,
                 clients: "198.18.0.3".parse().unwrap(),
             };
             assert_eq!(elsewhere.check(frame.data()), Err(Mismatch::WrongClient));
+        }
+    }
+
+    /// The send time a frame carries is written with its datagram's
+    /// checksum updated (which the sink checks with etherparse's): plain,
+    /// in VXLAN, and over an earlier stamp, as a reply carries its flow's.
+    /// Through the real pipeline both ways, the sink records how long each
+    /// frame took from its stamp, from the time it was told on.
+    #[test]
+    fn a_stamped_frame_keeps_its_checksums_and_the_sink_times_it() {
+        let flows = Flows::build(&spec(16, 64)).unwrap();
+        let stamp = flows.stamp.expect("a 64-byte frame has room for a stamp");
+        let mut tunneled = spec(4, 64);
+        tunneled.tunnel = Some(Tunnel {
+            src: "198.18.2.1".parse().unwrap(),
+            dst: "198.18.1.1".parse().unwrap(),
+            vni: 100,
+            inner_mac: fixtures::ROUTER_MAC,
+            port: 4789,
+        });
+        let tunneled = Flows::build(&tunneled).unwrap();
+        let inner_stamp = tunneled.stamp.unwrap();
+        assert_eq!(inner_stamp.at, stamp.at + VXLAN_OVERHEAD);
+        let stamp_of = |payload: &[u8]| u64::from_be_bytes(payload[12..20].try_into().unwrap());
+        for sent in [1, 0x1234_5678_9abc_def0, u64::MAX, 0xffff_0000_ffff_0000] {
+            let mut frame = flows.frame(3).to_vec();
+            stamp.write(&mut frame, sent);
+            assert_eq!(Expect::Echo.check(&frame).map(stamp_of), Ok(sent));
+            stamp.write(&mut frame, sent / 3);
+            assert_eq!(Expect::Echo.check(&frame).map(stamp_of), Ok(sent / 3));
+            let mut frame = tunneled.frame(1).to_vec();
+            inner_stamp.write(&mut frame, sent);
+            let inner = SlicedPacket::from_ethernet(&frame[VXLAN_OVERHEAD..]).unwrap();
+            assert_eq!(ours(&inner).map(stamp_of), Ok(sent));
+        }
+        assert_eq!(Flows::build(&spec(1, 60)).unwrap().stamp, None, "no room");
+
+        let config = Arc::new(rialto_rules::load("fixtures", fixtures::CONFIG).unwrap());
+        let vip = "198.18.100.2:7".parse().unwrap();
+        let mut forward = Sink::new(Expect::forward(&config, vip).unwrap());
+        let clients = "198.18.0.2".parse().unwrap();
+        let mut back = Sink::new(Expect::Return { vip, clients });
+        forward.stamped_from(1_000);
+        back.stamped_from(7_000);
+        let mut pipeline = Pipeline::balance(Arc::clone(&config), 0, 1, fixtures::NODE_MAC);
+        let mut frame = OwnedFrame::new(&[]);
+        for i in 0..16 {
+            let mut input = flows.frame(i).to_vec();
+            // The first before the measurement: not timed.
+            let sent = 999 + u64::from(i) * 1_000;
+            stamp.write(&mut input, sent);
+            frame.load(&input);
+            assert_eq!(frame.with(|f| pipeline.process_frame(f, 0)), Verdict::Tx);
+            forward.inspect(frame.data(), sent + 5_000);
+            let (_, mut reply) = reply_to(frame.data()).expect("a forwarded frame");
+            // In VXLAN over IPv6, from west's gateway.
+            let reply_stamp = Stamp::of(&reply).expect("room for a stamp");
+            assert_eq!(reply_stamp.at, inner_stamp.at + 20);
+            reply_stamp.write(&mut reply, sent + 6_000);
+            frame.load(&reply);
+            assert_eq!(frame.with(|f| pipeline.process_frame(f, 0)), Verdict::Tx);
+            back.inspect(frame.data(), sent + 8_000);
+        }
+        for (sink, took) in [(&forward, 5_000), (&back, 2_000)] {
+            assert_eq!((sink.ok, sink.mismatches), (16, [0; Mismatch::ALL.len()]));
+            let latency = sink.latency().expect("frames timed");
+            assert_eq!(latency.samples, 15, "the first was sent before");
+            for got in [latency.p50_ns, latency.p99_ns, latency.max_ns] {
+                assert!(
+                    got.abs_diff(took) <= took / 500,
+                    "{latency:?}, not {took} ns"
+                );
+            }
         }
     }
 

@@ -208,9 +208,10 @@ fn the_side_by_side_benchmark_prints_its_table_and_writes_its_files() {
 /// A printed table, from its head: every one of `columns` in the head, and
 /// `rows` rows of 64-byte frames (a row per worker count).
 /// The CPU per packet at a fixed rate: a row per system with its figures
-/// (ns per packet: loss, machine, device, its code, its XDP program, kernel),
-/// and the target's line. Rialto runs its own code and an XDP program; the
-/// kernel, neither.
+/// (ns per packet: loss, machine, device, its code, its XDP program, kernel;
+/// then the latency's median and 99th percentile in µs, which every system
+/// has: its frames came back with their send time), and the target's line.
+/// Rialto runs its own code and an XDP program; the kernel, neither.
 fn check_costs(table: &str) {
     let (_, section) = table
         .split_once("CPU per packet (ns) at 100,000 packets/s offered")
@@ -234,8 +235,12 @@ fn check_costs(table: &str) {
         "rialto-gather",
     ] {
         let figures = row(system);
-        assert_eq!(figures.len(), 5, "{system}: {figures:?}");
+        assert_eq!(figures.len(), 7, "{system}: {figures:?}");
         assert!(figures[0] > 0.0, "{system} spent CPU: {figures:?}");
+        assert!(
+            figures[5] > 0.0 && figures[6] >= figures[5],
+            "{system}'s frames timed: {figures:?}"
+        );
     }
     let (rialto, kernel) = (row("rialto"), row("kernel"));
     // Its code's user time comes in clock ticks (10 ms: 100 ns a packet

@@ -87,6 +87,11 @@ pub struct GenArgs {
     /// Packets per second over all queues (0: flat out).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// At a --rate, poll for what comes back without sleeping between the
+    /// frames due: the latency measured is then the device's and the rings',
+    /// not the generator's sleeps (its CPU is then a whole core's).
+    #[arg(long, requires = "rate")]
+    spin: bool,
     /// New flows per second: the flows sending slide through --flow-space.
     #[arg(long, default_value_t = 0, requires = "flow_space")]
     churn: u64,
@@ -189,6 +194,7 @@ pub fn gen_traffic(args: &GenArgs) -> Result<ExitCode> {
     );
     let plan = Plan {
         rate: args.rate,
+        spin: args.spin,
         flows: args.flows,
         churn: args.churn,
         warmup: seconds(args.warmup)?,
@@ -222,6 +228,7 @@ pub fn sink(args: &SinkArgs) -> Result<ExitCode> {
         .transpose()?;
     let plan = Plan {
         rate: 0,
+        spin: false,
         flows: 0,
         churn: 0,
         warmup: Duration::ZERO,
@@ -338,6 +345,12 @@ fn exchange(
         loss = format!("{:.4}", report.loss),
         ok = report.ok,
         mismatches = ?report.mismatches,
+        latency_us = report.latency.map_or("none".to_owned(), |l| format!(
+            "p50 {:.1}, p99 {:.1}, max {:.1}",
+            l.p50_ns as f64 / 1e3,
+            l.p99_ns as f64 / 1e3,
+            l.max_ns as f64 / 1e3
+        )),
         "done"
     );
     println!("{}", serde_json::to_string(&report)?);
