@@ -873,7 +873,11 @@ pub fn run(
     let mut next_sample = plan.warmup;
     let mut at_sample = (0, 0);
     let mut drain_until = None;
-    sink.stamped_from(plan.warmup.as_nanos() as u64);
+    // The stamps are this run's clock: a sink alone (no flows sent here)
+    // times nothing.
+    if flows.is_some() {
+        sink.stamped_from(plan.warmup.as_nanos() as u64);
+    }
     loop {
         let now = start.elapsed();
         if now >= next_sample && now <= end + Duration::from_millis(100) {
@@ -1115,6 +1119,15 @@ mod tests {
             assert_eq!(ours(&inner).map(stamp_of), Ok(sent));
         }
         assert_eq!(Flows::build(&spec(1, 60)).unwrap().stamp, None, "no room");
+        // A stamp whose sum comes to zero goes out as all ones (UDP's zero
+        // means none): one of its last word's 65,536 values does.
+        let all_ones = (0..=0xffff).find_map(|sent| {
+            let mut frame = flows.frame(5).to_vec();
+            stamp.write(&mut frame, sent);
+            (frame[stamp.sum..stamp.sum + 2] == [0xff, 0xff]).then_some(frame)
+        });
+        let frame = all_ones.expect("a stamp whose sum is all ones");
+        assert!(Expect::Echo.check(&frame).is_ok());
 
         let config = Arc::new(rialto_rules::load("fixtures", fixtures::CONFIG).unwrap());
         let vip = "198.18.100.2:7".parse().unwrap();

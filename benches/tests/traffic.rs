@@ -129,6 +129,10 @@ fn the_sink_gets_every_frame_the_generator_sends() {
         u64_of(&got, "ok") * 100 >= n * 99 && u64_of(&got, "ok") <= n,
         "the sink got {got} of {n} sent"
     );
+    // The stamps are the generator's clock: a sink alone times nothing,
+    // and a generator nothing that did not come back.
+    assert_eq!(got["latency"], Value::Null, "{got}");
+    assert_eq!(sent["latency"], Value::Null, "{sent}");
 }
 
 #[test]

@@ -74,8 +74,9 @@ pub enum DropReason {
     /// The worker's SNAT ports for the family and protocol are all in use.
     SnatExhausted,
     /// A new flow its slot cannot name (an index beyond 16 bits, which the
-    /// config check refuses; or the tables and the flow table's names out
-    /// of step): never counted unless something is wrong.
+    /// config check refuses; or one that names nothing, the tables and the
+    /// flow table's names out of step): never counted unless something is
+    /// wrong.
     Unnamed,
     /// Too big once encapsulated, and no ICMP error sent: IPv4 without DF
     /// (none is asked for), or beyond the ICMP error rate.

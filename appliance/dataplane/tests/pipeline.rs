@@ -445,3 +445,34 @@ fn the_sweep_visits_every_slot_about_once_a_second_however_often_the_worker_tick
         );
     }
 }
+
+/// The first batch starts the sweep's clock, and a batch long after the
+/// last (a worker waking, a restore) visits at most 16,384 slots, not
+/// the whole table at once.
+#[test]
+fn a_batch_long_after_the_last_sweeps_a_bounded_share() {
+    const FLOWS: u16 = 20_000;
+    const SECOND: u64 = 1_000_000_000;
+    let config = fixtures::CONFIG.replace("flows_per_worker = 4096", "flows_per_worker = 32768");
+    let mut pipeline = Pipeline::balance(fixtures::compile(&config), 0, 1, fixtures::NODE_MAC);
+    let start = SECOND;
+    for port in 0..FLOWS {
+        let input = from_client(fixtures::ECHO, fixtures::L4::Udp(10_000 + port, 7), b"");
+        let mut frame = OwnedFrame::new(&input);
+        assert_eq!(
+            frame.with(|f| pipeline.process_frame(f, start)),
+            Verdict::Tx
+        );
+    }
+    let expired = |p: &Pipeline| p.stats().expect("a balancer").flows.expired;
+    // The first batch, every flow expired long since: it only starts the
+    // clock.
+    let late = start + 1_000 * SECOND;
+    pipeline.tick(late);
+    assert_eq!(expired(&pipeline), 0, "the first batch sweeps nothing");
+    // Long after: a whole pass is due, but a batch visits 16,384 slots.
+    pipeline.tick(late + 100 * SECOND);
+    assert_eq!(expired(&pipeline), 16_384);
+    pipeline.tick(late + 100 * SECOND + 1_000_000);
+    assert!(expired(&pipeline) < 16_384 + 40, "then a share again");
+}

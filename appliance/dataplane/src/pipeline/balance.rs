@@ -36,9 +36,14 @@ use crate::{
 /// (about a second), paced by the time between batches, not their count:
 /// a worker stepping often for a frame or two visits a slot or two a
 /// step, one stepping flat out or waking from sleep more at once, and an
-/// expired flow gives its SNAT port back within about a second wherever
-/// the lookups do not find it first.
+/// expired flow gives its SNAT port back within three seconds (expiry
+/// comes in whole seconds) wherever the lookups do not find it first.
 const SWEEP_PERIOD_SHIFT: u32 = 30;
+/// The most slots one batch's sweep visits, however long since the last
+/// (a worker waking from sleep, the first batch after a restore of a
+/// million flows): no batch waits on a long scan. A table too large for
+/// its pass at this many a batch is swept more slowly.
+const SWEEP_MOST: u64 = 16_384;
 
 /// Events of the balancer that are not drops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -414,16 +419,28 @@ impl<S: FlowMemory> Balancer<S> {
 
     /// Once per batch, with or without frames: expire the idle flows of
     /// the slots the time since the last batch has due (a whole pass per
-    /// [`SWEEP_PERIOD_SHIFT`]; no division).
+    /// [`SWEEP_PERIOD_SHIFT`]; no division), [`SWEEP_MOST`] at most.
     pub fn tick(&mut self, now_ns: u64) {
         let period = 1u64 << SWEEP_PERIOD_SHIFT;
-        let elapsed = now_ns.saturating_sub(self.swept_at).min(period);
+        // The first batch starts the clock.
+        let since = if self.swept_at == 0 {
+            now_ns
+        } else {
+            self.swept_at
+        };
+        let elapsed = now_ns.saturating_sub(since).min(period);
         self.swept_at = now_ns;
         // At most a pass and a slot's visit: no overflow below 2^33 slots.
         let owed = self.sweep_owed + elapsed * self.flows.used() as u64;
-        self.sweep_owed = owed & (period - 1);
+        let due = owed >> SWEEP_PERIOD_SHIFT;
+        // Beyond the most a batch visits, what is due is let go.
+        self.sweep_owed = if due > SWEEP_MOST {
+            0
+        } else {
+            owed & (period - 1)
+        };
         self.flows
-            .sweep(seconds(now_ns), (owed >> SWEEP_PERIOD_SHIFT) as usize);
+            .sweep(seconds(now_ns), due.min(SWEEP_MOST) as usize);
         if let Some(changes) = &mut self.changes {
             self.flows.refresh(changes, now_ns);
         }
