@@ -1000,6 +1000,21 @@ mod tests {
         }
     }
 
+    /// `spec`'s flows in VXLAN from east's gateway, as a client in that
+    /// cluster sends them.
+    fn from_east(spec: Spec) -> Spec {
+        Spec {
+            tunnel: Some(Tunnel {
+                src: "198.18.2.1".parse().unwrap(),
+                dst: "198.18.1.1".parse().unwrap(),
+                vni: 100,
+                inner_mac: fixtures::ROUTER_MAC,
+                port: 4789,
+            }),
+            ..spec
+        }
+    }
+
     #[test]
     fn frames_have_the_size_asked_for_and_distinct_flows() {
         let flows = Flows::build(&spec(120_000, 64)).unwrap();
@@ -1095,15 +1110,7 @@ mod tests {
     fn a_stamped_frame_keeps_its_checksums_and_the_sink_times_it() {
         let flows = Flows::build(&spec(16, 64)).unwrap();
         let stamp = flows.stamp.expect("a 64-byte frame has room for a stamp");
-        let mut tunneled = spec(4, 64);
-        tunneled.tunnel = Some(Tunnel {
-            src: "198.18.2.1".parse().unwrap(),
-            dst: "198.18.1.1".parse().unwrap(),
-            vni: 100,
-            inner_mac: fixtures::ROUTER_MAC,
-            port: 4789,
-        });
-        let tunneled = Flows::build(&tunneled).unwrap();
+        let tunneled = Flows::build(&from_east(spec(4, 64))).unwrap();
         let inner_stamp = tunneled.stamp.unwrap();
         assert_eq!(inner_stamp.at, stamp.at + VXLAN_OVERHEAD);
         let stamp_of = |payload: &[u8]| u64::from_be_bytes(payload[12..20].try_into().unwrap());
@@ -1171,15 +1178,7 @@ mod tests {
     #[test]
     fn encapsulated_flows_decapsulate_to_the_plain_ones() {
         let plain = Flows::build(&spec(4, 64)).unwrap();
-        let mut tunneled = spec(4, 64);
-        tunneled.tunnel = Some(Tunnel {
-            src: "198.18.2.1".parse().unwrap(),
-            dst: "198.18.1.1".parse().unwrap(),
-            vni: 100,
-            inner_mac: fixtures::ROUTER_MAC,
-            port: 4789,
-        });
-        let tunneled = Flows::build(&tunneled).unwrap();
+        let tunneled = Flows::build(&from_east(spec(4, 64))).unwrap();
         assert_eq!(tunneled.frame_len(), 64 + VXLAN_OVERHEAD);
         for i in 0..4 {
             assert_eq!(&tunneled.frame(i)[VXLAN_OVERHEAD..], plain.frame(i));

@@ -394,6 +394,15 @@ fn a_peers_udp_flow_is_found_on_the_worker_that_adopted_it() {
     assert_eq!(send(&mut solo[0], &datagram(40301), 0).0, Verdict::Tx);
 }
 
+/// `flows` UDP flows from the fixtures' client to echo, opened at `now`.
+fn open_udp_flows(pipeline: &mut Pipeline, flows: u16, now: u64) {
+    for port in 0..flows {
+        let input = from_client(fixtures::ECHO, fixtures::L4::Udp(10_000 + port, 7), b"");
+        let mut frame = OwnedFrame::new(&input);
+        assert_eq!(frame.with(|f| pipeline.process_frame(f, now)), Verdict::Tx);
+    }
+}
+
 /// The sweep is paced by the time, not by the batches: a worker ticking
 /// every millisecond visits about a slot a tick, and one ticking every
 /// 100 ms (asleep, its poll timing out) more a tick; either way every slot
@@ -410,14 +419,7 @@ fn the_sweep_visits_every_slot_about_once_a_second_however_often_the_worker_tick
     for every_ms in [1, 100] {
         let mut pipeline = Pipeline::balance(fixtures::tables(), 0, 1, fixtures::NODE_MAC);
         let start = SECOND;
-        for port in 0..FLOWS {
-            let input = from_client(fixtures::ECHO, fixtures::L4::Udp(10_000 + port, 7), b"");
-            let mut frame = OwnedFrame::new(&input);
-            assert_eq!(
-                frame.with(|f| pipeline.process_frame(f, start)),
-                Verdict::Tx
-            );
-        }
+        open_udp_flows(&mut pipeline, FLOWS, start);
         let flows = |p: &Pipeline| p.stats().expect("a balancer").flows;
         assert_eq!(flows(&pipeline).live, u64::from(FLOWS));
         let (mut now, mut most) = (start, 0);
@@ -456,14 +458,7 @@ fn a_batch_long_after_the_last_sweeps_a_bounded_share() {
     let config = fixtures::CONFIG.replace("flows_per_worker = 4096", "flows_per_worker = 32768");
     let mut pipeline = Pipeline::balance(fixtures::compile(&config), 0, 1, fixtures::NODE_MAC);
     let start = SECOND;
-    for port in 0..FLOWS {
-        let input = from_client(fixtures::ECHO, fixtures::L4::Udp(10_000 + port, 7), b"");
-        let mut frame = OwnedFrame::new(&input);
-        assert_eq!(
-            frame.with(|f| pipeline.process_frame(f, start)),
-            Verdict::Tx
-        );
-    }
+    open_udp_flows(&mut pipeline, FLOWS, start);
     let expired = |p: &Pipeline| p.stats().expect("a balancer").flows.expired;
     // The first batch, every flow expired long since: it only starts the
     // clock.
