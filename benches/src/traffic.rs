@@ -40,6 +40,7 @@ use rialto_rules::{Endpoint, Proto, Snapshot};
 use serde::Serialize;
 
 use rialto::{afxdp::XskPort, tally::Tally};
+use rialto_dataplane::wire::checksum;
 
 /// The start of every generated payload.
 pub const MAGIC: [u8; 8] = *b"rialtogn";
@@ -127,6 +128,14 @@ pub struct Stamp {
 impl Stamp {
     /// Bytes a stamp takes.
     const LEN: usize = 8;
+    /// Where it is in our payload: after the mark and the flow number.
+    const IN_PAYLOAD: usize = MAGIC.len() + 4;
+
+    /// The send time (nanoseconds) our `payload` carries, if it has room.
+    fn read(payload: &[u8]) -> Option<u64> {
+        let stamp = payload.get(Self::IN_PAYLOAD..Self::IN_PAYLOAD + Self::LEN)?;
+        Some(u64::from_be_bytes(stamp.try_into().ok()?))
+    }
 
     /// Where `frame`, of ours (plain or in VXLAN), carries its stamp, if
     /// its payload has room.
@@ -139,40 +148,28 @@ impl Stamp {
             datagram = udp(&inner)?;
         }
         let payload = datagram.payload();
-        let at = MAGIC.len() + 4;
-        (payload.starts_with(&MAGIC) && payload.len() >= at + Self::LEN).then(|| Self {
-            at: offset(payload) + at,
+        (payload.starts_with(&MAGIC) && Self::read(payload).is_some()).then(|| Self {
+            at: offset(payload) + Self::IN_PAYLOAD,
             sum: offset(datagram.slice()) + 6,
         })
     }
 
     /// Writes `sent` (nanoseconds) into `frame` as its stamp, and updates
-    /// the datagram's checksum for it (RFC 1624: `~(~HC + ~m + m')`, word
-    /// by word); a zero checksum (none, over IPv4) stays zero.
+    /// the datagram's checksum for it (RFC 1624, the dataplane's
+    /// `checksum::update`); a zero checksum (none, over IPv4) stays zero.
     fn write(self, frame: &mut [u8], sent: u64) {
-        let word = |b: &[u8]| u32::from(u16::from_be_bytes([b[0], b[1]]));
-        let checksum = word(&frame[self.sum..]);
-        if checksum == 0 {
-            frame[self.at..self.at + Self::LEN].copy_from_slice(&sent.to_be_bytes());
-            return;
+        let (stamp, sum) = (self.at..self.at + Self::LEN, self.sum..self.sum + 2);
+        let new = sent.to_be_bytes();
+        let old = u16::from_be_bytes([frame[self.sum], frame[self.sum + 1]]);
+        if old != 0 {
+            // A sum of zero goes out as all ones (UDP's zero means none).
+            let updated = match checksum::update(old, &frame[stamp.clone()], &new) {
+                0 => 0xffff,
+                c => c,
+            };
+            frame[sum].copy_from_slice(&updated.to_be_bytes());
         }
-        let mut sum = !checksum & 0xffff;
-        for (old, new) in frame[self.at..self.at + Self::LEN]
-            .chunks(2)
-            .zip(sent.to_be_bytes().chunks(2))
-        {
-            sum += (!word(old) & 0xffff) + word(new);
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        // A sum of zero goes out as all ones (UDP's zero means none).
-        let checksum = match !sum as u16 {
-            0 => 0xffff,
-            c => c,
-        };
-        frame[self.at..self.at + Self::LEN].copy_from_slice(&sent.to_be_bytes());
-        frame[self.sum..self.sum + 2].copy_from_slice(&checksum.to_be_bytes());
+        frame[stamp].copy_from_slice(&new);
     }
 }
 
@@ -188,12 +185,17 @@ impl Flows {
             bytes.extend_from_slice(&frame);
         }
         let frame_len = frame_len.ok_or("no frame")?;
+        Ok(Self::new(bytes, frame_len))
+    }
+
+    /// Flows of `bytes`, frames of `frame_len` one after another.
+    fn new(bytes: Vec<u8>, frame_len: usize) -> Self {
         let stamp = Stamp::of(&bytes[..frame_len]);
-        Ok(Self {
+        Self {
             bytes,
             frame_len,
             stamp,
-        })
+        }
     }
 
     pub fn build(spec: &Spec) -> Result<Self, SpecError> {
@@ -265,12 +267,7 @@ impl Flows {
             }
         }
         debug_assert_eq!(bytes.len(), frame_len * spec.space as usize);
-        let stamp = Stamp::of(&bytes[..frame_len]);
-        Ok(Self {
-            bytes,
-            frame_len,
-            stamp,
-        })
+        Ok(Self::new(bytes, frame_len))
     }
 
     /// Flow `i`'s frame.
@@ -607,12 +604,10 @@ impl Sink {
         match self.expect.check(frame) {
             Ok(payload) => {
                 self.ok += 1;
-                let at = MAGIC.len() + 4;
-                if let Some(stamp) = payload.get(at..at + Stamp::LEN) {
-                    let sent = u64::from_be_bytes(stamp.try_into().expect("8 bytes"));
-                    if sent >= self.stamped_from {
-                        self.latency.saturating_record(now.saturating_sub(sent));
-                    }
+                if let Some(sent) = Stamp::read(payload)
+                    && sent >= self.stamped_from
+                {
+                    self.latency.saturating_record(now.saturating_sub(sent));
                 }
             }
             Err(m) => self.mismatches[m as usize] += 1,
@@ -1113,7 +1108,7 @@ mod tests {
         let tunneled = Flows::build(&from_east(spec(4, 64))).unwrap();
         let inner_stamp = tunneled.stamp.unwrap();
         assert_eq!(inner_stamp.at, stamp.at + VXLAN_OVERHEAD);
-        let stamp_of = |payload: &[u8]| u64::from_be_bytes(payload[12..20].try_into().unwrap());
+        let stamp_of = |payload: &[u8]| Stamp::read(payload).unwrap();
         for sent in [1, 0x1234_5678_9abc_def0, u64::MAX, 0xffff_0000_ffff_0000] {
             let mut frame = flows.frame(3).to_vec();
             stamp.write(&mut frame, sent);

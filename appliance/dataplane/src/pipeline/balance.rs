@@ -423,12 +423,10 @@ impl<S: FlowMemory> Balancer<S> {
     pub fn tick(&mut self, now_ns: u64) {
         let period = 1u64 << SWEEP_PERIOD_SHIFT;
         // The first batch starts the clock.
-        let since = if self.swept_at == 0 {
-            now_ns
-        } else {
-            self.swept_at
+        let elapsed = match self.swept_at {
+            0 => 0,
+            at => now_ns.saturating_sub(at).min(period),
         };
-        let elapsed = now_ns.saturating_sub(since).min(period);
         self.swept_at = now_ns;
         // At most a pass and a slot's visit: no overflow below 2^33 slots.
         let owed = self.sweep_owed + elapsed * self.flows.used() as u64;
