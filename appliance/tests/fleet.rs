@@ -61,6 +61,14 @@ impl Node {
         assert!(status.success(), "{summary}");
         summary
     }
+
+    /// Waits for this node's Rialto to exit by itself (drained), which it
+    /// must do cleanly.
+    fn wait_exit(self) {
+        let (status, summary) = self.rialto.wait_exit();
+        let _ = std::fs::remove_file(&self.config);
+        assert!(status.success(), "{summary}");
+    }
 }
 
 /// Waits, within `timeout`, until the router's route to `vip` has the
@@ -442,9 +450,7 @@ fn a_drained_node_takes_no_new_connection_and_breaks_none() {
         "draining"
     );
     let mut nodes = nodes.into_iter();
-    let drained = nodes.next().unwrap();
-    let (status, summary) = drained.rialto.wait_exit();
-    assert!(status.success(), "{summary}");
+    nodes.next().unwrap().wait_exit();
     std::thread::sleep(Duration::from_secs(1));
     let report = load.stop();
     println!("node 1 drained under load: {report}");
