@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use rialto::{
     afxdp::Ledger,
     health::{self, BackendHealth, Board},
+    shm::{self, Backing},
     state::{NamesId, Resumed, StateDir},
     stats::{StatsSnapshot, WorkerStats},
     worker::{Published, SharedTables},
@@ -184,6 +185,26 @@ pub struct WorkerStatus {
     pub snat: Vec<SnatUse>,
     /// Where the worker's UMEM frames are (a quarter of a second old at most).
     pub umem: Option<Ledger>,
+    /// What backs the worker's flow table, by part (`slots`, `indexes`):
+    /// its bytes, those resident, and of those the ones in 2 MB pages
+    /// (balance mode only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub flow_table: BTreeMap<&'static str, Backing>,
+}
+
+/// What backs each part of a flow table that lies in `parts`.
+fn backing_by_part(
+    maps: &procfs::process::MemoryMaps,
+    parts: &[(&'static str, std::ops::Range<usize>)],
+) -> BTreeMap<&'static str, Backing> {
+    let mut by_part = BTreeMap::<_, Vec<_>>::new();
+    for (part, range) in parts {
+        by_part.entry(*part).or_default().push(range.clone());
+    }
+    by_part
+        .into_iter()
+        .map(|(part, ranges)| (part, shm::backing(maps, &ranges)))
+        .collect()
 }
 
 /// What `GET /api/v1/services` answers: the services of the running config.
@@ -477,6 +498,8 @@ impl View {
             Ok(counters) => counters.iter().map(|(r, c)| (r.name(), c)).collect(),
             Err(_) => BTreeMap::new(),
         };
+        // Read once for every worker's flow table.
+        let maps = shm::mappings();
         Status {
             config: self.config.as_ref().map(|p| p.display().to_string()),
             generation: self.tables.as_ref().map_or(0, |t| t.generation()),
@@ -496,6 +519,10 @@ impl View {
                     stats: w.snapshot(),
                     snat: w.snat(),
                     umem: w.umem(),
+                    flow_table: maps
+                        .as_ref()
+                        .map(|maps| backing_by_part(maps, &w.flow_table()))
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }

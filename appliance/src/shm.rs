@@ -8,6 +8,9 @@
 //! `always` or `madvise` (Debian's default); a file, only on a tmpfs mounted
 //! with `huge=` (`/dev/shm` is not: see the README).
 //!
+//! What backs a table's memory ([`backing`]: resident, in 2 MB pages or
+//! not) is read from `/proc/self/smaps` for the metrics.
+//!
 //! With the AF_XDP rings and UMEM ([`crate::afxdp`]), the only `unsafe`
 //! code of the appliance: mapping a file, and reading a mapping as the
 //! values it holds, once checked, not on each access (`bytemuck`'s checked
@@ -17,7 +20,7 @@ use std::{
     fmt,
     fs::File,
     marker::PhantomData,
-    ops::{Deref, DerefMut},
+    ops::{Deref, DerefMut, Range},
 };
 
 use bytemuck::Pod;
@@ -125,9 +128,60 @@ impl FlowMemory for Mapped<Slot> {
     }
 }
 
+/// What backs some of this process's memory (a flow table's), from
+/// `/proc/self/smaps`: its bytes, those resident, and of those the ones
+/// in 2 MB pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Backing {
+    pub bytes: u64,
+    pub resident: u64,
+    pub huge: u64,
+}
+
+/// This process's mappings as `/proc/self/smaps` lists them (`None` if it
+/// cannot be read). Reading it walks every mapping's pages: once for all
+/// the workers, when the status is asked for.
+pub fn mappings() -> Option<procfs::process::MemoryMaps> {
+    procfs::process::Process::myself().ok()?.smaps().ok()
+}
+
+/// What backs `ranges` of this process's memory, as `maps` says. A
+/// mapping's figures count for the share of it inside the ranges: the
+/// kernel may merge one mapping with its neighbour (two indexes' arrays,
+/// mapped one after the other with the same advice), and smaps then shows
+/// one entry for both.
+pub fn backing(maps: &procfs::process::MemoryMaps, ranges: &[Range<usize>]) -> Backing {
+    let mut b = Backing {
+        bytes: ranges.iter().map(|r| r.len() as u64).sum(),
+        ..Backing::default()
+    };
+    for map in &maps.0 {
+        let (start, end) = map.address;
+        let inside: u64 = ranges
+            .iter()
+            .map(|r| (end.min(r.end as u64)).saturating_sub(start.max(r.start as u64)))
+            .sum();
+        if inside == 0 {
+            continue;
+        }
+        let share = |keys: &[&str]| -> u64 {
+            let total: u64 = keys.iter().filter_map(|k| map.extension.map.get(*k)).sum();
+            // In u128: a mapping's bytes times its size may pass 2^64.
+            (u128::from(total) * u128::from(inside) / u128::from(end - start)) as u64
+        };
+        b.resident += share(&["Rss"]);
+        // Anonymous memory's transparent huge pages; a huge tmpfs's (or a
+        // file's) mapped by 2 MB entries.
+        b.huge += share(&["AnonHugePages", "ShmemPmdMapped", "FilePmdMapped"]);
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs::OpenOptions;
+
+    use rialto_testbed::Tmpfs;
 
     use super::*;
 
@@ -142,17 +196,24 @@ mod tests {
         assert!(values.iter().enumerate().all(|(i, &v)| v == i as u64 * 3));
     }
 
-    #[test]
-    fn a_file_holds_its_head_then_its_values() {
-        let path = std::env::temp_dir().join(format!("rialto-shm-{}", std::process::id()));
+    /// The file at `path`, made anew, of `bytes` zeroes, open to read and
+    /// write.
+    fn sized(path: &std::path::Path, bytes: usize) -> std::fs::File {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)
+            .open(path)
             .unwrap();
-        file.set_len(4096 + 3 * 4).unwrap();
+        file.set_len(bytes as u64).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_file_holds_its_head_then_its_values() {
+        let path = std::env::temp_dir().join(format!("rialto-shm-{}", std::process::id()));
+        let file = sized(&path, 4096 + 3 * 4);
         let mut values = Mapped::<u32>::file(&file, 4096, 3).unwrap();
         values.head_mut()[0] = 0xaa;
         values.copy_from_slice(&[1, 2, 0xdead_beef]);
@@ -162,6 +223,73 @@ mod tests {
         assert_eq!(bytes[0], 0xaa);
         assert_eq!(bytes[4096..4100], 1u32.to_ne_bytes());
         assert_eq!(bytes[4104..], 0xdead_beef_u32.to_ne_bytes());
+    }
+
+    /// The bytes of `values`, as [`backing`] takes them.
+    fn range_of<T>(values: &[T]) -> Range<usize> {
+        let r = values.as_ptr_range();
+        r.start.addr()..r.end.addr()
+    }
+
+    /// Writes every value, so that every page is resident.
+    fn touch(values: &mut [u64]) {
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = i as u64;
+        }
+    }
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn anonymous_values_advised_to_huge_pages_get_them() {
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").expect(
+            "/sys/kernel/mm/transparent_hugepage/enabled: a kernel with transparent huge pages",
+        );
+        assert!(
+            !thp.contains("[never]"),
+            "transparent huge pages are off on this machine ({}): the flow tables' indexes get none",
+            thp.trim()
+        );
+        let mut values = Mapped::<u64>::anon(64 * MIB / 8);
+        touch(&mut values);
+        let b = backing(&mappings().expect("/proc/self/smaps"), &[range_of(&values)]);
+        assert_eq!(
+            (b.bytes, b.resident),
+            (64 * MIB as u64, 64 * MIB as u64),
+            "{b:?}"
+        );
+        // The 2 MB extents inside the mapping: all but the edges' if it is
+        // not aligned to 2 MB.
+        assert!(b.huge >= 60 * MIB as u64, "{b:?}");
+    }
+
+    /// What backs a file of `bytes` in `dir`, mapped and written.
+    fn file_backing(dir: &std::path::Path, bytes: usize) -> Backing {
+        let path = dir.join(format!("rialto-backing-{}", std::process::id()));
+        let file = sized(&path, bytes);
+        std::fs::remove_file(&path).unwrap();
+        let mut values = Mapped::<u64>::file(&file, 0, bytes / 8).unwrap();
+        touch(&mut values);
+        backing(&mappings().expect("/proc/self/smaps"), &[range_of(&values)])
+    }
+
+    #[test]
+    fn a_file_is_mapped_in_huge_pages_on_a_huge_tmpfs_only() {
+        let huge = Tmpfs::mount("huge=within_size,size=64m,mode=0700");
+        let b = file_backing(&huge.dir, 16 * MIB);
+        assert_eq!(
+            (b.bytes, b.resident),
+            (16 * MIB as u64, 16 * MIB as u64),
+            "{b:?}"
+        );
+        assert!(b.huge >= 12 * MIB as u64, "on huge=within_size: {b:?}");
+        let plain = Tmpfs::mount("size=64m,mode=0700");
+        let b = file_backing(&plain.dir, 16 * MIB);
+        assert_eq!(
+            (b.resident, b.huge),
+            (16 * MIB as u64, 0),
+            "without huge=: {b:?}"
+        );
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! [`Tally`] once per batch and is the only writer of its own
 //! [`WorkerStats`].
 
-use std::sync::{
-    Mutex,
-    atomic::{
-        AtomicBool, AtomicU64,
-        Ordering::{Acquire, Relaxed, Release},
+use std::{
+    ops::Range,
+    sync::{
+        Mutex,
+        atomic::{
+            AtomicBool, AtomicU64,
+            Ordering::{Acquire, Relaxed, Release},
+        },
     },
 };
 
@@ -51,6 +54,9 @@ pub struct WorkerStats {
     per_backend: Mutex<(u64, Vec<Vec<u32>>)>,
     /// Where the port's UMEM frames are; refreshed like `snat`.
     umem: Mutex<Option<Ledger>>,
+    /// Where the flow table lies in memory, by part (for what backs it);
+    /// refreshed like `snat`.
+    flow_table: Mutex<Vec<(&'static str, Range<usize>)>>,
 }
 
 const BALANCE_FIELDS: usize = 14;
@@ -161,6 +167,21 @@ impl WorkerStats {
         if let Ok(mut slot) = self.umem.try_lock() {
             *slot = Some(ledger);
         }
+    }
+
+    /// Replaces where the flow table lies, unless a reader holds it.
+    pub fn publish_flow_table(&self, memory: impl FnOnce() -> Vec<(&'static str, Range<usize>)>) {
+        if let Ok(mut slot) = self.flow_table.try_lock() {
+            *slot = memory();
+        }
+    }
+
+    /// Where the flow table lies, by part: none for a worker without one.
+    pub fn flow_table(&self) -> Vec<(&'static str, Range<usize>)> {
+        self.flow_table
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     pub fn umem(&self) -> Option<Ledger> {

@@ -371,6 +371,8 @@ impl Worker {
         self.stats
             .publish_per_backend(generation, || self.pipeline.per_backend());
         self.stats.publish_umem(self.port.ledger());
+        self.stats
+            .publish_flow_table(|| self.pipeline.flow_table_memory());
     }
 
     fn publish_balance(&self) {

@@ -212,11 +212,7 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
     tcp_echo(&pair.peer_ns, "[fd00:119::10]:8080".parse().unwrap());
     udp_echo(&pair.peer_ns, "198.19.1.10:7007".parse().unwrap());
 
-    let rialto = Rialto::start(
-        BIN,
-        &pair.node_ns,
-        &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
-    );
+    let rialto = serve(&pair, &path, &[]);
     in_netns(&pair.peer_ns, || {
         tcp_round_trips("198.18.100.1:80".parse().unwrap());
         tcp_round_trips("[fd00:100::1]:80".parse().unwrap());
@@ -285,17 +281,13 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
 
     // The metrics, read by a Prometheus text-format parser, agree with the
     // summary; the API lists the services; `rialto stats` shows both queues.
-    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
-        .unwrap_or_else(|e| panic!("not Prometheus text ({e}):\n{metrics}"));
+    let scrape = scrape(&metrics);
     let sum = |name: &str| -> f64 {
         scrape
             .samples
             .iter()
             .filter(|s| s.metric == name)
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-                _ => panic!("{name} is neither counter nor gauge"),
-            })
+            .map(value)
             .sum()
     };
     assert_eq!(
@@ -338,6 +330,32 @@ fn clients_reach_backends_behind_kernel_vxlan_gateways() {
 }
 
 /// GET on the API of the rialto in this thread's namespace: the body.
+/// `rialto run` on the pair's node end, with the config file `config` and
+/// `extra` arguments.
+fn serve(pair: &Pair, config: &std::path::Path, extra: &[&str]) -> Rialto {
+    let args = [
+        "--iface",
+        &pair.node_if,
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    Rialto::start(BIN, &pair.node_ns, &[&args[..], extra].concat())
+}
+
+/// `/metrics`, read by a Prometheus text-format parser.
+fn scrape(metrics: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("not Prometheus text ({e}):\n{metrics}"))
+}
+
+/// A counter's or gauge's value.
+fn value(sample: &prometheus_parse::Sample) -> f64 {
+    match sample.value {
+        prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+        _ => panic!("{} is neither counter nor gauge", sample.metric),
+    }
+}
+
 fn get(path: &str) -> String {
     rialto_testbed::http()
         .get(&format!("http://127.0.0.1:9600{path}"))
@@ -462,11 +480,7 @@ fn reloads_keep_live_flows_on_their_backends() {
     let path = std::env::temp_dir().join(format!("rialto-reload-{}.toml", std::process::id()));
     let write = |services: &str| std::fs::write(&path, config(&mac, services)).unwrap();
     write(&web(&format!("{POD_A}, {POD_B}")));
-    let rialto = Rialto::start(
-        BIN,
-        &pair.node_ns,
-        &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
-    );
+    let rialto = serve(&pair, &path, &[]);
     let node_ns = pair.node_ns.clone();
     let reload = |services: &str| {
         write(services);
@@ -618,18 +632,7 @@ backends = [{{ cluster = "east", addr = "198.19.1.10:7007" }}]
     );
     for fault in ["reload-stall", "map-update"] {
         std::fs::write(&path, config(&mac, &web(POD_A))).unwrap();
-        let rialto = Rialto::start(
-            BIN,
-            &pair.node_ns,
-            &[
-                "--iface",
-                &pair.node_if,
-                "--config",
-                path.to_str().unwrap(),
-                "--inject-fault",
-                fault,
-            ],
-        );
+        let rialto = serve(&pair, &path, &["--inject-fault", fault]);
         let live = in_netns(&pair.peer_ns, Connection::open);
         std::fs::write(&path, config(&mac, &next)).unwrap();
         rialto.signal(nix::sys::signal::Signal::SIGHUP);
@@ -748,11 +751,7 @@ fn the_api_bounds_requests_and_never_waits_for_a_reload() {
     let path = std::env::temp_dir().join(format!("rialto-api-{}.toml", std::process::id()));
     let first = config(&mac, &web(POD_A));
     std::fs::write(&path, &first).unwrap();
-    let rialto = Rialto::start(
-        BIN,
-        &pair.node_ns,
-        &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
-    );
+    let rialto = serve(&pair, &path, &[]);
     let post = |body: &str, kind: &str| {
         rialto_testbed::http()
             .post("http://127.0.0.1:9600/api/v1/reload")
@@ -1004,11 +1003,7 @@ backends = [{{ cluster = "east", addr = "198.19.1.10:7007" }}]
         &services("198.18.100.4:7/UDP"),
     );
     std::fs::write(&path, &first).unwrap();
-    let rialto = Rialto::start(
-        BIN,
-        &pair.node_ns,
-        &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
-    );
+    let rialto = serve(&pair, &path, &[]);
     // The connections, each with the SNAT address the pod saw.
     let live: Vec<Connection> = in_netns(&pair.peer_ns, || {
         (0..16).map(|_| Connection::open()).collect()
@@ -1166,11 +1161,7 @@ backends = [{ cluster = "east", addr = "198.19.1.10:7007" }]
         ),
     )
     .unwrap();
-    let rialto = Rialto::start(
-        BIN,
-        &pair.node_ns,
-        &["--iface", &pair.node_if, "--config", path.to_str().unwrap()],
-    );
+    let rialto = serve(&pair, &path, &[]);
     // One datagram on each of six sockets, each a flow.
     let answered = |flows: usize| {
         in_netns(&pair.peer_ns, || {
@@ -1219,18 +1210,7 @@ fn an_overflowing_handoff_inbox_drops_and_counts_and_loses_no_frame() {
     udp_echo(&pair.peer_ns, "198.19.1.10:7007".parse().unwrap());
     let path = std::env::temp_dir().join(format!("rialto-inbox-{}.toml", std::process::id()));
     std::fs::write(&path, config(&mac, SERVICES)).unwrap();
-    let rialto = Rialto::start(
-        BIN,
-        &pair.node_ns,
-        &[
-            "--iface",
-            &pair.node_if,
-            "--config",
-            path.to_str().unwrap(),
-            "--handoff-queue",
-            "1",
-        ],
-    );
+    let rialto = serve(&pair, &path, &["--handoff-queue", "1"]);
     in_netns(&pair.peer_ns, || {
         std::thread::scope(|s| {
             for _ in 0..32 {
@@ -1616,4 +1596,58 @@ fn sigusr2_upgrades_in_place_and_tells_the_service_manager() {
         log()
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A worker's flow-table slots, in the state directory's file, are in 2 MB
+/// pages on a tmpfs mounted with `huge=` (as `dev-shm-rialto.mount` mounts
+/// the state directories) and in 4 KB pages on `/dev/shm` as it is; the
+/// metrics say which (`rialto_flow_table_huge_page_bytes`, by part).
+#[test]
+fn the_metrics_say_whether_the_flow_slots_are_in_huge_pages() {
+    let pair = Pair::up(1);
+    gateways(&pair);
+    let mac = mac_of(&pair.peer_ns, &pair.peer_if);
+    named_echo(&pair.peer_ns, "198.19.1.10:8080", "a");
+    let huge = rialto_testbed::Tmpfs::mount("huge=within_size,mode=0700");
+    // The config in the tmpfs too: gone with it, whatever happens.
+    let path = huge.dir.join("rialto.toml");
+    std::fs::write(&path, config(&mac, &web(POD_A))).unwrap();
+    // The slots' bytes, resident and in 2 MB pages, with a connection's
+    // flow in them, Rialto keeping its state in `state_dir`.
+    let slots = |state_dir: &str| {
+        let rialto = serve(&pair, &path, &["--state-dir", state_dir]);
+        let live = in_netns(&pair.peer_ns, Connection::open);
+        live.ping().unwrap();
+        let metrics = in_netns(&pair.node_ns, || get("/metrics"));
+        let (status, summary) = rialto.terminate();
+        assert!(status.success(), "{summary}");
+        let scrape = scrape(&metrics);
+        let of_slots = |name: &str| -> f64 {
+            let sample = scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == name && s.labels.get("part") == Some("slots"))
+                .unwrap_or_else(|| panic!("no {name} of the slots:\n{metrics}"));
+            value(sample)
+        };
+        [
+            "rialto_flow_table_bytes",
+            "rialto_flow_table_resident_bytes",
+            "rialto_flow_table_huge_page_bytes",
+        ]
+        .map(of_slots)
+    };
+    let [bytes, resident, in_huge] = slots(huge.dir.join("state").to_str().unwrap());
+    // The default table: 2^18 slots of 48 bytes.
+    assert_eq!(bytes, (48 << 18) as f64);
+    assert!(
+        in_huge > 0.0 && in_huge == resident,
+        "on a huge tmpfs: {in_huge} of {resident} resident bytes in 2 MB pages"
+    );
+    let dev_shm = rialto_testbed::state_dir(&pair.node_ns);
+    let [_, resident, in_huge] = slots(dev_shm.to_str().unwrap());
+    assert!(
+        resident > 0.0 && in_huge == 0.0,
+        "on /dev/shm: {in_huge} of {resident} resident bytes in 2 MB pages"
+    );
 }

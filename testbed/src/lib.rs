@@ -282,6 +282,40 @@ impl Drop for Teardown {
     }
 }
 
+/// A tmpfs mounted with `options` on a directory of its own, unmounted
+/// and removed when dropped, also when the test fails: as
+/// `dev-shm-rialto.mount` mounts the state directories (`huge=`).
+#[derive(Debug)]
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(options: &str) -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test mounts a tmpfs: run it as root (the README's test command does)"
+        );
+        let dir = std::env::temp_dir().join(unique_name());
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let tmpfs = Self { dir };
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "rialto-test"])
+            .arg(&tmpfs.dir)
+            .status()
+            .expect("mount(8)");
+        assert!(mounted.success(), "mount -t tmpfs -o {options}: {mounted}");
+        tmpfs
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 /// Two namespaces joined by a multi-queue veth pair (`testbed/pair.sh`).
 #[derive(Debug)]
 pub struct Pair {

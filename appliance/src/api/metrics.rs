@@ -333,6 +333,30 @@ pub fn metrics(status: &Status, services: &[ServiceStatus]) -> String {
     }
     families.push(umem);
 
+    let mut table = [
+        Family::gauge(
+            "flow_table_bytes",
+            "Bytes of the worker's flow table, mapped, by part: its slots (in a file of the state directory) and its indexes (anonymous memory).",
+        ),
+        Family::gauge(
+            "flow_table_resident_bytes",
+            "Bytes of the worker's flow table in memory (pages touched so far).",
+        ),
+        Family::gauge(
+            "flow_table_huge_page_bytes",
+            "Bytes of the worker's flow table in 2 MB pages, by part: the slots get them on a tmpfs mounted with huge= (none on /dev/shm as it is), the indexes where transparent huge pages are on.",
+        ),
+    ];
+    for w in &status.workers {
+        let queue = w.queue.to_string();
+        for (part, b) in &w.flow_table {
+            for (family, value) in table.iter_mut().zip([b.bytes, b.resident, b.huge]) {
+                family.add(&[("queue", &queue), ("part", part)], value);
+            }
+        }
+    }
+    families.extend(table);
+
     let mut xdp_packets = Family::counter(
         "xdp_packets_total",
         "Frames the XDP program steered or passed, by reason.",

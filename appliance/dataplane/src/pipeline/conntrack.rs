@@ -602,6 +602,22 @@ impl<S: FlowMemory> Conntrack<S> {
         &self.slots[id as usize]
     }
 
+    /// Where the table lies in memory, as address ranges, by part: its
+    /// `slots`, and the arrays of its two `indexes` (the reply index's
+    /// moves if a reload adds SNAT addresses). For reading what backs them
+    /// (huge pages or not, `/proc/self/smaps`); never per packet.
+    pub fn memory(&self) -> [(&'static str, std::ops::Range<usize>); 3] {
+        fn range<T>(values: &[T]) -> std::ops::Range<usize> {
+            let std::ops::Range { start, end } = values.as_ptr_range();
+            start.addr()..end.addr()
+        }
+        [
+            ("slots", range(&self.slots)),
+            ("indexes", range(&self.forward.buckets)),
+            ("indexes", range(&self.replies.entries)),
+        ]
+    }
+
     /// What the slots' indices name.
     pub fn names(&self) -> &Names {
         &self.names

@@ -237,4 +237,14 @@ impl<S: FlowMemory> Pipeline<S> {
             Self::Reflect => Vec::new(),
         }
     }
+
+    /// Where a balancer's flow table lies in memory
+    /// ([`Conntrack::memory`](conntrack::Conntrack::memory)); none for
+    /// reflect.
+    pub fn flow_table_memory(&self) -> Vec<(&'static str, std::ops::Range<usize>)> {
+        match self {
+            Self::Balance(b) => b.flows().memory().to_vec(),
+            Self::Reflect => Vec::new(),
+        }
+    }
 }
