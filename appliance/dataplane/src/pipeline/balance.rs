@@ -689,14 +689,14 @@ impl<S: FlowMemory> Balancer<S> {
         };
         if ip.proto == TCP && ports.tcp_flags & (flags::SYN | flags::ACK | flags::RST) != flags::SYN
         {
-            return Err(self.look_elsewhere(frame));
+            return Err(self.look_elsewhere(frame.hops()));
         }
         if ip.proto == UDP && self.changes.is_some() && u32::from(frame.hops()) + 1 < self.workers {
             // In a fleet, a datagram's flow may be a peer's, adopted by the
             // worker owning its SNAT port, while RSS brings its datagrams
             // here: it is looked for on every worker before the last makes
             // a new flow (a TCP connection has its SYN to tell).
-            return Err(self.look_elsewhere(frame));
+            return Err(self.look_elsewhere(frame.hops()));
         }
         if ip.ttl <= 1 {
             return Err(self
@@ -774,8 +774,9 @@ impl<S: FlowMemory> Balancer<S> {
     /// after a timeout, the NIC's RSS changed, a restart with another
     /// worker count). It goes round the workers, each looking once, and
     /// is dropped when it comes round to where it came in.
-    fn look_elsewhere(&mut self, frame: &FrameBuf<'_>) -> Verdict {
-        if u32::from(frame.hops()) + 1 < self.workers {
+    /// `hops`: the workers that handed the frame on before this one.
+    fn look_elsewhere(&mut self, hops: u8) -> Verdict {
+        if u32::from(hops) + 1 < self.workers {
             self.counters.handed_on += 1;
             Verdict::Handoff((self.worker + 1) % self.workers)
         } else {
@@ -865,6 +866,7 @@ impl<S: FlowMemory> Balancer<S> {
         link: &Link,
         now: u32,
     ) -> Result<Verdict, Verdict> {
+        let hops = frame.hops();
         let buf = frame.buffer_mut();
         let quoted = Quoted::parse(buf, ip).ok_or(Verdict::Drop(DropReason::MalformedIcmp))?;
         self.owned_here(&quoted.src, quoted.src_port)?;
@@ -879,7 +881,16 @@ impl<S: FlowMemory> Balancer<S> {
             pad: [0; 3],
         };
         let Some((id, direction)) = self.flows.lookup(&key, now) else {
-            return Err(Verdict::Drop(DropReason::NoFlow));
+            // About a reply from a VIP: a SNAT port names its worker, a VIP
+            // does not, and RSS, hashing the error's own addresses, may
+            // have brought it to another worker than the client's packets
+            // (and so the flow) go to. It goes round the workers as a
+            // segment of no flow does.
+            return Err(if self.roles.of(&quoted.src) & Roles::VIP != 0 {
+                self.look_elsewhere(hops)
+            } else {
+                Verdict::Drop(DropReason::NoFlow)
+            });
         };
         let flow = self.flows.flow(id);
         if ip.ttl <= 1 {
