@@ -380,6 +380,58 @@ fn the_next_hops_mac_is_learned_and_followed() {
     border.stop();
 }
 
+/// The node's default route moves to another router (a second address of
+/// the top of rack, with a MAC of its own): Rialto follows the route, takes
+/// the new gateway's MAC from the neighbour table, and its frames go there.
+#[test]
+fn the_next_hop_follows_the_default_route_to_another_gateway() {
+    const OTHER_MAC: &str = "02:00:00:00:00:98";
+    let topology = Topology::up(1);
+    let border = Border::start(&topology, &topology.config());
+    assert_eq!(requests(&topology, 8).values().sum::<usize>(), 8);
+
+    let ip = |ns: &str, args: &str| ip(&topology.ns(ns), args);
+    // The second gateway: a MAC VLAN on the router's bridge.
+    ip(
+        "router",
+        &format!("link add rt2 link br0 address {OTHER_MAC} type macvlan mode bridge"),
+    );
+    ip("router", "addr add 198.18.1.253/24 dev rt2");
+    ip("router", "link set rt2 up");
+    // Its MAC known to the node (a static entry: the router's two
+    // interfaces would both answer ARP for it).
+    ip(
+        "border",
+        &format!("neigh replace 198.18.1.253 lladdr {OTHER_MAC} dev up0 nud permanent"),
+    );
+    let received = || -> u64 {
+        let stats = ip("router", "-j -s link show dev rt2");
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        stats[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+    };
+    let before = received();
+    ip("border", "route replace default via 198.18.1.253");
+    let line = border
+        .rialto
+        .wait_for_log("next hop's MAC changed", Duration::from_secs(5));
+    assert!(
+        line.contains(OTHER_MAC) && line.contains("198.18.1.253"),
+        "{line}"
+    );
+    assert_eq!(
+        requests(&topology, 8).values().sum::<usize>(),
+        8,
+        "answered through the other gateway"
+    );
+    // Each request's frames to the pod and back to the client.
+    let through = received() - before;
+    assert!(
+        through >= 8 * 4,
+        "{through} frames through the other gateway"
+    );
+    border.stop();
+}
+
 #[test]
 fn when_a_gateway_goes_down_the_config_sends_new_connections_to_the_other_cluster() {
     let topology = Topology::up(2);
