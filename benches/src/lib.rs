@@ -94,7 +94,9 @@ pub fn packet(i: usize, flags: &'static str) -> Vec<u8> {
 }
 
 /// A balancer holding `flows` live TCP flows, and the forward and return
-/// frames of `sample` of them spread over the table, in an order unrelated
+/// frames of `sample` of them spread over the table (those connections
+/// established: the backend's answer and the client's acknowledgement
+/// have been through once), in an order unrelated
 /// to the flows' (the same for both): a live table's packets do not come
 /// in the order its slots and SNAT ports were taken, and frames in that
 /// order would let the processor fetch the next flow before it is asked
@@ -109,6 +111,12 @@ pub fn with_flows(flows: usize, sample: usize) -> (Balancer, Vec<Vec<u8>>, Vec<V
         assert_eq!(frame.with(|f| pipeline.process_frame(f, 0)), Verdict::Tx);
         if i % step == 0 && pairs.len() < sample {
             pairs.push((packet(i, "A"), reply_to(frame.data())));
+        }
+    }
+    for (there, back) in &pairs {
+        for frame_in in [back, there] {
+            frame.load(frame_in);
+            assert_eq!(frame.with(|f| pipeline.process_frame(f, 0)), Verdict::Tx);
         }
     }
     pairs.shuffle(&mut SmallRng::seed_from_u64(0x5249_414c_544f));

@@ -170,7 +170,7 @@ fn next(state: TcpState, reply: bool, bits: u8) -> TcpState {
     }
     match (state, reply, bits & flags::SYN != 0) {
         (CLOSING, false, true) => SYN_SENT,
-        (SYN_SENT, true, _) => ESTABLISHED,
+        (SYN_SENT, false, false) if bits & flags::ACK != 0 => ESTABLISHED,
         (state, _, _) => state,
     }
 }

@@ -151,7 +151,11 @@ impl std::fmt::Debug for Side {
 pub struct TcpState(u32);
 
 impl TcpState {
-    /// The client's SYN seen, no answer yet.
+    /// The client's SYN seen, and not yet its acknowledgement of the
+    /// backend's answer: the SYN timeout runs, so a flood of SYNs from
+    /// spoofed addresses (which the backend answers and nobody
+    /// acknowledges) holds its SNAT ports for that long, not for the
+    /// established timeout.
     pub const SYN_SENT: Self = Self(0);
     pub const ESTABLISHED: Self = Self(1);
     /// The client has sent its FIN; the backend may still send.
@@ -1430,9 +1434,11 @@ fn timeout(t: &Timeouts, proto: u8, state: TcpState) -> u32 {
 
 /// The TCP state after a segment with `tcp_flags` going `direction`.
 ///
-/// A reply makes a connection established; an RST from either side closes
-/// it, and so does the second side's FIN; a client's new SYN on a closing
-/// connection (the port reused) starts it over.
+/// The client's acknowledgement (the third segment of the handshake, which
+/// Linux's conntrack too waits for before it calls a connection assured)
+/// makes a connection established, not the backend's answer; an RST from
+/// either side closes it, and so does the second side's FIN; a client's
+/// new SYN on a closing connection (the port reused) starts it over.
 fn next_state(state: TcpState, direction: Direction, tcp_flags: u8) -> TcpState {
     const BACKEND_CLOSED: TcpState = TcpState::BACKEND_CLOSED;
     const CLIENT_CLOSED: TcpState = TcpState::CLIENT_CLOSED;
@@ -1450,7 +1456,11 @@ fn next_state(state: TcpState, direction: Direction, tcp_flags: u8) -> TcpState 
     }
     match (state, direction) {
         (CLOSING, Direction::Forward) if tcp_flags & flags::SYN != 0 => TcpState::SYN_SENT,
-        (TcpState::SYN_SENT, Direction::Reply) => TcpState::ESTABLISHED,
+        (TcpState::SYN_SENT, Direction::Forward)
+            if tcp_flags & (flags::SYN | flags::ACK) == flags::ACK =>
+        {
+            TcpState::ESTABLISHED
+        }
         (state, _) => state,
     }
 }
@@ -1766,21 +1776,33 @@ mod tests {
         t.touch(id, TCP, Direction::Reply, flags::SYN | flags::ACK, 101);
         assert_eq!(
             (t.flow(id).state, t.flow(id).expires),
-            (TcpState::ESTABLISHED, 101 + 3600)
+            (TcpState::SYN_SENT, 101 + 30),
+            "answered, not yet acknowledged: a spoofed client never does"
         );
-        t.touch(id, TCP, Direction::Forward, flags::FIN | flags::ACK, 102);
+        t.touch(id, TCP, Direction::Forward, flags::SYN, 102);
         assert_eq!(
             (t.flow(id).state, t.flow(id).expires),
-            (TcpState::CLIENT_CLOSED, 102 + 3600),
+            (TcpState::SYN_SENT, 102 + 30),
+            "the SYN again"
+        );
+        t.touch(id, TCP, Direction::Forward, flags::ACK, 103);
+        assert_eq!(
+            (t.flow(id).state, t.flow(id).expires),
+            (TcpState::ESTABLISHED, 103 + 3600)
+        );
+        t.touch(id, TCP, Direction::Forward, flags::FIN | flags::ACK, 104);
+        assert_eq!(
+            (t.flow(id).state, t.flow(id).expires),
+            (TcpState::CLIENT_CLOSED, 104 + 3600),
             "half closed: the backend may still send"
         );
-        t.touch(id, TCP, Direction::Reply, flags::FIN | flags::ACK, 102);
+        t.touch(id, TCP, Direction::Reply, flags::FIN | flags::ACK, 104);
         assert_eq!(
             (t.flow(id).state, t.flow(id).expires),
-            (TcpState::CLOSING, 102 + 30)
+            (TcpState::CLOSING, 104 + 30)
         );
-        assert_eq!(t.lookup(&key(40000), 132), Some((id, Direction::Forward)));
-        assert_eq!(t.lookup(&key(40000), 133), None, "expired on lookup");
+        assert_eq!(t.lookup(&key(40000), 134), Some((id, Direction::Forward)));
+        assert_eq!(t.lookup(&key(40000), 135), None, "expired on lookup");
         assert_eq!(t.stats().expired, 1);
         assert_eq!(t.stats().live, 0);
     }
