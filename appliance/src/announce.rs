@@ -83,10 +83,10 @@ impl Announcer {
         Arc::clone(&self.shared)
     }
 
-    /// Announces `tables`' VIPs while the workers make progress, the node
-    /// is not `draining` and, in a fleet, not `syncing` (it does not hold
-    /// every peer's flows yet); withdraws them otherwise. Says so once per
-    /// change.
+    /// Announces `tables`' VIPs while the workers are up and make
+    /// progress, the node is not `draining` and, in a fleet, not `syncing`
+    /// (it does not hold every peer's flows yet); withdraws them otherwise.
+    /// Says so once per change.
     pub fn follow(
         &mut self,
         tables: &Snapshot,
@@ -96,19 +96,24 @@ impl Announcer {
     ) {
         let now = Instant::now();
         self.progress.resize(workers.len(), (u64::MAX, now));
-        let mut stalled = false;
+        let (mut down, mut stalled) = (false, false);
         for (w, (turns, since)) in workers.iter().zip(&mut self.progress) {
-            if w.turns() != *turns {
+            if !w.up() {
+                // Panicked: its queue goes to the kernel, which does not
+                // serve the VIPs; the fleet's other nodes hold its flows.
+                down = true;
+            } else if w.turns() != *turns {
                 (*turns, *since) = (w.turns(), now);
-            } else if w.up() && now.duration_since(*since) > STALLED {
+            } else if now.duration_since(*since) > STALLED {
                 stalled = true;
             }
         }
-        let why = match (draining, stalled, syncing) {
-            (true, _, _) => "draining",
-            (false, true, _) => "workers stalled",
-            (false, false, true) => "syncing",
-            (false, false, false) => "serving",
+        let why = match (draining, down, stalled, syncing) {
+            (true, ..) => "draining",
+            (false, true, ..) => "workers down",
+            (false, false, true, _) => "workers stalled",
+            (false, false, false, true) => "syncing",
+            (false, false, false, false) => "serving",
         };
         self.set(tables, why);
     }

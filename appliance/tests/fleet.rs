@@ -62,6 +62,14 @@ impl Node {
         summary
     }
 
+    /// Stops a node one of whose workers panicked: its exit status says
+    /// so.
+    fn stop_failed(self) {
+        let (status, summary) = self.rialto.terminate();
+        let _ = std::fs::remove_file(&self.config);
+        assert_eq!(status.code(), Some(1), "{summary}");
+    }
+
     /// Waits for this node's Rialto to exit by itself (drained), which it
     /// must do cleanly.
     fn wait_exit(self) {
@@ -283,8 +291,8 @@ fn forgeries(fleet: &Fleet, node1: &Node) {
 /// - node 2 is started again: it pulls them too, and is announced again.
 ///
 /// No connection breaks and none stalls more than 2 s. Then a node whose
-/// worker stops making progress is withdrawn, and a reload that removes a
-/// VIP withdraws it on that node only.
+/// worker stops making progress is withdrawn, and so is one whose worker
+/// panics; and a reload that removes a VIP withdraws it on that node only.
 #[test]
 fn the_fleet_loses_adds_and_restarts_nodes_and_no_connection_breaks() {
     let _alone = rialto_testbed::alone();
@@ -376,6 +384,23 @@ fn the_fleet_loses_adds_and_restarts_nodes_and_no_connection_breaks() {
         "workers stalled"
     );
     stalled.stop();
+
+    // Node 3's worker of queue 0 panics at its first frame: its queue goes
+    // to the kernel, which does not serve the VIPs, so the node is
+    // withdrawn too.
+    let path = std::env::temp_dir().join(format!("rialto-{}-node3.toml", fleet.name));
+    std::fs::write(&path, fleet.config(3) + echo).unwrap();
+    let panicked = Node::run(&fleet, 3, path, &["--inject-fault", "worker-panic:0"]);
+    let line = panicked
+        .rialto
+        .wait_for_log("withdrawn", Duration::from_secs(20));
+    assert!(line.contains("workers down"), "{line}");
+    await_hops(&[1, 2], Duration::from_secs(1));
+    assert_eq!(
+        panicked.get("/api/v1/status")["announce"]["why"],
+        "workers down"
+    );
+    panicked.stop_failed();
 
     // A reload on node 1 without the iperf services: its route to that VIP
     // loses node 1, the other VIPs keep it.
