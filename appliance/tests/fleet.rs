@@ -368,39 +368,26 @@ fn the_fleet_loses_adds_and_restarts_nodes_and_no_connection_breaks() {
     nodes.insert(1, node2);
     nodes.pop().unwrap().stop();
 
+    // Node 3 with `fault` injected is withdrawn for `why`, and stays out.
+    let faulty = |fault: &str, why: &str| {
+        let path = std::env::temp_dir().join(format!("rialto-{}-node3.toml", fleet.name));
+        std::fs::write(&path, fleet.config(3) + echo).unwrap();
+        let node = Node::run(&fleet, 3, path, &["--inject-fault", fault]);
+        let line = node
+            .rialto
+            .wait_for_log("withdrawn", Duration::from_secs(20));
+        assert!(line.contains(why), "{fault}: {line}");
+        await_hops(&[1, 2], Duration::from_secs(1));
+        assert_eq!(node.get("/api/v1/status")["announce"]["why"], why);
+        node
+    };
+    nodes.pop().unwrap().rialto.kill();
+    await_hops(&[1, 2], Duration::from_secs(1));
     // Node 3's worker of queue 0 stops at its first frame.
-    let node3 = nodes.pop().unwrap();
-    let config = node3.config.clone();
-    node3.rialto.kill();
-    await_hops(&[1, 2], Duration::from_secs(1));
-    let stalled = Node::run(&fleet, 3, config, &["--inject-fault", "worker-stall:0"]);
-    let line = stalled
-        .rialto
-        .wait_for_log("withdrawn", Duration::from_secs(20));
-    assert!(line.contains("workers stalled"), "{line}");
-    await_hops(&[1, 2], Duration::from_secs(1));
-    assert_eq!(
-        stalled.get("/api/v1/status")["announce"]["why"],
-        "workers stalled"
-    );
-    stalled.stop();
-
-    // Node 3's worker of queue 0 panics at its first frame: its queue goes
-    // to the kernel, which does not serve the VIPs, so the node is
-    // withdrawn too.
-    let path = std::env::temp_dir().join(format!("rialto-{}-node3.toml", fleet.name));
-    std::fs::write(&path, fleet.config(3) + echo).unwrap();
-    let panicked = Node::run(&fleet, 3, path, &["--inject-fault", "worker-panic:0"]);
-    let line = panicked
-        .rialto
-        .wait_for_log("withdrawn", Duration::from_secs(20));
-    assert!(line.contains("workers down"), "{line}");
-    await_hops(&[1, 2], Duration::from_secs(1));
-    assert_eq!(
-        panicked.get("/api/v1/status")["announce"]["why"],
-        "workers down"
-    );
-    panicked.stop_failed();
+    faulty("worker-stall:0", "workers stalled").stop();
+    // It panics at its first frame: its queue goes to the kernel, which
+    // does not serve the VIPs, so the node is withdrawn too.
+    faulty("worker-panic:0", "workers down").stop_failed();
 
     // A reload on node 1 without the iperf services: its route to that VIP
     // loses node 1, the other VIPs keep it.
