@@ -621,6 +621,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         summary.xdp.insert(reason.name(), counter);
     }
     drop(control); // unloads the XDP program, unlocks the state directory
+    // Closes the fleet's sync socket, which a successor binds next.
+    drop(syncer);
     debug!(millis = millis(stopping), "stopped");
     if let Some(release) = release {
         let flows = (summary.workers.iter())

@@ -79,6 +79,22 @@ impl Node {
     }
 }
 
+/// The two nodes of `fleet`, with the echo services and `extra`
+/// arguments, both in the route to the web VIP; the pods' echo servers.
+fn echo_nodes(fleet: &Fleet, extra: &[&str]) -> Vec<Node> {
+    echo_in_pods(|pod| fleet.ns(pod));
+    let nodes = (1..=2)
+        .map(|i| Node::start(fleet, i, &(fleet.config(i) + ECHO_SERVICES), extra))
+        .collect();
+    await_next_hops(
+        fleet,
+        WEB,
+        &[&next_hop(1), &next_hop(2)],
+        Duration::from_secs(15),
+    );
+    nodes
+}
+
 /// Waits, within `timeout`, until the router's route to `vip` has the
 /// next hops `want` (in any order); how long that took.
 fn await_next_hops(fleet: &Fleet, vip: &str, want: &[&str], timeout: Duration) -> Duration {
@@ -421,19 +437,7 @@ fn the_fleet_loses_adds_and_restarts_nodes_and_no_connection_breaks() {
 fn a_drained_node_takes_no_new_connection_and_breaks_none() {
     let _alone = rialto_testbed::alone();
     let fleet = Fleet::up(2);
-    echo_in_pods(|pod| fleet.ns(pod));
-    let nodes: Vec<Node> = (1..=2)
-        .map(|i| {
-            let config = fleet.config(i) + ECHO_SERVICES;
-            Node::start(&fleet, i, &config, &["--drain-seconds", "5"])
-        })
-        .collect();
-    await_next_hops(
-        &fleet,
-        WEB,
-        &[&next_hop(1), &next_hop(2)],
-        Duration::from_secs(15),
-    );
+    let nodes = echo_nodes(&fleet, &["--drain-seconds", "5"]);
     let before = requests(&fleet, 20);
     assert!(nodes[0].created() > 0, "node 1 served before: {before:?}");
     let load = echo_load(&fleet, 20);
@@ -471,6 +475,51 @@ fn a_drained_node_takes_no_new_connection_and_breaks_none() {
         report.stalled(Duration::from_millis(500)).is_empty(),
         "{report}"
     );
+    for node in nodes {
+        node.stop();
+    }
+}
+
+/// An upgrade of a node of a fleet (`--take-over`) under load: the new
+/// process takes the old one's flows and its place in the fleet (the sync
+/// socket on the same port included), and no connection breaks.
+#[test]
+fn an_upgrade_of_a_fleet_node_breaks_no_connection() {
+    let _alone = rialto_testbed::alone();
+    let fleet = Fleet::up(2);
+    let mut nodes = echo_nodes(&fleet, &[]);
+    let load = echo_load(&fleet, 20);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let old = nodes.remove(0);
+    let new = Node::run(&fleet, 1, old.config.clone(), &["--take-over"]);
+    let (status, summary) = old.rialto.wait_exit();
+    assert!(status.success(), "the old process: {summary}");
+    // It hears from node 2 on the port the old process let go of.
+    let asked = Instant::now();
+    loop {
+        let fleet_status = new.get("/api/v1/status")["fleet"].clone();
+        if fleet_status["peers"][0]["state"] == "in_sync" {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "the new process in sync with node 2 within 5 s: {fleet_status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    await_next_hops(
+        &fleet,
+        WEB,
+        &[&next_hop(1), &next_hop(2)],
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let report = load.stop();
+    println!("node 1 upgraded under load: {report}");
+    assert!(report.broken().is_empty(), "{report}");
+    assert!(report.stalled(STALL).is_empty(), "{report}");
+    new.stop();
     for node in nodes {
         node.stop();
     }
