@@ -625,6 +625,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     drop(syncer);
     debug!(millis = millis(stopping), "stopped");
     if let Some(release) = release {
+        // Under systemd, the new Rialto is the service's main process
+        // before this one exits: the manager would take this one's exit for
+        // the service's, and stop the new one with it.
+        notify(&[NotifyState::MainPid(release.successor)]);
         let flows = (summary.workers.iter())
             .filter_map(|w| w.stats.balance.map(|b| b.flows.live))
             .sum();

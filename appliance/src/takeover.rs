@@ -108,6 +108,8 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct Release {
     stream: UnixStream,
+    /// The new Rialto's process.
+    pub successor: u32,
 }
 
 impl Release {
@@ -182,7 +184,10 @@ fn answer(stream: UnixStream, state_version: u32) -> Result<Option<Release>> {
         },
     )?;
     match receive(&mut reader) {
-        Ok(Message::Release) => Ok(Some(Release { stream })),
+        Ok(Message::Release) => Ok(Some(Release {
+            stream,
+            successor: pid,
+        })),
         Ok(other) => bail!("expected a release, got {other:?}"),
         Err(e) => {
             info!("the new rialto went away before the release, serving on: {e:#}");

@@ -1476,29 +1476,57 @@ fn an_upgrade_from_an_older_rialto_keeps_every_connection() {
     std::fs::remove_file(&path).unwrap();
 }
 
-/// What a service manager hears on its notify socket (`NOTIFY_SOCKET`).
+/// What a service manager hears on its notify socket (`NOTIFY_SOCKET`),
+/// and from which process (`SO_PASSCRED`, as systemd asks).
 struct Notifications(std::os::unix::net::UnixDatagram);
 
 impl Notifications {
+    fn bind(path: &std::path::Path) -> Self {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Self(socket)
+    }
+
+    /// The next message (within the read timeout), and its sender's PID.
+    fn next(&self) -> Option<(u32, String)> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 4096];
+        let (sender, n) = {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut space = nix::cmsg_space!(UnixCredentials);
+            let fd = self.0.as_raw_fd();
+            let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::empty()).ok()?;
+            let sender = msg.cmsgs().ok()?.find_map(|c| match c {
+                ControlMessageOwned::ScmCredentials(c) => u32::try_from(c.pid()).ok(),
+                _ => None,
+            })?;
+            (sender, msg.bytes)
+        };
+        Some((sender, String::from_utf8_lossy(&buf[..n]).into_owned()))
+    }
+
     /// Waits (within 30 s) for a message saying `READY=1` with a
-    /// `MAINPID`; returns that PID.
-    fn ready(&self) -> u32 {
+    /// `MAINPID`; returns that PID, and the messages heard before it with
+    /// their senders.
+    fn ready(&self) -> (u32, Vec<(u32, String)>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut heard = Vec::new();
-        let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
-            let Ok(n) = self.0.recv(&mut buf) else {
+            let Some((sender, message)) = self.next() else {
                 continue;
             };
-            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
             let pid = message
                 .lines()
                 .find_map(|l| l.strip_prefix("MAINPID="))
                 .and_then(|p| p.parse().ok());
             if let (Some(pid), true) = (pid, message.lines().any(|l| l == "READY=1")) {
-                return pid;
+                return (pid, heard);
             }
-            heard.push(message);
+            heard.push((sender, message));
         }
         panic!("no READY=1 with a MAINPID within 30 s; heard {heard:?}");
     }
@@ -1515,9 +1543,9 @@ fn gone(pid: u32) -> bool {
 
 /// An upgrade as the systemd unit makes it (`systemctl kill -s USR2`):
 /// the running Rialto starts its own binary again with `--take-over`;
-/// the new one tells the service manager it is the main process and
-/// ready (`MAINPID`, `READY=1`), the old one exits, and every connection
-/// goes on.
+/// the old one names the new one the main process (`MAINPID`) before it
+/// lets go and exits, the new one says it is ready (`READY=1`), and every
+/// connection goes on.
 #[test]
 fn sigusr2_upgrades_in_place_and_tells_the_service_manager() {
     let pair = Pair::up(2);
@@ -1531,11 +1559,7 @@ fn sigusr2_upgrades_in_place_and_tells_the_service_manager() {
     )
     .unwrap();
     let socket = dir.join("notify");
-    let notifications = Notifications(std::os::unix::net::UnixDatagram::bind(&socket).unwrap());
-    notifications
-        .0
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let notifications = Notifications::bind(&socket);
     // Its output to files: the new process inherits them and outlives it.
     let old = rialto_testbed::netns_command(&pair.node_ns, BIN)
         .arg("run")
@@ -1553,7 +1577,7 @@ fn sigusr2_upgrades_in_place_and_tells_the_service_manager() {
         .spawn()
         .unwrap();
     let log = || std::fs::read_to_string(dir.join("rialto.log")).unwrap_or_default();
-    let first = notifications.ready();
+    let (first, _) = notifications.ready();
     assert_eq!(first, old.id(), "the first rialto is the main process");
     let live: Vec<Connection> = in_netns(&pair.peer_ns, || {
         (0..16).map(|_| Connection::open()).collect()
@@ -1565,8 +1589,14 @@ fn sigusr2_upgrades_in_place_and_tells_the_service_manager() {
         nix::sys::signal::Signal::SIGUSR2,
     )
     .unwrap();
-    let second = notifications.ready();
+    let (second, before) = notifications.ready();
     assert_ne!(second, first, "the new rialto says it is the main process");
+    // The old one named it the main process before it exited: a service
+    // manager would otherwise take the old one's exit for the service's.
+    assert!(
+        before.contains(&(first, format!("MAINPID={second}\n"))),
+        "the old rialto named its successor the main process: {before:?}"
+    );
     let exited = rialto_testbed::wait_within(old, Duration::from_secs(20))
         .unwrap_or_else(|(what, _)| panic!("the old rialto {what}:\n{}", log()));
     assert!(exited.status.success(), "{}", log());
