@@ -292,6 +292,17 @@ impl Control {
         };
         let tables = rialto_rules::load_for(&name, &text, &self.budget)
             .map_err(|e| ReloadError::Invalid(e.into()))?;
+        let in_force = shared.current();
+        if tables.fleet != in_force.fleet {
+            // The syncer's socket, key and peers are set at start: a reload
+            // would put the new peers in the XDP maps and not in the syncer.
+            return Err(ReloadError::Invalid(anyhow::anyhow!(
+                "{name}: [fleet] differs from the one in force (node, listen, key or peers): it                  takes effect at the next start (restart this node: its peers carry its                  connections meanwhile)"
+            )));
+        }
+        if tables.bgp != in_force.bgp {
+            warn!("{name}: [bgp] changed: it takes effect at the next start");
+        }
         // The new tables take the backends' health as the checks know it.
         let tables = match &self.health {
             Some(board) => (tables.with_health(&board.healthy(&tables)))

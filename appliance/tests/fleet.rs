@@ -488,6 +488,28 @@ fn an_upgrade_of_a_fleet_node_breaks_no_connection() {
     let _alone = rialto_testbed::alone();
     let fleet = Fleet::up(2);
     let mut nodes = echo_nodes(&fleet, &[]);
+    // A reload that changes `[fleet]` (here the port it listens on) is
+    // refused: the syncer takes it at the next start.
+    let moved = (fleet.config(2) + ECHO_SERVICES).replace(":7946\"\nkey_file", ":7947\"\nkey_file");
+    assert!(moved.contains(":7947"), "{moved}");
+    let refused = rialto_testbed::in_netns(&nodes[1].ns, || {
+        rialto_testbed::http()
+            .post("http://127.0.0.1:9600/api/v1/reload")
+            .header("Content-Type", "application/toml")
+            .send(&moved)
+    });
+    assert!(
+        matches!(refused, Err(ureq::Error::StatusCode(422))),
+        "{refused:?}"
+    );
+    let last = &nodes[1].get("/api/v1/status")["reloads"]["last"];
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("[fleet] differs"),
+        "{last}"
+    );
     let load = echo_load(&fleet, 20);
     std::thread::sleep(Duration::from_secs(1));
 
