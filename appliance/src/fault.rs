@@ -17,6 +17,8 @@ pub enum Fault {
     /// `take-over-protocol`: `--take-over` says hello with another
     /// handover protocol than this Rialto's.
     TakeOverProtocol,
+    /// `checker-panic`: the health checker's thread panics as it starts.
+    CheckerPanic,
 }
 
 impl std::str::FromStr for Fault {
@@ -35,9 +37,10 @@ impl std::str::FromStr for Fault {
             None if s == "reload-stall" => Ok(Self::ReloadStall),
             None if s == "map-update" => Ok(Self::MapUpdate),
             None if s == "take-over-protocol" => Ok(Self::TakeOverProtocol),
+            None if s == "checker-panic" => Ok(Self::CheckerPanic),
             _ => Err(format!(
-                "unknown fault {s:?}: worker-panic:Q, worker-stall:Q, reload-stall, map-update or \
-                 take-over-protocol"
+                "unknown fault {s:?}: worker-panic:Q, worker-stall:Q, reload-stall, map-update, \
+                 take-over-protocol or checker-panic"
             )),
         }
     }

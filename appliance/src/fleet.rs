@@ -239,6 +239,14 @@ pub struct Syncer {
     thread: Option<JoinHandle<()>>,
 }
 
+impl Syncer {
+    /// Whether its thread has ended (it panicked: it stops only when
+    /// dropped).
+    pub fn stopped(&self) -> bool {
+        self.thread.as_ref().is_some_and(JoinHandle::is_finished)
+    }
+}
+
 impl Drop for Syncer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

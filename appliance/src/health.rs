@@ -134,18 +134,23 @@ pub fn key(tables: &Snapshot, service: &str, b: &rialto_tables::Backend) -> Key 
 }
 
 /// Starts the checker: it checks what the published tables say, sends
-/// through `path`, and stops when `stop` is set.
+/// through `path`, and stops when `stop` is set. `panics`: a fault the
+/// tests inject, the thread panicking as it starts.
 pub fn spawn(
     tables: Arc<SharedTables>,
     path: ControlPath,
     iface_mac: [u8; 6],
     stop: Arc<AtomicBool>,
+    panics: bool,
 ) -> std::io::Result<(Arc<Board>, JoinHandle<()>)> {
     let board = Arc::new(Board::default());
     let checker = Checker::new(tables, path, iface_mac, Arc::clone(&board));
     let handle = std::thread::Builder::new()
         .name("rialto-checks".into())
-        .spawn(move || checker.run(&stop))?;
+        .spawn(move || {
+            assert!(!panics, "fault injected: the health checker panics");
+            checker.run(&stop)
+        })?;
     Ok((board, handle))
 }
 

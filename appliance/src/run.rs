@@ -450,9 +450,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let checking = Arc::new(AtomicBool::new(false));
     let (board, checker) = match &tables {
         Some(tables) if args.mode == Mode::Balance => {
-            let (board, checker) =
-                health::spawn(Arc::clone(tables), control_path, mac, Arc::clone(&checking))
-                    .context("cannot start the health checker")?;
+            let (board, checker) = health::spawn(
+                Arc::clone(tables),
+                control_path,
+                mac,
+                Arc::clone(&checking),
+                args.inject_fault.contains(&Fault::CheckerPanic),
+            )
+            .context("cannot start the health checker")?;
             (Some(board), Some(checker))
         }
         _ => (None, None),
@@ -562,14 +567,30 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         term_drains: args.drain_seconds.is_some(),
         synced: syncer.as_ref().map(|s| Arc::clone(&s.synced)),
         hold,
+        threads: vec![
+            (
+                "health checker",
+                Box::new(|| checker.as_ref().is_some_and(|c| c.is_finished())),
+            ),
+            (
+                "fleet syncer",
+                Box::new(|| syncer.as_ref().is_some_and(fleet::Syncer::stopped)),
+            ),
+            (
+                "next-hop follower",
+                Box::new(|| follower.as_ref().is_some_and(|f| f.is_finished())),
+            ),
+        ],
     };
     let ended = serving.run();
     if let Some(tables) = &current_tables {
         serving.announcer.stop(&tables.current());
     }
+    drop(serving);
+    let failed = matches!(ended, Ended::Failed);
     let release = match ended {
         Ended::Released(release) => Some(release),
-        Ended::Stopped | Ended::Drained => None,
+        Ended::Stopped | Ended::Drained | Ended::Failed => None,
     };
     checking.store(true, Ordering::Relaxed);
     if let Some(checker) = checker {
@@ -641,7 +662,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     }
     println!("{}", serde_json::to_string(&summary)?);
     let all_up = summary.workers.iter().all(|w| w.stats.up);
-    Ok(if balanced && all_up {
+    Ok(if balanced && all_up && !failed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -773,6 +794,10 @@ enum Ended {
     Drained,
     /// A take-over's release.
     Released(Release),
+    /// A thread of the control plane ended (it panicked): Rialto stops, with
+    /// exit status 1, so that a restart (systemd's) runs it again; the
+    /// flows resume.
+    Failed,
 }
 
 /// The control loop, until Rialto stops.
@@ -797,7 +822,12 @@ struct Serve<'a> {
     /// The health checks, while their failures do not count (until one
     /// passes, or for [`HOLD_AT_MOST`]).
     hold: Option<Arc<health::Board>>,
+    /// The control plane's threads, and whether each has ended.
+    threads: Vec<(&'static str, HasEnded<'a>)>,
 }
+
+/// Whether a thread has ended.
+type HasEnded<'a> = Box<dyn Fn() -> bool + 'a>;
 
 impl Serve<'_> {
     /// Serves until `stop` is set, a drain has run its course, or a
@@ -825,6 +855,14 @@ impl Serve<'_> {
             }
             if let Ok(release) = self.releases.recv_timeout(HEALTH_FOLLOW) {
                 return Ended::Released(release);
+            }
+            if let Some((thread, _)) = self.threads.iter().find(|(_, ended)| ended()) {
+                error!(
+                    thread,
+                    "a thread of the control plane stopped: Rialto stops, so that a restart runs \
+                     it again (the flows resume)"
+                );
+                return Ended::Failed;
             }
             lock(self.control).fail_open_stopped_workers();
             let board = lock(self.control).health.clone();

@@ -1681,3 +1681,25 @@ fn the_metrics_say_whether_the_flow_slots_are_in_huge_pages() {
         "on /dev/shm: {in_huge} of {resident} resident bytes in 2 MB pages"
     );
 }
+
+/// A thread of the control plane that panics (here the health checker,
+/// fault injected) stops Rialto with exit status 1, so that a restart
+/// (systemd's `Restart=on-failure`) runs it again and the flows resume,
+/// rather than serving on with the backends' health frozen.
+#[test]
+fn a_control_thread_that_panics_stops_rialto_with_a_failure() {
+    let pair = Pair::up(1);
+    gateways(&pair);
+    let mac = mac_of(&pair.peer_ns, &pair.peer_if);
+    let path = std::env::temp_dir().join(format!("rialto-control-{}.toml", std::process::id()));
+    std::fs::write(&path, config(&mac, &web(POD_A))).unwrap();
+    let rialto = serve(&pair, &path, &["--inject-fault", "checker-panic"]);
+    std::fs::remove_file(&path).unwrap();
+    let line = rialto.wait_for_log(
+        "a thread of the control plane stopped",
+        Duration::from_secs(5),
+    );
+    assert!(line.contains("health checker"), "{line}");
+    let (status, summary) = rialto.wait_exit();
+    assert_eq!(status.code(), Some(1), "{summary}");
+}
