@@ -328,6 +328,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     if let (None, Some(state)) = (&predecessor, &mut state) {
         state.lock()?;
     }
+    if let (Some(tables), Some(state)) = (&tables, &state) {
+        state.check_room(queues.len(), slots_for(&tables.current()))?;
+    }
     let mut pipelines = Vec::with_capacity(queues.len());
     for (i, &queue) in queues.iter().enumerate() {
         let pipeline = match (&tables, &state) {

@@ -353,6 +353,30 @@ impl StateDir {
             .map_err(|e| format!("its {kind} {id:08x} cannot be read ({e})"))
     }
 
+    /// Checks that the state directory's filesystem has room for flow
+    /// tables of `capacity` slots for `queues` queues (beside the saved
+    /// ones, which a take-over keeps until it commits): the files are
+    /// sparse, and a full tmpfs would fail a write to a slot with SIGBUS,
+    /// mid-traffic, instead of at start with a reason.
+    pub fn check_room(&self, queues: usize, capacity: usize) -> Result<()> {
+        let needed = (queues * (HEADER_LEN + capacity * size_of::<Slot>())) as u64;
+        let fs = nix::sys::statvfs::statvfs(&self.path)
+            .with_context(|| format!("cannot read {}'s filesystem", self.path.display()))?;
+        let free = fs.blocks_available() * fs.fragment_size();
+        if free < needed {
+            let mib = |b: u64| b.div_ceil(1 << 20);
+            bail!(
+                "{}: {} MiB free, and the flow tables take {} MiB ({queues} × {capacity} \
+                 slots): give its filesystem more room (tmpfs size=) or lower \
+                 limits.flows_per_worker",
+                self.path.display(),
+                mib(free),
+                mib(needed)
+            );
+        }
+        Ok(())
+    }
+
     /// A new, empty flow table of `capacity` slots for `queue`, whose flows
     /// will be packed under `names`: written beside the saved one until
     /// [`StateDir::commit`].

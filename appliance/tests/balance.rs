@@ -1703,3 +1703,30 @@ fn a_control_thread_that_panics_stops_rialto_with_a_failure() {
     let (status, summary) = rialto.wait_exit();
     assert_eq!(status.code(), Some(1), "{summary}");
 }
+
+/// A state directory whose filesystem has no room for the flow tables is
+/// refused at start, with the room there is and the room they take
+/// (rather than a SIGBUS mid-traffic once the tables fill).
+#[test]
+fn a_state_directory_without_room_for_the_tables_is_refused_at_start() {
+    let pair = Pair::up(1);
+    let mac = mac_of(&pair.peer_ns, &pair.peer_if);
+    let small = rialto_testbed::Tmpfs::mount("size=4m,mode=0700");
+    let path = small.dir.join("rialto.toml");
+    std::fs::write(&path, config(&mac, &web(POD_A))).unwrap();
+    let mut cmd = rialto_testbed::netns_command(&pair.node_ns, BIN);
+    cmd.arg("run")
+        .args(["--iface", &pair.node_if, "--config"])
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(small.dir.join("state"));
+    let out = rialto_testbed::output_within(&mut cmd, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("refused at start: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // The default table: 2^18 slots of 48 bytes, and a page of header.
+    assert!(
+        stderr.contains("MiB free, and the flow tables take 13 MiB (1 × 262144 slots)"),
+        "{stderr}"
+    );
+}
