@@ -1012,7 +1012,8 @@ backends = [{{ cluster = "east", addr = "198.19.1.10:7007" }}]
     assert_eq!(on("198.18.200.1") + on("198.18.200.2"), live.len());
     assert!(
         on("198.18.200.1") > 0 && on("198.18.200.2") > 0,
-        "both addresses in use"
+        "both addresses in use: {:?}",
+        live.iter().map(|c| &c.pod).collect::<Vec<_>>()
     );
 
     // What is steered before the reload, and after.
