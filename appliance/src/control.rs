@@ -297,7 +297,9 @@ impl Control {
             // The syncer's socket, key and peers are set at start: a reload
             // would put the new peers in the XDP maps and not in the syncer.
             return Err(ReloadError::Invalid(anyhow::anyhow!(
-                "{name}: [fleet] differs from the one in force (node, listen, key or peers): it                  takes effect at the next start (restart this node: its peers carry its                  connections meanwhile)"
+                "{name}: [fleet] differs from the one in force (node, listen, key or peers): it \
+                 takes effect at the next start (restart this node: its peers carry its \
+                 connections meanwhile)"
             )));
         }
         if tables.bgp != in_force.bgp {
