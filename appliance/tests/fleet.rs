@@ -530,12 +530,15 @@ fn an_upgrade_of_a_fleet_node_breaks_no_connection() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    await_next_hops(
+    // Announced again once its own BGP speaker has a session (as at
+    // start: within 15 s).
+    let back = await_next_hops(
         &fleet,
         WEB,
         &[&next_hop(1), &next_hop(2)],
-        Duration::from_secs(5),
+        Duration::from_secs(15),
     );
+    println!("node 1 announced again {back:?} after the take-over");
     std::thread::sleep(Duration::from_secs(1));
     let report = load.stop();
     println!("node 1 upgraded under load: {report}");
